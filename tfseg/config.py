@@ -1,0 +1,429 @@
+"""One config tree (data / model / train / export / tracking), loaded from YAML and validated once.
+
+Example:
+    >>> cfg = load("configs/default.yaml", ["train.epochs=3", "model.name=unet"])
+    >>> cfg.train.epochs
+    3
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key,
+what was expected and what was received, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config key, type or value is invalid; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Field names are the constructor / API argument names they feed.
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticConfig:
+    """The embedded, generated, georeferenced default dataset."""
+
+    num_train_scenes: int = 4
+    num_val_scenes: int = 2
+    scene_size: int = 1024
+    pixel_size: float = 0.5
+    epsg: int = 32636
+    seed: int = 1234
+
+
+@dataclass
+class AugmentConfig:
+    flip: bool = True
+    rot90: bool = True
+    scale: list = field(default_factory=list)  # e.g. [0.8, 1.25]; empty = off
+    brightness: float = 0.0  # max per-band additive shift in normalized units
+    contrast: float = 0.0  # max per-band multiplicative deviation (0.1 -> [0.9, 1.1])
+
+
+@dataclass
+class DataConfig:
+    format: str = "synthetic"
+    root: str = ""  # data directory; "" = format default (synthetic: ./data/synthetic)
+    classes: list = field(default_factory=lambda: ["building"])
+    palette: dict = field(default_factory=dict)  # class name -> "#RRGGBB" (colour_mask)
+    ignore_index: int = 255
+    ignore_colours: str = "ignore"  # colours not in palette: ignore | error
+    bands: list = field(default_factory=list)  # 1-based band indexes to read; empty = all
+    band_names: list = field(default_factory=list)
+    num_bands: int = 0  # expected band count after band selection; 0 = from data
+    window_size: int = 256
+    eval_overlap: int = 32  # grid overlap for evaluation windows, in pixels
+    train_windows_per_epoch: int = 256
+    batch_size: int = 8
+    max_nodata_fraction: float = 0.5
+    oversample_class: int = -1  # class index whose tiles are oversampled; -1 = off
+    oversample_fraction: float = 0.0
+    normalization: str = "meanstd"  # meanstd | percentile
+    percentiles: list = field(default_factory=lambda: [2.0, 98.0])
+    cache: bool = False  # cache decoded scenes in memory instead of streaming from disk
+    num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
+    val_fraction: float = 0.2  # for formats without an explicit validation split
+    label_attribute: str = ""  # vector class attribute (scenes format); "" = all polygons class 1
+    seed: int = 42
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    options: dict = field(default_factory=dict)  # format-specific options (see README)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"  # unet | fcn8 | fpn | sm
+    backbone: str = ""  # "" = plain; resnet34 | resnet50 | efficientnetb0..b7 | vgg16
+    encoder_weights: str = ""  # "" | imagenet | path to a weights file
+    encoder_freeze: bool = False
+    depth: int = 4
+    filters: int = 16  # base filters of the plain UNet
+    batch_norm: bool = True
+    dropout: float = 0.0
+    dropout_position: str = "bottleneck"  # bottleneck | encoder | decoder | all
+    upsampling: str = "bilinear"  # bilinear | nearest | transpose
+    decoder_filters: list = field(default_factory=list)  # empty = architecture default
+    activation: str = "auto"  # auto | sigmoid | softmax
+    stem: str = "plain"  # plain | residual (Res50-UNet stem on the raw N-band input)
+    options: dict = field(default_factory=dict)  # architecture-specific extras
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    steps_per_epoch: int = 0  # 0 = data.train_windows_per_epoch / batch_size
+    optimizer: str = "adam"  # adam | adamw | sgd
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    clipnorm: float = 0.0
+    schedule: str = "cosine"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0
+    loss: str = "bce_dice"
+    loss_weights: dict = field(default_factory=dict)
+    class_weights: list = field(default_factory=list)
+    monitor: str = "val_iou"
+    monitor_mode: str = "max"
+    early_stopping_patience: int = 0  # 0 = off
+    reduce_lr_patience: int = 0  # 0 = off
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: bool = False
+    strategy: str = "default"  # default | mirrored | multi_worker
+    seed: int = 42
+    threshold: float = 0.5
+    num_figure_tiles: int = 4
+    object_f1: bool = False
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    recommended_overlap: int = 32
+
+
+@dataclass
+class NeptuneConfig:
+    mode: str = "auto"  # auto | offline | async | debug | off
+    project: str = ""
+
+
+@dataclass
+class TrackingConfig:
+    name: str = "default"
+    tags: list = field(default_factory=list)
+    neptune: NeptuneConfig = field(default_factory=NeptuneConfig)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Allowed values and ranges: checked by validate().
+# --------------------------------------------------------------------------------------------
+CHOICES = {
+    "data.format": ["synthetic", "scenes", "spacenet", "mask_folder", "colour_mask", "dstl", "tfds"],
+    "data.normalization": ["meanstd", "percentile"],
+    "data.ignore_colours": ["ignore", "error"],
+    "model.name": ["unet", "fcn8", "fpn", "sm"],
+    "model.dropout_position": ["bottleneck", "encoder", "decoder", "all"],
+    "model.upsampling": ["bilinear", "nearest", "transpose"],
+    "model.activation": ["auto", "sigmoid", "softmax"],
+    "model.stem": ["plain", "residual"],
+    "train.optimizer": ["adam", "adamw", "sgd"],
+    "train.schedule": ["constant", "cosine", "onecycle"],
+    "train.loss": ["bce", "cce", "dice", "bce_dice", "cce_dice", "focal", "jaccard", "lovasz", "tversky"],
+    "train.monitor_mode": ["max", "min"],
+    "train.precision": ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+    "train.strategy": ["default", "mirrored", "multi_worker"],
+    "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
+}
+
+# key -> (min, max); None = unbounded on that side
+RANGES = {
+    "data.window_size": (32, 8192),
+    "data.eval_overlap": (0, None),
+    "data.train_windows_per_epoch": (1, None),
+    "data.batch_size": (1, 4096),
+    "data.max_nodata_fraction": (0.0, 1.0),
+    "data.oversample_fraction": (0.0, 1.0),
+    "data.val_fraction": (0.0, 0.9),
+    "data.ignore_index": (0, 255),
+    "data.num_bands": (0, None),
+    "data.synthetic.num_train_scenes": (1, 100),
+    "data.synthetic.num_val_scenes": (1, 100),
+    "data.synthetic.scene_size": (256, 16384),
+    "data.synthetic.pixel_size": (0.01, 100.0),
+    "model.depth": (2, 6),
+    "model.filters": (1, 1024),
+    "model.dropout": (0.0, 0.95),
+    "train.epochs": (1, 100000),
+    "train.steps_per_epoch": (0, None),
+    "train.learning_rate": (0.0, 10.0),
+    "train.weight_decay": (0.0, 1.0),
+    "train.momentum": (0.0, 1.0),
+    "train.clipnorm": (0.0, None),
+    "train.warmup_epochs": (0.0, None),
+    "train.early_stopping_patience": (0, None),
+    "train.reduce_lr_patience": (0, None),
+    "train.threshold": (0.0, 1.0),
+    "train.num_figure_tiles": (0, 64),
+    "export.recommended_overlap": (0, None),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to the field type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, args[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is list or origin is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, tuple):
+            return list(value)
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(
+        f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config key '{prefix or '<root>'}': expected a mapping, got {type(data).__name__} {data!r}"
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(
+            f"unknown config key '{key}'; allowed keys under '{prefix or '<root>'}': "
+            f"{', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def _apply_override(tree: dict, parts: list[str], value: Any, cls: type) -> None:
+    """Set a dotted key in the raw tree, checking the path exists in the schema."""
+    node, node_cls, walked = tree, cls, []
+    for part in parts[:-1]:
+        walked.append(part)
+        hints = typing.get_type_hints(node_cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            names = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown config key '{'.'.join(walked)}' in --set; allowed: {names}")
+        node_cls = hints[part]
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    last = parts[-1]
+    hints = typing.get_type_hints(node_cls)
+    if last not in hints:
+        where = ".".join(parts[:-1]) or "<root>"
+        raise ConfigError(
+            f"unknown config key '{'.'.join(parts)}' in --set; allowed keys under '{where}': "
+            f"{', '.join(sorted(hints))}"
+        )
+    # `--set train.epochs=3` parses 3 as int; a str field given 3 keeps "3"; a float given 3 -> 3.0
+    node[last] = value
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; raise ConfigError naming the key. Returns ``cfg``."""
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(
+                f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
+            )
+    for key, (low, high) in RANGES.items():
+        value = flat[key]
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {value!r}")
+    if cfg.data.window_size % 32:
+        raise ConfigError(
+            f"config key 'data.window_size': expected a multiple of 32, got {cfg.data.window_size}"
+        )
+    if cfg.data.eval_overlap >= cfg.data.window_size:
+        raise ConfigError(
+            f"config key 'data.eval_overlap': expected less than data.window_size "
+            f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
+        )
+    if not cfg.data.classes:
+        raise ConfigError("config key 'data.classes': expected at least one class name, got []")
+    if len(cfg.data.percentiles) != 2 or not 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100:
+        raise ConfigError(
+            f"config key 'data.percentiles': expected [low, high] with 0 <= low < high <= 100, "
+            f"got {cfg.data.percentiles!r}"
+        )
+    if cfg.data.augment.scale and (
+        len(cfg.data.augment.scale) != 2 or not 0 < cfg.data.augment.scale[0] <= cfg.data.augment.scale[1]
+    ):
+        raise ConfigError(
+            f"config key 'data.augment.scale': expected [] or [min, max] with 0 < min <= max, "
+            f"got {cfg.data.augment.scale!r}"
+        )
+    for i, band in enumerate(cfg.data.bands):
+        if not isinstance(band, int) or isinstance(band, bool) or band < 1:
+            raise ConfigError(
+                f"config key 'data.bands[{i}]': expected a 1-based band index (int >= 1), got {band!r}"
+            )
+    return cfg
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict) and key not in _DICT_FIELDS:
+            out.update(_flatten(value, key))
+        else:
+            out[key] = value
+    return out
+
+
+_DICT_FIELDS = {
+    "data.palette",
+    "data.options",
+    "model.options",
+    "train.loss_weights",
+}
+
+
+def from_dict(data: dict, overrides: Optional[list[str]] = None) -> Config:
+    """Build and validate a Config from a raw mapping plus ``KEY=VALUE`` overrides."""
+    tree = dict(data or {})
+    tree = _deep_copy(tree)
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        _apply_override(tree, parts, value, Config)
+    return validate(_build(Config, tree, ""))
+
+
+def load(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config (default ``configs/default.yaml``) and apply ``--set`` overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+    try:
+        return from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def diff(a: Config, b: Config) -> dict:
+    """Keys whose values differ between two configs: ``{key: (a_value, b_value)}``."""
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
