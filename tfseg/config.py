@@ -55,6 +55,9 @@ class DataConfig:
     format: str = "synthetic"
     root: str = ""  # data directory; "" = format default (synthetic: ./data/synthetic)
     classes: list = field(default_factory=lambda: ["building"])
+    # label encoding: binary (1 class, labels 0/1), multiclass (class indices), multilabel
+    # (one 0/1 channel per class, e.g. Dstl); auto = binary for 1 class, else multiclass
+    task: str = "auto"
     palette: dict = field(default_factory=dict)  # class name -> "#RRGGBB" (colour_mask)
     ignore_index: int = 255
     ignore_colours: str = "ignore"  # colours not in palette: ignore | error
@@ -165,6 +168,7 @@ class Config:
 CHOICES = {
     "data.format": ["synthetic", "scenes", "spacenet", "mask_folder", "colour_mask", "dstl", "tfds"],
     "data.normalization": ["meanstd", "percentile"],
+    "data.task": ["auto", "binary", "multiclass", "multilabel"],
     "data.ignore_colours": ["ignore", "error"],
     "model.name": ["unet", "fcn8", "fpn", "sm"],
     "model.dropout_position": ["bottleneck", "encoder", "decoder", "all"],
@@ -351,6 +355,11 @@ def validate(cfg: Config) -> Config:
         )
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
+    if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
+        raise ConfigError(
+            f"config key 'data.task': binary expects exactly one class in data.classes, "
+            f"got {len(cfg.data.classes)}: {cfg.data.classes}"
+        )
     if len(cfg.data.percentiles) != 2 or not 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100:
         raise ConfigError(
             f"config key 'data.percentiles': expected [low, high] with 0 <= low < high <= 100, "
@@ -369,6 +378,13 @@ def validate(cfg: Config) -> Config:
                 f"config key 'data.bands[{i}]': expected a 1-based band index (int >= 1), got {band!r}"
             )
     return cfg
+
+
+def resolve_task(data_cfg) -> str:
+    """The effective label encoding of ``data.task`` (``auto`` resolved from the classes)."""
+    if data_cfg.task != "auto":
+        return data_cfg.task
+    return "binary" if len(data_cfg.classes) == 1 else "multiclass"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
