@@ -1,14 +1,22 @@
-"""Plain UNet in pure Keras 3 (keras.layers / keras.ops only: runs on TF and JAX backends).
+"""UNet in pure Keras 3 (keras.layers / keras.ops only: runs on TF and JAX backends).
+
+Plain UNet (no ``backbone``) as practitioners write it, or a UNet decoder on a ResNet /
+EfficientNet / VGG16 encoder (``backbone``) with skip connections at strides 2/4/8/16/32.
 
 Example:
     >>> model = build_unet(input_shape=(256, 256, 4), classes=1, depth=4, filters=16)
+    >>> model = build_unet(input_shape=(256, 256, 8), classes=5, backbone="resnet34")
 """
 from __future__ import annotations
 
 import keras
 from keras import layers
 
-from .blocks import BilinearUpsample2x, conv_block, output_head
+from .backbones import build_encoder, check_backbone
+from .blocks import (BilinearUpsample2x, SegmentationModel, check_input_shape, conv_block, output_head,
+                     residual_double_conv, upsample2x)
+
+DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
 
 def build_unet(
@@ -21,14 +29,30 @@ def build_unet(
     dropout_position: str = "bottleneck",
     upsampling: str = "bilinear",
     activation: str = "auto",
-    name: str = "unet",
+    backbone: str = "",
+    encoder_weights: str = "",
+    encoder_freeze: bool = False,
+    decoder_filters=(),
+    stem: str = "plain",
+    name: str = "",
+    **options,
 ) -> keras.Model:
-    """UNet with ``depth`` down/up steps; filters double per step from ``filters``.
+    """UNet. Without ``backbone``: ``depth`` down/up steps, filters doubling from ``filters``.
 
     ``dropout_position``: where dropout is applied (``bottleneck``, ``encoder``, ``decoder`` or
-    ``all``). ``upsampling``: ``bilinear``/``nearest`` (UpSampling2D + conv) or ``transpose``
+    ``all``). ``upsampling``: ``bilinear``/``nearest`` (upsample + conv) or ``transpose``
     (Conv2DTranspose). The head is float32 whatever the mixed-precision policy.
+
+    With ``backbone`` (see :data:`tfseg.models.backbones.BACKBONES`), see :func:`build_backbone_unet`.
     """
+    if backbone:
+        return build_backbone_unet(
+            input_shape, classes, backbone, encoder_weights, encoder_freeze, decoder_filters, batch_norm,
+            dropout, upsampling, activation, stem, name or f"unet_{backbone}", **options)
+    _reject_options(options, "unet")
+    check_input_shape(input_shape, 2**depth, f"a plain UNet of depth {depth}")
+    if stem != "plain":
+        raise ValueError("model.stem: 'residual' needs a backbone (the Res50-UNet stem), got no model.backbone")
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     skips = []
@@ -46,9 +70,55 @@ def build_unet(
             x = layers.Conv2DTranspose(width, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         elif upsampling == "bilinear":
             x = BilinearUpsample2x(name=f"dec{level}_up")(x)
-        else:
+        elif upsampling == "nearest":
             x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
+        else:
+            raise ValueError(f"model.upsampling: expected one of ['bilinear', 'nearest', 'transpose'], got {upsampling!r}")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, width, batch_norm, dec_drop, name=f"dec{level}")
     outputs = output_head(x, classes, activation)
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name or "unet", tfseg_multiple=2**depth)
+
+
+def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone: str = "resnet34",
+                        encoder_weights: str = "", encoder_freeze: bool = False, decoder_filters=(),
+                        batch_norm: bool = True, dropout: float = 0.0, upsampling: str = "bilinear",
+                        activation: str = "auto", stem: str = "plain", name: str = "", **options):
+    """UNet decoder on a pretrained-style encoder, as in segmentation_models' ``Unet``.
+
+    ``decoder_filters`` (default 256, 128, 64, 32, 16): 5 entries = 5 decoder blocks (skips at
+    strides 16, 8, 4, 2, then full resolution); 4 entries = 4 blocks ending at stride 2, followed by
+    a bilinear x2 of the logits. ``stem='residual'``: a residual double convolution on the raw
+    N-band input provides a full-resolution skip for the last block (Res50-UNet of published Dstl
+    solutions). ``options``: ``input_scale`` (float or [scale, offset]) overrides the encoder's
+    input mapping.
+    """
+    check_backbone(backbone)
+    input_scale = options.pop("input_scale", None)
+    _reject_options(options, "unet")
+    check_input_shape(input_shape, 32, f"unet with backbone {backbone!r}")
+    decoder_filters = tuple(decoder_filters or DEFAULT_DECODER_FILTERS)
+    if len(decoder_filters) not in (4, 5):
+        raise ValueError(f"model.decoder_filters: expected 4 or 5 decoder block widths, got {list(decoder_filters)}")
+    if stem not in ("plain", "residual"):
+        raise ValueError(f"model.stem: expected 'plain' or 'residual', got {stem!r}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale)
+    skips = [features[16], features[8], features[4], features[2]]
+    if stem == "residual":
+        skips.append(residual_double_conv(inputs, decoder_filters[-1], batch_norm, name="stem"))
+    x = features[32]
+    for index, width in enumerate(decoder_filters):
+        x = upsample2x(x, upsampling, width, batch_norm, name=f"decoder{index}_up")
+        if index < len(skips):
+            x = layers.Concatenate(name=f"decoder{index}_concat")([x, skips[index]])
+        if dropout and index == 0:
+            x = layers.SpatialDropout2D(dropout, name="decoder_drop")(x)
+        x = conv_block(x, width, batch_norm, 0.0, name=f"decoder{index}")
+    outputs = output_head(x, classes, activation, upsample=2 if len(decoder_filters) == 4 else 1)
+    return SegmentationModel(inputs, outputs, name=name or f"unet_{backbone}", tfseg_multiple=32)
+
+
+def _reject_options(options: dict, architecture: str):
+    if options:
+        raise ValueError(f"model.options: unknown option(s) {sorted(options)} for model.name={architecture!r}")

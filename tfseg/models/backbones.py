@@ -1,0 +1,286 @@
+"""Encoders returning feature maps at strides 2, 4, 8, 16 and 32 (pure Keras 3).
+
+``resnet34`` is built here (keras.applications has none) with the layer layout and names of the
+``image-classifiers`` ResNet34 that ``segmentation-models`` uses, so its ImageNet file loads;
+``resnet50``, ``vgg16`` and ``efficientnetb0``-``b7`` come from ``keras.applications``.
+
+Any number of input bands: pretrained weights (``encoder_weights: imagenet`` or a path) are loaded
+into an RGB twin of the encoder and copied over; with N != 3 bands the first convolution's RGB
+kernels are repeated over the N bands and rescaled by 3/N (as segmentation_models_pytorch does).
+
+Example:
+    >>> inputs = keras.Input((256, 256, 8))
+    >>> features, encoder = build_encoder("efficientnetb0", inputs)   # {2: ..., 4: ..., 32: ...}
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import keras
+from keras import layers
+
+# ImageNet statistics in 0..255 units, averaged over RGB: inputs to tfseg models are standardized
+# per band (mean 0, std 1), the pretrained weights expect their own input range.
+IMAGENET_STD_255 = 57.4
+IMAGENET_MEAN_255 = 115.0
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    features: dict  # stride -> layer name
+    filename: str = ""  # ImageNet no-top weights file name in the Keras cache
+    url: str = ""
+    input_scale: tuple = (1.0, 0.0)  # (scale, offset) mapping standardized bands to the weights' range
+    fcn_features: dict = field(default_factory=dict)  # FCN-8 pool taps when they differ
+
+
+_KERAS_APPS = "https://storage.googleapis.com/tensorflow/keras-applications"
+_EFF = {
+    f"efficientnetb{i}": EncoderSpec(
+        features={2: "block2a_expand_activation", 4: "block3a_expand_activation", 8: "block4a_expand_activation",
+                  16: "block6a_expand_activation", 32: "top_activation"},
+        filename=f"efficientnetb{i}_notop.h5",
+        url=f"https://storage.googleapis.com/keras-applications/efficientnetb{i}_notop.h5",
+        # keras' EfficientNet: (x/255 - mean)/std, then an extra 1/sqrt(std) (see keras source)
+        input_scale=(1.0 / np.sqrt(0.226), 0.0),
+    )
+    for i in range(8)
+}
+ENCODERS = {
+    "resnet34": EncoderSpec(
+        features={2: "relu0", 4: "stage2_unit1_relu1", 8: "stage3_unit1_relu1", 16: "stage4_unit1_relu1",
+                  32: "relu1"},
+        filename="resnet34_imagenet_1000_no_top.h5",
+        url="https://github.com/qubvel/classification_models/releases/download/0.0.1/resnet34_imagenet_1000_no_top.h5",
+        input_scale=(IMAGENET_STD_255, IMAGENET_MEAN_255),  # raw 0..255 RGB into its input BatchNorm
+    ),
+    "resnet50": EncoderSpec(
+        features={2: "conv1_relu", 4: "conv2_block3_out", 8: "conv3_block4_out", 16: "conv4_block6_out",
+                  32: "conv5_block3_out"},
+        filename="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        url=f"{_KERAS_APPS}/resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        input_scale=(IMAGENET_STD_255, 0.0),  # caffe mode: mean-subtracted 0..255
+    ),
+    "vgg16": EncoderSpec(
+        features={2: "block2_conv2", 4: "block3_conv3", 8: "block4_conv3", 16: "block5_conv3", 32: "block5_pool"},
+        filename="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        url=f"{_KERAS_APPS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        input_scale=(IMAGENET_STD_255, 0.0),
+        fcn_features={8: "block3_pool", 16: "block4_pool", 32: "block5_pool"},
+    ),
+    **_EFF,
+}
+BACKBONES = sorted(ENCODERS)
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras (and image-classifiers) cache downloaded weights: $KERAS_HOME/models or ~/.keras/models."""
+    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(base) / "models"
+
+
+def check_backbone(backbone: str) -> EncoderSpec:
+    if backbone not in ENCODERS:
+        raise ValueError(f"model.backbone: {backbone!r} is not available; available: {BACKBONES}")
+    return ENCODERS[backbone]
+
+
+# ------------------------------------------------------------------------------------------
+# ResNet34 (image-classifiers layout: input BN, pre-activation basic blocks)
+# ------------------------------------------------------------------------------------------
+def _bn(name, scale=True):
+    return layers.BatchNormalization(momentum=0.99, epsilon=2e-5, scale=scale, name=name)
+
+
+def _conv(filters, size, name, strides=1):
+    return layers.Conv2D(filters, size, strides=strides, padding="valid", use_bias=False,
+                         kernel_initializer="he_uniform", name=name)
+
+
+def _basic_block(x, filters, stage, block, strides, cut):
+    base = f"stage{stage + 1}_unit{block + 1}_"
+    y = _bn(base + "bn1")(x)
+    y = layers.Activation("relu", name=base + "relu1")(y)
+    shortcut = _conv(filters, 1, base + "sc", strides)(y) if cut == "post" else x
+    y = layers.ZeroPadding2D(1, name=base + "pad1")(y)
+    y = _conv(filters, 3, base + "conv1", strides)(y)
+    y = _bn(base + "bn2")(y)
+    y = layers.Activation("relu", name=base + "relu2")(y)
+    y = layers.ZeroPadding2D(1, name=base + "pad2")(y)
+    y = _conv(filters, 3, base + "conv2")(y)
+    return layers.Add(name=base + "add")([y, shortcut])
+
+
+def resnet34(input_shape) -> keras.Model:
+    """ResNet34 without the classifier (21.3 M parameters), layer names as in image-classifiers."""
+    inputs = keras.Input(input_shape, name="data")
+    x = _bn("bn_data", scale=False)(inputs)
+    x = layers.ZeroPadding2D(3, name="pad0")(x)
+    x = _conv(64, 7, "conv0", 2)(x)
+    x = _bn("bn0")(x)
+    x = layers.Activation("relu", name="relu0")(x)
+    x = layers.ZeroPadding2D(1, name="pooling0_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="pooling0")(x)
+    for stage, repeats in enumerate((3, 4, 6, 3)):
+        for block in range(repeats):
+            strides = 2 if block == 0 and stage > 0 else 1
+            x = _basic_block(x, 64 * 2**stage, stage, block, strides, "post" if block == 0 else "pre")
+    x = _bn("bn1")(x)
+    x = layers.Activation("relu", name="relu1")(x)
+    return keras.Model(inputs, x, name="resnet34")
+
+
+def _base_model(backbone: str, input_shape) -> keras.Model:
+    if backbone == "resnet34":
+        return resnet34(input_shape)
+    apps = keras.applications
+    builder = {"resnet50": apps.ResNet50, "vgg16": apps.VGG16}.get(backbone)
+    if builder is None:
+        builder = getattr(apps, f"EfficientNetB{backbone[-1]}")
+    model = builder(include_top=False, weights=None, input_shape=tuple(input_shape))
+    if backbone.startswith("efficientnet"):
+        _neutralize_efficientnet_preprocessing(model)
+    return model
+
+
+def _neutralize_efficientnet_preprocessing(model):
+    """keras' EfficientNet rescales by 1/255 and normalizes inside the model; tfseg inputs are
+    already standardized per band, so both become the identity (the weights' range is restored by
+    the encoder input scale when pretrained weights are used)."""
+    for layer in model.layers[:4]:
+        if isinstance(layer, layers.Rescaling):
+            layer.scale, layer.offset = 1.0, 0.0
+        elif isinstance(layer, layers.Normalization):
+            _identity_normalization(layer)
+
+
+def _identity_normalization(layer):
+    for var in layer.weights:
+        if var.name in ("mean", "adapt_mean") or var.path.endswith("mean"):
+            var.assign(np.zeros(var.shape, "float32"))
+        elif var.name in ("variance", "adapt_variance") or var.path.endswith("variance"):
+            var.assign(np.ones(var.shape, "float32"))
+    if getattr(layer, "mean", None) is not None and not hasattr(layer.mean, "assign"):
+        layer.mean, layer.variance = np.zeros_like(layer.mean), np.ones_like(layer.variance)
+
+
+# ------------------------------------------------------------------------------------------
+# Weights
+# ------------------------------------------------------------------------------------------
+def resolve_weights_file(backbone: str, encoder_weights: str) -> Path:
+    """The weights file for ``encoder_weights`` (``imagenet`` or a path), or a FileNotFoundError
+    that says where to put it."""
+    spec = check_backbone(backbone)
+    if encoder_weights == "imagenet":
+        path = keras_cache_dir() / spec.filename
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.encoder_weights='imagenet' for backbone {backbone!r}: weights file {path} not found and "
+                f"tfseg does not download. Download {spec.url} and put it at {path} (the Keras cache "
+                f"directory, $KERAS_HOME/models), or set model.encoder_weights to the path of a weights file"
+            )
+        return path
+    path = Path(encoder_weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.encoder_weights: weights file {path} not found (backbone {backbone!r})")
+    return path
+
+
+def adapt_first_conv(kernel: np.ndarray, bands: int) -> np.ndarray:
+    """Kernels (kh, kw, 3, out) for ``bands`` inputs: 1 band = sum over RGB; otherwise the RGB
+    kernels repeated cyclically over the bands and scaled by 3/bands (segmentation_models_pytorch's
+    ``patch_first_conv``), so the response to a constant image keeps its magnitude."""
+    rgb = kernel.shape[2]
+    if bands == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    picked = kernel[:, :, [i % rgb for i in range(bands)], :]
+    return picked * (rgb / bands)
+
+
+def load_encoder_weights(encoder: keras.Model, backbone: str, path: Path, bands: int) -> None:
+    """Load a weights file (Keras ``.weights.h5``, or the legacy ``.h5`` files keras.applications
+    and image-classifiers publish) into ``encoder``, adapting input-band-dependent weights."""
+    twin = _base_model(backbone, (None, None, 3))
+    try:
+        _load_into(twin, path)
+        source_bands = 3
+    except Exception as rgb_error:  # noqa: BLE001 - retry as an N-band file (e.g. saved from tfseg)
+        twin = _base_model(backbone, (None, None, bands))
+        try:
+            _load_into(twin, path)
+        except Exception:  # noqa: BLE001
+            raise ValueError(
+                f"model.encoder_weights: {path} does not hold {backbone} encoder weights "
+                f"(expected a no-top {backbone} weights file for 3 or {bands} bands): {rgb_error}"
+            ) from None
+        source_bands = bands
+    if backbone.startswith("efficientnet"):
+        _neutralize_efficientnet_preprocessing(twin)
+    twin_layers = {layer.name: layer for layer in twin.layers}
+    for layer in encoder.layers:
+        if not layer.weights:
+            continue
+        source = twin_layers.get(layer.name)
+        if source is None:
+            raise ValueError(f"model.encoder_weights: {path} has no weights for encoder layer {layer.name!r}")
+        values = []
+        for target, value in zip(layer.weights, source.get_weights()):
+            if tuple(target.shape) != value.shape:
+                if value.ndim == 4 and value.shape[2] == source_bands:
+                    value = adapt_first_conv(value, bands)
+                elif value.ndim == 1 and value.shape[0] == source_bands:  # input BatchNorm statistics
+                    value = value[[i % source_bands for i in range(bands)]]
+                if tuple(target.shape) != value.shape:
+                    raise ValueError(
+                        f"model.encoder_weights: {path}: layer {layer.name!r} weight {target.name!r} has shape "
+                        f"{value.shape}, the encoder expects {tuple(target.shape)}"
+                    )
+            values.append(value)
+        layer.set_weights(values)
+
+
+def _load_into(model: keras.Model, path: Path) -> None:
+    if str(path).endswith(".weights.h5") or not str(path).endswith((".h5", ".hdf5")):
+        model.load_weights(str(path))
+        return
+    try:  # legacy h5: keras.applications files load by topological order
+        model.load_weights(str(path))
+    except Exception:  # noqa: BLE001 - image-classifiers files: by layer name
+        model.load_weights(str(path), by_name=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Encoder
+# ------------------------------------------------------------------------------------------
+def build_encoder(backbone: str, inputs, encoder_weights: str = "", encoder_freeze: bool = False,
+                  input_scale=None, strides=(2, 4, 8, 16, 32), fcn: bool = False):
+    """Apply the ``backbone`` encoder to ``inputs``; returns ``({stride: feature}, encoder_model)``.
+
+    The encoder is one nested model named ``encoder_<backbone>`` (so ``encoder_freeze`` freezes it
+    as a unit; frozen BatchNorm layers then run in inference mode). With pretrained weights the
+    standardized input bands are first mapped to the range the weights expect
+    (``input_scale=(scale, offset)``; ``model.options.input_scale`` overrides it).
+    """
+    spec = check_backbone(backbone)
+    bands = int(inputs.shape[-1])
+    base = _base_model(backbone, (None, None, bands))
+    taps = {**spec.features, **(spec.fcn_features if fcn else {})}
+    names = [taps[s] for s in strides]
+    encoder = keras.Model(base.input, [base.get_layer(n).output for n in names], name=f"encoder_{backbone}")
+    if encoder_weights:
+        load_encoder_weights(encoder, backbone, resolve_weights_file(backbone, encoder_weights), bands)
+    if encoder_freeze:
+        encoder.trainable = False
+    x = inputs
+    if input_scale is None:
+        input_scale = spec.input_scale if encoder_weights else (1.0, 0.0)
+    if isinstance(input_scale, (int, float)):
+        input_scale = (float(input_scale), 0.0)
+    if tuple(input_scale) != (1.0, 0.0):
+        x = layers.Rescaling(float(input_scale[0]), float(input_scale[1]), name="encoder_input_scale")(x)
+    outputs = encoder(x)
+    return dict(zip(strides, outputs)), encoder
