@@ -171,6 +171,8 @@ CHOICES = {
     "data.task": ["auto", "binary", "multiclass", "multilabel"],
     "data.ignore_colours": ["ignore", "error"],
     "model.name": ["unet", "fcn8", "fpn", "sm"],
+    # "" = plain UNet / the architecture's default; model.name=sm accepts segmentation-models' names
+    "model.backbone": ["", "resnet34", "resnet50", "vgg16"] + [f"efficientnetb{i}" for i in range(8)],
     "model.dropout_position": ["bottleneck", "encoder", "decoder", "all"],
     "model.upsampling": ["bilinear", "nearest", "transpose"],
     "model.activation": ["auto", "sigmoid", "softmax"],
@@ -335,6 +337,8 @@ def validate(cfg: Config) -> Config:
     """Check choices and ranges; raise ConfigError naming the key. Returns ``cfg``."""
     flat = _flatten(cfg.to_dict())
     for key, allowed in CHOICES.items():
+        if key == "model.backbone" and cfg.model.name == "sm":
+            continue  # checked against segmentation-models' own list when the model is built
         if flat[key] not in allowed:
             raise ConfigError(
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
@@ -353,6 +357,7 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.eval_overlap': expected less than data.window_size "
             f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
         )
+    _validate_model(cfg.model)
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
     if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
@@ -378,6 +383,17 @@ def validate(cfg: Config) -> Config:
                 f"config key 'data.bands[{i}]': expected a 1-based band index (int >= 1), got {band!r}"
             )
     return cfg
+
+
+def _validate_model(model) -> None:
+    if model.stem == "residual" and not (model.name == "unet" and model.backbone):
+        raise ConfigError(f"config key 'model.stem': 'residual' needs model.name=unet with a model.backbone, "
+                          f"got model.name={model.name!r}, model.backbone={model.backbone!r}")
+    if any(not isinstance(f, int) or isinstance(f, bool) or f < 1 for f in model.decoder_filters):
+        raise ConfigError(f"config key 'model.decoder_filters': expected positive integers, got {model.decoder_filters!r}")
+    if model.name == "unet" and model.backbone and model.decoder_filters and len(model.decoder_filters) not in (4, 5):
+        raise ConfigError(f"config key 'model.decoder_filters': unet with a backbone expects 4 or 5 decoder block "
+                          f"widths, got {model.decoder_filters!r}")
 
 
 def resolve_task(data_cfg) -> str:

@@ -84,14 +84,15 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             index = truth * self.num_labels + pred
             weights = ops.cast(valid, "float32")
             size = self.num_labels**2
-        counts = ops.bincount(index, weights=weights, minlength=size)
-        self.matrix.assign_add(ops.reshape(ops.cast(counts[:size], "float32"), self.matrix.shape))
+        # segment_sum with a static number of segments: traces under jax.jit (bincount does not)
+        counts = ops.segment_sum(weights, index, num_segments=size)
+        self.matrix.assign_add(ops.reshape(ops.cast(counts, "float32"), self.matrix.shape))
 
     def result(self):
         return metric_from_matrix(self.matrix, self.kind, self.classes, self.class_id, self.task, self.average)
 
     def reset_state(self):
-        self.matrix.assign(ops.zeros_like(self.matrix))
+        self.matrix.assign(ops.zeros(self.matrix.shape, "float32"))
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind, "classes": self.classes, "ignore_index": self.ignore_index,

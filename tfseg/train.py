@@ -114,15 +114,17 @@ class LearningRateLogger(keras.callbacks.Callback):
 # ------------------------------------------------------------------------------------------
 # Model construction from the config
 # ------------------------------------------------------------------------------------------
-def model_kwargs(model_cfg) -> dict:
-    """Constructor arguments for the chosen architecture (config field names = argument names)."""
+def model_kwargs(model_cfg, task: str = "auto") -> dict:
+    """Constructor arguments for the chosen architecture (config field names = argument names);
+    a multilabel task gets independent sigmoid outputs when model.activation is auto."""
+    activation = "sigmoid" if task == "multilabel" and model_cfg.activation == "auto" else model_cfg.activation
     if model_cfg.name == "unet" and not model_cfg.backbone:
-        keys = ["depth", "filters", "batch_norm", "dropout", "dropout_position", "upsampling", "activation"]
-        return {k: getattr(model_cfg, k) for k in keys}
+        keys = ["depth", "filters", "batch_norm", "dropout", "dropout_position", "upsampling", "stem"]
+        return {**{k: getattr(model_cfg, k) for k in keys}, "activation": activation}
     fields = dataclasses.asdict(model_cfg)
     fields.pop("name")
     options = fields.pop("options")
-    return {**fields, **options}
+    return {**fields, **options, "activation": activation}
 
 
 def num_outputs(data_cfg) -> int:
@@ -149,17 +151,19 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     norm.save(norm_file)
 
     classes = num_outputs(cfg.data)
+    task = config_lib.resolve_task(cfg.data)
     bands = train_scenes[0].info.num_bands
     train_ds = build_dataset(train_scenes, norm, cfg.data, training=True)
     val_ds = build_dataset(val_scenes, norm, cfg.data, training=False)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // cfg.data.batch_size)
 
-    model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes, **model_kwargs(cfg.model))
-    loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None)
+    model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes, **model_kwargs(cfg.model, task))
+    loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
+                    class_weights=cfg.train.class_weights or None)
     model.compile(
         optimizer=make_optimizer(cfg.train, steps),
         loss=loss,
-        metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold),
+        metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
         jit_compile=cfg.train.jit_compile,
     )
     best_file = run_path / "model.keras"
@@ -184,7 +188,8 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     train_seconds = time.time() - started
 
     best = keras.saving.load_model(best_file, compile=False)
-    best.compile(loss=loss, metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold))
+    best.compile(loss=loss, metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task,
+                                                         cfg.data.classes))
     scores = best.evaluate(val_ds, verbose=0, return_dict=True)
     val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
     epochs_done = len(_read_history(run_path / "history.csv")) or len(history.epoch)

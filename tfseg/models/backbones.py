@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,8 +97,8 @@ def _bn(name, scale=True):
     return layers.BatchNormalization(momentum=0.99, epsilon=2e-5, scale=scale, name=name)
 
 
-def _conv(filters, size, name, strides=1):
-    return layers.Conv2D(filters, size, strides=strides, padding="valid", use_bias=False,
+def _conv(filters, size, name, strides=1, padding="valid"):
+    return layers.Conv2D(filters, size, strides=strides, padding=padding, use_bias=False,
                          kernel_initializer="he_uniform", name=name)
 
 
@@ -106,12 +107,16 @@ def _basic_block(x, filters, stage, block, strides, cut):
     y = _bn(base + "bn1")(x)
     y = layers.Activation("relu", name=base + "relu1")(y)
     shortcut = _conv(filters, 1, base + "sc", strides)(y) if cut == "post" else x
-    y = layers.ZeroPadding2D(1, name=base + "pad1")(y)
-    y = _conv(filters, 3, base + "conv1", strides)(y)
+    # stride 1: "same" is exactly the reference's symmetric ZeroPadding(1) + "valid", one copy less;
+    # stride 2 keeps the explicit symmetric padding ("same" would pad bottom/right only)
+    if strides == 1:
+        y = _conv(filters, 3, base + "conv1", padding="same")(y)
+    else:
+        y = layers.ZeroPadding2D(1, name=base + "pad1")(y)
+        y = _conv(filters, 3, base + "conv1", strides)(y)
     y = _bn(base + "bn2")(y)
     y = layers.Activation("relu", name=base + "relu2")(y)
-    y = layers.ZeroPadding2D(1, name=base + "pad2")(y)
-    y = _conv(filters, 3, base + "conv2")(y)
+    y = _conv(filters, 3, base + "conv2", padding="same")(y)
     return layers.Add(name=base + "add")([y, shortcut])
 
 
@@ -141,7 +146,9 @@ def _base_model(backbone: str, input_shape) -> keras.Model:
     builder = {"resnet50": apps.ResNet50, "vgg16": apps.VGG16}.get(backbone)
     if builder is None:
         builder = getattr(apps, f"EfficientNetB{backbone[-1]}")
-    model = builder(include_top=False, weights=None, input_shape=tuple(input_shape))
+    with warnings.catch_warnings():  # "usually expects 1 or 3 input channels": N bands are the point
+        warnings.simplefilter("ignore", UserWarning)
+        model = builder(include_top=False, weights=None, input_shape=tuple(input_shape))
     if backbone.startswith("efficientnet"):
         _neutralize_efficientnet_preprocessing(model)
     return model
@@ -221,10 +228,11 @@ def load_encoder_weights(encoder: keras.Model, backbone: str, path: Path, bands:
     if backbone.startswith("efficientnet"):
         _neutralize_efficientnet_preprocessing(twin)
     twin_layers = {layer.name: layer for layer in twin.layers}
-    for layer in encoder.layers:
-        if not layer.weights:
-            continue
+    twin_weighted = [layer for layer in twin.layers if layer.weights]
+    for index, layer in enumerate(l for l in encoder.layers if l.weights):
         source = twin_layers.get(layer.name)
+        if source is None and index < len(twin_weighted) and type(twin_weighted[index]) is type(layer):
+            source = twin_weighted[index]  # auto-named layers (keras' EfficientNet "normalization_N")
         if source is None:
             raise ValueError(f"model.encoder_weights: {path} has no weights for encoder layer {layer.name!r}")
         values = []

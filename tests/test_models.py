@@ -1,0 +1,202 @@
+"""Every architecture x a small encoder configuration (TensorFlow backend): builds at 32-96 px and
+non-square sizes, dynamic H/W tracing, get_config and .keras round trips, one training step under
+float32 / mixed_float16 / mixed_bfloat16 with float32 outputs, size-multiple errors, freezing and
+the ResNet34-UNet parameter count."""
+import numpy as np
+import pytest
+
+import keras
+
+from tests._model_cases import BANDS, CASES, SLOW
+from tfseg.models import BUILDERS, build_model
+from tfseg.models.blocks import BilinearUpsample2x
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _build(case, classes=3, dynamic=False, **extra):
+    arch, kwargs, (height, width) = CASES[case]
+    shape = (None, None, BANDS) if dynamic else (height, width, BANDS)
+    return build_model(arch, input_shape=shape, classes=classes, **kwargs, **extra), (height, width)
+
+
+def _images(height, width, batch=2, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, height, width, BANDS)).astype("float32")
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def test_registry_has_every_architecture():
+    assert set(BUILDERS) == {"unet", "fcn8", "fpn", "sm"}
+    with pytest.raises(ValueError, match="available"):
+        build_model("deeplab", input_shape=(64, 64, 3))
+
+
+def _cases(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+@pytest.mark.parametrize("case", _cases(sorted(CASES)))
+def test_build_serialize_and_trace_dynamic(case, tmp_path):
+    import tensorflow as tf
+
+    from tfseg.export import model_multiple
+
+    model, (height, width) = _build(case, dynamic=True)
+    images = _images(height, width)
+    probs = keras.ops.convert_to_numpy(model(images, training=False))
+    assert probs.shape == (2, height, width, 3)
+    assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)  # softmax head
+    expected_multiple = 2 ** CASES[case][1]["depth"] if case.startswith("unet_plain") else 32
+    assert model_multiple(model) == expected_multiple
+    assert not any(isinstance(l, keras.layers.UpSampling2D) and l.interpolation != "nearest"
+                   for l in _all_layers(model))
+    # the exporter's serving graph has unknown batch, height and width
+    fn = tf.function(lambda x: model(x, training=False))
+    traced = fn.get_concrete_function(tf.TensorSpec([None, None, None, BANDS], tf.float32))
+    assert traced.structured_outputs.shape.as_list() == [None, None, None, 3]
+    # any multiple of the size multiple works with the same graph
+    other = _images(height + expected_multiple, width, batch=1)
+    assert tuple(fn(other).shape) == (1, height + expected_multiple, width, 3)
+    # get_config round trip and .keras save/load give identical outputs
+    clone = model.__class__.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(images, training=False)), probs, atol=1e-5)
+    path = tmp_path / f"{case}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config()["tfseg_multiple"] == expected_multiple
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images, training=False)), probs)
+
+
+# every architecture trains under one policy here; the plain UNet and one backbone model under all
+STEP_CASES = [(case, PRECISIONS[i % 3]) for i, case in enumerate(sorted(CASES))]
+STEP_CASES += [("unet_plain", p) for p in PRECISIONS if ("unet_plain", p) not in STEP_CASES]
+STEP_CASES += [("unet_resnet34", p) for p in PRECISIONS if ("unet_resnet34", p) not in STEP_CASES]
+STEP_CASES = [pytest.param(c, p, marks=pytest.mark.slow) if c in SLOW else (c, p) for c, p in STEP_CASES]
+
+
+@pytest.mark.parametrize("case,precision", STEP_CASES)
+def test_one_training_step(case, precision):
+    from tfseg.losses import get_loss
+    from tfseg.metrics import segmentation_metrics
+
+    keras.mixed_precision.set_global_policy(precision)
+    classes = 1 if precision == "mixed_float16" else 3
+    model, (height, width) = _build(case, classes=classes)
+    assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
+    if precision != "float32":
+        assert any(l.compute_dtype != "float32" for l in _all_layers(model) if isinstance(l, keras.layers.Conv2D))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice" if classes == 1 else "cce_dice",
+                                                                       classes, 255),
+                  metrics=segmentation_metrics(classes, 255),
+                  # graph tracing of a 250-layer train step costs ~30 s on 2 cores: the backbone models
+                  # run the step eagerly (their graph tracing is covered by the dynamic-shape test)
+                  run_eagerly=not case.startswith("unet_plain"))
+    labels = np.random.default_rng(1).integers(0, max(classes, 2), (2, height, width, 1)).astype("float32")
+    labels[:, :4] = 255
+    before = [w.copy() for w in model.get_weights()]
+    logs = model.train_on_batch(_images(height, width), labels, return_dict=True)
+    assert np.isfinite(logs["loss"]) and 0.0 <= logs["iou"] <= 1.0
+    changed = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert changed > len(before) // 3
+    assert keras.backend.standardize_dtype(model(_images(height, width)).dtype) == "float32"
+
+
+def test_unet_20_bands_in_10_classes_out():
+    model = build_model("unet", input_shape=(64, 64, 20), classes=10, depth=3, filters=4)
+    assert model.input_shape == (None, 64, 64, 20) and model.output_shape == (None, 64, 64, 10)
+
+
+@pytest.mark.parametrize("arch,kwargs,multiple", [
+    ("unet", dict(depth=4, filters=4), 16),
+    ("unet", dict(backbone="resnet34"), 32),
+    ("fcn8", dict(decoder_filters=[8]), 32),
+    ("fpn", dict(), 32),
+])
+def test_size_not_a_multiple_names_size_and_multiple(arch, kwargs, multiple):
+    with pytest.raises(ValueError, match=rf"width 100 is not a multiple of {multiple}"):
+        build_model(arch, input_shape=(64, 100, 3), classes=1, **kwargs)
+
+
+def test_bad_arguments_name_the_key():
+    with pytest.raises(ValueError, match="model.backbone"):
+        build_model("unet", input_shape=(64, 64, 3), backbone="resnet999")
+    with pytest.raises(ValueError, match="model.decoder_filters"):
+        build_model("unet", input_shape=(64, 64, 3), backbone="resnet34", decoder_filters=[8, 8])
+    with pytest.raises(ValueError, match="model.options"):
+        build_model("fpn", input_shape=(64, 64, 3), colour="red")
+    with pytest.raises(ValueError, match="model.upsampling"):
+        build_model("unet", input_shape=(64, 64, 3), depth=2, filters=2, upsampling="cubic")
+
+
+def test_encoder_freeze_keeps_batchnorm_in_inference_mode():
+    model = build_model("unet", input_shape=(32, 32, 3), classes=1, backbone="resnet34", encoder_freeze=True,
+                        decoder_filters=[8, 8, 4, 4, 4])
+    encoder = model.get_layer("encoder_resnet34")
+    assert not encoder.trainable and encoder.trainable_weights == []
+    assert model.trainable_weights  # the decoder still trains
+    bn = encoder.get_layer("bn0")
+    moving = keras.ops.convert_to_numpy(bn.moving_mean).copy()
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    images = _images(32, 32)[..., :3]
+    model.train_on_batch(images, np.ones((2, 32, 32, 1), "float32"))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean), moving)
+    features = keras.Model(encoder.input, encoder.outputs[-1])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(features(images, training=True)),
+                               keras.ops.convert_to_numpy(features(images, training=False)), atol=1e-5)
+
+
+SM_UNET_RESNET34_PARAMS = 24_456_444  # segmentation-models 1.0.1 Unet('resnet34'), 3 bands, 1 class
+
+
+def test_unet_resnet34_parameter_count_matches_segmentation_models():
+    model = build_model("unet", input_shape=(None, None, 3), classes=1, backbone="resnet34")
+    ours = model.count_params()
+    try:
+        from tfseg.models.sm_adapter import import_segmentation_models
+
+        sm = import_segmentation_models()
+        reference = sm.Unet("resnet34", encoder_weights=None, input_shape=(None, None, 3), classes=1).count_params()
+    except ImportError:
+        reference = SM_UNET_RESNET34_PARAMS  # segmentation-models not installed: the published count
+    assert abs(ours - reference) / reference < 0.05, (ours, reference)
+    assert 24.0e6 < ours < 25.0e6
+
+
+def test_config_choices_match_registry_and_feed_the_builders():
+    from tfseg import config as config_lib
+    from tfseg.models import BACKBONES
+    from tfseg.train import model_kwargs, num_outputs
+
+    assert sorted(config_lib.CHOICES["model.backbone"]) == sorted([""] + BACKBONES)
+    assert set(config_lib.CHOICES["model.name"]) == set(BUILDERS)
+    cfg = config_lib.from_dict({"data": {"classes": ["crops", "trees", "water"], "task": "multilabel"},
+                                "model": {"name": "fpn", "backbone": "resnet34", "decoder_filters": [8, 8],
+                                          "options": {"aggregation": "sum"}}})
+    kwargs = model_kwargs(cfg.model, config_lib.resolve_task(cfg.data))
+    assert kwargs["activation"] == "sigmoid"
+    model = build_model(cfg.model.name, input_shape=(None, None, 4), classes=num_outputs(cfg.data), **kwargs)
+    probs = keras.ops.convert_to_numpy(model(_images(32, 32)[..., :4]))
+    assert probs.shape == (2, 32, 32, 3) and not np.allclose(probs.sum(-1), 1.0)  # independent sigmoids
+    default = config_lib.load(None)
+    plain = build_model(default.model.name, input_shape=(None, None, 4), classes=1, **model_kwargs(default.model))
+    assert plain.get_layer("enc0_conv0") is not None and plain.get_config()["tfseg_multiple"] == 16
+    for bad, key in ((["model.backbone=resnet99"], "model.backbone"),
+                     (["model.stem=residual"], "model.stem"),
+                     (["model.backbone=resnet34", "model.decoder_filters=[8, 8]"], "model.decoder_filters")):
+        with pytest.raises(config_lib.ConfigError, match=key):
+            config_lib.from_dict({}, bad)
+    assert config_lib.from_dict({}, ["model.name=sm", "model.backbone=seresnext50"]).model.backbone == "seresnext50"

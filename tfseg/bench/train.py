@@ -1,0 +1,119 @@
+"""``python -m tfseg.bench train [--json]``: training throughput of tfseg ``unet`` + ``resnet34``
+against segmentation-models' ``Unet('resnet34')``: same batch, size, data, loss and optimizer,
+float32 on this machine, after warm-up, measured in the same run (rounds interleaved so machine
+noise hits both alike), without and with XLA ``jit_compile``.
+
+Last line with ``--json``: ``{"tfseg_img_per_s", "sm_img_per_s", "ratio", "ratio_xla"}`` where
+``ratio = tfseg / sm`` without XLA and ``ratio_xla = tfseg / sm`` with XLA for both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="python -m tfseg.bench train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256, help="tile size in pixels (multiple of 32)")
+    parser.add_argument("--bands", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--upsampling", default="nearest", choices=["nearest", "bilinear", "transpose"],
+                        help="tfseg decoder upsampling (segmentation-models' Unet uses nearest)")
+    parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile measurements")
+    return parser
+
+
+def _models(args, jit_compile):
+    import keras
+
+    from tfseg.losses import get_loss
+    from tfseg.models import build_model
+    from tfseg.models.sm_adapter import import_segmentation_models
+
+    sm = import_segmentation_models()
+    shape = (args.size, args.size, args.bands)
+    tfseg_model = build_model("unet", input_shape=shape, classes=1, backbone="resnet34",
+                              upsampling=args.upsampling)
+    sm_model = sm.Unet("resnet34", encoder_weights=None, input_shape=shape, classes=1, activation="sigmoid")
+    for model in (tfseg_model, sm_model):
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("bce_dice", 1, 255),
+                      jit_compile=jit_compile)
+    return {"tfseg": tfseg_model, "sm": sm_model}
+
+
+def _step_time(model, images, labels, steps):
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(images, labels)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(args, jit_compile: bool) -> dict:
+    """Images/s per model: median over interleaved rounds of ``steps`` training steps."""
+    import keras
+    import numpy as np
+
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch_size, args.size, args.size, args.bands)).astype("float32")
+    labels = (rng.random((args.batch_size, args.size, args.size, 1)) < 0.3).astype("float32")
+    models = _models(args, jit_compile)
+    for model in models.values():  # compile + warm-up
+        for _ in range(1 + args.warmup):
+            model.train_on_batch(images, labels)
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            times[name].append(_step_time(model, images, labels, args.steps))
+    params = {name: model.count_params() for name, model in models.items()}
+    return {name: {"img_per_s": args.batch_size / statistics.median(t), "params": params[name]}
+            for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        print("error: bench train compares with segmentation-models, which needs KERAS_BACKEND=tensorflow",
+              file=sys.stderr)
+        return 2
+    try:
+        from tfseg.models.sm_adapter import import_segmentation_models
+
+        import_segmentation_models()
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.time()
+    plain = measure(args, jit_compile=False)
+    xla = None if args.no_xla else measure(args, jit_compile=True)
+    ratio = plain["tfseg"]["img_per_s"] / plain["sm"]["img_per_s"]
+    ratio_xla = xla["tfseg"]["img_per_s"] / xla["sm"]["img_per_s"] if xla else None
+    print(f"training throughput, batch {args.batch_size}, {args.size}x{args.size}x{args.bands}, float32, "
+          f"{os.cpu_count()} CPU threads, {args.rounds} rounds x {args.steps} steps (median)")
+    print(f"{'model':<34}{'params':>12}{'img/s':>10}{'img/s XLA':>12}")
+    for name, label in (("tfseg", f"tfseg unet+resnet34 ({args.upsampling})"), ("sm", "segmentation-models Unet")):
+        xla_value = f"{xla[name]['img_per_s']:>12.2f}" if xla else f"{'-':>12}"
+        print(f"{label:<34}{plain[name]['params']:>12,}{plain[name]['img_per_s']:>10.2f}{xla_value}")
+    print(f"ratio tfseg/sm: {ratio:.3f}   with XLA: {ratio_xla if ratio_xla is None else round(ratio_xla, 3)}   "
+          f"({time.time() - started:.0f}s)")
+    if args.json:
+        print(json.dumps({"tfseg_img_per_s": round(plain["tfseg"]["img_per_s"], 3),
+                          "sm_img_per_s": round(plain["sm"]["img_per_s"], 3),
+                          "ratio": round(ratio, 4), "ratio_xla": None if ratio_xla is None else round(ratio_xla, 4)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
