@@ -170,6 +170,7 @@ def test_unet_resnet34_parameter_count_matches_segmentation_models():
 
         sm = import_segmentation_models()
         reference = sm.Unet("resnet34", encoder_weights=None, input_shape=(None, None, 3), classes=1).count_params()
+        assert ours == reference  # same layout, same 3x3 head: identical count
     except ImportError:
         reference = SM_UNET_RESNET34_PARAMS  # segmentation-models not installed: the published count
     assert abs(ours - reference) / reference < 0.05, (ours, reference)

@@ -71,10 +71,11 @@ def head_activation(classes: int, activation: str = "auto") -> str:
     return activation
 
 
-def output_head(x, classes: int, activation: str = "auto", name: str = "head", upsample: int = 1):
-    """1x1 conv to ``classes`` logits, optional bilinear x``upsample`` (a power of 2) of the logits,
-    then the final activation in float32 whatever the mixed-precision policy."""
-    x = layers.Conv2D(classes, 1, name=f"{name}_logits")(x)
+def output_head(x, classes: int, activation: str = "auto", name: str = "head", upsample: int = 1,
+                kernel_size: int = 1):
+    """Conv (1x1 by default) to ``classes`` logits, optional bilinear x``upsample`` (a power of 2)
+    of the logits, then the final activation in float32 whatever the mixed-precision policy."""
+    x = layers.Conv2D(classes, kernel_size, padding="same", name=f"{name}_logits")(x)
     step = 0
     while upsample > 1:
         x = BilinearUpsample2x(name=f"{name}_up{step}")(x)

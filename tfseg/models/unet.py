@@ -115,7 +115,8 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
         if dropout and index == 0:
             x = layers.SpatialDropout2D(dropout, name="decoder_drop")(x)
         x = conv_block(x, width, batch_norm, 0.0, name=f"decoder{index}")
-    outputs = output_head(x, classes, activation, upsample=2 if len(decoder_filters) == 4 else 1)
+    # 3x3 head as in segmentation-models (Keras) and segmentation_models_pytorch
+    outputs = output_head(x, classes, activation, upsample=2 if len(decoder_filters) == 4 else 1, kernel_size=3)
     return SegmentationModel(inputs, outputs, name=name or f"unet_{backbone}", tfseg_multiple=32)
 
 
