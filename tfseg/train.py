@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import tfseg
@@ -32,6 +33,10 @@ from .models import build_model
 from .tracking import prepare_run_dir, write_json
 
 log = logging.getLogger("tfseg.train")
+
+# The validation set is a finite grid filtered for nodata (unknown cardinality): Keras warns each
+# time it ends although that is how an evaluation pass finishes.
+warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
 
 
 # ------------------------------------------------------------------------------------------
