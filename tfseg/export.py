@@ -151,7 +151,11 @@ def decode_image_bytes(data, bands: int):
     def jpeg():
         return tf.cast(tf.io.decode_jpeg(data, channels=0), tf.float32)
 
-    image = tf.cond(is_png, png, jpeg)
+    known = tf.debugging.Assert(
+        tf.logical_or(is_png, tf.io.is_jpeg(data)),
+        [f"{BYTES_INPUT}: expected PNG (8- or 16-bit) or JPEG data; the first bytes are", tf.strings.substr(data, 0, 8)])
+    with tf.control_dependencies([known]):
+        image = tf.cond(is_png, png, jpeg)
     tf.debugging.assert_equal(
         tf.shape(image)[-1], bands,
         message=f"{BYTES_INPUT}: the image's channel count does not match the model's {bands} bands")

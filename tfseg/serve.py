@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import json
 import logging
 import re
@@ -210,16 +211,22 @@ def _decode_strings(value, input_name):
 def to_array(value, spec, input_name: str) -> np.ndarray:
     """One input's JSON value as a numpy array of the signature's dtype and rank (or RequestError)."""
     dtype = spec.dtype.as_numpy_dtype
-    shape = spec.shape
     if spec.dtype.name == "string":
         array = np.array(_decode_strings(value, input_name), dtype=object)
     else:
+        if spec.dtype.is_floating:
+            try:  # fast path: straight to the signature's dtype (2-3x faster than infer-then-cast)
+                array = np.array(value, dtype=dtype)
+            except (ValueError, TypeError):
+                array = None
+            if array is not None and array.dtype == dtype:
+                return _check_shape(array, spec, input_name)
         try:
             array = np.asarray(value)
         except ValueError:
             array = np.empty(0, object)
         if array.dtype == object:
-            raise RequestError(f"input {input_name!r}: the nested lists are ragged (every image in a request "
+            raise RequestError(f"input {input_name!r}: the nested lists are ragged or hold non-numbers (every image in a request "
                                f"must have the same height, width and band count)")
         kind = array.dtype.kind
         expected = spec.dtype.name
@@ -233,6 +240,11 @@ def to_array(value, spec, input_name: str) -> np.ndarray:
                 raise RequestError(f"input {input_name!r}: values outside the {expected} range [{low}, {high}] "
                                    f"(16-bit imagery goes through serving_int32 or 16-bit PNG)")
         array = array.astype(dtype, copy=False)
+    return _check_shape(array, spec, input_name)
+
+
+def _check_shape(array: np.ndarray, spec, input_name: str) -> np.ndarray:
+    shape = spec.shape
     if shape.rank is not None:
         if array.ndim != shape.rank:
             raise RequestError(f"input {input_name!r} must have rank {shape.rank} {_shape_text(shape)}, "
@@ -466,6 +478,10 @@ def main(argv=None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # move the loaded graphs out of the garbage collector's view: decoding a JSON image creates
+    # ~10^6 small objects, and every collection would otherwise walk TensorFlow's object graph
+    gc.collect()
+    gc.freeze()
     app = ServingApp(manager, args.max_request_bytes)
     # waitress' own cap is a backstop above ours, so an oversize body with a Content-Length
     # still gets the JSON 400 from the app instead of waitress' plain-text 413
