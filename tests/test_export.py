@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +181,13 @@ def test_cli_exports_a_run_directory_for_tf_serving(multiclass, tmp_path, capsys
     loaded_model, loaded_norm, run_metrics = load_run_model(run)
     assert loaded_norm == norm and run_metrics["val"]["iou"] == 0.61
     out = tmp_path / "models" / "landcover" / "3"
-    assert main(["--model", str(run), "--output", str(out)]) == 0
-    assert (out / "saved_model.pb").is_file() and "SavedModel written" in capsys.readouterr().out
+    # the real command in a fresh interpreter (nothing pre-imported: custom layers must register)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "tfseg.export", "--model", str(run), "--output", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "saved_model.pb").is_file() and "SavedModel written" in done.stdout
     meta = read_metadata(out)
     assert meta["classes"] == CLASSES and meta["tile_size"] == 128 and meta["recommended_overlap"] == 16
     assert meta["metrics"] == {"iou": 0.61, "f1": 0.7} and meta["class_colours"]["trees"] == "#00aa00"

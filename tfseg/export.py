@@ -335,7 +335,7 @@ def load_run_model(path) -> tuple[keras.Model, Normalization, dict]:
     keras_file = path / "model.keras" if path.is_dir() else path
     if not keras_file.is_file():
         raise FileNotFoundError(f"no Keras model at {keras_file} (expected a run directory or a .keras file)")
-    from . import losses, metrics  # noqa: F401  (registers custom objects)
+    from . import losses, metrics, models  # noqa: F401  (registers custom layers, losses, metrics)
 
     model = keras.saving.load_model(keras_file, compile=False)
     norm = Normalization.load(run_dir / "normalization.json")

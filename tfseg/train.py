@@ -207,8 +207,8 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index)
     if cfg.export.enabled:
-        export_saved_model(best, norm, run_path / "export", _export_metadata(cfg, norm, result, bands),
-                           threshold=cfg.train.threshold)
+        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
+        export_saved_model(best, norm, run_path / "export", export_meta, threshold=cfg.train.threshold)
     return {**result, "run_dir": str(run_path)}
 
 
