@@ -295,3 +295,24 @@ def test_start_server_helper_is_bounded(tmp_path):
     """The launcher gives up with the server's log when the model path is unusable."""
     with pytest.raises(RuntimeError, match="exited"):
         start_server(tmp_path / "missing", "x", tmp_path / "log.txt", timeout=60)
+
+
+@pytest.mark.parametrize("value", [[[1, 2], [3, 4]], [[[1.5, -2e3]]], [7], [[[1, 2]], [[3, 4]]],
+                                   np.arange(2 * 5 * 3 * 4).reshape(2, 5, 3, 4).tolist()])
+def test_fast_numeric_json_path_equals_general_parser(value):
+    from tfseg.serve import numeric_array_from_json, parse_body
+
+    text = json.dumps(value).encode()
+    array = numeric_array_from_json(text)
+    np.testing.assert_array_equal(array, np.array(value))
+    assert array.dtype == np.array(value).dtype
+    body = parse_body(b'{"signature_name": "serving_uint8", "instances": ' + text + b"}")
+    assert body["signature_name"] == "serving_uint8"
+    np.testing.assert_array_equal(body["instances"], np.array(value))
+
+
+@pytest.mark.parametrize("value", [[[1, 2], [3]], [[1, [2]]], [[]], [1, "a"], [{"b64": "x"}], [[1, 2], [3, 4, 5]]])
+def test_fast_numeric_json_path_declines_anything_else(value):
+    from tfseg.serve import numeric_array_from_json
+
+    assert numeric_array_from_json(json.dumps(value).encode()) is None

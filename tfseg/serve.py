@@ -76,6 +76,64 @@ def _loads(body: bytes):
         raise RequestError(f"JSON Parse error: {error}") from None
 
 
+_NUMERIC_BYTES = b"[]-+.,eE0123456789 \n\r\t"
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_ENVELOPE_HEAD = re.compile(
+    rb'\A\s*\{\s*(?:"signature_name"\s*:\s*"(?P<signature>[A-Za-z0-9_.\-/]*)"\s*,\s*)?'
+    rb'"(?P<key>instances|inputs)"\s*:\s*\[')
+_ENVELOPE_TAIL = re.compile(rb'\]\s*(?:,\s*"signature_name"\s*:\s*"(?P<signature>[A-Za-z0-9_.\-/]*)"\s*)?\}\s*\Z')
+
+
+def numeric_array_from_json(text: bytes) -> Optional[np.ndarray]:
+    """A JSON nested list of numbers as an int64/float64 array, without building Python lists.
+
+    Returns None when ``text`` is anything else (strings, objects, ragged or empty lists), so the
+    caller falls back to the general parser, which also produces the precise error message.
+    """
+    if not text or text.translate(None, _NUMERIC_BYTES):
+        return None
+    codes = np.frombuffer(text, np.uint8)
+    opens = codes == ord("[")
+    depth = np.cumsum(opens.astype(np.int32) - (codes == ord("]")))
+    if depth[-1] != 0 or depth.min() < 0 or re.search(rb"\[\s*\]", text):
+        return None
+    open_pos = np.flatnonzero(opens)
+    open_depth = depth[open_pos]
+    comma_pos = np.flatnonzero(codes == ord(","))
+    comma_depth = depth[comma_pos]
+    rank = int(open_depth.max())
+    dims = []
+    for level in range(1, rank + 1):
+        arrays = open_pos[open_depth == level]
+        owner = np.searchsorted(arrays, comma_pos[comma_depth == level], side="right") - 1
+        children = np.bincount(owner, minlength=len(arrays)) + 1
+        if children.min() != children.max():
+            return None  # ragged
+        dims.append(int(children[0]))
+        if level < rank and np.count_nonzero(open_depth == level + 1) != len(arrays) * dims[-1]:
+            return None  # numbers and lists mixed at one level
+    try:
+        flat = _loads(b"[" + text.translate(_BRACKETS_TO_SPACES) + b"]")
+    except RequestError:
+        return None
+    values = np.array(flat)
+    if values.dtype.kind not in "iuf" or values.size != int(np.prod(dims)):
+        return None
+    return values.reshape(dims)
+
+
+def parse_body(body: bytes):
+    """The request JSON; the common ``{"instances"|"inputs": <numbers>}`` body takes a fast path."""
+    head = _ENVELOPE_HEAD.match(body)
+    tail = _ENVELOPE_TAIL.search(body, max(0, len(body) - 512)) if head else None
+    if head and tail and tail.start() >= head.end() - 1 and not (head["signature"] and tail["signature"]):
+        array = numeric_array_from_json(body[head.end() - 1:tail.start() + 1])
+        if array is not None:
+            signature = (head["signature"] or tail["signature"] or b"").decode()
+            return {**({"signature_name": signature} if signature else {}), head["key"].decode(): array}
+    return _loads(body)
+
+
 # ------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------
@@ -273,6 +331,9 @@ def parse_predict_request(body: dict, servable: Servable) -> tuple[str, dict, bo
         raise RequestError("Not both \"instances\" and \"inputs\" can be specified in the same request")
     if "instances" in body:
         instances = body["instances"]
+        if isinstance(instances, np.ndarray) and len(specs) == 1:  # from the fast numeric path
+            (name, spec), = specs.items()
+            return signature, {name: to_array(instances, spec, name)}, True
         if not isinstance(instances, list):
             raise RequestError("\"instances\" must be a JSON list (one element per example)")
         if not specs:
@@ -427,7 +488,7 @@ class ServingApp:
     def predict(self, servable: Servable, body: bytes) -> dict:
         from ._tf import tensorflow as tf
 
-        signature, arrays, row_format = parse_predict_request(_loads(body), servable)
+        signature, arrays, row_format = parse_predict_request(parse_body(body), servable)
         try:
             outputs = servable.signatures[signature](**{k: tf.constant(v) for k, v in arrays.items()})
         except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:

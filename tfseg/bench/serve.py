@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import http.client
 import json
 import os
@@ -139,6 +140,9 @@ def main(argv=None) -> int:
         export_saved_model(model, norm, base / "1", {"classes": [f"class{i}" for i in range(args.classes)],
                                                      "band_dtype": "uint16"})
         process, port = start_server(base, "bench", Path(tmp) / "serve.log")
+        # as in the server: keep the collector off TensorFlow's object graph while decoding replies
+        gc.collect()
+        gc.freeze()
         path = "/v1/models/bench:predict"
         try:
             body = _tile_body(tile, args.payload)
