@@ -546,8 +546,12 @@ def main(argv=None) -> int:
     app = ServingApp(manager, args.max_request_bytes)
     # waitress' own cap is a backstop above ours, so an oversize body with a Content-Length
     # still gets the JSON 400 from the app instead of waitress' plain-text 413
+    # image-sized bodies: bigger socket reads and in-memory buffers up to 16 MiB (waitress'
+    # defaults, 8 KiB reads and spooling to a temp file above 512 KiB, are tuned for web pages)
+    buffer = min(16 * 1024 * 1024, 2 * args.max_request_bytes)
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
-                                    max_request_body_size=2 * args.max_request_bytes, ident="tfseg.serve")
+                                    max_request_body_size=2 * args.max_request_bytes, ident="tfseg.serve",
+                                    recv_bytes=256 * 1024, inbuf_overflow=buffer, outbuf_overflow=buffer)
     port = server.effective_port
     log.info("REST API for model %r (versions %s) at http://%s:%s/v1/models/%s", args.model_name,
              manager.versions(), args.host, port, args.model_name)
