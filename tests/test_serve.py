@@ -311,7 +311,7 @@ def test_fast_numeric_json_path_equals_general_parser(value):
     np.testing.assert_array_equal(body["instances"], np.array(value))
 
 
-@pytest.mark.parametrize("value", [[[1, 2], [3]], [[1, [2]]], [[]], [1, "a"], [{"b64": "x"}], [[1, 2], [3, 4, 5]]])
+@pytest.mark.parametrize("value", [[[1, 2], [3]], [[1, [2]]], [[]], [], [[1], []], [[[]], [[1]]], [[], [1, 2]], [1, "a"], [{"b64": "x"}], [[1, 2], [3, 4, 5]]])
 def test_fast_numeric_json_path_declines_anything_else(value):
     from tfseg.serve import numeric_array_from_json
 

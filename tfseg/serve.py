@@ -95,8 +95,10 @@ def numeric_array_from_json(text: bytes) -> Optional[np.ndarray]:
     codes = np.frombuffer(text, np.uint8)
     opens = codes == ord("[")
     depth = np.cumsum(opens.astype(np.int32) - (codes == ord("]")))
-    if depth[-1] != 0 or depth.min() < 0 or re.search(rb"\[\s*\]", text):
+    if depth[-1] != 0 or depth.min() < 0:
         return None
+    # empty lists need no own check: an empty list still counts as one child of its parent, so
+    # the number count (innermost) or the next level's list count (elsewhere) comes up short
     open_pos = np.flatnonzero(opens)
     open_depth = depth[open_pos]
     comma_pos = np.flatnonzero(codes == ord(","))

@@ -3,7 +3,8 @@
 Exports a UNet (the default config's: depth 4, 16 filters, 4 bands, 1 class), starts
 ``python -m tfseg.serve`` on a free 127.0.0.1 port, and measures on the same process run:
 
-* ``serve_p50_ms`` / ``serve_p99_ms``: one ``--tile``² tile per ``:predict`` request, sequential,
+* ``serve_p50_ms`` / ``serve_p99_ms``: one ``--tile``² tile per ``:predict`` request, sequential
+  and alternated with the in-process call (so both sides see the same machine load),
   time from sending the request to having the whole response body (what a load generator
   measures; the client's own JSON decoding is reported in the table, not in these numbers);
 * ``inproc_p50_ms``: the in-process Keras call on the same tile (numpy normalization + model call);
@@ -151,24 +152,24 @@ def main(argv=None) -> int:
                 status, reply = _request(conn, path, body)
                 if status != 200:
                     raise RuntimeError(f"warm-up request failed ({status}): {reply[:300]!r}")
-            serve_ms, decode_ms = [], []
+            batch = tile[None]
+            for _ in range(3):
+                model(norm.apply(batch), training=False)
+            # alternate the two sides so both see the same machine load (these machines are shared)
+            serve_ms, decode_ms, inproc_ms = [], [], []
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 status, reply = _request(conn, path, body)
                 serve_ms.append((time.perf_counter() - start) * 1e3)
+                if status != 200:
+                    raise RuntimeError(f"request failed ({status}): {reply[:300]!r}")
                 start = time.perf_counter()
                 orjson.loads(reply)
                 decode_ms.append((time.perf_counter() - start) * 1e3)
-            conn.close()
-
-            batch = tile[None]
-            for _ in range(3):
-                model(norm.apply(batch), training=False)
-            inproc_ms = []
-            for _ in range(args.repeats):
                 start = time.perf_counter()
                 np.asarray(model(norm.apply(batch), training=False))
                 inproc_ms.append((time.perf_counter() - start) * 1e3)
+            conn.close()
 
             small_body = _tile_body(small, args.payload)
             errors = [0] * args.clients
