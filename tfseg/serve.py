@@ -77,6 +77,7 @@ def _loads(body: bytes):
 
 
 _NUMERIC_BYTES = b"[]-+.,eE0123456789 \n\r\t"
+_NUMBER_BYTES = b"-+.eE0123456789 \n\r\t"
 _BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
 _ENVELOPE_HEAD = re.compile(
     rb'\A\s*\{\s*(?:"signature_name"\s*:\s*"(?P<signature>[A-Za-z0-9_.\-/]*)"\s*,\s*)?'
@@ -85,42 +86,50 @@ _ENVELOPE_TAIL = re.compile(rb'\]\s*(?:,\s*"signature_name"\s*:\s*"(?P<signature
 
 
 def numeric_array_from_json(text: bytes) -> Optional[np.ndarray]:
-    """A JSON nested list of numbers as an int64/float64 array, without building Python lists.
+    """A JSON nested list of numbers as an int64/float64 array, without building nested Python lists.
 
     Returns None when ``text`` is anything else (strings, objects, ragged or empty lists), so the
     caller falls back to the general parser, which also produces the precise error message.
+    The shape is read off the first element's path; then the whole bracket/comma skeleton must
+    equal the one of a regular array of that shape, byte for byte, so ragged input cannot slip by.
     """
     if not text or text.translate(None, _NUMERIC_BYTES):
         return None
-    codes = np.frombuffer(text, np.uint8)
-    opens = codes == ord("[")
-    depth = np.cumsum(opens.astype(np.int32) - (codes == ord("]")))
-    if depth[-1] != 0 or depth.min() < 0:
+    skeleton = text.translate(None, _NUMBER_BYTES)  # only "[", "]" and "," remain
+    rank = len(skeleton) - len(skeleton.lstrip(b"["))
+    if rank == 0:
         return None
-    # empty lists need no own check: an empty list still counts as one child of its parent, so
-    # the number count (innermost) or the next level's list count (elsewhere) comes up short
-    open_pos = np.flatnonzero(opens)
-    open_depth = depth[open_pos]
-    comma_pos = np.flatnonzero(codes == ord(","))
-    comma_depth = depth[comma_pos]
-    rank = int(open_depth.max())
-    dims = []
-    for level in range(1, rank + 1):
-        arrays = open_pos[open_depth == level]
-        owner = np.searchsorted(arrays, comma_pos[comma_depth == level], side="right") - 1
-        children = np.bincount(owner, minlength=len(arrays)) + 1
-        if children.min() != children.max():
-            return None  # ragged
-        dims.append(int(children[0]))
-        if level < rank and np.count_nonzero(open_depth == level + 1) != len(arrays) * dims[-1]:
-            return None  # numbers and lists mixed at one level
+    dims = [0] * rank
+    inner_length = 0  # skeleton length of one element of the level below
+    for level in range(rank - 1, -1, -1):  # innermost level first
+        end = skeleton.find(b"]" * (rank - level))  # closes the first list of this level (first time)
+        if end < 0:
+            return None
+        length = end + (rank - level) - level  # skeleton length of that list, from its "["
+        if level == rank - 1:
+            count = length - 1  # "[" + (count - 1) commas + "]"
+        else:
+            count, rest = divmod(length - 1, inner_length + 1)
+            if rest:
+                return None
+        if count < 1:
+            return None
+        dims[level] = count
+        inner_length = length
+    expected = b""
+    for level in range(rank - 1, -1, -1):
+        expected = b"[" + b",".join([expected] * dims[level]) + b"]"
+        if len(expected) > len(skeleton):
+            return None
+    if expected != skeleton:
+        return None  # ragged, empty lists, or numbers and lists mixed
     try:
         flat = _loads(b"[" + text.translate(_BRACKETS_TO_SPACES) + b"]")
     except RequestError:
         return None
     values = np.array(flat)
     if values.dtype.kind not in "iuf" or values.size != int(np.prod(dims)):
-        return None
+        return None  # e.g. a missing number between two commas
     return values.reshape(dims)
 
 
