@@ -8,6 +8,8 @@ Exports a UNet (the default config's: depth 4, 16 filters, 4 bands, 1 class), st
   time from sending the request to having the whole response body (what a load generator
   measures; the client's own JSON decoding is reported in the table, not in these numbers);
 * ``inproc_p50_ms``: the in-process Keras call on the same tile (numpy normalization + model call);
+* table only: the exported signature called in-process (the graph the server runs, compiled,
+  where the Keras call is eager), so the pure HTTP + JSON overhead is visible;
 * ``requests`` / ``errors``: ``--clients`` concurrent clients x ``--requests-per-client`` requests
   (tile ``--concurrent-tile``²), counting non-200 answers and connection failures.
 
@@ -155,8 +157,12 @@ def main(argv=None) -> int:
             batch = tile[None]
             for _ in range(3):
                 model(norm.apply(batch), training=False)
-            # alternate the two sides so both see the same machine load (these machines are shared)
-            serve_ms, decode_ms, inproc_ms = [], [], []
+            # reference only (table): the exported signature called in-process, i.e. the same graph
+            # the server runs, without HTTP/JSON; the Keras call above runs eagerly
+            signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+            signature(images=tf.constant(batch))
+            # alternate the sides so all see the same machine load (these machines are shared)
+            serve_ms, decode_ms, inproc_ms, graph_ms = [], [], [], []
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 status, reply = _request(conn, path, body)
@@ -169,6 +175,9 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 np.asarray(model(norm.apply(batch), training=False))
                 inproc_ms.append((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+                signature(images=tf.constant(batch))["classes"].numpy()
+                graph_ms.append((time.perf_counter() - start) * 1e3)
             conn.close()
 
             small_body = _tile_body(small, args.payload)
@@ -213,6 +222,9 @@ def main(argv=None) -> int:
           f"({args.tile}x{args.tile}, {args.repeats} sequential)")
     print(f"  {'in-process Keras call p50':<34}{result['inproc_p50_ms']:>10.1f} ms")
     print(f"  {'ratio p50 (goal <= 1.3)':<34}{result['ratio_p50']:>10.3f}")
+    print(f"  {'in-process SavedModel call p50':<34}{_percentile(graph_ms, 50):>10.1f} ms "
+          f"(same graph as the server; HTTP+JSON overhead p50 "
+          f"{_percentile(serve_ms, 50) - _percentile(graph_ms, 50):.1f} ms)")
     print(f"  {'client JSON decode p50 (extra)':<34}{_percentile(decode_ms, 50):>10.1f} ms")
     print(f"  {'concurrent requests / errors':<34}{result['requests']:>10d} / {result['errors']} "
           f"({args.clients} clients x {args.requests_per_client}, {args.concurrent_tile}x{args.concurrent_tile}, "
