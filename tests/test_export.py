@@ -214,6 +214,7 @@ def test_tflite_plain_unet_converts_and_matches(multiclass, tmp_path):
     assert main(["--model", str(run), "--output", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     file = tmp_path / "lite" / "model.tflite"
     assert json.loads((file.parent / METADATA_ASSET).read_text())["format"] == "tflite"
+    assert export_lib.read_tflite_ops(file) == "builtins"
     interpreter = tf.lite.Interpreter(model_path=str(file))
     runner = interpreter.get_signature_runner("serving_default")
     images = np.random.default_rng(8).uniform(0, 255, (1, 37, 50, 3)).astype(np.float32)
@@ -229,3 +230,17 @@ def test_export_module_keeps_train_contract():
     params = list(inspect.signature(export_lib.export_saved_model).parameters)
     assert params[:5] == ["model", "norm", "output", "metadata", "threshold"]
     assert callable(export_tflite)
+
+
+def test_tflite_transpose_unet_uses_builtin_ops_only(tmp_path):
+    keras.utils.set_random_seed(4)
+    model = build_model("unet", input_shape=(None, None, 2), classes=1, depth=2, filters=4, upsampling="transpose")
+    norm = Normalization("meanstd", [10.0, 20.0], [3.0, 4.0], [], [], [])
+    file = export_tflite(model, norm, tmp_path / "t.tflite", {"classes": ["building"]}, threshold=0.3)
+    assert export_lib.read_tflite_ops(file) == "builtins"
+    runner = tf.lite.Interpreter(model_path=str(file)).get_signature_runner("serving_default")
+    images = np.random.default_rng(9).uniform(0, 40, (1, 22, 15, 2)).astype(np.float32)
+    out = runner(images=images)
+    expected = reference(model, norm, images, 4)
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    np.testing.assert_array_equal(out["classes"], (expected[..., 0] >= 0.3).astype(np.int32))

@@ -314,15 +314,29 @@ def export_tflite(
                          input_signature=[tf.TensorSpec([None, None, None, bands], tf.float32, name=IMAGE_INPUT)])
     with tempfile.TemporaryDirectory(prefix="tfseg-tflite-") as staging:
         archive.write_out(staging, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])
-        try:
-            flatbuffer = converter.convert()
-        except Exception as error:  # the converter raises ConverterError / various TF errors
-            raise ExportError(f"model {model.name!r} does not convert to TFLite: {error}") from error
+        flatbuffer, errors = None, []
+        # builtin ops first (runs on any TFLite runtime); else TF ops through the Flex delegate
+        for ops, label in [([tf.lite.OpsSet.TFLITE_BUILTINS], "builtins"),
+                           ([tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS], "builtins+select_tf_ops")]:
+            converter = tf.lite.TFLiteConverter.from_saved_model(staging, signature_keys=["serving_default"])
+            converter.target_spec.supported_ops = ops
+            try:
+                flatbuffer = converter.convert()
+                meta["tflite_ops"] = label
+                break
+            except Exception as error:  # the converter raises ConverterError / various TF errors
+                errors.append(f"{label}: {str(error).splitlines()[0][:300]}")
+        if flatbuffer is None:
+            raise ExportError(f"model {model.name!r} does not convert to TFLite ({'; '.join(errors)})")
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_bytes(flatbuffer)
     (file.parent / METADATA_ASSET).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return file
+
+
+def read_tflite_ops(file) -> str:
+    """``builtins`` or ``builtins+select_tf_ops``, from the metadata written beside a .tflite file."""
+    return json.loads((Path(file).parent / METADATA_ASSET).read_text()).get("tflite_ops", "builtins")
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,7 +424,9 @@ def main(argv=None) -> int:
     try:
         if args.format == "tflite":
             out = export_tflite(model, norm, output, meta, threshold)
-            print(f"TFLite model written to {out}")
+            ops = read_tflite_ops(out)
+            print(f"TFLite model written to {out} (ops: {ops}"
+                  + ("; needs the TensorFlow Flex delegate at run time)" if ops != "builtins" else ")"))
         else:
             out = export_saved_model(model, norm, output, meta, threshold)
             print(f"SavedModel written to {out}")
