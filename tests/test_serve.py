@@ -25,6 +25,16 @@ from tfseg.serve import main as serve_main
 
 NAME = "landcover"
 MAX_BYTES = 300_000
+MAX_PIXELS = 1_000_000
+
+
+def _png_b64(array) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+BOMB = _png_b64(np.zeros((1200, 1000, 3), np.uint8))  # compresses to a few KB, decodes to 1.2 MP
 CLASSES = ["water", "trees", "buildings"]
 
 
@@ -82,7 +92,7 @@ def _start(base: Path, log: Path):
     process = subprocess.Popen(
         [sys.executable, "-m", "tfseg.serve", "--model-base-path", str(base), "--model-name", NAME,
          "--port", "0", "--port-file", str(port_file), "--max-request-bytes", str(MAX_BYTES),
-         "--file-system-poll-wait-seconds", "0.5", "--threads", "4"],
+         "--file-system-poll-wait-seconds", "0.5", "--threads", "4", "--max-image-pixels", str(MAX_PIXELS)],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -210,6 +220,8 @@ BAD_REQUESTS = [
     ("not an image", json.dumps({"signature_name": "serving_bytes",
                                  "instances": [{"b64": base64.b64encode(b"hello").decode()}]}).encode(),
      "expected PNG (8- or 16-bit) or JPEG"),
+    ("image bomb", json.dumps({"signature_name": "serving_bytes", "instances": [{"b64": BOMB}]}).encode(),
+     "more than the server's limit of 1000000 (--max-image-pixels)"),
     ("oversize body", json.dumps({"instances": [[[[1, 2, 3]] * 40000]]}).encode(), "exceeds the server's limit"),
 ]
 

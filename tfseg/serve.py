@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import gc
+import io
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ log = logging.getLogger("tfseg.serve")
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<suffix>/metadata|:[A-Za-z]+)?/?$"
 )
@@ -378,6 +380,24 @@ def parse_predict_request(body: dict, servable: Servable) -> tuple[str, dict, bo
     raise RequestError("Missing 'inputs' or 'instances' key")
 
 
+def check_encoded_images(array: np.ndarray, input_name: str, max_pixels: int) -> None:
+    """Refuse PNG/JPEG inputs whose header promises more than ``max_pixels`` in all (a few KB of
+    PNG can decode to gigabytes); only the headers are read."""
+    from PIL import Image
+
+    total = 0
+    for data in array.reshape(-1):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - not an image PIL knows: the graph's decoder will say what is wrong
+            continue
+        total += width * height
+    if total > max_pixels:
+        raise RequestError(f"input {input_name!r}: the encoded images hold {total} pixels, more than the "
+                           f"server's limit of {max_pixels} (--max-image-pixels)")
+
+
 def _output_value(array: np.ndarray, name: str):
     """Numpy output -> JSON-ready value; string tensors become text, or {"b64"} for *_bytes names."""
     if array.dtype == object or array.dtype.kind == "S":
@@ -428,9 +448,11 @@ def _tf_error_text(error) -> str:
 class ServingApp:
     """A WSGI app answering TF Serving's REST API for the models of one :class:`ModelManager`."""
 
-    def __init__(self, manager: ModelManager, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+    def __init__(self, manager: ModelManager, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.manager = manager
         self.max_request_bytes = int(max_request_bytes)
+        self.max_image_pixels = int(max_image_pixels)
 
     def __call__(self, environ, start_response):
         try:
@@ -500,6 +522,9 @@ class ServingApp:
         from ._tf import tensorflow as tf
 
         signature, arrays, row_format = parse_predict_request(parse_body(body), servable)
+        for name, array in arrays.items():
+            if array.dtype == object:
+                check_encoded_images(array, name, self.max_image_pixels)
         try:
             outputs = servable.signatures[signature](**{k: tf.constant(v) for k, v in arrays.items()})
         except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
@@ -522,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=8, help="request worker threads (default 8)")
     parser.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                         help=f"largest request body accepted (default {DEFAULT_MAX_REQUEST_BYTES})")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help=f"most pixels the PNG/JPEG inputs of one request may decode to "
+                             f"(default {DEFAULT_MAX_IMAGE_PIXELS})")
     parser.add_argument("--model-version-policy", choices=["latest", "all"], default="latest",
                         help="serve only the newest version (default, like TF Serving) or all versions")
     parser.add_argument("--file-system-poll-wait-seconds", type=float, default=1.0,
@@ -536,8 +564,8 @@ def main(argv=None) -> int:
     if not 0 <= args.port <= 65535:
         print(f"error: --port must be in [0, 65535], got {args.port}", file=sys.stderr)
         return 2
-    if args.threads < 1 or args.max_request_bytes < 1:
-        print("error: --threads and --max-request-bytes must be positive", file=sys.stderr)
+    if args.threads < 1 or args.max_request_bytes < 1 or args.max_image_pixels < 1:
+        print("error: --threads, --max-request-bytes and --max-image-pixels must be positive", file=sys.stderr)
         return 2
     try:
         import waitress
@@ -554,7 +582,7 @@ def main(argv=None) -> int:
     # ~10^6 small objects, and every collection would otherwise walk TensorFlow's object graph
     gc.collect()
     gc.freeze()
-    app = ServingApp(manager, args.max_request_bytes)
+    app = ServingApp(manager, args.max_request_bytes, args.max_image_pixels)
     # waitress' own cap is a backstop above ours, so an oversize body with a Content-Length
     # still gets the JSON 400 from the app instead of waitress' plain-text 413
     # image-sized bodies: bigger socket reads and in-memory buffers up to 16 MiB (waitress'
