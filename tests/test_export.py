@@ -208,6 +208,7 @@ def test_cli_errors_name_the_argument(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:.*Interpreter is deprecated")
 def test_tflite_plain_unet_converts_and_matches(multiclass, tmp_path):
     model, norm, _, _ = multiclass
     run = _run_dir(tmp_path, model, norm)
@@ -232,6 +233,7 @@ def test_export_module_keeps_train_contract():
     assert callable(export_tflite)
 
 
+@pytest.mark.filterwarnings("ignore:.*Interpreter is deprecated")
 def test_tflite_transpose_unet_uses_builtin_ops_only(tmp_path):
     keras.utils.set_random_seed(4)
     model = build_model("unet", input_shape=(None, None, 2), classes=1, depth=2, filters=4, upsampling="transpose")

@@ -328,3 +328,19 @@ def test_fast_numeric_json_path_declines_anything_else(value):
     from tfseg.serve import numeric_array_from_json
 
     assert numeric_array_from_json(json.dumps(value).encode()) is None
+
+
+def test_version_policy_all_and_a_broken_version_is_skipped(server, tmp_path):
+    from tfseg.serve import ModelManager
+
+    _, _, _, base = server
+    newest = max(int(p.name) for p in base.iterdir() if p.name.isdigit())
+    for version in (1, 2):
+        shutil.copytree(base / str(newest), tmp_path / "m" / str(version))
+    (tmp_path / "m" / "3").mkdir()
+    (tmp_path / "m" / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    manager = ModelManager(tmp_path / "m", "m", policy="all", poll_seconds=0)
+    assert manager.versions() == [1, 2]  # 3 failed to load and is not served
+    assert manager.get("m", "1").version == 1 and manager.get("m", None).version == 2
+    latest = ModelManager(tmp_path / "m", "m", policy="latest", poll_seconds=0)
+    assert latest.versions() == [2]

@@ -202,7 +202,7 @@ class ModelManager:
         self.base_path, self.name, self.policy = Path(base_path), name, policy
         self._servables: dict[int, Servable] = {}
         self._lock = threading.Lock()
-        self._failed: dict[int, str] = {}
+        self._failed: dict[int, tuple] = {}  # version -> saved_model.pb (mtime, size) when it failed
         if not self.base_path.is_dir():
             raise FileNotFoundError(f"--model-base-path {self.base_path} is not a directory")
         self.refresh()
@@ -214,26 +214,42 @@ class ModelManager:
             threading.Thread(target=self._poll, args=(poll_seconds,), daemon=True, name="version-poll").start()
 
     def refresh(self) -> None:
-        available = list_versions(self.base_path)
-        wanted = available[-1:] if self.policy == "latest" else available
-        for version in wanted:
-            if version in self._servables or version in self._failed:
-                continue
-            try:
-                servable = Servable(self.name, version, self.base_path / str(version))
-            except Exception as error:  # a broken version must not take the server down
-                self._failed[version] = str(error)
-                log.error("could not load %s version %s: %s", self.name, version, error)
-                continue
-            with self._lock:
-                self._servables[version] = servable
-            log.info("serving %s version %d from %s", self.name, version, servable.path)
-        if self.policy == "latest" and self._servables:
-            with self._lock:
-                newest = max(self._servables)
-                for version in [v for v in self._servables if v != newest]:
-                    del self._servables[version]
-                    log.info("unloaded %s version %d", self.name, version)
+        """Load what the policy wants; ``latest`` falls back to the newest version that loads."""
+        # a failed version is retried once its saved_model.pb changes (e.g. a copy that was still
+        # in progress when it was first seen)
+        candidates = [v for v in list_versions(self.base_path)
+                      if self._failed.get(v) != self._stamp(v)]
+        if self.policy == "latest":
+            wanted = []
+            for version in reversed(candidates):
+                if version in self._servables or self._load(version):
+                    wanted = [version]
+                    break
+        else:
+            wanted = [v for v in candidates if v in self._servables or self._load(v)]
+        with self._lock:
+            for version in [v for v in self._servables if v not in wanted]:
+                del self._servables[version]  # superseded, or its directory was removed
+                log.info("unloaded %s version %d", self.name, version)
+
+    def _stamp(self, version: int):
+        try:
+            stat = (self.base_path / str(version) / "saved_model.pb").stat()
+            return stat.st_mtime_ns, stat.st_size
+        except OSError:
+            return None
+
+    def _load(self, version: int) -> bool:
+        try:
+            servable = Servable(self.name, version, self.base_path / str(version))
+        except Exception as error:  # a broken version must not take the server down
+            self._failed[version] = self._stamp(version)
+            log.error("could not load %s version %s: %s", self.name, version, error)
+            return False
+        with self._lock:
+            self._servables[version] = servable
+        log.info("serving %s version %d from %s", self.name, version, servable.path)
+        return True
 
     def _poll(self, seconds: float) -> None:
         while True:
