@@ -246,3 +246,26 @@ def test_tflite_transpose_unet_uses_builtin_ops_only(tmp_path):
     expected = reference(model, norm, images, 4)
     np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
     np.testing.assert_array_equal(out["classes"], (expected[..., 0] >= 0.3).astype(np.int32))
+
+
+@pytest.mark.slow
+def test_trained_run_exports_its_band_dtype_and_re_exports_for_serving(tmp_path):
+    from tests.data.fixtures import tiny_synthetic_overrides
+    from tfseg import train
+
+    run = tmp_path / "run"
+    assert train.main(["--quiet", "--run-dir", str(run), "--set", *tiny_synthetic_overrides(tmp_path / "data"),
+                       "train.epochs=1"]) == 0
+    meta = read_metadata(run / "export")
+    assert meta["band_dtype"] == "uint16"  # the synthetic scenes are 16-bit GeoTIFFs
+    assert meta["num_bands"] == 4 and meta["tile_size"] == 64 and set(meta["metrics"]) >= {"iou", "f1"}
+    out = tmp_path / "models" / "buildings" / "1"
+    assert main(["--model", str(run), "--output", str(out), "--threshold", "0.35"]) == 0
+    again = read_metadata(out)
+    assert again["band_dtype"] == "uint16" and again["threshold"] == 0.35 and again["metrics"] == meta["metrics"]
+    model, norm, _ = load_run_model(run)
+    raw = np.random.default_rng(10).integers(200, 3000, (1, 50, 70, 4)).astype(np.int32)
+    out_sig = tf.saved_model.load(str(out)).signatures["serving_int32"](images=tf.constant(raw))
+    expected = reference(model, norm, raw, export_lib.model_multiple(model))
+    np.testing.assert_allclose(out_sig["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(out_sig["classes"].numpy(), (expected[..., 0] >= 0.35).astype(np.int32))
