@@ -269,3 +269,9 @@ def test_trained_run_exports_its_band_dtype_and_re_exports_for_serving(tmp_path)
     expected = reference(model, norm, raw, export_lib.model_multiple(model))
     np.testing.assert_allclose(out_sig["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(out_sig["classes"].numpy(), (expected[..., 0] >= 0.35).astype(np.int32))
+
+
+def test_multilabel_head_is_described_as_such(tmp_path):
+    model = build_model("unet", input_shape=(None, None, 2), classes=3, depth=2, filters=2, activation="sigmoid")
+    norm = Normalization("meanstd", [0.0, 0.0], [1.0, 1.0], [], [], [])
+    assert read_metadata(export_saved_model(model, norm, tmp_path / "m"))["task"] == "multilabel"

@@ -199,7 +199,7 @@ def build_metadata(model: keras.Model, norm: Normalization, metadata: Optional[d
         "class_colours": colours,
         "class_map": class_map,
         "num_classes": len(class_map),
-        "task": "binary" if binary else "multiclass",
+        "task": "binary" if binary else ("multilabel" if _final_activation(model) == "sigmoid" else "multiclass"),
         "signatures": signatures,
         "outputs": {"probabilities": {"dtype": "float32", "shape": [None, None, None, channels]},
                     "classes": {"dtype": "int32", "shape": [None, None, None]}},
@@ -214,6 +214,11 @@ def build_metadata(model: keras.Model, norm: Normalization, metadata: Optional[d
         if meta.get(key) is None:
             meta[key] = value
     return meta
+
+
+def _final_activation(model: keras.Model) -> str:
+    activation = getattr(model.layers[-1], "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
 
 
 def read_metadata(path) -> dict:
