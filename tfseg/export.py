@@ -43,7 +43,6 @@ from typing import Optional
 
 from ._tf import tensorflow as tf  # noqa: I001  (quiet TF import first)
 import keras
-import numpy as np
 
 import tfseg
 
