@@ -249,8 +249,8 @@ def pixel_area_m2(crs, transform, width: int, height: int) -> Optional[float]:
     if crs.is_projected:
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         return abs(transform.a * transform.e - transform.b * transform.d) * unit * unit
-    lon0, lat0 = transform * (width / 2, height / 2)
-    lon1, lat1 = transform * (width / 2 + 1, height / 2 + 1)
+    lon0, lat0 = transform @ (width / 2, height / 2)
+    lon1, lat1 = transform @ (width / 2 + 1, height / 2 + 1)
     area, _ = Geod(ellps="WGS84").polygon_area_perimeter([lon0, lon1, lon1, lon0], [lat0, lat0, lat1, lat1])
     return abs(area)
 
