@@ -77,6 +77,9 @@ def building_scene(height=300, width=400, boxes=((20, 30, 80, 90), (150, 200, 23
     image = rng.integers(low - 20, low + 20, (bands, height, width)).astype(np.uint16)
     mask = np.zeros((height, width), np.uint8)
     for r0, c0, r1, c1 in boxes:
+        r1, c1 = min(r1, height), min(c1, width)
+        if r1 <= r0 or c1 <= c0:
+            continue
         image[:, r0:r1, c0:c1] = rng.integers(high - 20, high + 20, (bands, r1 - r0, c1 - c0))
         mask[r0:r1, c0:c1] = 1
     return image, mask

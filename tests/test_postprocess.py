@@ -32,7 +32,7 @@ def _truth_polygons(rng, count=40, size=512):
     polys, taken = [], []
     while len(polys) < count:
         cx, cy = rng.uniform(20, size - 20, 2)
-        w, h = rng.uniform(6, 25, 2)
+        w, h = rng.uniform(8, 25, 2)  # arms of L shapes >= 4 px, above the 3 px opening
         poly = box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
         if rng.random() < 0.4:
             poly = poly.difference(box(cx, cy, cx + w, cy + h))  # L shape

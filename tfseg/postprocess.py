@@ -51,12 +51,13 @@ class PolygonRecord:
 # Raster clean-up
 # ------------------------------------------------------------------------------------------
 def remove_speckle(mask: np.ndarray, opening_px: int) -> np.ndarray:
-    """Morphological opening (erode then dilate) with an elliptical kernel of ``opening_px``."""
+    """Morphological opening (erode then dilate) with a square ``opening_px`` kernel: removes
+    blobs and strands thinner than the kernel and keeps rectilinear (building) corners square."""
     if opening_px <= 1:
         return mask.astype(np.uint8)
     import cv2
 
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(opening_px), int(opening_px)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (int(opening_px), int(opening_px)))
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
 
 
