@@ -8,7 +8,7 @@ the tiling code: :class:`KerasPredictor` (a Keras model + :class:`Normalization`
 :func:`run_sliding_window` streams tiles from one or more sources (GeoTIFF scenes read window by
 window, or in-memory arrays) through the predictor in fixed-size batches, blends overlapping
 tiles with a smooth weight window and hands finished row strips to a sink. Only a strip of
-``tile + stride + block`` rows of the scene is ever held in memory, so memory does not grow with
+``tile + block`` rows of the scene is ever held in memory, so memory does not grow with
 the scene height (and grows only linearly, by a few bytes per pixel of a row, with its width).
 
 Example:
@@ -365,9 +365,10 @@ class _JobState:
     job: Job
     rows: list
     cols: list
-    acc: np.ndarray
-    wsum: np.ndarray
+    acc: np.ndarray  # weighted probability sums of the rows in the buffer
     valid: np.ndarray
+    row_weights: np.ndarray  # sum over tile rows of their row profiles (whole scene height)
+    col_weights: np.ndarray  # the same over tile columns: the weight sum is their outer product
     start: int = 0  # absolute scene row held at buffer row 0
 
 
@@ -455,16 +456,27 @@ def run_sliding_window(
             profiles[key] = np.outer(wr, wc).astype(np.float32)
         return profiles[key]
 
+    def axis_weights(origins, tile, length):
+        # every tile weight is outer(row profile, column profile) on a full grid, so the weight
+        # sum is separable: outer(sum of row profiles, sum of column profiles). No per-pixel
+        # weight buffer is needed.
+        total = np.zeros(origins[-1] + tile, np.float64)
+        for index, origin in enumerate(origins):
+            total[origin : origin + tile] += ramp_profile(tile, *_overlaps(origins, tile, index), margin)
+        return total[:length]
+
     states: dict = {}
 
     def state_for(index):
         if index not in states:
             job = jobs[index]
             rows, cols = grids[index]
-            cap = min(tile_h + stride + block_rows, job.source.height)
+            # rows [start, origin + tile) with start >= the block boundary below origin
+            cap = min(tile_h + block_rows, job.source.height)
             width = job.source.width
-            states[index] = _JobState(job, rows, cols, np.zeros((cap, width, channels), np.float32),
-                                      np.zeros((cap, width), np.float32), np.zeros((cap, width), bool))
+            states[index] = _JobState(
+                job, rows, cols, np.zeros((cap, width, channels), np.float32), np.zeros((cap, width), bool),
+                axis_weights(rows, tile_h, job.source.height), axis_weights(cols, tile_w, width))
         return states[index]
 
     def flush(st: _JobState, upto: int):
@@ -472,10 +484,11 @@ def run_sliding_window(
         n = upto - st.start
         if n <= 0:
             return
-        probs = st.acc[:n] / np.maximum(st.wsum[:n, :, None], 1e-12)
+        wsum = np.outer(st.row_weights[st.start : upto], st.col_weights).astype(np.float32)
+        probs = st.acc[:n] / np.maximum(wsum, 1e-12)[..., None]
         st.job.sink.write(st.start, probs, st.valid[:n].copy())
         keep = st.acc.shape[0] - n
-        for buf in (st.acc, st.wsum, st.valid):
+        for buf in (st.acc, st.valid):
             buf[:keep] = buf[n:]
             buf[keep:] = 0
         st.start = upto
@@ -487,7 +500,6 @@ def run_sliding_window(
         w2d = weight(st.rows, st.cols, i, j)[:h, :w]
         b0 = r - st.start
         st.acc[b0 : b0 + h, c : c + w] += probs[:h, :w] * w2d[..., None]
-        st.wsum[b0 : b0 + h, c : c + w] += w2d
         st.valid[b0 : b0 + h, c : c + w] |= valid[:h, :w]
         if j == len(st.cols) - 1:  # a tile row is complete: rows above the next tile row are final
             last = i == len(st.rows) - 1

@@ -157,7 +157,7 @@ def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, optio
 
 
 def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
-                      block_rows: int = 1024, pixel_area_m2: Optional[float] = None, class_probability_band=None) -> list:
+                      block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None) -> list:
     """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
 
     ``prob_path``: the probability GeoTIFF (band ``class_probability_band[value]`` or 1 for a
@@ -184,7 +184,7 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                 probs = None
                 if psrc is not None:
                     probs = psrc.read(band, window=Window(0, top, width, bottom - top), masked=True)
-                    probs = np.ma.filled(probs.astype(np.float64), 0.0)
+                    probs = np.ma.filled(probs.astype(np.float32), 0.0)
                     if psrc.dtypes[band - 1] == "uint8":
                         probs = probs / 254.0
                 for poly, total, size, at_top, at_bottom in _components(mask, probs, row_offset=top):

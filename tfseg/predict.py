@@ -68,6 +68,7 @@ class PredictOptions:
     threshold: Optional[float] = None
     polygon: PolygonOptions = field(default_factory=PolygonOptions)
     progress: bool = True
+    gdal_cache_mb: int = 64  # GDAL block cache: bounds the memory of windowed reads and writes
 
 
 # ------------------------------------------------------------------------------------------
@@ -300,7 +301,14 @@ def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOpt
 
     Returns the summary (also written to ``output/summary.json``).
     """
+    import rasterio
+
     options = options or PredictOptions()
+    with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb))):
+        return _predict_scenes(model, inputs, output, options)
+
+
+def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) -> dict:
     if options.probabilities not in ("float16", "uint8", "none"):
         raise ValueError(f"--probabilities: expected float16, uint8 or none, got {options.probabilities!r}")
     output = check_writable(Path(output))
@@ -430,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spacenet-csv", nargs="?", const="proposals.csv", default="",
                         help="also write a SpaceNet proposals CSV (default name proposals.csv in --output)")
     parser.add_argument("--cog", action="store_true", help="rewrite rasters as Cloud-Optimized GeoTIFFs with overviews")
+    parser.add_argument("--gdal-cache-mb", type=int, default=64, help="GDAL block cache size (MB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
@@ -442,6 +451,7 @@ def main(argv=None) -> int:
         probabilities=args.probabilities, classes=not args.no_classes, polygons=args.polygons,
         polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=not args.no_overlay,
         spacenet_csv=args.spacenet_csv, cog=args.cog, threshold=args.threshold, progress=not args.quiet,
+        gdal_cache_mb=args.gdal_cache_mb,
         polygon=PolygonOptions(opening_px=args.opening, min_area_px=args.min_area, min_area_m2=args.min_area_m2,
                                fill_holes=not args.no_fill_holes, simplify_px=args.simplify),
     )
