@@ -188,6 +188,7 @@ def load_predictor(path) -> Predictor:
     if path.is_dir() and not (path / "model.keras").is_file() and (path / "export" / "saved_model.pb").is_file():
         return SavedModelPredictor(path / "export")
     if (path.is_dir() and (path / "model.keras").is_file()) or path.suffix == ".keras":
+        from . import models  # noqa: F401  (registers custom layers such as BilinearUpsample2x)
         from .export import load_run_model
 
         model, norm, _ = load_run_model(path)

@@ -61,16 +61,22 @@ def remove_speckle(mask: np.ndarray, opening_px: int) -> np.ndarray:
     return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
 
 
-def fill_holes_mask(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions not connected to the image border (raster hole filling)."""
+def fill_holes_mask(mask: np.ndarray, max_hole_area: float = math.inf) -> np.ndarray:
+    """Fill background regions (8-connected, the dual of 4-connected objects) that do not touch
+    the array border and have at most ``max_hole_area`` pixels. Holes cut by the border are left
+    for the vector stage (after blocks are merged)."""
     import cv2
 
     mask = (mask > 0).astype(np.uint8)
-    padded = np.pad(mask, 1)
-    flood = padded.copy()
-    cv2.floodFill(flood, None, (0, 0), 1)
-    holes = (flood == 0)[1:-1, 1:-1]
-    return mask | holes.astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - mask, connectivity=8)
+    if count <= 1:
+        return mask
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    inner = (left > 0) & (top > 0) & (right < mask.shape[1]) & (bottom < mask.shape[0])
+    fill = inner & (stats[:, cv2.CC_STAT_AREA] <= max_hole_area)
+    fill[0] = False  # label 0 is the foreground itself
+    return np.where(fill[labels], np.uint8(1), mask)
 
 
 def _polygon_fill_holes(poly, max_hole_area: float):
@@ -149,6 +155,8 @@ def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, optio
     """
     options = options or PolygonOptions()
     mask = remove_speckle(mask > 0, options.opening_px)
+    if options.fill_holes:
+        mask = fill_holes_mask(mask, options.max_hole_area_px)
     records = []
     for poly, total, size, _, _ in _components(mask, probs):
         for piece in finish_polygon(poly, options, pixel_area_m2):
@@ -181,6 +189,8 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                 r0, r1 = max(0, top - margin), min(height, bottom + margin)
                 classes = src.read(1, window=Window(0, r0, width, r1 - r0))
                 mask = remove_speckle(classes == value, options.opening_px)[top - r0 : top - r0 + bottom - top]
+                if options.fill_holes:  # holes inside the block; the rest after merging
+                    mask = fill_holes_mask(mask, options.max_hole_area_px)
                 probs = None
                 if psrc is not None:
                     probs = psrc.read(band, window=Window(0, top, width, bottom - top), masked=True)

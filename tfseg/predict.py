@@ -304,7 +304,8 @@ def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOpt
     import rasterio
 
     options = options or PredictOptions()
-    with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb))):
+    # rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in bytes (not MB)
+    with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb)) * 1024 * 1024):
         return _predict_scenes(model, inputs, output, options)
 
 
