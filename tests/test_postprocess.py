@@ -140,3 +140,34 @@ def test_geojson_and_spacenet_writers(tmp_path):
     assert rows[1][0] == "AOI_1_X_img1" and wkt.loads(rows[1][2]).equals(box(5, 10, 25, 30))
     assert rows[2] == ["AOI_1_X_img2", "-1", "POLYGON EMPTY", "1.0"]
     assert spacenet_image_id("RGB-PanSharpen_AOI_2_Vegas_img1.tif") == "AOI_2_Vegas_img1"
+
+
+def _shared_data():
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("TFSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    return root if root.is_dir() else None
+
+
+def test_round_trip_on_real_spacenet_labels(tmp_path):
+    """Real SpaceNet-4 footprints (EPSG:32616) -> rasterize on the chip grid -> streamed
+    polygonize -> world coordinates -> object F1 against the original footprints (the GeoJSON
+    polygons are scored through tfseg.scoring.score_geojson, i.e. as `evaluate polygons`)."""
+    root = _shared_data()
+    if root is None or not (root / "spacenet_sample" / "sample_geotiff.tif").is_file():
+        pytest.skip("shared sample data (../shared/data/spacenet_sample) not available")
+    from tfseg.scoring import score_geojson
+
+    labels = root / "spacenet_sample" / "geotiff_labels.geojson"
+    doc = json.loads(labels.read_text())
+    with rasterio.open(root / "spacenet_sample" / "sample_geotiff.tif") as src:
+        transform, crs, out_shape = src.transform, src.crs, src.shape
+    truth = [shape(f["geometry"]) for f in doc["features"]]
+    mask = features.rasterize([(p, 1) for p in truth], out_shape=out_shape, transform=transform, dtype="uint8")
+    class_path = write_tif(tmp_path / "class.tif", mask, crs=crs.to_string(), transform=transform)
+    records = polygonize_raster(class_path, None, [1], PolygonOptions(opening_px=3, min_area_px=0, simplify_px=0.5),
+                                block_rows=128)
+    out = write_geojson(tmp_path / "found.geojson", records, transform, crs.to_string())
+    result = score_geojson(labels, out)
+    assert result["overall"]["F1Score"] >= 0.99, result["overall"]

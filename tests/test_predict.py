@@ -240,3 +240,14 @@ def test_multiclass_probabilities_and_classes(tmp_path):
     clear = top2[1] - top2[0] > 3e-3  # the file stores half floats: near-ties may flip
     np.testing.assert_array_equal(c[clear], np.argmax(p, axis=0)[clear])
     assert set(summary["scenes"][0]["class_fractions"]) == {"a", "b", "c"}
+
+
+def test_cog_output_has_overviews(tmp_path, oracle_run):
+    image, _ = building_scene(600, 700, boxes=((100, 100, 300, 400),))
+    path = write_tif(tmp_path / "big.tif", image)
+    predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(
+        tile_size=256, overlap=32, cog=True, overlay=False, polygons=False, progress=False))
+    for name in ("big_prob.tif", "big_class.tif"):
+        with rasterio.open(tmp_path / "out" / name) as ds:
+            assert ds.overviews(1) and ds.profile["tiled"] and ds.crs.to_epsg() == 32636
+    assert not list((tmp_path / "out").glob("*.tmp.tif"))
