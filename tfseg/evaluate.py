@@ -223,6 +223,8 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "pixels":
+            from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
+
             result = evaluate_pixels(args.model, _list_files(args.images, "images"), _list_files(args.masks, "masks"),
                                      args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix)
         elif args.command == "spacenet":

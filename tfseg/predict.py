@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
     options = PredictOptions(
         tile_size=args.tile_size, overlap=args.overlap, margin=args.margin, batch_size=args.batch_size, tta=args.tta,
         probabilities=args.probabilities, classes=not args.no_classes, polygons=args.polygons,
