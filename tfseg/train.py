@@ -177,6 +177,10 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
         keras.callbacks.TensorBoard(str(run_path / "logs"), write_graph=False),
         keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=resuming),
     ]
+    if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
+        from .object_metrics import ObjectF1Callback
+
+        callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode))
