@@ -1,9 +1,15 @@
 """tf.data pipelines of tiles: random windows for training, a grid with overlap for evaluation.
 
 Windows are read (rasterio, one handle per thread) and normalized in a parallel ``map``; tiles
-above ``max_nodata_fraction`` are skipped; augmentation is paired tf ops on image and mask.
+above ``max_nodata_fraction`` are skipped; augmentation is paired tf ops on image and label.
 Everything is deterministic for a given seed (window ``i`` of the stream is drawn from
 ``default_rng([seed, i])`` and augmented with stateless ops seeded by ``i``).
+
+Two modes: windows streamed from disk (default), or ``data.cache: true``: every scene decoded
+once into memory (image in its own dtype, valid mask, rasterized labels) and windows sliced.
+
+Labels: binary / multiclass -> (B, S, S, 1) class indices; multilabel -> (B, S, S, K) 0/1; in
+both, ``data.ignore_index`` (every channel) where the image is nodata or outside the scene.
 
 Example:
     >>> train = build_dataset(train_scenes, norm, cfg.data, training=True)
@@ -11,12 +17,15 @@ Example:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from rasterio.windows import Window
 
-from .raster import Normalization, read_window
+from .augment import augment_pair
+from .raster import Normalization, RasterInfo, read_window
 from .sources import Scene
 from .tiling import grid_windows, random_window
 
@@ -27,70 +36,114 @@ def _normalize(image: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.
     return out
 
 
-def read_tile(scene: Scene, window, norm: Normalization, ignore_index: int):
-    """Normalized image (nodata -> 0) and uint8 label (nodata -> ignore) for one window."""
+def num_label_channels(scene) -> int:
+    """1 for class-index labels, K for multi-label (one 0/1 channel per class)."""
+    return int(getattr(scene.labels, "num_channels", 1))
+
+
+@dataclass
+class CachedScene:
+    """A scene decoded into memory: ``image`` HxWxC (source dtype, nodata -> 0), ``valid`` HxW,
+    ``label`` HxWxK uint8 (ignore where invalid). ``info`` is the source raster's."""
+
+    info: RasterInfo
+    image: np.ndarray
+    valid: np.ndarray
+    label: np.ndarray
+    name: str = ""
+    labels: object = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.info.width, self.info.height
+
+
+def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> CachedScene:
+    """Decode ``scene`` once (in row blocks, so the float32 copy never holds the whole scene)."""
+    if isinstance(scene, CachedScene):
+        return scene
+    info = scene.info
+    dtype = np.dtype(info.dtype) if np.dtype(info.dtype).kind in "uif" else np.dtype(np.float32)
+    if getattr(info, "components", None):
+        dtype = np.dtype(np.float32)
+    image = np.zeros((info.height, info.width, info.num_bands), dtype)
+    valid = np.zeros((info.height, info.width), bool)
+    for row in range(0, info.height, block_rows):
+        rows = min(block_rows, info.height - row)
+        block, ok = read_window(info, Window(0, row, info.width, rows))
+        image[row : row + rows] = block.astype(dtype, copy=False)
+        valid[row : row + rows] = ok
+    label = scene.labels.rasterize(Window(0, 0, info.width, info.height), info)
+    if label.ndim == 2:
+        label = label[..., None]
+    label = np.where(valid[..., None], label, np.uint8(ignore_index)).astype(np.uint8)
+    return CachedScene(info, image, valid, label, scene.name, scene.labels)
+
+
+def _slice(array: np.ndarray, window, fill) -> np.ndarray:
+    """``array[window]`` with the parts outside filled (boundless)."""
+    col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    out = np.full((height, width) + array.shape[2:], fill, array.dtype)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, array.shape[1]), min(row + height, array.shape[0])
+    if c1 > c0 and r1 > r0:
+        out[r0 - row : r1 - row, c0 - col : c1 - col] = array[r0:r1, c0:c1]
+    return out
+
+
+def _read_tile_channels(scene, window, norm: Normalization, ignore_index: int):
+    """Normalized image (S, S, C) float32 and label (S, S, K) uint8 for one window."""
+    if isinstance(scene, CachedScene):
+        valid = _slice(scene.valid, window, False)
+        image = _slice(scene.image, window, 0).astype(np.float32)
+        return _normalize(image, valid, norm), _slice(scene.label, window, ignore_index)
     image, valid = read_window(scene.info, window)
     mask = scene.labels.rasterize(window, scene.info)
-    mask = np.where(valid, mask, np.uint8(ignore_index)).astype(np.uint8)
+    if mask.ndim == 2:
+        mask = mask[..., None]
+    mask = np.where(valid[..., None], mask, np.uint8(ignore_index)).astype(np.uint8)
     return _normalize(image, valid, norm), mask
 
 
-class _RandomSampler:
-    """Window ``i`` of the training stream, drawn deterministically from ``(seed, i)``."""
+def read_tile(scene, window, norm: Normalization, ignore_index: int):
+    """Normalized image (nodata -> 0) and uint8 label (nodata -> ignore) for one window.
 
-    def __init__(self, scenes, norm, data_cfg, seed):
+    The label is HxW for class-index labels and HxWxK for multi-label ones.
+    """
+    image, mask = _read_tile_channels(scene, window, norm, ignore_index)
+    return image, (mask[..., 0] if num_label_channels(scene) == 1 else mask)
+
+
+def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
+    if multilabel:
+        return target < mask.shape[-1] and bool((mask[..., target] == 1).any())
+    return bool((mask == target).any())
+
+
+class _RandomSampler:
+    """Window ``i`` of the training stream, drawn deterministically from ``(seed, i)``.
+
+    Windows above ``max_nodata_fraction`` are redrawn (a few times) so the stream stays dense;
+    with oversampling, a share of windows is redrawn until it contains ``oversample_class``.
+    """
+
+    def __init__(self, scenes, norm, data_cfg, seed, multilabel):
         self.scenes, self.norm, self.cfg, self.seed = scenes, norm, data_cfg, seed
         self.sizes = [s.size for s in scenes]
+        self.multilabel = multilabel
 
     def __call__(self, index):
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(index)])
         want_class = cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction
-        for _ in range(20 if want_class else 1):
+        for _ in range(20 if want_class else 5):
             scene_index, window = random_window(self.sizes, cfg.window_size, rng)
-            image, mask = read_tile(self.scenes[scene_index], window, self.norm, cfg.ignore_index)
-            if not want_class or (mask == cfg.oversample_class).any():
+            image, mask = _read_tile_channels(self.scenes[scene_index], window, self.norm, cfg.ignore_index)
+            if np.mean(mask[..., 0] == cfg.ignore_index) > cfg.max_nodata_fraction:
+                continue
+            if not want_class or _has_class(mask, cfg.oversample_class, self.multilabel):
                 break
         return image, mask
-
-
-def _augment(index, image, mask, aug, window_size: int, ignore_index: int, seed: int):
-    """Paired augmentation with stateless ops (seeded by the window index)."""
-    seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 6)
-    mask = mask[..., None]
-    if aug.scale:
-        low, high = float(aug.scale[0]), float(aug.scale[1])
-        factor = tf.exp(tf.random.stateless_uniform([], seeds[0], np.log(low), np.log(high)))
-        new = tf.cast(tf.round(window_size * factor), tf.int32)
-        image = tf.image.resize(image, [new, new], "bilinear")
-        mask = tf.image.resize(mask, [new, new], "nearest")
-        pad = tf.maximum(window_size - new, 0)
-        before = tf.random.stateless_uniform([2], seeds[1], 0, pad + 1, dtype=tf.int32)
-        paddings = [[before[0], pad - before[0]], [before[1], pad - before[1]], [0, 0]]
-        image = tf.pad(image, paddings)
-        mask = tf.pad(mask, paddings, constant_values=ignore_index)
-        extent = tf.shape(image)[0] - window_size
-        start = tf.random.stateless_uniform([2], seeds[2], 0, extent + 1, dtype=tf.int32)
-        image = image[start[0] : start[0] + window_size, start[1] : start[1] + window_size]
-        mask = mask[start[0] : start[0] + window_size, start[1] : start[1] + window_size]
-    if aug.flip:
-        flips = tf.random.stateless_uniform([2], seeds[3]) < 0.5
-        image = tf.where(flips[0], tf.reverse(image, [1]), image)
-        mask = tf.where(flips[0], tf.reverse(mask, [1]), mask)
-        image = tf.where(flips[1], tf.reverse(image, [0]), image)
-        mask = tf.where(flips[1], tf.reverse(mask, [0]), mask)
-    if aug.rot90:
-        k = tf.random.stateless_uniform([], seeds[4], 0, 4, dtype=tf.int32)
-        image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
-    if aug.brightness or aug.contrast:
-        bands = tf.shape(image)[-1]
-        shift = tf.random.stateless_uniform([bands], seeds[5], -aug.brightness, aug.brightness)
-        gain = 1.0 + tf.random.stateless_uniform(
-            [bands], tf.reverse(seeds[5], [0]), -aug.contrast, aug.contrast
-        )
-        valid = tf.cast(mask != ignore_index, image.dtype)
-        image = (image * gain + shift) * valid + image * (1.0 - valid)
-    return image, mask[..., 0]
 
 
 def build_dataset(
@@ -102,27 +155,45 @@ def build_dataset(
     batch_size: Optional[int] = None,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of ``(image, label)``: image float32 (B, S, S, C), label float32 (B, S, S, 1).
+    """Batches of ``(image, label)``: image float32 (B, S, S, C), label float32 (B, S, S, K).
 
     Training streams an endless sequence of random windows; evaluation a finite grid over every
-    scene with ``data.eval_overlap``. Labels hold class indices with ``ignore_index`` on nodata.
+    scene with ``data.eval_overlap``. K = 1 (class indices, ``ignore_index`` on nodata) for
+    binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
+    for multilabel. Scenes smaller than the window are padded (image 0, label ignore).
     """
+    from ..config import resolve_task
+
     if not scenes:
         raise ValueError("build_dataset: no scenes given (empty training or validation split)")
     cfg = data_cfg
     seed = cfg.seed if seed is None else seed
     size, bands, ignore = cfg.window_size, scenes[0].info.num_bands, cfg.ignore_index
+    channels = num_label_channels(scenes[0])
+    multilabel = resolve_task(cfg) == "multilabel"
+    if multilabel and channels != len(cfg.classes):
+        raise ValueError(
+            f"data.task is multilabel with {len(cfg.classes)} classes, but the labels of "
+            f"{scenes[0].info.path} have {channels} channel(s)"
+        )
+    if not multilabel and channels != 1:
+        raise ValueError(
+            f"labels of {scenes[0].info.path} have {channels} channels (multi-label); "
+            "set data.task: multilabel"
+        )
     for scene in scenes:
         if scene.info.num_bands != bands:
             raise ValueError(
                 f"{scene.info.path}: {scene.info.num_bands} band(s), but {scenes[0].info.path} has "
                 f"{bands}; all scenes of a dataset must have the same bands"
             )
+    if cfg.cache:
+        scenes = [cache_scene(s, ignore) for s in scenes]
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     spec = (tf.float32, tf.uint8)
 
     if training:
-        sampler = _RandomSampler(scenes, norm, cfg, seed)
+        sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
             lambda i: (i, *tf.numpy_function(sampler, [i], spec, stateful=False)),
@@ -134,7 +205,7 @@ def build_dataset(
 
         def read(i):
             k, window = windows[int(i)]
-            return read_tile(scenes[k], window, norm, ignore)
+            return _read_tile_channels(scenes[k], window, norm, ignore)
 
         ds = tf.data.Dataset.range(len(windows))
         ds = ds.map(
@@ -145,23 +216,23 @@ def build_dataset(
 
     def set_shapes(i, image, mask):
         image.set_shape([size, size, bands])
-        mask.set_shape([size, size])
+        mask.set_shape([size, size, channels])
         return i, image, mask
 
     ds = ds.map(set_shapes)
     max_ignored = cfg.max_nodata_fraction
     ds = ds.filter(
-        lambda i, image, mask: tf.reduce_mean(tf.cast(mask == ignore, tf.float32)) <= max_ignored
+        lambda i, image, mask: tf.reduce_mean(tf.cast(mask[..., 0] == ignore, tf.float32)) <= max_ignored
     )
     if training:
         aug = cfg.augment
         ds = ds.map(
-            lambda i, image, mask: _augment(i, image, mask, aug, size, ignore, seed),
+            lambda i, image, mask: augment_pair(i, image, mask, aug, size, ignore, seed),
             num_parallel_calls=parallel,
             deterministic=True,
         )
     else:
         ds = ds.map(lambda i, image, mask: (image, mask))
-    ds = ds.map(lambda image, mask: (image, tf.cast(mask, tf.float32)[..., None]))
+    ds = ds.map(lambda image, mask: (image, tf.cast(mask, tf.float32)))
     ds = ds.batch(batch_size or cfg.batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)

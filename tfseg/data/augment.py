@@ -1,0 +1,57 @@
+"""Paired augmentation of image and label in tf ops, stateless and seeded per window.
+
+Geometric ops (random scale + crop, flips, rot90) move image and label together; the label is
+only ever resized nearest-neighbour and padded with the ignore index. Photometric ops
+(per-band brightness shift and contrast gain, in normalized units) touch valid pixels only.
+Evaluation never augments.
+
+Example:
+    >>> image, label = augment_pair(tf.constant(7, tf.int64), image, label, cfg.data.augment,
+    ...                             window_size=256, ignore_index=255, seed=42)
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, seed: int):
+    """``image`` (S, S, C) float32 and ``label`` (S, S, K) uint8, augmented identically."""
+    seeds = tf.random.experimental.stateless_split(
+        tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), 6
+    )
+    if aug.scale:
+        low, high = float(aug.scale[0]), float(aug.scale[1])
+        factor = tf.exp(tf.random.stateless_uniform([], seeds[0], np.log(low), np.log(high)))
+        new = tf.cast(tf.round(window_size * factor), tf.int32)
+        image = tf.image.resize(image, [new, new], "bilinear")
+        label = tf.image.resize(label, [new, new], "nearest")
+        pad = tf.maximum(window_size - new, 0)
+        before = tf.random.stateless_uniform([2], seeds[1], 0, pad + 1, dtype=tf.int32)
+        paddings = [[before[0], pad - before[0]], [before[1], pad - before[1]], [0, 0]]
+        image = tf.pad(image, paddings)
+        label = tf.pad(label, paddings, constant_values=ignore_index)
+        extent = tf.shape(image)[0] - window_size
+        start = tf.random.stateless_uniform([2], seeds[2], 0, extent + 1, dtype=tf.int32)
+        image = image[start[0] : start[0] + window_size, start[1] : start[1] + window_size]
+        label = label[start[0] : start[0] + window_size, start[1] : start[1] + window_size]
+    if aug.flip:
+        flips = tf.random.stateless_uniform([2], seeds[3]) < 0.5
+        image = tf.cond(flips[0], lambda: tf.reverse(image, [1]), lambda: image)
+        label = tf.cond(flips[0], lambda: tf.reverse(label, [1]), lambda: label)
+        image = tf.cond(flips[1], lambda: tf.reverse(image, [0]), lambda: image)
+        label = tf.cond(flips[1], lambda: tf.reverse(label, [0]), lambda: label)
+    if aug.rot90:
+        k = tf.random.stateless_uniform([], seeds[4], 0, 4, dtype=tf.int32)
+        image, label = tf.image.rot90(image, k), tf.image.rot90(label, k)
+    if aug.brightness or aug.contrast:
+        bands = tf.shape(image)[-1]
+        shift = tf.random.stateless_uniform([bands], seeds[5], -aug.brightness, aug.brightness)
+        gain = 1.0 + tf.random.stateless_uniform(
+            [bands], tf.reverse(seeds[5], [0]), -aug.contrast, aug.contrast
+        )
+        valid = tf.cast(label[..., :1] != ignore_index, image.dtype)
+        image = (image * gain + shift) * valid + image * (1.0 - valid)
+    image.set_shape([window_size, window_size, None])
+    label.set_shape([window_size, window_size, None])
+    return image, label
