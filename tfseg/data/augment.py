@@ -15,8 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 
-def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, seed: int):
-    """``image`` (S, S, C) float32 and ``label`` (S, S, K) uint8, augmented identically."""
+def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, seed: int,
+                 valid_channel: bool = False):
+    """``image`` (S, S, C) float32 and ``label`` (S, S, K) uint8, augmented identically.
+
+    With ``valid_channel`` the last label channel is a valid-pixel mask (padded with 0).
+    """
     seeds = tf.random.experimental.stateless_split(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), 6
     )
@@ -30,7 +34,12 @@ def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, 
         before = tf.random.stateless_uniform([2], seeds[1], 0, pad + 1, dtype=tf.int32)
         paddings = [[before[0], pad - before[0]], [before[1], pad - before[1]], [0, 0]]
         image = tf.pad(image, paddings)
-        label = tf.pad(label, paddings, constant_values=ignore_index)
+        if valid_channel:
+            label = tf.concat(
+                [tf.pad(label[..., :-1], paddings, constant_values=ignore_index),
+                 tf.pad(label[..., -1:], paddings, constant_values=0)], axis=-1)
+        else:
+            label = tf.pad(label, paddings, constant_values=ignore_index)
         extent = tf.shape(image)[0] - window_size
         start = tf.random.stateless_uniform([2], seeds[2], 0, extent + 1, dtype=tf.int32)
         image = image[start[0] : start[0] + window_size, start[1] : start[1] + window_size]
@@ -55,3 +64,41 @@ def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, 
     image.set_shape([window_size, window_size, None])
     label.set_shape([window_size, window_size, None])
     return image, label
+
+
+def dihedral_numpy(image: np.ndarray, label: np.ndarray, aug, seed: int, index: int):
+    """Random rot90 (k * 90 degrees) and flips of one tile, in numpy (views + one copy).
+
+    Done inside the tile reader rather than as tf ops: on the raw source dtype it costs one
+    copy of the tile, where batched ``tf.where`` selections cost many passes over the batch.
+    Deterministic: drawn from ``default_rng([seed, index, 1])``.
+    """
+    if not (aug.rot90 or aug.flip):
+        return image, label
+    rng = np.random.default_rng([seed, int(index), 1])
+    k = int(rng.integers(0, 4)) if aug.rot90 else 0
+    flip_cols, flip_rows = (rng.random(2) < 0.5) if aug.flip else (False, False)
+    if k:
+        image, label = np.rot90(image, k, axes=(0, 1)), np.rot90(label, k, axes=(0, 1))
+    if flip_cols:
+        image, label = image[:, ::-1], label[:, ::-1]
+    if flip_rows:
+        image, label = image[::-1], label[::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def photometric_batch(indices, image, label, aug, seed: int):
+    """Per-sample, per-band brightness shift and contrast gain on valid pixels of a batch.
+
+    ``image`` (B, S, S, C) float32 normalized; ``label`` (B, S, S, K + 1) with the valid-pixel
+    mask last. Seeded by ``seed`` and the batch's first window index (deterministic).
+    """
+    if not (aug.brightness or aug.contrast):
+        return image
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(indices[0], tf.int64)])
+    seeds = tf.random.experimental.stateless_split(base, 2)
+    batch, bands = tf.shape(image)[0], tf.shape(image)[-1]
+    shift = tf.random.stateless_uniform([batch, 1, 1, bands], seeds[0], -aug.brightness, aug.brightness)
+    gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, bands], seeds[1], -aug.contrast, aug.contrast)
+    valid = tf.cast(label[..., -1:], image.dtype)
+    return (image * gain + shift) * valid + image * (1.0 - valid)

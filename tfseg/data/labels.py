@@ -404,3 +404,37 @@ class BuildingTargets:
                 out.append((highest > 0) & (lowest < highest) & ~footprint)
         stack = np.stack(out, axis=-1).astype(np.uint8)
         return stack[margin : margin + height, margin : margin + width]
+
+
+@dataclass
+class RasterizedLabels:
+    """Labels of a whole scene rasterized once into memory (HxWxK uint8); windows are slices.
+
+    The pipeline wraps vector and colour-mask labels in this when they fit in
+    ``data.label_cache_mpix``, so streaming windows costs an image read, not a rasterization.
+    """
+
+    array: np.ndarray
+    fill: int = 0
+    source: str = ""
+
+    @classmethod
+    def of(cls, labels, info: RasterInfo) -> "RasterizedLabels":
+        full = labels.rasterize(Window(0, 0, info.width, info.height), info)
+        if full.ndim == 2:
+            full = full[..., None]
+        fill = 255 if isinstance(labels, (MaskLabels, ColourMaskLabels)) else 0
+        return cls(np.ascontiguousarray(full), fill, getattr(labels, "source", ""))
+
+    @property
+    def num_channels(self) -> int:
+        return self.array.shape[-1]
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: Optional[int] = None) -> np.ndarray:
+        col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+        out = np.full((height, width, self.num_channels), self.fill if fill is None else fill, np.uint8)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, self.array.shape[1]), min(row + height, self.array.shape[0])
+        if c1 > c0 and r1 > r0:
+            out[r0 - row : r1 - row, c0 - col : c1 - col] = self.array[r0:r1, c0:c1]
+        return out[..., 0] if self.num_channels == 1 else out

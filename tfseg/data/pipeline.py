@@ -24,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 from rasterio.windows import Window
 
-from .augment import augment_pair
-from .raster import Normalization, RasterInfo, read_window
+from .augment import augment_pair, dihedral_numpy, photometric_batch
+from .labels import MaskLabels, RasterizedLabels
+from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_raw
 from .sources import Scene
 from .tiling import grid_windows, random_window
 
@@ -63,15 +64,13 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> Cach
     if isinstance(scene, CachedScene):
         return scene
     info = scene.info
-    dtype = np.dtype(info.dtype) if np.dtype(info.dtype).kind in "uif" else np.dtype(np.float32)
-    if getattr(info, "components", None):
-        dtype = np.dtype(np.float32)
+    dtype = native_dtype(info)
     image = np.zeros((info.height, info.width, info.num_bands), dtype)
     valid = np.zeros((info.height, info.width), bool)
     for row in range(0, info.height, block_rows):
         rows = min(block_rows, info.height - row)
-        block, ok = read_window(info, Window(0, row, info.width, rows))
-        image[row : row + rows] = block.astype(dtype, copy=False)
+        block, ok = read_window_raw(info, Window(0, row, info.width, rows))
+        image[row : row + rows] = block
         valid[row : row + rows] = ok
     label = scene.labels.rasterize(Window(0, 0, info.width, info.height), info)
     if label.ndim == 2:
@@ -105,6 +104,38 @@ def _read_tile_channels(scene, window, norm: Normalization, ignore_index: int):
     return _normalize(image, valid, norm), mask
 
 
+def _read_raw_tile(scene, window, ignore_index: int):
+    """Image (S, S, C) in the source dtype (nodata -> 0) and label + valid (S, S, K + 1) uint8."""
+    if isinstance(scene, CachedScene):
+        image = _slice(scene.image, window, 0)
+        valid = _slice(scene.valid, window, False)
+        label = _slice(scene.label, window, ignore_index)
+    else:
+        image, valid = read_window_raw(scene.info, window)
+        label = scene.labels.rasterize(window, scene.info)
+        if label.ndim == 2:
+            label = label[..., None]
+        label = np.where(valid[..., None], label, np.uint8(ignore_index))
+    return image, np.concatenate([label.astype(np.uint8), valid[..., None].astype(np.uint8)], axis=-1)
+
+
+def prepare_labels(scenes, budget_pixels: int) -> list:
+    """Rasterize vector / colour labels of whole scenes into memory while they fit the budget."""
+    out, used = [], 0
+    for scene in scenes:
+        labels = getattr(scene, "labels", None)
+        if isinstance(scene, CachedScene) or isinstance(labels, (MaskLabels, RasterizedLabels)):
+            out.append(scene)
+            continue
+        pixels = scene.info.width * scene.info.height * int(getattr(labels, "num_channels", 1))
+        if used + pixels > budget_pixels:
+            out.append(scene)
+            continue
+        used += pixels
+        out.append(Scene(scene.info, RasterizedLabels.of(labels, scene.info), scene.name))
+    return out
+
+
 def read_tile(scene, window, norm: Normalization, ignore_index: int):
     """Normalized image (nodata -> 0) and uint8 label (nodata -> ignore) for one window.
 
@@ -123,7 +154,8 @@ def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
 class _RandomSampler:
     """Window ``i`` of the training stream, drawn deterministically from ``(seed, i)``.
 
-    Windows above ``max_nodata_fraction`` are redrawn (a few times) so the stream stays dense;
+    Windows above ``max_nodata_fraction`` are redrawn (up to 50 times; a scene region that is
+    nearly all nodata then yields an all-ignore tile, which contributes nothing to the loss);
     with oversampling, a share of windows is redrawn until it contains ``oversample_class``.
     """
 
@@ -136,13 +168,19 @@ class _RandomSampler:
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(index)])
         want_class = cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction
-        for _ in range(20 if want_class else 5):
+        for attempt in range(50):
             scene_index, window = random_window(self.sizes, cfg.window_size, rng)
-            image, mask = _read_tile_channels(self.scenes[scene_index], window, self.norm, cfg.ignore_index)
-            if np.mean(mask[..., 0] == cfg.ignore_index) > cfg.max_nodata_fraction:
+            image, mask = _read_raw_tile(self.scenes[scene_index], window, cfg.ignore_index)
+            if cfg.max_nodata_fraction < 1.0 and np.mean(mask[..., 0] == cfg.ignore_index) > cfg.max_nodata_fraction:
+                if attempt == 49:
+                    mask[..., :-1] = cfg.ignore_index
                 continue
-            if not want_class or _has_class(mask, cfg.oversample_class, self.multilabel):
+            if want_class and attempt >= 20:
                 break
+            if not want_class or _has_class(mask[..., :-1], cfg.oversample_class, self.multilabel):
+                break
+        if not cfg.augment.scale:  # with scale, flips run after the per-tile resize (tf)
+            image, mask = dihedral_numpy(image, mask, cfg.augment, self.seed, index)
         return image, mask
 
 
@@ -189,14 +227,21 @@ def build_dataset(
             )
     if cfg.cache:
         scenes = [cache_scene(s, ignore) for s in scenes]
+    else:
+        scenes = prepare_labels(scenes, cfg.label_cache_mpix * 1_000_000)
+    dtypes = {native_dtype(s.info) for s in scenes}
+    raw_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
-    spec = (tf.float32, tf.uint8)
+    spec = (tf.as_dtype(raw_dtype), tf.uint8)
+
+    def as_raw(image, mask):
+        return image.astype(raw_dtype, copy=False), mask
 
     if training:
         sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
-            lambda i: (i, *tf.numpy_function(sampler, [i], spec, stateful=False)),
+            lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),
             num_parallel_calls=parallel,
             deterministic=True,
         )
@@ -205,7 +250,7 @@ def build_dataset(
 
         def read(i):
             k, window = windows[int(i)]
-            return _read_tile_channels(scenes[k], window, norm, ignore)
+            return as_raw(*_read_raw_tile(scenes[k], window, ignore))
 
         ds = tf.data.Dataset.range(len(windows))
         ds = ds.map(
@@ -216,23 +261,44 @@ def build_dataset(
 
     def set_shapes(i, image, mask):
         image.set_shape([size, size, bands])
-        mask.set_shape([size, size, channels])
+        mask.set_shape([size, size, channels + 1])
         return i, image, mask
 
     ds = ds.map(set_shapes)
     max_ignored = cfg.max_nodata_fraction
-    ds = ds.filter(
-        lambda i, image, mask: tf.reduce_mean(tf.cast(mask[..., 0] == ignore, tf.float32)) <= max_ignored
-    )
-    if training:
-        aug = cfg.augment
+    if not training and max_ignored < 1.0:  # training: the sampler already redraws such windows
+        ds = ds.filter(
+            lambda i, image, mask: tf.reduce_mean(tf.cast(mask[..., 0] == ignore, tf.float32)) <= max_ignored
+        )
+    aug = cfg.augment
+    if training and aug.scale:  # per-tile resize: before batching
         ds = ds.map(
-            lambda i, image, mask: augment_pair(i, image, mask, aug, size, ignore, seed),
+            lambda i, image, mask: (i, *augment_pair(i, tf.cast(image, tf.float32), mask,
+                                                     _no_flips(aug), size, ignore, seed, valid_channel=True)),
             num_parallel_calls=parallel,
             deterministic=True,
         )
-    else:
-        ds = ds.map(lambda i, image, mask: (image, mask))
-    ds = ds.map(lambda image, mask: (image, tf.cast(mask, tf.float32)))
     ds = ds.batch(batch_size or cfg.batch_size, drop_remainder=drop_remainder)
+    inverse_scale = tf.constant(1.0 / norm.scale, tf.float32)
+    shift = tf.constant(-norm.offset / norm.scale, tf.float32)
+    clip = norm.clip
+
+    def finish(i, image, mask):
+        # valid pixels normalized, nodata/padding 0, the same numbers as Normalization.apply
+        image = tf.cast(image, tf.float32)
+        if clip is not None:
+            image = tf.clip_by_value(image, clip[0], clip[1])
+        image = tf.where(mask[..., -1:] > 0, image * inverse_scale + shift, 0.0)
+        if training:
+            image = photometric_batch(i, image, mask, aug, seed)
+        return image, tf.cast(mask[..., :-1], tf.float32)
+
+    ds = ds.map(finish, num_parallel_calls=parallel, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _no_flips(aug):
+    """The per-tile tf part of the augmentation (scale + flips); photometric runs per batch."""
+    import dataclasses
+
+    return dataclasses.replace(aug, brightness=0.0, contrast=0.0)
