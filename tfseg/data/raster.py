@@ -256,6 +256,17 @@ def _read_stacked(info: StackedRasterInfo, window: Window) -> tuple[np.ndarray, 
     return image, valid
 
 
+def band_names(info: RasterInfo) -> list:
+    """Names of the bands read from ``info``: file band descriptions, else ``band<N>``
+    (stacked rasters: ``<file stem>:<name>`` per component; in-memory arrays: ``band<N>``)."""
+    if isinstance(info, StackedRasterInfo):
+        return [f"{Path(c.path).stem}:{name}" for c in info.components for name in band_names(c)]
+    if isinstance(info, ArrayInfo):
+        return [f"band{b}" for b in info.bands]
+    descriptions = _handle(info.path).descriptions
+    return [descriptions[b - 1] or f"band{b}" for b in info.bands]
+
+
 def read_decimated(info: RasterInfo, max_pixels: int = 1_000_000) -> np.ndarray:
     """The whole raster read decimated (nearest) to at most ``max_pixels``, as float64 (N, C)."""
     factor = max(1.0, np.sqrt(info.width * info.height / max_pixels))
