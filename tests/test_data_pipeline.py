@@ -216,3 +216,27 @@ def test_wrong_band_count_names_the_file(scenes_root):
         load_scenes(data_cfg(format="scenes", root=str(scenes_root), num_bands=3))
     train, _ = load_scenes(data_cfg(format="scenes", root=str(scenes_root), bands=[3, 2, 1], num_bands=3))
     assert train[0].info.num_bands == 3
+
+
+def test_geopackage_labels_in_another_crs_with_class_attribute(tmp_path):
+    pyogrio_raw = pytest.importorskip("pyogrio.raw", reason="pyogrio not installed (GeoPackage)")
+    import shapely
+    from rasterio.warp import transform_geom
+    from shapely.geometry import shape
+
+    root = tmp_path / "s"
+    make_scenes(root)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    boxes = [(10, 10, 40, 30), (50, 60, 90, 80)]
+    geoms = [shape(transform_geom(UTM, "EPSG:3857", pixel_box_to_world(*b, transform))) for b in boxes]
+    pyogrio_raw.write(
+        root / "labels.gpkg", geometry=shapely.to_wkb(np.asarray(geoms, dtype=object)),
+        field_data=[np.array([2, 1])], fields=["cls"], crs="EPSG:3857", geometry_type="Polygon", driver="GPKG",
+    )
+    cfg = data_cfg(format="scenes", root=str(root), classes=["bg", "a", "b"], label_attribute="cls",
+                   options={"labels": "labels.gpkg"})
+    train, _ = load_scenes(cfg)
+    mask = train[0].labels.rasterize(Window(0, 0, 96, 96), train[0].info)
+    expected = np.zeros((96, 96), np.uint8)
+    expected[10:30, 10:40], expected[60:80, 50:90] = 2, 1
+    np.testing.assert_array_equal(mask, expected)
