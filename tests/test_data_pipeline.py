@@ -240,3 +240,18 @@ def test_geopackage_labels_in_another_crs_with_class_attribute(tmp_path):
     expected = np.zeros((96, 96), np.uint8)
     expected[10:30, 10:40], expected[60:80, 50:90] = 2, 1
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_images_smaller_than_the_window_are_padded_not_skipped(tmp_path):
+    masks = make_mask_folder(tmp_path, num_pairs=3, size=48, georeferenced=False)
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"},
+                   window_size=96, max_nodata_fraction=0.5, val_fraction=0.34)
+    train, val = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train])
+    batches = list(build_dataset(val, norm, cfg, training=False))
+    y = np.concatenate([b[1].numpy() for b in batches])
+    assert y.shape == (len(val), 96, 96, 1)
+    np.testing.assert_array_equal(y[0, :48, :48, 0], masks[val[0].name])
+    assert (y[0, 48:] == 255).all()
+    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    assert x.shape == (2, 96, 96, 3) and ((y.numpy() != 255).sum(axis=(1, 2, 3)) == 48 * 48).all()

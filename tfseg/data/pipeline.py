@@ -145,6 +145,17 @@ def read_tile(scene, window, norm: Normalization, ignore_index: int):
     return image, (mask[..., 0] if num_label_channels(scene) == 1 else mask)
 
 
+def ignored_fraction(mask: np.ndarray, window, size, ignore_index: int) -> float:
+    """Share of ignored label pixels inside the scene's extent (padding beyond it not counted)."""
+    col, row = int(window.col_off), int(window.row_off)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + int(window.width), size[0]), min(row + int(window.height), size[1])
+    if c1 <= c0 or r1 <= r0:
+        return 1.0
+    inside = mask[r0 - row : r1 - row, c0 - col : c1 - col, 0]
+    return float(np.mean(inside == ignore_index))
+
+
 def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
     if multilabel:
         return target < mask.shape[-1] and bool((mask[..., target] == 1).any())
@@ -171,7 +182,8 @@ class _RandomSampler:
         for attempt in range(50):
             scene_index, window = random_window(self.sizes, cfg.window_size, rng)
             image, mask = _read_raw_tile(self.scenes[scene_index], window, cfg.ignore_index)
-            if cfg.max_nodata_fraction < 1.0 and np.mean(mask[..., 0] == cfg.ignore_index) > cfg.max_nodata_fraction:
+            scene = self.scenes[scene_index]
+            if cfg.max_nodata_fraction < 1.0 and ignored_fraction(mask, window, scene.size, cfg.ignore_index) > cfg.max_nodata_fraction:
                 if attempt == 49:
                     mask[..., :-1] = cfg.ignore_index
                 continue
@@ -233,6 +245,7 @@ def build_dataset(
     raw_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     spec = (tf.as_dtype(raw_dtype), tf.uint8)
+    max_ignored = cfg.max_nodata_fraction
 
     def as_raw(image, mask):
         return image.astype(raw_dtype, copy=False), mask
@@ -250,14 +263,18 @@ def build_dataset(
 
         def read(i):
             k, window = windows[int(i)]
-            return as_raw(*_read_raw_tile(scenes[k], window, ignore))
+            image, mask = as_raw(*_read_raw_tile(scenes[k], window, ignore))
+            keep = ignored_fraction(mask, window, scenes[k].size, ignore) <= max_ignored
+            return image, mask, np.bool_(keep)
 
         ds = tf.data.Dataset.range(len(windows))
         ds = ds.map(
-            lambda i: (i, *tf.numpy_function(read, [i], spec, stateful=False)),
+            lambda i: (i, *tf.numpy_function(read, [i], (*spec, tf.bool), stateful=False)),
             num_parallel_calls=parallel,
             deterministic=True,
         )
+        # skip grid tiles above max_nodata_fraction (padding beyond small scenes not counted)
+        ds = ds.filter(lambda i, image, mask, keep: keep).map(lambda i, image, mask, keep: (i, image, mask))
 
     def set_shapes(i, image, mask):
         image.set_shape([size, size, bands])
@@ -265,11 +282,6 @@ def build_dataset(
         return i, image, mask
 
     ds = ds.map(set_shapes)
-    max_ignored = cfg.max_nodata_fraction
-    if not training and max_ignored < 1.0:  # training: the sampler already redraws such windows
-        ds = ds.filter(
-            lambda i, image, mask: tf.reduce_mean(tf.cast(mask[..., 0] == ignore, tf.float32)) <= max_ignored
-        )
     aug = cfg.augment
     if training and aug.scale:  # per-tile resize: before batching
         ds = ds.map(
@@ -293,7 +305,7 @@ def build_dataset(
             image = photometric_batch(i, image, mask, aug, seed)
         return image, tf.cast(mask[..., :-1], tf.float32)
 
-    ds = ds.map(finish, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.map(tf.function(finish, jit_compile=True), num_parallel_calls=parallel, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
