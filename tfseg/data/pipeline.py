@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 from rasterio.windows import Window
 
-from .augment import augment_pair, dihedral_numpy, photometric_batch
+from .augment import augment_pair, dihedral_planes, draw_dihedral, photometric_batch
 from .labels import MaskLabels, RasterizedLabels
-from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_raw
+from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_view
 from .sources import Scene
 from .tiling import grid_windows, random_window
 
@@ -44,8 +44,8 @@ def num_label_channels(scene) -> int:
 
 @dataclass
 class CachedScene:
-    """A scene decoded into memory: ``image`` HxWxC (source dtype, nodata -> 0), ``valid`` HxW,
-    ``label`` HxWxK uint8 (ignore where invalid). ``info`` is the source raster's."""
+    """A scene decoded into memory, band-sequential: ``image`` CxHxW (source dtype, nodata -> 0),
+    ``valid`` HxW, ``label`` KxHxW uint8 (ignore where invalid). ``info`` is the source's."""
 
     info: RasterInfo
     image: np.ndarray
@@ -65,58 +65,85 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> Cach
         return scene
     info = scene.info
     dtype = native_dtype(info)
-    image = np.zeros((info.height, info.width, info.num_bands), dtype)
+    image = np.zeros((info.num_bands, info.height, info.width), dtype)
     valid = np.zeros((info.height, info.width), bool)
     for row in range(0, info.height, block_rows):
         rows = min(block_rows, info.height - row)
-        block, ok = read_window_raw(info, Window(0, row, info.width, rows))
-        image[row : row + rows] = block
+        block, ok = read_window_view(info, Window(0, row, info.width, rows))
+        image[:, row : row + rows] = np.moveaxis(block, -1, 0)
         valid[row : row + rows] = ok
     label = scene.labels.rasterize(Window(0, 0, info.width, info.height), info)
-    if label.ndim == 2:
-        label = label[..., None]
-    label = np.where(valid[..., None], label, np.uint8(ignore_index)).astype(np.uint8)
+    label = label[None] if label.ndim == 2 else np.moveaxis(label, -1, 0)
+    label = np.ascontiguousarray(np.where(valid[None], label, np.uint8(ignore_index)).astype(np.uint8))
     return CachedScene(info, image, valid, label, scene.name, scene.labels)
 
 
-def _slice(array: np.ndarray, window, fill) -> np.ndarray:
-    """``array[window]`` with the parts outside filled (boundless)."""
+def _slice(array: np.ndarray, window, fill, axes=(0, 1)) -> np.ndarray:
+    """``array[window]`` over its row/column ``axes`` (a view when inside, else padded)."""
     col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
-    out = np.full((height, width) + array.shape[2:], fill, array.dtype)
+    rows_axis, cols_axis = axes
+    size_rows, size_cols = array.shape[rows_axis], array.shape[cols_axis]
+    index = [slice(None)] * array.ndim
+    if col >= 0 and row >= 0 and col + width <= size_cols and row + height <= size_rows:
+        index[rows_axis], index[cols_axis] = slice(row, row + height), slice(col, col + width)
+        return array[tuple(index)]
+    shape = list(array.shape)
+    shape[rows_axis], shape[cols_axis] = height, width
+    out = np.full(shape, fill, array.dtype)
     c0, r0 = max(col, 0), max(row, 0)
-    c1, r1 = min(col + width, array.shape[1]), min(row + height, array.shape[0])
+    c1, r1 = min(col + width, size_cols), min(row + height, size_rows)
     if c1 > c0 and r1 > r0:
-        out[r0 - row : r1 - row, c0 - col : c1 - col] = array[r0:r1, c0:c1]
+        src, dst = list(index), list(index)
+        src[rows_axis], src[cols_axis] = slice(r0, r1), slice(c0, c1)
+        dst[rows_axis], dst[cols_axis] = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+        out[tuple(dst)] = array[tuple(src)]
     return out
+
+
+def _tile_planes(scene, window, ignore_index: int):
+    """Band-sequential planes of one window: image (C, S, S) in the source dtype (nodata -> 0),
+    label (K, S, S) uint8 (ignore where invalid), valid (S, S) uint8. Views where possible."""
+    if isinstance(scene, CachedScene):
+        bands = _slice(scene.image, window, 0, axes=(1, 2))
+        label = _slice(scene.label, window, ignore_index, axes=(1, 2))
+        valid = _slice(scene.valid, window, False)
+    else:
+        image, valid = read_window_view(scene.info, window)
+        bands = np.moveaxis(image, -1, 0)  # the contiguous band-sequential read when inside
+        label = scene.labels.rasterize(window, scene.info)
+        label = label[None] if label.ndim == 2 else np.moveaxis(label, -1, 0)
+        label = np.where(valid[None], label, np.uint8(ignore_index))
+    return bands, label.astype(np.uint8, copy=False), valid.astype(np.uint8)
+
+
+def ignored_fraction(label0: np.ndarray, window, size, ignore_index: int) -> float:
+    """Share of ignored pixels of label plane ``label0`` (S, S) inside the scene's extent
+    (padding beyond a small scene is not counted)."""
+    col, row = int(window.col_off), int(window.row_off)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + int(window.width), size[0]), min(row + int(window.height), size[1])
+    if c1 <= c0 or r1 <= r0:
+        return 1.0
+    return float(np.mean(label0[r0 - row : r1 - row, c0 - col : c1 - col] == ignore_index))
+
+
+def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0):
+    """Image (S, S, C) in the source dtype (nodata -> 0), label + valid (S, S, K + 1) uint8,
+    and the ignored fraction. With ``augment`` the tile is rotated/flipped (deterministically
+    from ``seed``, ``index``) while it is interleaved: one copy per tile."""
+    bands, label, valid = _tile_planes(scene, window, ignore_index)
+    ignored = ignored_fraction(label[0], window, scene.size, ignore_index)
+    k, flip_cols, flip_rows = draw_dihedral(augment, seed, index) if augment is not None else (0, False, False)
+    image = dihedral_planes(bands, k, flip_cols, flip_rows)
+    mask = dihedral_planes([*label, valid], k, flip_cols, flip_rows)
+    return image, mask, ignored
 
 
 def _read_tile_channels(scene, window, norm: Normalization, ignore_index: int):
     """Normalized image (S, S, C) float32 and label (S, S, K) uint8 for one window."""
-    if isinstance(scene, CachedScene):
-        valid = _slice(scene.valid, window, False)
-        image = _slice(scene.image, window, 0).astype(np.float32)
-        return _normalize(image, valid, norm), _slice(scene.label, window, ignore_index)
-    image, valid = read_window(scene.info, window)
-    mask = scene.labels.rasterize(window, scene.info)
-    if mask.ndim == 2:
-        mask = mask[..., None]
-    mask = np.where(valid[..., None], mask, np.uint8(ignore_index)).astype(np.uint8)
-    return _normalize(image, valid, norm), mask
-
-
-def _read_raw_tile(scene, window, ignore_index: int):
-    """Image (S, S, C) in the source dtype (nodata -> 0) and label + valid (S, S, K + 1) uint8."""
-    if isinstance(scene, CachedScene):
-        image = _slice(scene.image, window, 0)
-        valid = _slice(scene.valid, window, False)
-        label = _slice(scene.label, window, ignore_index)
-    else:
-        image, valid = read_window_raw(scene.info, window)
-        label = scene.labels.rasterize(window, scene.info)
-        if label.ndim == 2:
-            label = label[..., None]
-        label = np.where(valid[..., None], label, np.uint8(ignore_index))
-    return image, np.concatenate([label.astype(np.uint8), valid[..., None].astype(np.uint8)], axis=-1)
+    image, mask, _ = _read_raw_tile(scene, window, ignore_index)
+    valid = mask[..., -1] > 0
+    return _normalize(image.astype(np.float32), valid, norm), np.ascontiguousarray(mask[..., :-1])
 
 
 def prepare_labels(scenes, budget_pixels: int) -> list:
@@ -145,17 +172,6 @@ def read_tile(scene, window, norm: Normalization, ignore_index: int):
     return image, (mask[..., 0] if num_label_channels(scene) == 1 else mask)
 
 
-def ignored_fraction(mask: np.ndarray, window, size, ignore_index: int) -> float:
-    """Share of ignored label pixels inside the scene's extent (padding beyond it not counted)."""
-    col, row = int(window.col_off), int(window.row_off)
-    c0, r0 = max(col, 0), max(row, 0)
-    c1, r1 = min(col + int(window.width), size[0]), min(row + int(window.height), size[1])
-    if c1 <= c0 or r1 <= r0:
-        return 1.0
-    inside = mask[r0 - row : r1 - row, c0 - col : c1 - col, 0]
-    return float(np.mean(inside == ignore_index))
-
-
 def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
     if multilabel:
         return target < mask.shape[-1] and bool((mask[..., target] == 1).any())
@@ -178,12 +194,15 @@ class _RandomSampler:
     def __call__(self, index):
         cfg = self.cfg
         rng = np.random.default_rng([self.seed, int(index)])
+        # rot90/flips on views before the tile's one copy (with scale: after the resize, in tf)
+        flips = None if cfg.augment.scale or not (cfg.augment.flip or cfg.augment.rot90) else cfg.augment
         want_class = cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction
         for attempt in range(50):
             scene_index, window = random_window(self.sizes, cfg.window_size, rng)
-            image, mask = _read_raw_tile(self.scenes[scene_index], window, cfg.ignore_index)
-            scene = self.scenes[scene_index]
-            if cfg.max_nodata_fraction < 1.0 and ignored_fraction(mask, window, scene.size, cfg.ignore_index) > cfg.max_nodata_fraction:
+            image, mask, ignored = _read_raw_tile(
+                self.scenes[scene_index], window, cfg.ignore_index, flips, self.seed, index
+            )
+            if ignored > cfg.max_nodata_fraction:
                 if attempt == 49:
                     mask[..., :-1] = cfg.ignore_index
                 continue
@@ -191,8 +210,6 @@ class _RandomSampler:
                 break
             if not want_class or _has_class(mask[..., :-1], cfg.oversample_class, self.multilabel):
                 break
-        if not cfg.augment.scale:  # with scale, flips run after the per-tile resize (tf)
-            image, mask = dihedral_numpy(image, mask, cfg.augment, self.seed, index)
         return image, mask
 
 
@@ -263,9 +280,9 @@ def build_dataset(
 
         def read(i):
             k, window = windows[int(i)]
-            image, mask = as_raw(*_read_raw_tile(scenes[k], window, ignore))
-            keep = ignored_fraction(mask, window, scenes[k].size, ignore) <= max_ignored
-            return image, mask, np.bool_(keep)
+            image, mask, ignored = _read_raw_tile(scenes[k], window, ignore)
+            image, mask = as_raw(image, mask)
+            return image, mask, np.bool_(ignored <= max_ignored)
 
         ds = tf.data.Dataset.range(len(windows))
         ds = ds.map(

@@ -182,6 +182,13 @@ def native_dtype(info: RasterInfo) -> np.dtype:
 
 def read_window_raw(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`read_window` but in the raster's own dtype (no float copy): faster."""
+    image, valid = read_window_view(info, window)
+    return np.ascontiguousarray(image), valid
+
+
+def read_window_view(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_window_raw` without the final copy: the HxWxC image may be a strided view
+    of the band-sequential read, so a caller that flips/rotates copies the tile only once."""
     if isinstance(info, StackedRasterInfo):
         return _read_stacked(info, window)
     dtype = native_dtype(info)
@@ -192,27 +199,34 @@ def read_window_raw(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.nd
     if c1 <= c0 or r1 <= r0:
         return np.zeros((height, width, info.num_bands), dtype), np.zeros((height, width), bool)
     if isinstance(info, ArrayInfo):
-        data = info.array[r0:r1, c0:c1][..., [b - 1 for b in info.bands]]
+        data = np.moveaxis(info.array[r0:r1, c0:c1][..., [b - 1 for b in info.bands]], -1, 0)
     else:
         src = _handle(info.path)
         try:
             data = src.read(info.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
         except rasterio.errors.RasterioError as exc:
             raise RasterError(f"cannot read window {window} of {info.path}: {exc}") from None
-        data = np.moveaxis(data, 0, -1)
-    data = data.astype(dtype, copy=False)
-    ok = np.ones(data.shape[:2], bool)
+    data = data.astype(dtype, copy=False)  # (C, H, W): band-sequential checks are fastest
+    ok = None
     if info.nodata is not None and not np.isnan(info.nodata):
-        ok &= ~np.all(data == info.nodata, axis=-1)
+        nodata = info.nodata
+        if dtype.kind in "ui" and float(nodata).is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
+            nodata = dtype.type(nodata)  # same-dtype compare: no float64 temporaries
+        ok = data[0] != nodata
+        for band in data[1:]:
+            ok |= band != nodata
     if dtype.kind == "f":
         nan = np.isnan(data)
         if nan.any():
-            ok &= ~nan.any(axis=-1)
-            data = np.where(nan, 0, data)
-    if not ok.all():
-        data = np.where(ok[..., None], data, 0).astype(dtype, copy=False)
+            ok = (ok if ok is not None else np.ones(data.shape[1:], bool)) & ~nan.any(axis=0)
+            data = np.where(nan, 0, data).astype(dtype, copy=False)
+    if ok is None:
+        ok = np.ones(data.shape[1:], bool)
+    elif not ok.all():
+        data = np.where(ok[None], data, 0).astype(dtype, copy=False)
+    data = np.moveaxis(data, 0, -1)
     if inside:
-        return np.ascontiguousarray(data), ok
+        return data, ok
     image = np.zeros((height, width, info.num_bands), dtype)
     valid = np.zeros((height, width), bool)
     image[r0 - row : r1 - row, c0 - col : c1 - col] = data
