@@ -267,14 +267,45 @@ def build_dataset(
     def as_raw(image, mask):
         return image.astype(raw_dtype, copy=False), mask
 
-    if training:
+    aug = cfg.augment
+    batch = batch_size or cfg.batch_size
+
+    def set_shapes(i, image, mask):
+        image.set_shape([size, size, bands])
+        mask.set_shape([size, size, channels + 1])
+        return i, image, mask
+
+    if training and not aug.scale:
+        # whole batches per numpy call: batch b holds windows b*B .. b*B+B-1 (same windows as
+        # one per call), with far less per-element tf.data overhead
+        sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
+
+        def sample_batch(b):
+            tiles = [sampler(int(b) * batch + j) for j in range(batch)]
+            return np.stack([t[0] for t in tiles]).astype(raw_dtype, copy=False), np.stack([t[1] for t in tiles])
+
+        def batch_of(b):
+            image, mask = tf.numpy_function(sample_batch, [b], spec, stateful=False)
+            image.set_shape([batch, size, size, bands])
+            mask.set_shape([batch, size, size, channels + 1])
+            return tf.range(b * batch, (b + 1) * batch), image, mask
+
+        ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=parallel, deterministic=True)
+    elif training:
         sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
             lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),
             num_parallel_calls=parallel,
             deterministic=True,
+        ).map(set_shapes)
+        ds = ds.map(  # per-tile resize + flips in tf (labels nearest), then batches
+            lambda i, image, mask: (i, *augment_pair(i, tf.cast(image, tf.float32), mask,
+                                                     _no_flips(aug), size, ignore, seed, valid_channel=True)),
+            num_parallel_calls=parallel,
+            deterministic=True,
         )
+        ds = ds.batch(batch, drop_remainder=drop_remainder)
     else:
         windows = [(k, w) for k, s in enumerate(scenes) for w in grid_windows(*s.size, size, cfg.eval_overlap)]
 
@@ -292,22 +323,7 @@ def build_dataset(
         )
         # skip grid tiles above max_nodata_fraction (padding beyond small scenes not counted)
         ds = ds.filter(lambda i, image, mask, keep: keep).map(lambda i, image, mask, keep: (i, image, mask))
-
-    def set_shapes(i, image, mask):
-        image.set_shape([size, size, bands])
-        mask.set_shape([size, size, channels + 1])
-        return i, image, mask
-
-    ds = ds.map(set_shapes)
-    aug = cfg.augment
-    if training and aug.scale:  # per-tile resize: before batching
-        ds = ds.map(
-            lambda i, image, mask: (i, *augment_pair(i, tf.cast(image, tf.float32), mask,
-                                                     _no_flips(aug), size, ignore, seed, valid_channel=True)),
-            num_parallel_calls=parallel,
-            deterministic=True,
-        )
-    ds = ds.batch(batch_size or cfg.batch_size, drop_remainder=drop_remainder)
+        ds = ds.map(set_shapes).batch(batch, drop_remainder=drop_remainder)
     inverse_scale = tf.constant(1.0 / norm.scale, tf.float32)
     shift = tf.constant(-norm.offset / norm.scale, tf.float32)
     clip = norm.clip
