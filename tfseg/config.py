@@ -74,6 +74,9 @@ class DataConfig:
     normalization: str = "meanstd"  # meanstd | percentile
     percentiles: list = field(default_factory=lambda: [2.0, 98.0])
     cache: bool = False  # cache decoded scenes in memory instead of streaming from disk
+    # streaming mode: vector/colour labels of whole scenes rasterized once into memory up to
+    # this many megapixels (x channels); beyond it, rasterized per window. 0 = always per window
+    label_cache_mpix: int = 1024
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     val_fraction: float = 0.2  # for formats without an explicit validation split
     label_attribute: str = ""  # vector class attribute (scenes format); "" = all polygons class 1
@@ -195,6 +198,7 @@ RANGES = {
     "data.val_fraction": (0.0, 0.9),
     "data.ignore_index": (0, 255),
     "data.num_bands": (0, None),
+    "data.label_cache_mpix": (0, None),
     "data.synthetic.num_train_scenes": (1, 100),
     "data.synthetic.num_val_scenes": (1, 100),
     "data.synthetic.scene_size": (256, 16384),

@@ -217,11 +217,9 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
 
 
 def _band_names(scenes) -> list:
-    from .data.raster import _handle
+    from .data.raster import band_names
 
-    descriptions = _handle(scenes[0].info.path).descriptions
-    picked = [descriptions[b - 1] for b in scenes[0].info.bands]
-    return [d or f"band{b}" for d, b in zip(picked, scenes[0].info.bands)]
+    return band_names(scenes[0].info)
 
 
 def _read_history(path: Path) -> list:

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
 from shapely.strtree import STRtree
 
-from .raster import RasterInfo, _handle
+from .raster import ArrayInfo, RasterInfo, _handle
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class VectorLabels:
     geometries: list
     values: np.ndarray
     source: str = ""
+    num_channels = 1
 
     def __post_init__(self):
         self.tree = STRtree(self.geometries) if self.geometries else None
@@ -206,21 +207,234 @@ class VectorLabels:
         )
 
 
+def check_same_grid(image: RasterInfo, mask: RasterInfo) -> None:
+    """Raise LabelError naming both files unless ``mask`` lies on ``image``'s pixel grid."""
+    if (image.width, image.height) != (mask.width, mask.height):
+        raise LabelError(
+            f"mask {mask.path} is {mask.width}x{mask.height} pixels but image {image.path} is "
+            f"{image.width}x{image.height}: masks must be on the image's grid (same size)"
+        )
+    if image.crs and mask.crs:
+        same_crs = CRS.from_string(image.crs) == CRS.from_string(mask.crs)
+        pixel = abs(image.transform[0]) or 1.0
+        shift = max(abs(a - b) for a, b in zip(image.transform, mask.transform))
+        if not same_crs or shift > 0.01 * pixel:
+            raise LabelError(
+                f"mask {mask.path} is not georeferenced like image {image.path} "
+                f"(CRS {mask.crs} vs {image.crs}, transform {mask.transform} vs {image.transform})"
+            )
+
+
+def _read_mask_window(info: RasterInfo, window: Window, bands=(1,)):
+    """Raw mask values in ``window`` clipped to the raster, plus where they go in the window."""
+    col, row = int(window.col_off), int(window.row_off)
+    width, height = int(window.width), int(window.height)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, info.width), min(row + height, info.height)
+    if c1 <= c0 or r1 <= r0:
+        return None, None
+    if isinstance(info, ArrayInfo):
+        data = info.array[r0:r1, c0:c1][..., [b - 1 for b in bands]]
+    else:
+        data = np.moveaxis(_handle(info.path).read(list(bands), window=Window(c0, r0, c1 - c0, r1 - r0)), 0, -1)
+    return data, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+
+
 @dataclass
 class MaskLabels:
-    """A mask raster on the same grid as its image; ``lookup`` maps raw values to labels."""
+    """A mask raster on the same grid as its image; ``lookup`` maps raw values to labels.
+
+    With ``num_channels`` > 1 the mask holds one 0/1 band per class (multi-label), read as HxWxK.
+
+    Example:
+        >>> labels = MaskLabels(open_raster("X.mask.tif"), binary_lookup(ignore_index=255))
+    """
 
     info: RasterInfo
     lookup: Optional[np.ndarray] = None  # 256-entry uint8 table; None = values as they are
+    num_channels: int = 1
 
     def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
-        col, row = int(window.col_off), int(window.row_off)
         width, height = int(window.width), int(window.height)
-        out = np.full((height, width), fill, np.uint8)
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + width, self.info.width), min(row + height, self.info.height)
-        if c1 > c0 and r1 > r0:
-            data = _handle(self.info.path).read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-            data = data.astype(np.uint8) if self.lookup is None else self.lookup[data]
-            out[r0 - row : r1 - row, c0 - col : c1 - col] = data
+        bands = tuple(range(1, self.num_channels + 1))
+        shape = (height, width) if self.num_channels == 1 else (height, width, self.num_channels)
+        out = np.full(shape, fill, np.uint8)
+        data, where = _read_mask_window(self.info, window, bands)
+        if data is not None:
+            if self.lookup is not None:
+                data = self.lookup[np.clip(data, 0, len(self.lookup) - 1).astype(np.intp)]
+            data = data.astype(np.uint8)
+            out[where] = data[..., 0] if self.num_channels == 1 else data
         return out
+
+
+def binary_lookup(ignore_index: int = 255) -> np.ndarray:
+    """Raw mask value -> label for binary masks stored as {0,1} or {0,255}; others -> ignore."""
+    lookup = np.full(256, ignore_index, np.uint8)
+    lookup[0], lookup[1], lookup[255] = 0, 1, 1
+    return lookup
+
+
+@dataclass
+class ColourMaskLabels:
+    """An RGB (or palette "P" mode) colour-coded mask decoded to class indices per window.
+
+    Example:
+        >>> labels = ColourMaskLabels(open_raster("m.png"), {"building": "#3C1098"}, ["building"])
+    """
+
+    info: RasterInfo
+    palette: dict
+    classes: list
+    ignore_index: int = 255
+    num_channels = 1
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
+        from .formats.colour_mask import decode_colour_mask, to_rgb_bands
+
+        out = np.full((int(window.height), int(window.width)), fill, np.uint8)
+        data, where = _read_mask_window(self.info, window, tuple(range(1, min(self.info.count, 3) + 1)))
+        if data is not None:
+            rgb = to_rgb_bands(data, self.info)
+            out[where], _ = decode_colour_mask(
+                rgb, self.palette, self.ignore_index, classes=self.classes, report=False
+            )
+        return out
+
+
+@dataclass
+class PixelPolygonLabels:
+    """Multi-label polygons in pixel coordinates of the image grid, one list per class: window
+    rasterization gives HxWxK 0/1 (e.g. Dstl's 10 classes after normalized-coordinate scaling).
+
+    Example:
+        >>> labels = PixelPolygonLabels([[box(0, 0, 10, 10)], []])
+        >>> labels.rasterize(Window(0, 0, 32, 32), info).shape
+        (32, 32, 2)
+    """
+
+    geometries: list  # per class: list of shapely polygons in (col, row) pixel coordinates
+    source: str = ""
+
+    def __post_init__(self):
+        self.trees = [STRtree(g) if g else None for g in self.geometries]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.geometries)
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 0) -> np.ndarray:
+        height, width = int(window.height), int(window.width)
+        out = np.full((height, width, self.num_channels), fill, np.uint8)
+        col, row = float(window.col_off), float(window.row_off)
+        query = box(col, row, col + width, row + height)
+        transform = rasterio.Affine.translation(col, row)
+        for k, tree in enumerate(self.trees):
+            if tree is None:
+                continue
+            hits = tree.query(query)
+            if hits.size:
+                out[..., k] = rasterio.features.rasterize(
+                    ((self.geometries[k][i], 1) for i in sorted(hits)),
+                    out_shape=(height, width), transform=transform, fill=fill, dtype="uint8",
+                )
+        return out
+
+
+SPACENET_TARGETS = ("footprint", "boundary", "contact")
+
+
+@dataclass
+class BuildingTargets:
+    """SpaceNet-style target channels from building polygons: ``footprint`` (inside a building),
+    ``boundary`` (a band of ``boundary_width`` pixels across each outline) and ``contact``
+    (background pixels within ``contact_spacing`` of two or more buildings), as in solaris'
+    multi-channel masks. Rasterized per window with a margin so channels are exact at edges.
+
+    Example:
+        >>> targets = BuildingTargets(vector_labels, ["footprint", "boundary", "contact"])
+    """
+
+    vectors: VectorLabels
+    channels: list
+    boundary_width: int = 3
+    contact_spacing: int = 10
+
+    def __post_init__(self):
+        bad = [c for c in self.channels if c not in SPACENET_TARGETS]
+        if bad:
+            raise LabelError(
+                f"data.options.targets: unknown target channel(s) {bad}; allowed: {list(SPACENET_TARGETS)}"
+            )
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 0) -> np.ndarray:
+        import cv2
+
+        margin = max(self.boundary_width, self.contact_spacing) + 1
+        height, width = int(window.height), int(window.width)
+        big = Window(window.col_off - margin, window.row_off - margin, width + 2 * margin, height + 2 * margin)
+        instances = np.zeros((big.height, big.width), np.float32)
+        tree = self.vectors.tree
+        if tree is not None:
+            hits = tree.query(box(*rasterio.windows.bounds(big, info.affine)))
+            if hits.size:
+                instances = rasterio.features.rasterize(
+                    ((self.vectors.geometries[i], k + 1) for k, i in enumerate(sorted(hits))),
+                    out_shape=(big.height, big.width),
+                    transform=rasterio.windows.transform(big, info.affine), fill=0, dtype="float32",
+                )
+        footprint = instances > 0
+        out = []
+        for channel in self.channels:
+            if channel == "footprint":
+                out.append(footprint)
+            elif channel == "boundary":
+                kernel = np.ones((self.boundary_width, self.boundary_width), np.uint8)
+                fp = footprint.astype(np.uint8)
+                out.append(cv2.dilate(fp, kernel) != cv2.erode(fp, kernel))
+            else:
+                size = 2 * self.contact_spacing + 1
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+                highest = cv2.dilate(instances, kernel)
+                lowest = -cv2.dilate(np.where(footprint, -instances, -np.float32(1e9)), kernel)
+                out.append((highest > 0) & (lowest < highest) & ~footprint)
+        stack = np.stack(out, axis=-1).astype(np.uint8)
+        return stack[margin : margin + height, margin : margin + width]
+
+
+@dataclass
+class RasterizedLabels:
+    """Labels of a whole scene rasterized once into memory (HxWxK uint8); windows are slices.
+
+    The pipeline wraps vector and colour-mask labels in this when they fit in
+    ``data.label_cache_mpix``, so streaming windows costs an image read, not a rasterization.
+    """
+
+    array: np.ndarray
+    fill: int = 0
+    source: str = ""
+
+    @classmethod
+    def of(cls, labels, info: RasterInfo) -> "RasterizedLabels":
+        full = labels.rasterize(Window(0, 0, info.width, info.height), info)
+        if full.ndim == 2:
+            full = full[..., None]
+        fill = 255 if isinstance(labels, (MaskLabels, ColourMaskLabels)) else 0
+        return cls(np.ascontiguousarray(full), fill, getattr(labels, "source", ""))
+
+    @property
+    def num_channels(self) -> int:
+        return self.array.shape[-1]
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: Optional[int] = None) -> np.ndarray:
+        col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+        out = np.full((height, width, self.num_channels), self.fill if fill is None else fill, np.uint8)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, self.array.shape[1]), min(row + height, self.array.shape[0])
+        if c1 > c0 and r1 > r0:
+            out[r0 - row : r1 - row, c0 - col : c1 - col] = self.array[r0:r1, c0:c1]
+        return out[..., 0] if self.num_channels == 1 else out
