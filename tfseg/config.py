@@ -253,9 +253,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and "off" in CHOICES.get(key, ()):
+            return "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     elif tp is list or origin is list:

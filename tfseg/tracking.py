@@ -99,6 +99,18 @@ def atomic_path(path, suffix: str):
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(run_path) -> list:
+    """Delete temporary files a killed process left in the run directory (and ``backup/``)."""
+    removed = []
+    for folder in (Path(run_path), Path(run_path) / "backup"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+    return removed
+
+
 def save_model_atomic(model, path) -> None:
     """``model.save(path)`` (a ``.keras`` file) without ever leaving a truncated file at ``path``."""
     with atomic_path(path, ".keras") as tmp:

@@ -33,8 +33,8 @@ from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
 from .models import build_model
-from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, save_model_atomic, save_weights_atomic,
-                       write_json, zip_directory)
+from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
+                       save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
 
@@ -353,6 +353,7 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     initial_epoch = int(previous["epoch"]) if previous else 0
     if chief:
         trim_history(run_path / "history.csv", initial_epoch)
+        remove_stale_temporaries(run_path)
 
     replicas = strategy.num_replicas_in_sync
     global_batch = cfg.data.batch_size * (replicas if cfg.train.batch_per_replica else 1)
