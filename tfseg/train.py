@@ -8,6 +8,7 @@ georeferenced building dataset (generated on first use under ``data/synthetic``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -413,16 +414,18 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
         log.info("%s: training already complete (%d epochs); evaluating and exporting again", run_path,
                  initial_epoch)
     else:
-        model.fit(
-            train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-            validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False,
-        )
+        with _fit_scope(model, strategy, cfg.train.strategy):
+            model.fit(
+                train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
     train_seconds = state.seconds
     if not chief:
         shutil.rmtree(best_file.parent, ignore_errors=True)
         history = getattr(model, "history", None)
         done = initial_epoch + (len(history.epoch) if history is not None else 0)
-        return {"run_dir": str(run_path), "chief": False, "epochs": done, "train_seconds": round(train_seconds, 2)}
+        return {"run_dir": str(run_path), "chief": False, "epochs": done, "train_seconds": round(train_seconds, 2),
+                "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
 
     best = keras.saving.load_model(best_file, compile=False)
     best.compile(loss=loss, metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold))
@@ -447,6 +450,7 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
         "global_batch_size": global_batch,
         "steps_per_epoch": steps,
     }
+    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     write_json(run_path / "metrics.json", result)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index)
@@ -461,7 +465,7 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
         tracker.log_final(result, files, archive)
         tracker.stop()
-    return {**result, "run_dir": str(run_path)}
+    return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
 
 
 def _scaled_lr(train_cfg, replicas: int):
@@ -473,6 +477,42 @@ def _scaled_lr(train_cfg, replicas: int):
     scale = factor if train_cfg.lr_scaling == "linear" else float(np.sqrt(factor))
     log.info("learning rate scaled x%.3g (%s, %d replicas)", scale, train_cfg.lr_scaling, replicas)
     return dataclasses.replace(train_cfg, learning_rate=train_cfg.learning_rate * scale)
+
+
+@contextlib.contextmanager
+def _fit_scope(model, strategy, name: str):
+    """Keras 3.15 pre-builds a model under a strategy by ``strategy.reduce``-ing the first input
+    batch, which MultiWorkerMirroredStrategy rejects ("Attempt to convert a value (PerReplica…)").
+    For multi_worker, fit inside the strategy scope with the model's pinned strategy cleared: Keras
+    then takes the strategy from the scope and builds while tracing the first step. Also works
+    around Keras reducing scalar step outputs along axis 0 (see ``reduce_per_replica`` below).
+    Each worker's logged metrics are the mean over the replicas of their local metric values."""
+    if name != "multi_worker":
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy_, reduction="auto"):
+        # Keras 3.15 reduces multi-worker step outputs with strategy.reduce("MEAN", v, axis=0),
+        # which fails on the scalar losses/metrics; reduce scalars across replicas with axis=None
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy_):
+            def reduce_one(value):
+                rank = value.values[0].shape.rank if hasattr(value, "values") else value.shape.rank
+                return strategy_.reduce("MEAN", value, axis=None if rank == 0 else 0)
+            return keras.tree.map_structure(reduce_one, values)
+        return original(values, strategy_, reduction)
+
+    pinned = model._distribute_strategy
+    model._distribute_strategy = None
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        with strategy.scope():
+            yield
+    finally:
+        model._distribute_strategy = pinned
+        tf_trainer.reduce_per_replica = original
 
 
 def _shard_by_data(ds):
@@ -578,6 +618,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.train.strategy == "multi_worker":  # one machine-readable line per worker for cluster logs
+        print("WORKER-RESULT " + json.dumps({k: result[k] for k in ("chief", "epochs", "steps", "run_dir")}))
+    if not result["chief"]:
+        print(f"worker done: {result['epochs']} epochs, {result['steps']} steps (the chief writes {result['run_dir']})")
+        return 0
     val = result["val"]
     print(
         f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']:.4f} "
