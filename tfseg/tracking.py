@@ -382,9 +382,12 @@ class NeptuneTracker:
             _warn(f"Neptune tracking: stopping the run failed ({type(exc).__name__}: {_short(exc)})")
         self.run = None
 
-    def callback(self):
-        """A Keras callback logging every epoch's logs (train, val, learning rate)."""
-        return _make_callback(self)
+    def callbacks(self) -> list:
+        """Keras callbacks: tfseg's epoch logger (``training/epoch/…``, step = epoch, so a resumed
+        run continues the same series) and, when installed, Neptune's own Keras integration
+        (``neptune-tensorflow-keras``: optimizer config, model summary, batch curves under
+        ``keras/…``), guarded so that an error in it cannot stop training."""
+        return _make_callbacks(self)
 
 
 def _init_run(cfg, run_path: Path, mode: str, project: str, dataset_name: str):
@@ -421,7 +424,7 @@ def _init_run(cfg, run_path: Path, mode: str, project: str, dataset_name: str):
             os.environ["NEPTUNE_DATA_DIRECTORY"] = previous
 
 
-def _make_callback(tracker: NeptuneTracker):
+def _make_callbacks(tracker: NeptuneTracker) -> list:
     import keras
 
     class NeptuneEpochLogger(keras.callbacks.Callback):
@@ -430,7 +433,39 @@ def _make_callback(tracker: NeptuneTracker):
         def on_epoch_end(self, epoch, logs=None):
             tracker.log_epoch(epoch, dict(logs or {}))
 
-    return NeptuneEpochLogger()
+    out = [NeptuneEpochLogger()]
+    try:
+        from neptune.integrations.tensorflow_keras import NeptuneCallback  # neptune-tensorflow-keras
+    except ImportError:
+        return out
+    try:
+        official = NeptuneCallback(run=tracker.run, base_namespace="keras")
+    except Exception as exc:  # noqa: BLE001
+        _warn(f"Neptune Keras integration unavailable ({type(exc).__name__}: {_short(exc)})")
+        return out
+
+    class GuardedNeptuneCallback(keras.callbacks.Callback):
+        """Neptune's Keras callback with every hook guarded by the tracker."""
+
+        def set_model(self, model):
+            super().set_model(model)
+            official.set_model(model)
+
+        def set_params(self, params):
+            super().set_params(params)
+            official.set_params(params)
+
+    def forward(name):
+        def hook(self, *args, **kwargs):
+            tracker._guard(getattr(official, name), *args, **kwargs)
+        return hook
+
+    for name in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_train_batch_end",
+                 "on_test_batch_end", "on_test_end"):
+        if hasattr(official, name):
+            setattr(GuardedNeptuneCallback, name, forward(name))
+    out.append(GuardedNeptuneCallback())
+    return out
 
 
 def _flatten_numbers(tree: dict, prefix: str = "") -> dict:

@@ -402,7 +402,7 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
         callbacks.append(tracked["reduce_lr"])
     tracker = NeptuneTracker.start(cfg, run_path, _dataset_name(cfg)) if chief else None
     if tracker is not None:
-        callbacks.append(tracker.callback())
+        callbacks += tracker.callbacks()
     state = TrainingState(backup_dir, tracked, previous, write=chief)
     callbacks.append(state)  # last: saves the resume state after every other callback's epoch end
 
