@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
 from tfseg import compare as compare_lib  # noqa: E402
 from tfseg import config as config_lib  # noqa: E402
 

@@ -130,7 +130,9 @@ def summarize(runs: list, metric: str, mode: str) -> list:
 # ------------------------------------------------------------------------------------------
 # Writing the report
 # ------------------------------------------------------------------------------------------
-def _fmt(value) -> str:
+def _fmt(value, key: str = "") -> str:
+    if isinstance(value, float) and key == "train_seconds":
+        return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
@@ -141,7 +143,7 @@ def to_markdown(rows: list, metric: str, mode: str) -> str:
     lines = [f"Runs sorted by best `{metric}` ({'higher' if mode == 'max' else 'lower'} is better).", "",
              "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[h]) for h in headers) + " |")
+        lines.append("| " + " | ".join(_fmt(row[h], h) for h in headers) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,7 +184,7 @@ def plot_curves(runs: list, metric: str, target: Path) -> Optional[Path]:
 def to_html(rows: list, metric: str, mode: str, plots: list, skipped: list) -> str:
     headers = list(rows[0].keys())
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[h]))}</td>" for h in headers) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[h], h))}</td>" for h in headers) + "</tr>"
                    for r in rows)
     images = "".join(
         f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'

@@ -4,6 +4,15 @@
 
 With no arguments, trains ``configs/default.yaml``: a UNet on the embedded synthetic
 georeferenced building dataset (generated on first use under ``data/synthetic``).
+
+Run again with the same command (same ``--run-dir`` and config) after a crash, a SIGKILL or a
+power loss, it resumes from the last completed epoch and ends with ``train.epochs`` epochs in
+``history.csv``; every checkpoint is written atomically. ``train.strategy``: ``default``,
+``mirrored`` (all local GPUs) or ``multi_worker`` (``TF_CONFIG``; the chief writes the run
+directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``.
+
+Example:
+    python -m tfseg.train --run-dir runs/unet --set train.epochs=20 train.schedule=onecycle
 """
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -326,6 +336,15 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     Started again on the same run directory with the same config it resumes from the last
     completed epoch (``RUN_DIR/backup``); a finished run is only re-evaluated/re-exported.
     """
+    with warnings.catch_warnings():
+        # Keras warns "Your input ran out of data" at the end of every validation pass: the
+        # evaluation grid is finite with an unknown length (nodata filter); the training stream is
+        # endless, so the warning never means lost training steps here
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        return _train(cfg, run_dir, overwrite, verbose)
+
+
+def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     strategy = make_strategy(cfg.train.strategy)
     chief = is_chief(strategy)
