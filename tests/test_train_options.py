@@ -132,3 +132,23 @@ def test_atomic_model_save_keeps_previous_file_on_failure(tmp_path):
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
     assert keras.saving.load_model(target).count_params() == 8
+
+
+def test_mirrored_strategy_runs_on_cpu(tmp_path):
+    result = train_lib.train(_cfg(tmp_path, "train.strategy=mirrored", "train.epochs=1"), tmp_path / "run", verbose=0)
+    assert result["replicas"] == 1 and result["epochs"] == 1 and result["global_batch_size"] == 2
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_multi_worker_needs_tf_config_and_damaged_backup_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        train_lib.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+        train_lib.make_strategy("multi_worker")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "state.json").write_text('{"epoch": 3, "weights": "epoch-0003.weights.h5"}')
+    with pytest.raises(ValueError, match="epoch-0003.weights.h5.*missing"):
+        train_lib.TrainingState.load(backup)
