@@ -24,7 +24,7 @@ def _history(path):
 
 
 def test_same_seed_same_metrics_on_cpu(tmp_path):
-    cfg = _cfg(tmp_path, "train.seed=7")
+    cfg = _cfg(tmp_path, "train.seed=7", "train.deterministic=true")
     first = train_lib.train(cfg, tmp_path / "a", verbose=0)
     second = train_lib.train(cfg, tmp_path / "b", verbose=0)
     rows_a, rows_b = _history(tmp_path / "a" / "history.csv"), _history(tmp_path / "b" / "history.csv")
@@ -36,7 +36,7 @@ def test_same_seed_same_metrics_on_cpu(tmp_path):
     for key, value in first["val"].items():
         assert second["val"][key] == pytest.approx(value, abs=1e-6)
     # and the seed matters: another seed gives other weights, hence another training loss
-    third = train_lib.train(_cfg(tmp_path, "train.seed=8"), tmp_path / "c", verbose=0)
+    third = train_lib.train(_cfg(tmp_path, "train.seed=8", "train.deterministic=true"), tmp_path / "c", verbose=0)
     rows_c = _history(tmp_path / "c" / "history.csv")
     assert abs(float(rows_c[0]["loss"]) - float(rows_a[0]["loss"])) > 1e-6
     assert third["epochs"] == 2
