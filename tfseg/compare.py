@@ -256,10 +256,12 @@ def fetch_neptune_runs(project: str, run_ids=(), tag: str = "") -> list:
     import neptune
 
     with neptune.init_project(project=project, mode="read-only") as proj:
-        table = proj.fetch_runs_table(id=list(run_ids) or None, tag=tag or None,
-                                      columns=["sys/id", "sys/name"]).to_pandas()
+        table = proj.fetch_runs_table(id=list(run_ids) or None, tag=tag or None, columns=["sys/id", "sys/name"])
+        run_ids = [row.get_attribute_value("sys/id") for row in table.to_rows()]  # no pandas needed
+    if not run_ids:
+        raise CompareError(f"no runs found in Neptune project {project}" + (f" with tag {tag!r}" if tag else ""))
     runs = []
-    for run_id in table["sys/id"]:
+    for run_id in run_ids:
         with neptune.init_run(project=project, with_id=run_id, mode="read-only") as run:
             structure = run.get_structure()
             history: dict = {}
