@@ -80,6 +80,19 @@ def test_compare_bad_arguments(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NEPTUNE_API_TOKEN", raising=False)
     assert compare_lib.main(["--neptune-project", "ws/p", "--output", str(tmp_path / "o")]) == 2
     assert "NEPTUNE_API_TOKEN" in capsys.readouterr().err
+    # a server that cannot be reached: a bounded, clear error (the client alone retries ~1 min)
+    import base64
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    token = base64.b64encode(json.dumps({"api_address": f"http://127.0.0.1:{port}", "api_key": "x"}).encode())
+    monkeypatch.setenv("NEPTUNE_API_TOKEN", token.decode())
+    assert compare_lib.main(["--neptune-project", "ws/p", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and str(port) in err
 
 
 @pytest.mark.slow

@@ -322,10 +322,22 @@ def main(argv=None) -> int:
         if args.neptune_project:
             import os
 
-            if not os.environ.get("NEPTUNE_API_TOKEN"):
+            from .tracking import check_server
+
+            token = os.environ.get("NEPTUNE_API_TOKEN", "")
+            if not token:
                 raise CompareError("--neptune-project needs NEPTUNE_API_TOKEN (the server's API token)")
-            rows = write_report(fetch_neptune_runs(args.neptune_project, args.neptune_runs, args.neptune_tag),
-                                args.output, args.metric, mode)
+            problem = check_server(token)
+            if problem:
+                raise CompareError(f"--neptune-project {args.neptune_project}: {problem}")
+            try:
+                runs = fetch_neptune_runs(args.neptune_project, args.neptune_runs, args.neptune_tag)
+            except CompareError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - client/server errors: report, do not trace back
+                raise CompareError(f"--neptune-project {args.neptune_project}: {type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:300]}") from None
+            rows = write_report(runs, args.output, args.metric, mode)
         else:
             rows = compare(args.runs, args.output, args.metric, mode)
     except CompareError as exc:
