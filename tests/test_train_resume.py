@@ -23,6 +23,7 @@ def _overrides(root):
         "train.epochs=3",
         "export.enabled=false",
         "tracking.neptune.mode=offline",
+        "train.early_stopping_patience=5",
     ]
 
 
@@ -86,6 +87,10 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert metrics["train_seconds"] >= state["train_seconds"] > 0
     final_state = json.loads(state_file.read_text())
     assert final_state["epoch"] == 3 and final_state["complete"] is True
+    # the callbacks' state crossed the kill: best over ALL epochs, not only the resumed ones
+    best_iou = max(float(r["val_iou"]) for r in rows)
+    assert final_state["callbacks"]["checkpoint"]["best"] == pytest.approx(best_iou, abs=1e-6)
+    assert final_state["callbacks"]["early_stopping"]["best"] == pytest.approx(best_iou, abs=1e-6)
     # no temporary files left, the best model loads
     assert not list(run_dir.glob(".*.tmp*")) and not list((run_dir / "backup").glob(".*.tmp*"))
     import keras
