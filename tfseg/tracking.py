@@ -353,6 +353,8 @@ class NeptuneTracker:
                 else:
                     path = f"training/epoch/train/{key}"
                 self.run[path].append(value, step=epoch)
+            # on disk before the epoch's resume state is saved: a SIGKILL must not lose the epoch
+            self.run.wait(disk_only=True)
         self._guard(log)
 
     def log_final(self, metrics: dict, files: dict, model_archive: Optional[Path] = None) -> None:
