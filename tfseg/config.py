@@ -121,11 +121,17 @@ class TrainConfig:
     monitor: str = "val_iou"
     monitor_mode: str = "max"
     early_stopping_patience: int = 0  # 0 = off
-    reduce_lr_patience: int = 0  # 0 = off
+    reduce_lr_patience: int = 0  # 0 = off; needs schedule=constant (ReduceLROnPlateau sets the LR variable)
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 0.0
     precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False
     strategy: str = "default"  # default | mirrored | multi_worker
+    # data.batch_size is the GLOBAL batch (split across replicas) unless batch_per_replica
+    batch_per_replica: bool = False
+    lr_scaling: str = "none"  # none | linear | sqrt: scale LR with the global batch (batch_per_replica)
     seed: int = 42
+    deterministic: bool = False  # TF op determinism: bit-exact reruns (slower on GPU; some GPU ops lack it)
     threshold: float = 0.5
     num_figure_tiles: int = 4
     object_f1: bool = False
@@ -140,7 +146,8 @@ class ExportConfig:
 @dataclass
 class NeptuneConfig:
     mode: str = "auto"  # auto | offline | async | debug | off
-    project: str = ""
+    project: str = ""  # "" = $NEPTUNE_PROJECT
+    upload_model: bool = True  # upload the SavedModel archive (zip of export/)
 
 
 @dataclass
@@ -184,6 +191,7 @@ CHOICES = {
     "train.monitor_mode": ["max", "min"],
     "train.precision": ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     "train.strategy": ["default", "mirrored", "multi_worker"],
+    "train.lr_scaling": ["none", "linear", "sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
 }
 
@@ -215,6 +223,8 @@ RANGES = {
     "train.warmup_epochs": (0.0, None),
     "train.early_stopping_patience": (0, None),
     "train.reduce_lr_patience": (0, None),
+    "train.reduce_lr_factor": (0.0, 0.999),
+    "train.min_learning_rate": (0.0, 10.0),
     "train.threshold": (0.0, 1.0),
     "train.num_figure_tiles": (0, 64),
     "export.recommended_overlap": (0, None),
@@ -255,6 +265,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and "off" in CHOICES.get(key, ()):
+            return "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     elif tp is list or origin is list:
@@ -380,6 +392,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"config key 'data.augment.scale': expected [] or [min, max] with 0 < min <= max, "
             f"got {cfg.data.augment.scale!r}"
+        )
+    if cfg.train.reduce_lr_patience and cfg.train.schedule != "constant":
+        raise ConfigError(
+            f"config key 'train.reduce_lr_patience': ReduceLROnPlateau needs train.schedule=constant "
+            f"(a {cfg.train.schedule!r} schedule owns the learning rate); got schedule "
+            f"{cfg.train.schedule!r} with reduce_lr_patience={cfg.train.reduce_lr_patience}"
+        )
+    if cfg.train.lr_scaling != "none" and not cfg.train.batch_per_replica:
+        raise ConfigError(
+            f"config key 'train.lr_scaling': {cfg.train.lr_scaling!r} scales the learning rate with the "
+            "global batch, which only grows with the replicas when train.batch_per_replica is true"
         )
     for i, band in enumerate(cfg.data.bands):
         if not isinstance(band, int) or isinstance(band, bool) or band < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution  # no public alias in Keras 3
 
 EPSILON = 1e-6
 
@@ -75,7 +76,9 @@ class SegmentationLoss(keras.losses.Loss):
         total = 0.0
         for key, weight in self.weights.items():
             total = total + weight * COMPONENTS[key](target, probs, valid, self.classes)
-        return total
+        # Keras divides reduced losses by the replica count under tf.distribute (the replicas'
+        # gradients are summed); a loss that returns a scalar itself skips that step
+        return scale_loss_for_distribution(total)
 
     def get_config(self):
         return {**super().get_config(), "weights": self.weights, "classes": self.classes, "ignore_index": self.ignore_index}
