@@ -74,6 +74,9 @@ class DataConfig:
     normalization: str = "meanstd"  # meanstd | percentile
     percentiles: list = field(default_factory=lambda: [2.0, 98.0])
     cache: bool = False  # cache decoded scenes in memory instead of streaming from disk
+    # streaming mode: vector/colour labels of whole scenes rasterized once into memory up to
+    # this many megapixels (x channels); beyond it, rasterized per window. 0 = always per window
+    label_cache_mpix: int = 1024
     num_parallel_calls: int = -1  # -1 = tf.data.AUTOTUNE
     val_fraction: float = 0.2  # for formats without an explicit validation split
     label_attribute: str = ""  # vector class attribute (scenes format); "" = all polygons class 1
@@ -118,11 +121,17 @@ class TrainConfig:
     monitor: str = "val_iou"
     monitor_mode: str = "max"
     early_stopping_patience: int = 0  # 0 = off
-    reduce_lr_patience: int = 0  # 0 = off
+    reduce_lr_patience: int = 0  # 0 = off; needs schedule=constant (ReduceLROnPlateau sets the LR variable)
+    reduce_lr_factor: float = 0.5
+    min_learning_rate: float = 0.0
     precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
     jit_compile: bool = False
     strategy: str = "default"  # default | mirrored | multi_worker
+    # data.batch_size is the GLOBAL batch (split across replicas) unless batch_per_replica
+    batch_per_replica: bool = False
+    lr_scaling: str = "none"  # none | linear | sqrt: scale LR with the global batch (batch_per_replica)
     seed: int = 42
+    deterministic: bool = False  # TF op determinism: bit-exact reruns (slower on GPU; some GPU ops lack it)
     threshold: float = 0.5
     num_figure_tiles: int = 4
     object_f1: bool = False
@@ -137,7 +146,8 @@ class ExportConfig:
 @dataclass
 class NeptuneConfig:
     mode: str = "auto"  # auto | offline | async | debug | off
-    project: str = ""
+    project: str = ""  # "" = $NEPTUNE_PROJECT
+    upload_model: bool = True  # upload the SavedModel archive (zip of export/)
 
 
 @dataclass
@@ -183,6 +193,7 @@ CHOICES = {
     "train.monitor_mode": ["max", "min"],
     "train.precision": ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     "train.strategy": ["default", "mirrored", "multi_worker"],
+    "train.lr_scaling": ["none", "linear", "sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
 }
 
@@ -197,6 +208,7 @@ RANGES = {
     "data.val_fraction": (0.0, 0.9),
     "data.ignore_index": (0, 255),
     "data.num_bands": (0, None),
+    "data.label_cache_mpix": (0, None),
     "data.synthetic.num_train_scenes": (1, 100),
     "data.synthetic.num_val_scenes": (1, 100),
     "data.synthetic.scene_size": (256, 16384),
@@ -213,6 +225,8 @@ RANGES = {
     "train.warmup_epochs": (0.0, None),
     "train.early_stopping_patience": (0, None),
     "train.reduce_lr_patience": (0, None),
+    "train.reduce_lr_factor": (0.0, 0.999),
+    "train.min_learning_rate": (0.0, 10.0),
     "train.threshold": (0.0, 1.0),
     "train.num_figure_tiles": (0, 64),
     "export.recommended_overlap": (0, None),
@@ -245,9 +259,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool) and "off" in CHOICES.get(key, ()):
+            return "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     elif tp is list or origin is list:
@@ -376,6 +397,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"config key 'data.augment.scale': expected [] or [min, max] with 0 < min <= max, "
             f"got {cfg.data.augment.scale!r}"
+        )
+    if cfg.train.reduce_lr_patience and cfg.train.schedule != "constant":
+        raise ConfigError(
+            f"config key 'train.reduce_lr_patience': ReduceLROnPlateau needs train.schedule=constant "
+            f"(a {cfg.train.schedule!r} schedule owns the learning rate); got schedule "
+            f"{cfg.train.schedule!r} with reduce_lr_patience={cfg.train.reduce_lr_patience}"
+        )
+    if cfg.train.lr_scaling != "none" and not cfg.train.batch_per_replica:
+        raise ConfigError(
+            f"config key 'train.lr_scaling': {cfg.train.lr_scaling!r} scales the learning rate with the "
+            "global batch, which only grows with the replicas when train.batch_per_replica is true"
         )
     for i, band in enumerate(cfg.data.bands):
         if not isinstance(band, int) or isinstance(band, bool) or band < 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import keras
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution  # no public alias in Keras 3
 
 EPSILON = 1e-6
 TASKS = ("binary", "multiclass", "multilabel")
@@ -226,7 +227,9 @@ class SegmentationLoss(keras.losses.Loss):
         for key, weight in self.weights.items():
             if weight:
                 total = total + weight * COMPONENTS[key](target, probs, valid, ctx)
-        return total
+        # Keras divides reduced losses by the replica count under tf.distribute (the replicas'
+        # gradients are summed); a loss that returns a scalar itself skips that step
+        return scale_loss_for_distribution(total)
 
     def get_config(self):
         return {**super().get_config(), "weights": self.weights, "classes": self.classes,

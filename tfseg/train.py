@@ -4,15 +4,30 @@
 
 With no arguments, trains ``configs/default.yaml``: a UNet on the embedded synthetic
 georeferenced building dataset (generated on first use under ``data/synthetic``).
+
+Run again with the same command (same ``--run-dir`` and config) after a crash, a SIGKILL or a
+power loss, it resumes from the last completed epoch and ends with ``train.epochs`` epochs in
+``history.csv``; every checkpoint is written atomically. ``train.strategy``: ``default``,
+``mirrored`` (all local GPUs) or ``multi_worker`` (``TF_CONFIG``; the chief writes the run
+directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``.
+
+Example:
+    python -m tfseg.train --run-dir runs/unet --set train.epochs=20 train.schedule=onecycle
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 import tfseg
 from tfseg._tf import tensorflow as tf
@@ -29,9 +44,14 @@ from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
 from .models import build_model
-from .tracking import prepare_run_dir, write_json
+from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
+                       save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
+
+# The validation set is a finite grid filtered for nodata (unknown cardinality): Keras warns each
+# time it ends although that is how an evaluation pass finishes.
+warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,14 +152,217 @@ def num_outputs(data_cfg) -> int:
 
 
 # ------------------------------------------------------------------------------------------
+# Seeds, strategy, callbacks
+# ------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Python/NumPy/TF seeds (``keras.utils.set_random_seed``) and, with ``deterministic``,
+    TF op determinism (same seed on the same hardware -> bit-identical training)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def make_strategy(name: str):
+    """``default`` (one device), ``mirrored`` (all local GPUs) or ``multi_worker`` (TF_CONFIG)."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        import json
+        import os
+
+        raw = os.environ.get("TF_CONFIG", "")
+        try:
+            spec = json.loads(raw) if raw else None
+        except ValueError as exc:
+            raise ValueError(f"train.strategy=multi_worker: TF_CONFIG is not valid JSON ({exc})") from None
+        if not spec or "cluster" not in spec or "task" not in spec:
+            raise ValueError(
+                "train.strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
+                '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """The worker that writes the run directory (always true outside multi-worker training)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever ``monitor`` improves, atomically (temporary file + ``os.replace``):
+    a kill during the save leaves the previous best intact, never a truncated ``model.keras``."""
+
+    def __init__(self, filepath, monitor: str, mode: str = "max"):
+        super().__init__()
+        self.filepath, self.monitor, self.mode = Path(filepath), monitor, mode
+        self.best = None
+
+    def improved(self, value) -> bool:
+        if value is None or not np.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            log.warning("checkpoint: metric %r not in the epoch logs (available: %s); saving the latest model",
+                        self.monitor, sorted(logs or {}))
+        elif not self.improved(float(value)):
+            return
+        else:
+            self.best = float(value)
+        save_model_atomic(self.model, self.filepath)
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Resume state in ``RUN_DIR/backup``: after every completed epoch the weights (with the
+    optimizer state) go to ``epoch-NNNN.weights.h5`` and then ``state.json`` (epoch, cumulative
+    training time, the best/wait counters of the other callbacks) is replaced atomically to point
+    at them. A kill at any moment leaves ``state.json`` naming a complete file.
+
+    Must come last in the callback list: its epoch end runs after CSVLogger/EarlyStopping.
+    Keras' own ``BackupAndRestore`` is not used because it overwrites its weights and metadata
+    in place (a kill mid-write corrupts them or pairs new weights with the old epoch) and it
+    does not restore the state of the other callbacks.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, backup_dir, tracked: dict, previous: Optional[dict] = None, write: bool = True):
+        super().__init__()
+        self.backup_dir, self.tracked, self.write = Path(backup_dir), tracked, write
+        self.previous = previous or {}
+        self.seconds = float(self.previous.get("train_seconds", 0.0))
+        self.resumes = int(self.previous["resumes"]) + 1 if previous else 0
+        self._epoch_start = None
+
+    @classmethod
+    def load(cls, backup_dir) -> Optional[dict]:
+        path = Path(backup_dir) / cls.STATE
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        weights = Path(backup_dir) / state["weights"]
+        if not weights.is_file():
+            raise ValueError(f"resume state {path} names {weights}, which is missing: the backup is damaged; "
+                             "remove the backup/ directory to restart this run from scratch, or use --overwrite")
+        return state
+
+    def restore_weights(self, model) -> None:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(str(self.backup_dir / self.previous["weights"]))
+
+    def on_train_begin(self, logs=None):
+        # the tracked callbacks reset themselves in their own on_train_begin (earlier in the list)
+        for name, values in self.previous.get("callbacks", {}).items():
+            callback = self.tracked.get(name)
+            for attr, value in values.items():
+                if callback is not None:
+                    setattr(callback, attr, value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._epoch_start is not None:
+            self.seconds += time.time() - self._epoch_start
+        self.save(epoch + 1)
+
+    def save(self, epochs_done: int) -> None:
+        if not self.write:
+            # non-chief worker: same collective-free save into a throw-away directory
+            scratch = Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
+            try:
+                self.model.save_weights(str(scratch / "w.weights.h5"))
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            return
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epochs_done:04d}.weights.h5"
+        save_weights_atomic(self.model, self.backup_dir / name)
+        state = {
+            "epoch": epochs_done,
+            "weights": name,
+            "train_seconds": round(self.seconds, 3),
+            "complete": False,
+            "resumes": self.resumes,
+            "callbacks": {
+                key: {attr: _plain(getattr(cb, attr)) for attr in ("best", "wait", "cooldown_counter", "best_epoch")
+                      if hasattr(cb, attr) and _plain(getattr(cb, attr), check=True)}
+                for key, cb in self.tracked.items()
+            },
+        }
+        write_json(self.backup_dir / self.STATE, state)
+        for old in self.backup_dir.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+    def on_train_end(self, logs=None):
+        # reached train.epochs or stopped early: a later start only re-evaluates and re-exports
+        path = self.backup_dir / self.STATE
+        if self.write and path.is_file():
+            write_json(path, dict(json.loads(path.read_text()), complete=True))
+
+
+def _plain(value, check: bool = False):
+    """JSON-able number for callback state (``check``: whether it can be stored)."""
+    if value is None:
+        return False if check else None
+    try:
+        number = float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return False if check else None
+    if check:
+        return True
+    return int(number) if float(number).is_integer() and abs(number) < 2**53 else number
+
+
+def trim_history(path: Path, rows: int) -> None:
+    """Keep the header and the first ``rows`` epochs of ``history.csv`` (drops a row written for an
+    epoch whose resume state was not saved, or a half-written line), atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    if rows <= 0 or not lines:
+        path.unlink()
+        return
+    kept = [lines[0]] + [line for line in lines[1:] if line.strip()][:rows]
+    atomic_write_text(path, "\n".join(kept) + "\n")
+
+
+# ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
 def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
-    """Train ``cfg`` into a run directory; returns the final metrics dict (also metrics.json)."""
-    keras.utils.set_random_seed(cfg.train.seed)
+    """Train ``cfg`` into a run directory; returns the final metrics dict (also metrics.json).
+
+    Started again on the same run directory with the same config it resumes from the last
+    completed epoch (``RUN_DIR/backup``); a finished run is only re-evaluated/re-exported.
+    """
+    with warnings.catch_warnings():
+        # Keras warns "Your input ran out of data" at the end of every validation pass: the
+        # evaluation grid is finite with an unknown length (nodata filter); the training stream is
+        # endless, so the warning never means lost training steps here
+        warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+        return _train(cfg, run_dir, overwrite, verbose)
+
+
+def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    strategy = make_strategy(cfg.train.strategy)
+    chief = is_chief(strategy)
+    if cfg.train.strategy == "multi_worker" and not run_dir:
+        raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
+                         "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
     train_scenes, val_scenes = load_scenes(cfg.data)
-    run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
+    if chief:
+        run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
+    else:
+        run_path, resuming = Path(run_dir), (Path(run_dir) / "config.yaml").is_file()
     precision = resolve_precision(cfg.train.precision)
     keras.mixed_precision.set_global_policy(precision)
 
@@ -148,76 +371,217 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
     norm = compute_normalization(
         [s.info for s in train_scenes], cfg.data.normalization, cfg.data.percentiles, band_names=band_names
     )
-    norm.save(norm_file)
+    if chief:
+        norm.save(norm_file)
 
+    backup_dir = run_path / "backup"
+    previous = TrainingState.load(backup_dir) if resuming else None
+    initial_epoch = int(previous["epoch"]) if previous else 0
+    if chief:
+        trim_history(run_path / "history.csv", initial_epoch)
+        remove_stale_temporaries(run_path)
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = cfg.data.batch_size * (replicas if cfg.train.batch_per_replica else 1)
     classes = num_outputs(cfg.data)
     task = config_lib.resolve_task(cfg.data)
     bands = train_scenes[0].info.num_bands
-    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True)
-    val_ds = build_dataset(val_scenes, norm, cfg.data, training=False)
-    steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // cfg.data.batch_size)
+    # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
+    train_seed = cfg.data.seed + 7919 * initial_epoch
+    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch)
+    val_ds = build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=global_batch)
+    if cfg.train.strategy == "multi_worker":
+        train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
+    steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
+    train_cfg = _scaled_lr(cfg.train, replicas)
 
-    model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes, **model_kwargs(cfg.model, task))
-    loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
-                    class_weights=cfg.train.class_weights or None)
-    model.compile(
-        optimizer=make_optimizer(cfg.train, steps),
-        loss=loss,
-        metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
-        jit_compile=cfg.train.jit_compile,
-    )
-    best_file = run_path / "model.keras"
+    with strategy.scope():
+        model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes,
+                            **model_kwargs(cfg.model, task))
+        loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
+                        class_weights=cfg.train.class_weights or None)
+        model.compile(
+            optimizer=make_optimizer(train_cfg, steps),
+            loss=loss,
+            metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
+            jit_compile=cfg.train.jit_compile,
+        )
+    best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
+    checkpoint = BestModelCheckpoint(best_file, cfg.train.monitor, cfg.train.monitor_mode)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_path / "backup")),
         LearningRateLogger(),
-        keras.callbacks.ModelCheckpoint(
-            str(best_file), monitor=cfg.train.monitor, mode=cfg.train.monitor_mode, save_best_only=True
-        ),
-        keras.callbacks.TensorBoard(str(run_path / "logs"), write_graph=False),
-        keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=resuming),
+        checkpoint,
     ]
-    if cfg.train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode))
+    if chief:
+        callbacks += [
+            keras.callbacks.TensorBoard(str(run_path / "logs"), write_graph=False),
+            keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=initial_epoch > 0),
+        ]
+    tracked = {"checkpoint": checkpoint}
+    if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
+        from .object_metrics import ObjectF1Callback
 
-    started = time.time()
-    history = model.fit(
-        train_ds, epochs=cfg.train.epochs, steps_per_epoch=steps, validation_data=val_ds,
-        callbacks=callbacks, verbose=verbose, shuffle=False,
-    )
-    train_seconds = time.time() - started
+        callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
+    if cfg.train.early_stopping_patience:
+        tracked["early_stopping"] = keras.callbacks.EarlyStopping(
+            cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)
+        callbacks.append(tracked["early_stopping"])
+    if cfg.train.reduce_lr_patience:
+        tracked["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+            cfg.train.monitor, factor=cfg.train.reduce_lr_factor, patience=cfg.train.reduce_lr_patience,
+            mode=cfg.train.monitor_mode, min_lr=cfg.train.min_learning_rate)
+        callbacks.append(tracked["reduce_lr"])
+    tracker = NeptuneTracker.start(cfg, run_path, _dataset_name(cfg)) if chief else None
+    if tracker is not None:
+        callbacks += tracker.callbacks()
+    state = TrainingState(backup_dir, tracked, previous, write=chief)
+    callbacks.append(state)  # last: saves the resume state after every other callback's epoch end
+
+    if previous:
+        with strategy.scope():
+            state.restore_weights(model)
+        log.info("resuming %s from epoch %d of %d", run_path, initial_epoch, cfg.train.epochs)
+    if previous and previous.get("complete"):
+        log.info("%s: training already complete (%d epochs); evaluating and exporting again", run_path,
+                 initial_epoch)
+    else:
+        with _fit_scope(model, strategy, cfg.train.strategy):
+            model.fit(
+                train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
+    train_seconds = state.seconds
+    if not chief:
+        shutil.rmtree(best_file.parent, ignore_errors=True)
+        history = getattr(model, "history", None)
+        done = initial_epoch + (len(history.epoch) if history is not None else 0)
+        return {"run_dir": str(run_path), "chief": False, "epochs": done, "train_seconds": round(train_seconds, 2),
+                "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
 
     best = keras.saving.load_model(best_file, compile=False)
     best.compile(loss=loss, metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task,
                                                          cfg.data.classes))
+    if cfg.train.strategy == "multi_worker":
+        val_ds = _shard_off(val_ds)
     scores = best.evaluate(val_ds, verbose=0, return_dict=True)
     val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
-    epochs_done = len(_read_history(run_path / "history.csv")) or len(history.epoch)
+    history_rows = _read_history(run_path / "history.csv")
+    final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}
     result = {
         "val": val,
-        "epochs": epochs_done,
+        "epochs": len(history_rows),
         "train_seconds": round(train_seconds, 2),
         "val_loss": float(scores["loss"]),
         "params": int(best.count_params()),
         "precision_policy": precision,
         "model": cfg.model.name,
         "backbone": cfg.model.backbone,
+        "best_epoch": _best_epoch(run_path / "history.csv", cfg.train.monitor, cfg.train.monitor_mode),
+        "resumes": int(final_state.get("resumes", 0)),
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "steps_per_epoch": steps,
     }
+    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     write_json(run_path / "metrics.json", result)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index)
+    archive = None
     if cfg.export.enabled:
-        export_saved_model(best, norm, run_path / "export", _export_metadata(cfg, norm, result, bands),
-                           threshold=cfg.train.threshold)
-    return {**result, "run_dir": str(run_path)}
+        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
+        export_saved_model(best, norm, run_path / "export", export_meta, threshold=cfg.train.threshold)
+        if tracker is not None and cfg.tracking.neptune.upload_model:
+            archive = zip_directory(run_path / "export", run_path / ".neptune" / "artifacts" / "saved_model.zip")
+    if tracker is not None:
+        files = {"history": run_path / "history.csv", "metrics": run_path / "metrics.json",
+                 "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
+        tracker.log_final(result, files, archive)
+        tracker.stop()
+    return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
+
+
+def _scaled_lr(train_cfg, replicas: int):
+    """``train.lr_scaling`` (linear / sqrt) multiplies the learning rate by the growth of the global
+    batch over ``data.batch_size``, which happens only with ``train.batch_per_replica``."""
+    factor = replicas if train_cfg.batch_per_replica else 1
+    if train_cfg.lr_scaling == "none" or factor == 1:
+        return train_cfg
+    scale = factor if train_cfg.lr_scaling == "linear" else float(np.sqrt(factor))
+    log.info("learning rate scaled x%.3g (%s, %d replicas)", scale, train_cfg.lr_scaling, replicas)
+    return dataclasses.replace(train_cfg, learning_rate=train_cfg.learning_rate * scale)
+
+
+@contextlib.contextmanager
+def _fit_scope(model, strategy, name: str):
+    """Keras 3.15 pre-builds a model under a strategy by ``strategy.reduce``-ing the first input
+    batch, which MultiWorkerMirroredStrategy rejects ("Attempt to convert a value (PerReplica…)").
+    For multi_worker, fit inside the strategy scope with the model's pinned strategy cleared: Keras
+    then takes the strategy from the scope and builds while tracing the first step. Also works
+    around Keras reducing scalar step outputs along axis 0 (see ``reduce_per_replica`` below).
+    Each worker's logged metrics are the mean over the replicas of their local metric values."""
+    if name != "multi_worker":
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy_, reduction="auto"):
+        # Keras 3.15 reduces multi-worker step outputs with strategy.reduce("MEAN", v, axis=0),
+        # which fails on the scalar losses/metrics; reduce scalars across replicas with axis=None
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy_):
+            def reduce_one(value):
+                rank = value.values[0].shape.rank if hasattr(value, "values") else value.shape.rank
+                return strategy_.reduce("MEAN", value, axis=None if rank == 0 else 0)
+            return keras.tree.map_structure(reduce_one, values)
+        return original(values, strategy_, reduction)
+
+    pinned = model._distribute_strategy
+    model._distribute_strategy = None
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        with strategy.scope():
+            yield
+    finally:
+        model._distribute_strategy = pinned
+        tf_trainer.reduce_per_replica = original
+
+
+def _shard_by_data(ds):
+    """Multi-worker: shard by element (the endless window stream has no files to shard)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _shard_off(ds):
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+def _dataset_name(cfg) -> str:
+    root = cfg.data.root.rstrip("/")
+    return f"{cfg.data.format}:{Path(root).name}" if root and cfg.data.format != "synthetic" else cfg.data.format
+
+
+def _best_epoch(path: Path, monitor: str, mode: str):
+    import csv
+
+    if not path.is_file():
+        return None
+    with open(path, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get(monitor) not in (None, "", "nan")]
+    if not rows:
+        return None
+    pick = max if mode == "max" else min
+    return int(pick(rows, key=lambda r: float(r[monitor]))["epoch"]) + 1
 
 
 def _band_names(scenes) -> list:
-    from .data.raster import _handle
+    from .data.raster import band_names
 
-    descriptions = _handle(scenes[0].info.path).descriptions
-    picked = [descriptions[b - 1] for b in scenes[0].info.bands]
-    return [d or f"band{b}" for d, b in zip(picked, scenes[0].info.bands)]
+    return band_names(scenes[0].info)
 
 
 def _read_history(path: Path) -> list:
@@ -284,6 +648,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.train.strategy == "multi_worker":  # one machine-readable line per worker for cluster logs
+        print("WORKER-RESULT " + json.dumps({k: result[k] for k in ("chief", "epochs", "steps", "run_dir")}))
+    if not result["chief"]:
+        print(f"worker done: {result['epochs']} epochs, {result['steps']} steps (the chief writes {result['run_dir']})")
+        return 0
     val = result["val"]
     print(
         f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']:.4f} "

@@ -1,0 +1,147 @@
+"""The classic architecture study: FCN-8 vs UNet vs EfficientNet-FPN on the same data and budget.
+
+``python pipelines/compare_architectures.py [--output DIR] [--quick] [--data-root DIR]
+[--config YAML] [--set KEY=VALUE ...] [--models MODELS.yaml]``
+
+Every model is trained with the same data, epochs, steps, batch, optimizer and seed (the base
+config plus ``--set``), each into ``DIR/runs/<label>``; then ``tfseg.compare`` writes the report
+to ``DIR/report`` (comparison.md/.csv, curves_*.png, index.html). Starting the pipeline again
+resumes unfinished runs and skips finished ones.
+
+The models are data: a YAML/JSON list of ``{label, overrides}`` (``--models``), default
+:data:`DEFAULT_MODELS`. Default data: the embedded synthetic dataset with a small budget;
+``--quick`` shrinks it to a few minutes on a laptop CPU; ``--data-root``/``--config`` point it at
+real data (e.g. Kampala buildings with ``data.format=scenes``).
+
+Example:
+    python pipelines/compare_architectures.py --quick --output reports/architectures
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(REPO))
+
+from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
+from tfseg import compare as compare_lib  # noqa: E402
+from tfseg import config as config_lib  # noqa: E402
+
+log = logging.getLogger("tfseg.pipelines.compare_architectures")
+
+# encoder_weights stays "" (random init) so that the three models get the same treatment offline
+DEFAULT_MODELS = [
+    {"label": "fcn8", "overrides": ["model.name=fcn8"]},
+    {"label": "unet", "overrides": ["model.name=unet"]},
+    {"label": "efficientnet-fpn", "overrides": ["model.name=fpn", "model.backbone=efficientnetb0"]},
+]
+
+# the shared budget (on top of configs/default.yaml)
+BUDGET = ["train.epochs=6", "data.train_windows_per_epoch=160", "train.schedule=cosine"]
+QUICK = [
+    "data.synthetic.num_train_scenes=2", "data.synthetic.num_val_scenes=1", "data.synthetic.scene_size=512",
+    "data.window_size=128", "data.eval_overlap=0", "data.batch_size=8", "data.train_windows_per_epoch=64",
+    "train.epochs=3", "train.num_figure_tiles=2",
+]
+
+
+def load_models(path) -> list:
+    """A models file: a list of ``{label: str, overrides: [KEY=VALUE, ...]}`` (YAML or JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"models file not found: {path}")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of {{label, overrides}} entries")
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or not isinstance(entry.get("label"), str) or not entry["label"]:
+            raise ValueError(f"{path}: entry {i} needs a 'label' string, got {entry!r}")
+        if not isinstance(entry.get("overrides", []), list):
+            raise ValueError(f"{path}: entry {i} ('{entry['label']}'): 'overrides' must be a list of KEY=VALUE")
+    labels = [e["label"] for e in data]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{path}: labels must be unique, got {labels}")
+    return data
+
+
+def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "") -> list:
+    """``[(label, Config)]`` for every model, validated before anything trains."""
+    from tfseg.models import BUILDERS
+
+    base = list(BUDGET) + (list(QUICK) if quick else [])
+    if data_root:
+        base.append(f"data.root={data_root}")
+    planned = []
+    for entry in models:
+        overrides = base + list(shared) + list(entry.get("overrides", [])) + [f"tracking.name={entry['label']}"]
+        try:
+            cfg = config_lib.load(config, overrides)
+        except config_lib.ConfigError as exc:
+            raise ValueError(f"model '{entry['label']}': {exc}") from None
+        if cfg.model.name not in BUILDERS:
+            raise ValueError(
+                f"model '{entry['label']}': model.name={cfg.model.name!r} is not available in this build "
+                f"(available: {sorted(BUILDERS)})")
+        planned.append((entry["label"], cfg))
+    return planned
+
+
+def run(models: list, output, config=None, shared=(), quick: bool = False, data_root: str = "",
+        metric: str = "val_iou", verbose: int = 0) -> list:
+    """Train every model (resuming/skipping finished runs) and write the comparison report."""
+    import keras
+
+    from tfseg.train import train
+
+    output = Path(output)
+    planned = plan(models, config, shared, quick, data_root)
+    run_dirs = []
+    for label, cfg in planned:
+        run_dir = output / "runs" / label
+        state = run_dir / "backup" / "state.json"
+        finished = (run_dir / "metrics.json").is_file() and state.is_file() and json.loads(state.read_text()).get("complete")
+        if finished:
+            log.info("%s: already trained (%s), skipped", label, run_dir)
+        else:
+            log.info("training %s -> %s", label, run_dir)
+            keras.backend.clear_session()
+            result = train(cfg, run_dir, verbose=verbose)
+            log.info("%s: val iou %.4f in %.0fs", label, result["val"]["iou"], result["train_seconds"])
+        run_dirs.append(run_dir)
+    return compare_lib.compare(run_dirs, output / "report", metric=metric)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python pipelines/compare_architectures.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="reports/architectures", help="output directory (runs/ and report/)")
+    parser.add_argument("--config", help="base YAML config (default: configs/default.yaml)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="overrides applied to every model (same data and budget)")
+    parser.add_argument("--models", help="YAML/JSON list of {label, overrides} (default: fcn8, unet, efficientnet-fpn)")
+    parser.add_argument("--quick", action="store_true", help="a few-minutes version (small scenes, 3 epochs)")
+    parser.add_argument("--data-root", default="", help="data.root for every model")
+    parser.add_argument("--metric", default="val_iou", help="ranking metric of the report")
+    parser.add_argument("--verbose", action="store_true", help="Keras progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        models = load_models(args.models) if args.models else DEFAULT_MODELS
+        rows = run(models, args.output, args.config, args.overrides, args.quick, args.data_root, args.metric,
+                   verbose=1 if args.verbose else 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(compare_lib.to_markdown(rows, args.metric, "min" if args.metric.endswith("loss") else "max"))
+    print(f"report: {Path(args.output) / 'report' / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

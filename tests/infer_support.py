@@ -1,0 +1,102 @@
+"""Shared helpers for the inference/evaluation/scoring tests: tiny run directories and scenes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+UTM = "EPSG:32636"
+ORIGIN = (440000.0, 40512.0)
+PIXEL = 0.5
+
+
+def write_tif(path, array, crs=UTM, transform=None, nodata=None, pixel_size=PIXEL):
+    """(bands, H, W) or (H, W) -> GeoTIFF (crs=None writes a non-georeferenced file)."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    count, height, width = array.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=array.dtype, nodata=nodata)
+    if crs is not None:
+        profile.update(crs=crs, transform=transform or from_origin(ORIGIN[0], ORIGIN[1], pixel_size, pixel_size))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array)
+    return path
+
+
+def save_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = ""):
+    """A run-like directory: model.keras + normalization.json (+ optional config.yaml text)."""
+    from tfseg.data.raster import Normalization
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    Normalization("meanstd", [mean] * bands, [std] * bands, [0.0] * bands, [255.0] * bands).save(
+        run_dir / "normalization.json")
+    if config:
+        (run_dir / "config.yaml").write_text(config)
+    return run_dir
+
+
+def oracle_model(bands=3, gain=8.0):
+    """1x1 conv 'bright pixels are buildings': sigmoid(gain * mean(normalized bands)).
+
+    Deterministic, translation-equivariant, receptive field 1: predictions are exactly known.
+    """
+    inputs = keras.Input((None, None, bands))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    outputs = conv(inputs)
+    model = keras.Model(inputs, outputs)
+    conv.set_weights([np.full((1, 1, bands, 1), gain / bands, np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def conv_model(bands=3, seed=0):
+    """Random conv-only model (two 3x3 convs: receptive field 5 px, no pooling)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, bands))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs)
+
+
+def building_scene(height=300, width=400, boxes=((20, 30, 80, 90), (150, 200, 230, 260), (240, 10, 290, 70)),
+                   bands=3, low=40, high=220, seed=0):
+    """uint16 scene (bands, H, W): dark noisy background, bright boxes (row0, col0, row1, col1)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(low - 20, low + 20, (bands, height, width)).astype(np.uint16)
+    mask = np.zeros((height, width), np.uint8)
+    for r0, c0, r1, c1 in boxes:
+        r1, c1 = min(r1, height), min(c1, width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        image[:, r0:r1, c0:c1] = rng.integers(high - 20, high + 20, (bands, r1 - r0, c1 - c0))
+        mask[r0:r1, c0:c1] = 1
+    return image, mask
+
+
+def tiny_train_overrides(root) -> list:
+    """--set overrides for a fast run on a small synthetic dataset under ``root``."""
+    return [
+        f"data.root={root}",
+        "data.synthetic.num_train_scenes=1",
+        "data.synthetic.num_val_scenes=1",
+        "data.synthetic.scene_size=256",
+        "data.window_size=64",
+        "data.eval_overlap=0",
+        "data.train_windows_per_epoch=8",
+        "data.batch_size=2",
+        "model.depth=2",
+        "model.filters=4",
+        "train.num_figure_tiles=2",
+    ]

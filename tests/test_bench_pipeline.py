@@ -1,0 +1,17 @@
+"""Smoke test of ``python -m tfseg.bench pipeline`` on a small generated scene."""
+from __future__ import annotations
+
+import json
+
+from tfseg.bench.__main__ import main
+
+
+def test_bench_pipeline_json_keys(tmp_path, capsys):
+    assert main(["pipeline", "--json", "--size", "512", "--tiles", "16", "--batch-size", "4",
+                 "--cache-dir", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert set(result) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio"}
+    assert all(v > 0 for v in result.values())
+    assert abs(result["ratio"] - result["pipeline_tiles_per_s"] / result["raw_read_tiles_per_s"]) < 0.01
+    assert (tmp_path / "rgb_uint8_512.tif").is_file() and (tmp_path / "mul_uint16_512.tif").is_file()

@@ -1,0 +1,128 @@
+"""tfseg.compare (table, curves, HTML, non-run dirs) and pipelines/compare_architectures.py."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pytest
+
+from tests.data.fixtures import tiny_synthetic_overrides
+from tfseg import compare as compare_lib
+from tfseg import config as config_lib
+
+
+def _write_run(path, model="unet", filters=16, ious=(0.1, 0.3, 0.2), params=1234, seconds=12.5):
+    """A run directory as tfseg.train writes it (config.yaml, history.csv, metrics.json)."""
+    path.mkdir(parents=True)
+    cfg = config_lib.from_dict({"model": {"name": model, "filters": filters}, "train": {"loss": "bce_dice"}})
+    (path / "config.yaml").write_text(cfg.to_yaml())
+    with open(path / "history.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "loss", "val_iou", "val_f1", "val_loss"])
+        for epoch, iou in enumerate(ious):
+            writer.writerow([epoch, 1.0 - 0.1 * epoch, iou, 2 * iou / (1 + iou), 1.0 - iou])
+    (path / "metrics.json").write_text(json.dumps({
+        "epochs": len(ious), "params": params, "train_seconds": seconds, "precision_policy": "float32",
+        "val": {"iou": max(ious)}}))
+    return path
+
+
+def test_compare_table_curves_html_and_skips_non_runs(tmp_path, caplog):
+    a = _write_run(tmp_path / "a", ious=(0.1, 0.3, 0.2), params=100)
+    b = _write_run(tmp_path / "b", ious=(0.2, 0.25, 0.5, 0.45), params=200)
+    c = _write_run(tmp_path / "c", ious=(0.05, 0.1), params=300)
+    not_run = tmp_path / "notes"
+    not_run.mkdir()
+    (not_run / "readme.txt").write_text("not a run")
+    out = tmp_path / "report"
+    with caplog.at_level(logging.WARNING, logger="tfseg.compare"):
+        code = compare_lib.main([str(a), str(not_run), str(b), str(tmp_path / "missing"), str(c),
+                                 "--output", str(out)])
+    assert code == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(not_run) in w and "config.yaml" in w for w in warnings)
+    assert any(str(tmp_path / "missing") in w and "does not exist" in w for w in warnings)
+
+    with open(out / "comparison.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["run"] for r in rows] == ["b", "a", "c"]  # sorted by best val_iou, descending
+    assert [float(r["val_iou"]) for r in rows] == [0.5, 0.3, 0.1]
+    assert [r["best_epoch"] for r in rows] == ["3", "2", "2"]
+    assert rows[0]["params"] == "200" and rows[0]["model"] == "unet" and rows[0]["loss"] == "bce_dice"
+    assert rows[0]["precision"] == "float32" and rows[0]["epochs"] == "4" and rows[0]["train_seconds"] == "12.5"
+    markdown = (out / "comparison.md").read_text()
+    assert markdown.index("| b |") < markdown.index("| a |") < markdown.index("| c |")
+    for name in ("val_iou", "loss", "val_loss"):
+        png = out / f"curves_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") == 3 and "notes" in page
+
+    # lower-is-better metric: val_loss ascending
+    assert compare_lib.main([str(a), str(b), str(c), "--output", str(tmp_path / "r2"), "--metric", "val_loss"]) == 0
+    with open(tmp_path / "r2" / "comparison.csv", newline="") as handle:
+        assert [r["run"] for r in csv.DictReader(handle)] == ["b", "a", "c"]
+
+
+def test_compare_bad_arguments(tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert compare_lib.main([str(empty), "--output", str(tmp_path / "o")]) == 2
+    assert "no runs to compare" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare_lib.main(["--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        compare_lib.main([str(empty), "--neptune-project", "ws/p", "--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit):
+        compare_lib.main(["--neptune-project", "noslash", "--output", str(tmp_path / "o")])
+    assert "WORKSPACE/PROJECT" in capsys.readouterr().err
+    monkeypatch.delenv("NEPTUNE_API_TOKEN", raising=False)
+    assert compare_lib.main(["--neptune-project", "ws/p", "--output", str(tmp_path / "o")]) == 2
+    assert "NEPTUNE_API_TOKEN" in capsys.readouterr().err
+    # a server that cannot be reached: a bounded, clear error (the client alone retries ~1 min)
+    import base64
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    token = base64.b64encode(json.dumps({"api_address": f"http://127.0.0.1:{port}", "api_key": "x"}).encode())
+    monkeypatch.setenv("NEPTUNE_API_TOKEN", token.decode())
+    assert compare_lib.main(["--neptune-project", "ws/p", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unreachable" in err and str(port) in err
+
+
+@pytest.mark.slow
+def test_compare_architectures_pipeline_with_unet_variants(tmp_path):
+    from pipelines import compare_architectures as pipeline
+
+    models_file = tmp_path / "models.yaml"
+    models_file.write_text(
+        "- label: unet-narrow\n  overrides: [model.filters=4]\n"
+        "- label: unet-wide\n  overrides: [model.filters=8]\n")
+    shared = tiny_synthetic_overrides(tmp_path / "data") + [
+        "export.enabled=false", "tracking.neptune.mode=off", "train.epochs=2"]
+    out = tmp_path / "study"
+    code = pipeline.main(["--models", str(models_file), "--output", str(out), "--set", *shared])
+    assert code == 0
+    with open(out / "report" / "comparison.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["run"] for r in rows) == ["unet-narrow", "unet-wide"]
+    assert int(rows[0]["params"]) != int(rows[1]["params"])
+    for row in rows:
+        metrics = json.loads((out / "runs" / row["run"] / "metrics.json").read_text())
+        assert int(row["params"]) == metrics["params"] and int(row["epochs"]) == 2
+    ious = [float(r["val_iou"]) for r in rows]
+    assert ious == sorted(ious, reverse=True)
+    assert (out / "report" / "index.html").is_file()
+    # the same budget for both: identical data/train config except the model overrides
+    cfgs = [config_lib.load(out / "runs" / name / "config.yaml") for name in ("unet-narrow", "unet-wide")]
+    assert set(config_lib.diff(*cfgs)) == {"model.filters", "tracking.name"}
+    # a model not available in this build is refused before anything trains
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- label: fcn\n  overrides: [model.name=sm]\n")
+    assert pipeline.main(["--models", str(bad), "--output", str(tmp_path / "bad"), "--set", *shared]) == 2
+    assert not (tmp_path / "bad" / "runs").exists()

@@ -1,0 +1,77 @@
+import pytest
+
+from tfseg import config as config_lib
+from tfseg.config import ConfigError
+
+
+def test_default_config_loads_and_validates():
+    cfg = config_lib.load()
+    assert cfg.data.format == "synthetic"
+    assert cfg.model.name == "unet"
+    assert cfg.data.window_size == 256
+
+
+def test_overrides_convert_types():
+    cfg = config_lib.load(None, ["train.epochs=3", "model.name=unet", "train.learning_rate=1e-3",
+                                 "data.augment.flip=false", "data.classes=[a, b]"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == pytest.approx(1e-3)
+    assert cfg.data.augment.flip is False
+    assert cfg.data.classes == ["a", "b"]
+
+
+def test_unknown_key_in_file_names_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*epochs"):
+        config_lib.load(path)
+
+
+def test_unknown_key_in_set_names_key():
+    with pytest.raises(ConfigError, match=r"train.epoch'.*allowed keys under 'train'"):
+        config_lib.load(None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'"):
+        config_lib.load(None, ["trian.epochs=3"])
+
+
+def test_set_wrong_type_names_key_type_and_value():
+    with pytest.raises(ConfigError, match=r"'train.epochs': expected int, got str 'three'"):
+        config_lib.load(None, ["train.epochs=three"])
+    with pytest.raises(ConfigError, match=r"'data.augment.flip': expected bool"):
+        config_lib.load(None, ["data.augment.flip=maybe"])
+
+
+def test_out_of_range_and_bad_choice():
+    with pytest.raises(ConfigError, match=r"'train.epochs': expected a value in \[1, 100000\], got 0"):
+        config_lib.load(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"'train.optimizer': expected one of \['adam', 'adamw', 'sgd'\], got 'adagrad'"):
+        config_lib.load(None, ["train.optimizer=adagrad"])
+    with pytest.raises(ConfigError, match=r"'data.window_size': expected a multiple of 32, got 100"):
+        config_lib.load(None, ["data.window_size=100"])
+
+
+def test_set_without_equals_is_rejected():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        config_lib.load(None, ["train.epochs"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config_lib.load(tmp_path / "nope.yaml")
+
+
+def test_yaml_round_trip_and_diff(tmp_path):
+    cfg = config_lib.load(None, ["train.epochs=5"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = config_lib.load(path)
+    assert config_lib.diff(cfg, again) == {}
+    other = config_lib.load(path, ["train.epochs=6"])
+    assert config_lib.diff(cfg, other) == {"train.epochs": (5, 6)}
+
+
+def test_all_configs_in_repo_validate():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
+        config_lib.load(path)

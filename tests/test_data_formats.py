@@ -1,0 +1,232 @@
+"""Every data format on generated fixtures: layout, alignment, label encoding, bad input."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from tfseg import config as config_module
+from tfseg.data.formats import DataFormatError, load_scenes
+from tfseg.data.formats.colour_mask import ColourMaskError, decode_colour_mask, read_colour_mask
+from tfseg.data.formats.dstl import CLASSES as DSTL_CLASSES
+from tfseg.data.formats.mask_folder import MaskFolderError, pair_images_and_masks
+from tfseg.data.labels import LabelError
+from tfseg.data.pipeline import read_tile
+from tfseg.data.raster import Normalization, RasterError
+
+from .data.fixtures import UTM, write_geotiff
+from .data.formats import (
+    DUBAI_PALETTE, colour_mask_array, make_colour_mask, make_dstl, make_mask_folder, make_spacenet,
+)
+
+def identity(bands):
+    return Normalization("meanstd", [0.0] * bands, [1.0] * bands, [0.0] * bands, [1.0] * bands)
+
+
+def data_cfg(**data):
+    return config_module.from_dict({"data": data}).data
+
+
+def full_label(scene):
+    return scene.labels.rasterize(Window(0, 0, scene.info.width, scene.info.height), scene.info)
+
+
+def all_scenes(cfg):
+    train, val = load_scenes(cfg)
+    return {s.name: s for s in train + val}
+
+
+# ------------------------------------------------------------------------------------ spacenet
+def test_spacenet_footprints_land_on_their_pixels_and_empty_geojson_is_no_buildings(tmp_path):
+    boxes = make_spacenet(tmp_path)
+    scenes = all_scenes(data_cfg(format="spacenet", root=str(tmp_path), val_fraction=0.34))
+    assert set(scenes) == set(boxes)
+    for chip, chip_boxes in boxes.items():
+        scene = scenes[chip]
+        assert scene.info.num_bands == 3 and scene.info.crs == "EPSG:4326"
+        expected = np.zeros((64, 64), np.uint8)
+        for c0, r0, c1, r1 in chip_boxes:
+            expected[r0:r1, c0:c1] = 1
+        np.testing.assert_array_equal(full_label(scene), expected)
+
+
+def test_spacenet_product_and_target_channels(tmp_path):
+    make_spacenet(tmp_path)
+    scenes = all_scenes(data_cfg(format="spacenet", root=str(tmp_path), options={"product": "MUL"}))
+    assert {s.info.num_bands for s in scenes.values()} == {8}
+    assert {s.info.width for s in scenes.values()} == {32}
+    cfg = data_cfg(
+        format="spacenet", root=str(tmp_path), task="multilabel", classes=["footprint", "boundary", "contact"],
+        options={"targets": ["footprint", "boundary", "contact"], "boundary_width": 3, "contact_spacing": 4},
+    )
+    scene = all_scenes(cfg)["AOI_2_Vegas_img1"]
+    label = full_label(scene)
+    assert label.shape == (64, 64, 3)
+    footprint, boundary, contact = label[..., 0], label[..., 1], label[..., 2]
+    assert footprint[10, 10] == 1 and footprint[0, 0] == 0
+    assert boundary[8, 15] == 1 and boundary[14, 15] == 0  # on the outline, not deep inside
+    # boxes (8,8)-(24,20) and (26,8)-(40,20) are 2 px apart: the gap is contact, not footprint
+    assert contact[14, 24:26].all() and not contact[14, 5] and not contact[40, 40]
+    assert not (contact & footprint).any()
+
+
+def test_spacenet_errors_name_the_file_or_key(tmp_path):
+    make_spacenet(tmp_path)
+    with pytest.raises(DataFormatError, match="data.options.product"):
+        load_scenes(data_cfg(format="spacenet", root=str(tmp_path), options={"product": "SWIR"}))
+    with pytest.raises(DataFormatError, match="data.task"):
+        load_scenes(data_cfg(format="spacenet", root=str(tmp_path), options={"targets": ["footprint", "contact"]}))
+    missing = tmp_path / "AOI_2_Vegas_Train/geojson/buildings/buildings_AOI_2_Vegas_img2.geojson"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match="buildings_AOI_2_Vegas_img2.geojson"):
+        load_scenes(data_cfg(format="spacenet", root=str(tmp_path)))
+    with pytest.raises(DataFormatError, match="data.num_bands"):
+        missing.write_text('{"type": "FeatureCollection", "features": []}')
+        load_scenes(data_cfg(format="spacenet", root=str(tmp_path), num_bands=8))
+
+
+# --------------------------------------------------------------------------------- mask folder
+@pytest.mark.parametrize("scale255", [False, True])
+def test_mask_folder_binary_masks_01_and_0255(tmp_path, scale255):
+    masks = make_mask_folder(tmp_path, scale255=scale255)
+    scenes = all_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+    assert set(scenes) == set(masks)
+    for stem, mask in masks.items():
+        np.testing.assert_array_equal(full_label(scenes[stem]), mask)
+
+
+def test_mask_folder_png_without_crs_and_padding_of_small_images(tmp_path):
+    masks = make_mask_folder(tmp_path, georeferenced=False, suffix="_mask")
+    scenes = all_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": "_mask"}))
+    scene = scenes["OAM-0-7-19"]
+    assert scene.info.crs is None and scene.info.num_bands == 3
+    image, label = read_tile(scene, Window(0, 0, 64, 64), identity(3), 255)  # 48 px image, 64 px window
+    assert image.shape == (64, 64, 3) and label.shape == (64, 64)
+    np.testing.assert_array_equal(label[:48, :48], masks["OAM-0-7-19"])
+    assert (label[48:] == 255).all() and (label[:, 48:] == 255).all() and (image[48:] == 0).all()
+
+
+def test_pair_images_and_masks_by_stem_and_missing_mask(tmp_path):
+    make_mask_folder(tmp_path, num_pairs=3)
+    pairs = pair_images_and_masks(tmp_path / "images", tmp_path / "masks", mask_suffix=".mask")
+    assert [(i.name, m.name) for i, m in pairs][0] == ("OAM-0-7-19.tif", "OAM-0-7-19.mask.tif")
+    assert len(pairs) == 3
+    (tmp_path / "masks" / "OAM-1-8-19.mask.tif").unlink()
+    with pytest.raises(MaskFolderError, match="no mask for image .*OAM-1-8-19.tif"):
+        pair_images_and_masks(tmp_path / "images", tmp_path / "masks", mask_suffix=".mask")
+    assert len(pair_images_and_masks(tmp_path / "images", tmp_path / "masks", ".mask", strict=False)) == 2
+    with pytest.raises(MaskFolderError, match="OAM-1-8-19.tif"):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+
+
+def test_image_mask_size_mismatch_names_both_files(tmp_path):
+    make_mask_folder(tmp_path, num_pairs=2)
+    bad = tmp_path / "masks" / "OAM-1-8-19.mask.tif"
+    write_geotiff(bad, np.zeros((40, 48), np.uint8))
+    with pytest.raises(LabelError, match=r"OAM-1-8-19\.mask\.tif.*48x40.*OAM-1-8-19\.tif.*48x48"):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+
+
+# -------------------------------------------------------------------------------- colour mask
+def test_decode_colour_mask_counts_and_unknown_colours():
+    rgb, expected = colour_mask_array()
+    labels, unknown = decode_colour_mask(rgb, DUBAI_PALETTE, 255, classes=list(DUBAI_PALETTE), report=False)
+    values, counts = np.unique(labels, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist())) == {**expected, 255: 7}
+    assert unknown == {"#000000": 7}
+    # palette names missing from classes are ignored too
+    labels, _ = decode_colour_mask(rgb, DUBAI_PALETTE, 255, classes=["building", "road"], report=False)
+    assert set(np.unique(labels).tolist()) == {0, 1, 255}
+    with pytest.raises(ColourMaskError, match="data.palette.road"):
+        decode_colour_mask(rgb, {"road": "#12345"}, 255)
+
+
+def test_colour_mask_format_palette_png_and_rgb_png_reported_once(tmp_path, caplog):
+    expected, unknown_pixels = make_colour_mask(tmp_path)
+    assert Image_mode(tmp_path / "Tile 2/masks/image_part_001.png") == "P"
+    cfg = data_cfg(format="colour_mask", root=str(tmp_path), classes=list(DUBAI_PALETTE),
+                   palette=DUBAI_PALETTE, val_fraction=0.34)
+    with caplog.at_level(logging.WARNING):
+        scenes = all_scenes(cfg)
+    reports = [r for r in caplog.records if "not in data.palette" in r.getMessage()]
+    assert len(reports) == 1 and f"'#000000': {3 * unknown_pixels}" in reports[0].getMessage()
+    for name in ("Tile 1/images/image_part_001.jpg", "Tile 2/images/image_part_001.jpg"):
+        label = full_label(scenes[name])
+        values, counts = np.unique(label, return_counts=True)
+        assert dict(zip(values.tolist(), counts.tolist())) == {**expected, 255: unknown_pixels}, name
+
+
+def test_colour_mask_unknown_colours_as_error_names_the_file(tmp_path):
+    make_colour_mask(tmp_path)
+    cfg = data_cfg(format="colour_mask", root=str(tmp_path), classes=list(DUBAI_PALETTE),
+                   palette=DUBAI_PALETTE, ignore_colours="error")
+    with pytest.raises(ColourMaskError, match=r"Tile 1/masks/image_part_001.png.*#000000"):
+        load_scenes(cfg)
+
+
+def Image_mode(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.mode
+
+
+# ------------------------------------------------------------------------------------- dstl
+def dstl_cfg(root, **extra):
+    return data_cfg(format="dstl", root=str(root), task="multilabel", classes=DSTL_CLASSES, val_fraction=0.0, **extra)
+
+
+def test_dstl_normalized_square_maps_to_expected_pixels_and_20_channels(tmp_path):
+    x0, y0, x1, y1 = make_dstl(tmp_path)
+    train, val = load_scenes(dstl_cfg(tmp_path))
+    scene = (train + val)[0]
+    assert scene.info.num_bands == 20 and (scene.info.width, scene.info.height) == (90, 90)
+    label = full_label(scene)
+    assert label.shape == (90, 90, 10) and label[..., 1:].sum() == 0
+    # pixel-centre rule: pixel (r, c) is inside when its centre lies in the square
+    rows, cols = np.mgrid[0:90, 0:90] + 0.5
+    expected = (cols > x0) & (cols < x1) & (rows > y0) & (rows < y1)
+    assert abs(x0 - 0.2 * 90 * 90 / 91) < 1e-9 and abs(y1 - 0.3 * 90 * 90 / 91) < 1e-9
+    np.testing.assert_array_equal(label[..., 0], expected.astype(np.uint8))
+    image, label = read_tile(scene, Window(0, 0, 96, 96), identity(20), 255)
+    assert image.shape == (96, 96, 20) and label.shape == (96, 96, 10)
+    assert (label[90:] == 255).all() and (label[:90, :90] != 255).all()
+    # the low-resolution SWIR (A) bands are constant per band: resampling keeps the values
+    np.testing.assert_allclose(image[5:85, 5:85, 11:19].mean(axis=(0, 1)), 100 * np.arange(1, 9), rtol=1e-5)
+
+
+def test_dstl_errors_name_the_file(tmp_path):
+    make_dstl(tmp_path)
+    (tmp_path / "sixteen_band/6120_2_2_A.tif").unlink()
+    with pytest.raises(FileNotFoundError, match="6120_2_2_A.tif"):
+        load_scenes(dstl_cfg(tmp_path))
+    assert len(load_scenes(dstl_cfg(tmp_path, options={"products": ["three_band", "M", "P"]}))[0]) == 1
+    with pytest.raises(DataFormatError, match="data.task"):
+        load_scenes(data_cfg(format="dstl", root=str(tmp_path)))
+    (tmp_path / "grid_sizes.csv").write_text(",Xmax,Ymin\n")
+    with pytest.raises(DataFormatError, match="grid_sizes.csv.*6120_2_2"):
+        load_scenes(dstl_cfg(tmp_path, options={"products": ["three_band"]}))
+
+
+# ----------------------------------------------------------------------- general bad input
+def test_corrupt_and_truncated_rasters_name_the_file(tmp_path):
+    make_mask_folder(tmp_path, num_pairs=2)
+    image = tmp_path / "images" / "OAM-1-8-19.tif"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RasterError, match="OAM-1-8-19.tif"):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+    image.write_bytes(b"not a tiff at all")
+    with pytest.raises(RasterError, match="OAM-1-8-19.tif"):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+
+
+def test_unknown_format_names_the_key():
+    cfg = data_cfg()
+    cfg.format = "coco"
+    with pytest.raises(DataFormatError, match="data.format"):
+        load_scenes(cfg)

@@ -1,0 +1,257 @@
+"""tf.data tile pipeline: shapes and label encodings, determinism, cache == stream, padding,
+augmentation alignment, nodata; vector labels in any CRS; bad vector/raster input."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from tfseg import config as config_module
+from tfseg.data.formats import DataFormatError, load_scenes
+from tfseg.data.formats.dstl import CLASSES as DSTL_CLASSES
+from tfseg.data.labels import LabelError, VectorLabels
+from tfseg.data.pipeline import build_dataset, read_tile
+from tfseg.data.raster import Normalization, compute_normalization, open_raster
+
+from .data.fixtures import ORIGIN, UTM, pixel_box_to_world, write_geojson, write_geotiff
+from .data.formats import make_dstl, make_mask_folder, make_scenes
+
+
+def data_cfg(**data):
+    data.setdefault("window_size", 32)
+    data.setdefault("batch_size", 2)
+    data.setdefault("eval_overlap", 0)
+    return config_module.from_dict({"data": data}).data
+
+
+def first_batches(ds, n=3):
+    out = []
+    for k, (x, y) in enumerate(ds):
+        out.append((x.numpy(), y.numpy()))
+        if k + 1 == n:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    make_scenes(root)
+    return root
+
+
+def test_binary_pipeline_shapes_deterministic_and_cache_equals_stream(scenes_root):
+    cfg = data_cfg(format="scenes", root=str(scenes_root), augment={"brightness": 0.1, "contrast": 0.1})
+    train, val = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train], cfg.normalization, cfg.percentiles)
+    a = first_batches(build_dataset(train, norm, cfg, training=True))
+    b = first_batches(build_dataset(train, norm, cfg, training=True))
+    c = first_batches(build_dataset(train, norm, dataclasses.replace(cfg, cache=True), training=True))
+    d = first_batches(build_dataset(train, norm, dataclasses.replace(cfg, label_cache_mpix=0), training=True))
+    other = first_batches(build_dataset(train, norm, cfg, training=True, seed=7))
+    x, y = a[0]
+    assert x.shape == (2, 32, 32, 4) and x.dtype == np.float32 and y.shape == (2, 32, 32, 1)
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    for first, second in [(a, b), (a, c), (a, d)]:
+        for (x1, y1), (x2, y2) in zip(first, second):
+            np.testing.assert_allclose(x1, x2, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(y1, y2)
+    assert not np.allclose(a[0][0], other[0][0])
+    # evaluation: a finite grid, 96 px scene / 32 px windows = 9 tiles
+    tiles = sum(x.shape[0] for x, _ in build_dataset(val, norm, cfg, training=False))
+    assert tiles == 9
+
+
+def test_normalization_applied_in_the_pipeline_matches_numpy(scenes_root, tmp_path):
+    cfg = data_cfg(format="scenes", root=str(scenes_root), normalization="percentile", augment={"flip": False, "rot90": False})
+    train, val = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train], "percentile", [2, 98])
+    norm.save(tmp_path / "normalization.json")
+    assert Normalization.load(tmp_path / "normalization.json") == norm
+    x, y = next(iter(build_dataset(val, norm, cfg, training=False)))
+    image, label = read_tile(val[0], Window(0, 0, 32, 32), norm, 255)
+    np.testing.assert_allclose(x[0].numpy(), image, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y[0, ..., 0].numpy(), label)
+
+
+def test_augmentation_moves_image_and_label_together(tmp_path):
+    """Band 1 of the image equals 100 * label: after flips/rot90/scale they must still agree."""
+    rng = np.random.default_rng(0)
+    mask = np.kron(rng.random((8, 8)) < 0.4, np.ones((8, 8))).astype(np.uint8)  # 8 px blocks
+    image = np.stack([mask * 100 + 1, rng.integers(1, 50, (64, 64))]).astype(np.uint16)
+    write_geotiff(tmp_path / "images" / "a.tif", image)
+    write_geotiff(tmp_path / "masks" / "a.tif", mask)
+    write_geotiff(tmp_path / "images" / "b.tif", image)
+    write_geotiff(tmp_path / "masks" / "b.tif", mask)
+    norm = Normalization("meanstd", [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0])
+    for augment in ({"flip": True, "rot90": True}, {"flip": True, "rot90": True, "scale": [0.75, 1.5]}):
+        cfg = data_cfg(format="mask_folder", root=str(tmp_path), augment=augment, batch_size=4)
+        train, _ = load_scenes(cfg)
+        for x, y in first_batches(build_dataset(train, norm, cfg, training=True), 4):
+            label = y[..., 0]
+            known = label != 255
+            assert known.mean() > 0.5
+            agree = ((x[..., 0][known] > 50).astype(np.float32) == label[known]).mean()
+            if "scale" in augment:  # bilinear image vs nearest label differ on block edges only
+                assert agree > 0.93, agree
+            else:
+                assert agree == 1.0
+            assert (x[..., 0][~known] == 0).all()  # padding from scale-down: image 0, label ignore
+
+
+def test_nodata_and_nan_are_ignored_and_windows_above_nodata_fraction_skipped(tmp_path):
+    data = np.full((1, 64, 64), 5.0, np.float32)
+    data[0, :, 40:] = np.nan  # NaN in float imagery = nodata
+    write_geotiff(tmp_path / "train" / "a.tif", data)
+    write_geotiff(tmp_path / "val" / "a.tif", data)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    write_geojson(tmp_path / "labels.geojson", [pixel_box_to_world(0, 0, 64, 64, transform)])
+    cfg = data_cfg(format="scenes", root=str(tmp_path), max_nodata_fraction=0.5)
+    train, val = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train])
+    assert norm.mean == [5.0]  # NaN pixels excluded from the statistics
+    image, label = read_tile(train[0], Window(32, 0, 32, 32), norm, 255)
+    assert (label[:, 8:] == 255).all() and (label[:, :8] == 1).all() and not np.isnan(image).any()
+    # eval grid: windows at col 0 (0 % nodata) and col 32 (75 % nodata, skipped) per row
+    tiles = sum(x.shape[0] for x, _ in build_dataset(val, norm, cfg, training=False))
+    assert tiles == 2
+    for x, y in first_batches(build_dataset(train, norm, cfg, training=True), 4):
+        assert ((y == 255).mean(axis=(1, 2, 3)) <= 0.5).all()
+
+
+def test_multilabel_dstl_pipeline_ignores_every_channel(tmp_path):
+    make_dstl(tmp_path)
+    cfg = data_cfg(format="dstl", root=str(tmp_path), task="multilabel", classes=DSTL_CLASSES,
+                   val_fraction=0.0, window_size=96, max_nodata_fraction=1.0, eval_overlap=0)
+    train, _ = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train])
+    assert len(norm.mean) == 20
+    for cache in (False, True):
+        batches = list(build_dataset(train, norm, dataclasses.replace(cfg, cache=cache), training=False))
+        y = np.concatenate([b[1].numpy() for b in batches])
+        assert y.shape == (1, 96, 96, 10)  # 90 px scene in one 96 px window, padded
+        ignored = (y == 255)
+        assert (ignored.all(axis=-1) == ignored.any(axis=-1)).all()  # all channels or none
+        assert ignored.any() and set(np.unique(y[~ignored])) == {0.0, 1.0}
+        assert y[..., 1:][~ignored[..., 1:]].max() == 0  # only class 1 has polygons
+    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    assert x.shape == (2, 96, 96, 20) and y.shape == (2, 96, 96, 10)
+
+
+def test_oversampling_a_class(tmp_path):
+    make_mask_folder(tmp_path, num_pairs=2, size=96)
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"},
+                   val_fraction=0.0, oversample_class=1, oversample_fraction=1.0, batch_size=8)
+    train, _ = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train])
+    _, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    assert ((y.numpy() == 1).any(axis=(1, 2, 3))).all()
+
+
+# -------------------------------------------------------------------- vector labels and CRS
+def test_labels_in_another_crs_land_on_the_same_pixels(tmp_path):
+    boxes = ((10, 10, 40, 30), (50, 60, 90, 80))
+    masks = []
+    for crs in (UTM, "EPSG:4326", "EPSG:3857"):
+        root = tmp_path / crs.replace(":", "_")
+        make_scenes(root, labels_crs=crs, boxes=boxes)
+        cfg = data_cfg(format="scenes", root=str(root))
+        train, _ = load_scenes(cfg)
+        info = train[0].info
+        masks.append(train[0].labels.rasterize(Window(0, 0, info.width, info.height), info))
+    expected = np.zeros((96, 96), np.uint8)
+    for c0, r0, c1, r1 in boxes:
+        expected[r0:r1, c0:c1] = 1
+    for mask in masks:
+        np.testing.assert_array_equal(mask, expected)
+
+
+def test_class_attribute_by_name(tmp_path):
+    root = tmp_path / "s"
+    make_scenes(root)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    geoms = [pixel_box_to_world(10, 10, 40, 30, transform), pixel_box_to_world(50, 60, 90, 80, transform)]
+    write_geojson(root / "labels.geojson", geoms, properties=[{"kind": "road"}, {"kind": "building"}])
+    cfg = data_cfg(format="scenes", root=str(root), classes=["background", "building", "road"],
+                   label_attribute="kind", options={"class_names": True})
+    train, _ = load_scenes(cfg)
+    mask = train[0].labels.rasterize(Window(0, 0, 96, 96), train[0].info)
+    assert mask[15, 15] == 2 and mask[70, 70] == 1 and mask[0, 0] == 0
+
+
+def test_vector_bad_input(tmp_path, caplog):
+    info = open_raster(write_geotiff(tmp_path / "a.tif", np.ones((1, 32, 32), np.uint8)))
+    transform = info.affine
+    # labels in a CRS that does not overlap the raster: error, not an empty mask
+    far = {"type": "Polygon", "coordinates": [[(10, 10), (11, 10), (11, 11), (10, 11), (10, 10)]]}
+    write_geojson(tmp_path / "far.geojson", [far], src_crs="EPSG:4326", dst_crs="EPSG:4326")
+    with pytest.raises(LabelError, match="far.geojson.*do not overlap raster.*a.tif"):
+        VectorLabels.from_file(tmp_path / "far.geojson", info)
+    # raster without CRS + vector labels
+    bare = open_raster(write_geotiff(tmp_path / "bare.tif", np.ones((1, 32, 32), np.uint8), crs=None))
+    write_geojson(tmp_path / "box.geojson", [pixel_box_to_world(2, 2, 10, 10, transform)])
+    with pytest.raises(LabelError, match="bare.tif has no CRS.*box.geojson"):
+        VectorLabels.from_file(tmp_path / "box.geojson", bare)
+    # self-intersecting (bow-tie) polygon: repaired and counted in a warning
+    c = [tuple(transform * p) for p in [(0, 0), (16, 16), (16, 0), (0, 16), (0, 0)]]
+    write_geojson(tmp_path / "bowtie.geojson", [{"type": "Polygon", "coordinates": [c]}], src_crs=UTM, dst_crs=UTM)
+    with caplog.at_level(logging.WARNING):
+        labels = VectorLabels.from_file(tmp_path / "bowtie.geojson", info)
+    assert "repaired 1 invalid" in caplog.text
+    mask = labels.rasterize(Window(0, 0, 32, 32), info)
+    assert mask[8, 2] == 1 and mask[2, 8] == 0 and mask[20, 20] == 0
+    # empty label file: valid, no objects
+    (tmp_path / "empty.geojson").write_text("")
+    assert VectorLabels.from_file(tmp_path / "empty.geojson", info).rasterize(Window(0, 0, 32, 32), info).sum() == 0
+    (tmp_path / "empty2.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    assert VectorLabels.from_file(tmp_path / "empty2.geojson", info).rasterize(Window(0, 0, 32, 32), info).sum() == 0
+
+
+def test_wrong_band_count_names_the_file(scenes_root):
+    with pytest.raises(DataFormatError, match=r"a.tif: has 4 band\(s\).*data.num_bands expects 3"):
+        load_scenes(data_cfg(format="scenes", root=str(scenes_root), num_bands=3))
+    train, _ = load_scenes(data_cfg(format="scenes", root=str(scenes_root), bands=[3, 2, 1], num_bands=3))
+    assert train[0].info.num_bands == 3
+
+
+def test_geopackage_labels_in_another_crs_with_class_attribute(tmp_path):
+    pyogrio_raw = pytest.importorskip("pyogrio.raw", reason="pyogrio not installed (GeoPackage)")
+    import shapely
+    from rasterio.warp import transform_geom
+    from shapely.geometry import shape
+
+    root = tmp_path / "s"
+    make_scenes(root)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    boxes = [(10, 10, 40, 30), (50, 60, 90, 80)]
+    geoms = [shape(transform_geom(UTM, "EPSG:3857", pixel_box_to_world(*b, transform))) for b in boxes]
+    pyogrio_raw.write(
+        root / "labels.gpkg", geometry=shapely.to_wkb(np.asarray(geoms, dtype=object)),
+        field_data=[np.array([2, 1])], fields=["cls"], crs="EPSG:3857", geometry_type="Polygon", driver="GPKG",
+    )
+    cfg = data_cfg(format="scenes", root=str(root), classes=["bg", "a", "b"], label_attribute="cls",
+                   options={"labels": "labels.gpkg"})
+    train, _ = load_scenes(cfg)
+    mask = train[0].labels.rasterize(Window(0, 0, 96, 96), train[0].info)
+    expected = np.zeros((96, 96), np.uint8)
+    expected[10:30, 10:40], expected[60:80, 50:90] = 2, 1
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_images_smaller_than_the_window_are_padded_not_skipped(tmp_path):
+    masks = make_mask_folder(tmp_path, num_pairs=3, size=48, georeferenced=False)
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"},
+                   window_size=96, max_nodata_fraction=0.5, val_fraction=0.34)
+    train, val = load_scenes(cfg)
+    norm = compute_normalization([s.info for s in train])
+    batches = list(build_dataset(val, norm, cfg, training=False))
+    y = np.concatenate([b[1].numpy() for b in batches])
+    assert y.shape == (len(val), 96, 96, 1)
+    np.testing.assert_array_equal(y[0, :48, :48, 0], masks[val[0].name])
+    assert (y[0, 48:] == 255).all()
+    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    assert x.shape == (2, 96, 96, 3) and ((y.numpy() != 255).sum(axis=(1, 2, 3)) == 48 * 48).all()

@@ -1,0 +1,253 @@
+"""Whole-scene prediction: sliding window vs one piece, streaming GeoTIFF outputs, polygons,
+nodata, TTA, SavedModel path, chip folders and the bad-input cases of the issue."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+from shapely.geometry import box, shape
+
+from tests.infer_support import building_scene, conv_model, oracle_model, save_run, write_tif
+from tfseg import predict
+from tfseg.data.raster import Normalization, open_raster
+from tfseg.inference import (
+    ArraySink,
+    ArraySource,
+    Job,
+    KerasPredictor,
+    RasterSource,
+    load_predictor,
+    positions,
+    predict_array,
+    predict_whole,
+    ramp_profile,
+    run_sliding_window,
+)
+from tfseg.models import build_model
+from tfseg.scoring import score_spacenet
+
+NORM = Normalization("meanstd", [100.0] * 3, [50.0] * 3, [0.0] * 3, [255.0] * 3)
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("oracle")
+    return save_run(oracle_model(), run, config="data:\n  classes: [building]\n  window_size: 64\ntrain:\n  threshold: 0.5\n")
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A 300x400 UTM scene with three bright buildings and a nodata corner."""
+    image, mask = building_scene()
+    image[:, 260:, 330:] = 0  # nodata corner (value 0 in every band)
+    path = write_tif(tmp_path_factory.mktemp("scene") / "scene.tif", image, nodata=0)
+    return path, mask
+
+
+def test_blend_weights_partition_of_unity():
+    tile, stride, margin = 64, 48, 4
+    a = ramp_profile(tile, 0, tile - stride, margin)
+    b = ramp_profile(tile, tile - stride, 0, margin)
+    overlap = a[stride:] + b[: tile - stride]
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-12)
+    assert a[-margin:].max() == 0 and b[:margin].max() == 0 and a[0] == 1
+    assert positions(300, 64, 48, 4) == [0, 48, 96, 144, 192, 236]
+
+
+def test_conv_model_sliding_equals_one_piece():
+    """A conv-only model (receptive field 5 px) is translation-equivariant, so with a zero-weight
+    margin >= its half receptive field the blended windows reproduce the one-piece prediction."""
+    predictor = KerasPredictor(conv_model(), NORM)
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 50, (150, 170, 3)).astype(np.float32)
+    valid = np.ones((150, 170), bool)
+    valid[:20, :30] = False
+    tiled, out_valid = predict_array(predictor, image, valid, tile_size=64, overlap=32, batch_size=3)
+    whole = predict_whole(predictor, image, valid)
+    assert np.array_equal(out_valid, valid)
+    assert np.abs(tiled - whole).max() < 1e-4
+
+
+def test_unet_sliding_equals_one_piece_away_from_nodata(tmp_path, scene):
+    """A depth-2 UNet (pooling grid 4, large receptive field) streamed from a GeoTIFF with
+    strips of 16 rows agrees with the one-piece prediction to 1e-4 away from nodata, when the
+    overlap (64) covers its effective receptive field. Tiles sit on the pooling grid, so the
+    check measures context truncation and blending only."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    model = build_model("unet", input_shape=(None, None, 3), classes=1, depth=2, filters=4)
+    predictor = KerasPredictor(model, NORM)
+    info = open_raster(scene[0])
+    sink = ArraySink(info.height, info.width, 1)
+    stats = run_sliding_window(predictor, [Job(RasterSource(info), sink, "scene")], tile_size=128, overlap=64,
+                               batch_size=4, block_rows=16)
+    assert stats["tiles"] == len(positions(300, 128, 64, 4)) * len(positions(400, 128, 64, 4))
+    image = rasterio.open(scene[0]).read().transpose(1, 2, 0).astype(np.float32)
+    valid = ~(image == 0).all(-1)
+    whole = predict_whole(predictor, image, valid)
+    assert np.array_equal(sink.valid, valid)
+    away = valid.copy()
+    away[240:, 310:] = False  # 20 px around the nodata corner
+    assert np.abs(sink.probs - whole)[away].max() < 1e-4
+
+
+def test_predict_scene_outputs_overlay_input(tmp_path, oracle_run, scene):
+    out = tmp_path / "out"
+    assert predict.main(["--model", str(oracle_run), "--input", str(scene[0]), "--output", str(out), "--tile-size", "64",
+                         "--overlap", "16", "--batch-size", "4", "--spacenet-csv", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tiles"] > 4 and summary["km2"] == pytest.approx(300 * 400 * 0.25 / 1e6)
+    src = rasterio.open(scene[0])
+    with rasterio.open(out / "scene_prob.tif") as prob, rasterio.open(out / "scene_class.tif") as cls:
+        for ds in (prob, cls):
+            assert ds.crs == src.crs and ds.transform == src.transform and ds.shape == src.shape
+            assert ds.profile["tiled"] and ds.profile["compress"] == "deflate"
+        p, c = prob.read(1), cls.read(1)
+    # nodata in the input is nodata in the outputs
+    assert np.isnan(p[260:, 330:]).all() and (c[260:, 330:] == 255).all()
+    assert not np.isnan(p[:260]).any() and set(np.unique(c[:260])) == {0, 1}
+    # the oracle's probabilities, through the float16 file encoding
+    expected = 1 / (1 + np.exp(-8 * (src.read().astype(np.float32).mean(0) - 100) / 50))
+    assert np.abs(p[:260] - expected[:260]).max() < 2e-3
+    # GeoJSON overlays the input: same CRS, polygons inside the scene bounds, matching the boxes
+    doc = json.loads((out / "scene_polygons.geojson").read_text())
+    assert doc["crs"]["properties"]["name"].endswith("32636")
+    polys = [shape(f["geometry"]) for f in doc["features"]]
+    assert len(polys) == 3
+    bounds = box(*src.bounds)
+    assert all(bounds.contains(p) for p in polys)
+    t = src.transform
+    expected_first = box(t.c + 30 * t.a, t.f + 80 * t.e, t.c + 90 * t.a, t.f + 20 * t.e)
+    assert max(p.intersection(expected_first).area / p.union(expected_first).area for p in polys) > 0.95
+    # the SpaceNet CSV of the same objects scores F1 = 1 against boxes written as truth
+    truth = tmp_path / "truth.csv"
+    rows = ["ImageId,BuildingId,PolygonWKT_Pix"] + [
+        f'scene,{i},"{box(c0, r0, c1, r1).wkt}"' for i, (r0, c0, r1, c1) in
+        enumerate(((20, 30, 80, 90), (150, 200, 230, 260), (240, 10, 290, 70)))]
+    truth.write_text("\n".join(rows) + "\n")
+    assert score_spacenet(truth, out / "proposals.csv")["overall"]["F1Score"] == 1.0
+    assert (out / "scene_overlay.png").stat().st_size > 0
+
+
+def test_epsg4326_polygons_and_uint8_probabilities(tmp_path, oracle_run, scene):
+    out = tmp_path / "out"
+    summary = predict.predict_scenes(oracle_run, [scene[0]], out, predict.PredictOptions(
+        tile_size=64, overlap=16, probabilities="uint8", epsg4326=True, overlay=False, progress=False))
+    doc = json.loads((out / "scene_polygons.geojson").read_text())
+    assert "crs" not in doc  # RFC 7946 default: WGS84 lon/lat
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = transform_bounds(rasterio.open(scene[0]).crs, "EPSG:4326", *rasterio.open(scene[0]).bounds)
+    for feat in doc["features"]:
+        minx, miny, maxx, maxy = shape(feat["geometry"]).bounds
+        assert west <= minx and maxx <= east and south <= miny and maxy <= north
+    with rasterio.open(out / "scene_prob.tif") as prob:
+        assert prob.dtypes[0] == "uint8" and prob.nodata == 255
+        assert (prob.read(1)[260:, 330:] == 255).all() and prob.read(1)[:260].max() <= 254
+    assert summary["scenes"][0]["num_polygons"] == 3
+
+
+def test_tta_and_savedmodel_paths_agree(tmp_path, oracle_run):
+    """TTA views of an equivariant model change nothing; the exported SavedModel gives the
+    same probabilities as the Keras run."""
+    from tfseg.export import export_saved_model, load_run_model
+
+    image, _ = building_scene(96, 80, boxes=((10, 10, 50, 40),))
+    image = image.transpose(1, 2, 0).astype(np.float32)
+    keras_pred = load_predictor(oracle_run)
+    assert keras_pred.threshold == 0.5 and keras_pred.classes == ["building"] and keras_pred.tile_size == 64
+    base, _ = predict_array(keras_pred, image, tile_size=64, overlap=16)
+    tta8, _ = predict_array(keras_pred, image, tile_size=64, overlap=16, tta=8)
+    np.testing.assert_allclose(tta8, base, atol=1e-5)
+    model, norm, _ = load_run_model(oracle_run)
+    export_saved_model(model, norm, tmp_path / "export", {"classes": ["building"], "tile_size": 64})
+    saved = load_predictor(tmp_path / "export")
+    assert saved.num_bands == 3 and saved.num_classes == 1 and saved.tile_size == 64
+    via_saved, _ = predict_array(saved, image, tile_size=64, overlap=16)
+    np.testing.assert_allclose(via_saved, base, atol=1e-5)
+
+
+def test_folder_of_chips_predicted_in_batches(tmp_path, oracle_run):
+    chips = tmp_path / "chips"
+    for i in range(5):
+        image, _ = building_scene(48, 48, boxes=((10, 10, 30, 30 + i),), seed=i)
+        write_tif(chips / f"RGB_AOI_1_Test_img{i}.tif", image)
+    image, _ = building_scene(48, 48, boxes=(), seed=9)
+    write_tif(chips / "RGB_AOI_1_Test_img9.tif", image)
+    out = tmp_path / "out"
+    assert predict.main(["--model", str(oracle_run), "--input", str(chips), "--output", str(out), "--batch-size", "4",
+                         "--spacenet-csv", "--no-overlay", "--quiet", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_scenes"] == 6 and summary["tiles"] == 6 and summary["tile"] == [48, 48]
+    rows = (out / "proposals.csv").read_text().splitlines()
+    assert rows[0] == "ImageId,BuildingId,PolygonWKT_Pix,Confidence"
+    assert sum(r.startswith("AOI_1_Test_img") for r in rows) == 6
+    assert "AOI_1_Test_img9,-1,POLYGON EMPTY,1.0" in rows
+
+
+def test_band_count_mismatch_names_both(tmp_path, oracle_run):
+    image = np.full((4, 64, 64), 100, np.uint16)
+    path = write_tif(tmp_path / "four_bands.tif", image)
+    with pytest.raises(ValueError, match=r"four_bands.tif.*4 band.*3 band"):
+        predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(progress=False))
+    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(tmp_path / "o2")]) == 2
+
+
+def test_not_georeferenced_input_warns_and_uses_pixels(tmp_path, oracle_run):
+    image, _ = building_scene(64, 64, boxes=((10, 10, 40, 40),))
+    path = write_tif(tmp_path / "plain.tif", image, crs=None)
+    with pytest.warns(UserWarning, match="not georeferenced"):
+        summary = predict.predict_scenes(oracle_run, [path], tmp_path / "out",
+                                         predict.PredictOptions(progress=False, overlay=False))
+    doc = json.loads((tmp_path / "out" / "plain_polygons.geojson").read_text())
+    assert doc["crs"]["properties"]["name"] == "pixel"
+    poly = shape(doc["features"][0]["geometry"])
+    assert poly.symmetric_difference(box(10, 10, 40, 40)).area < 1e-6  # pixel coordinates
+    assert summary["km2"] is None
+
+
+def test_output_not_writable(tmp_path, oracle_run, scene):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(predict.OutputError, match="a_file"):
+        predict.predict_scenes(oracle_run, [scene[0]], blocker / "out", predict.PredictOptions(progress=False))
+
+
+def test_bad_model_and_input_paths(tmp_path, scene):
+    with pytest.raises(ValueError, match="nothing_here"):
+        load_predictor(tmp_path / "nothing_here")
+    with pytest.raises(FileNotFoundError, match="missing.tif"):
+        predict.expand_inputs([str(tmp_path / "missing.tif")])
+
+
+def test_multiclass_probabilities_and_classes(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    model = build_model("unet", input_shape=(None, None, 3), classes=3, depth=2, filters=4)
+    run = save_run(model, tmp_path / "run", config="data:\n  classes: [a, b, c]\n  palette: {b: '#00ff00'}\n")
+    image, _ = building_scene(70, 90)
+    path = write_tif(tmp_path / "s.tif", image)
+    summary = predict.predict_scenes(run, [path], tmp_path / "out", predict.PredictOptions(
+        tile_size=32, overlap=8, progress=False, polygons=True))
+    with rasterio.open(tmp_path / "out" / "s_prob.tif") as prob, rasterio.open(tmp_path / "out" / "s_class.tif") as cls:
+        p, c = prob.read(), cls.read(1)
+        assert prob.count == 3 and cls.colormap(1)[1][:3] == (0, 255, 0)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=3e-3)
+    top2 = np.sort(p, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 3e-3  # the file stores half floats: near-ties may flip
+    np.testing.assert_array_equal(c[clear], np.argmax(p, axis=0)[clear])
+    assert set(summary["scenes"][0]["class_fractions"]) == {"a", "b", "c"}
+
+
+def test_cog_output_has_overviews(tmp_path, oracle_run):
+    image, _ = building_scene(600, 700, boxes=((100, 100, 300, 400),))
+    path = write_tif(tmp_path / "big.tif", image)
+    predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(
+        tile_size=256, overlap=32, cog=True, overlay=False, polygons=False, progress=False))
+    for name in ("big_prob.tif", "big_class.tif"):
+        with rasterio.open(tmp_path / "out" / name) as ds:
+            assert ds.overviews(1) and ds.profile["tiled"] and ds.crs.to_epsg() == 32636
+    assert not list((tmp_path / "out").glob("*.tmp.tif"))

@@ -1,0 +1,252 @@
+"""``python -m tfseg.bench infer [--json]``: end-to-end ``predict`` throughput and streaming memory.
+
+1. Throughput, in this process, same model / tile / overlap / batch: ``tfseg.predict`` on a
+   generated GeoTIFF scene (windowed reads, blending, GeoTIFF writes, polygons, overlay; wall
+   time of the whole call) vs bare ``model.predict`` on the same number of preloaded,
+   pre-normalized tiles. Both paths are warmed up first (tracing excluded from both).
+2. Memory: peak RSS (sampled every 20 ms) of a child process while it predicts a 4096² scene vs
+   one predicting a 16384² scene (16x the pixels), same model and settings, model loaded and
+   warmed up before; scenes are generated block by block.
+
+Last line with ``--json``:
+``{"e2e_tiles_per_s", "bare_tiles_per_s", "ratio", "rss_small_mb", "rss_large_mb", "rss_ratio"}``.
+Goals: ratio >= 0.85, rss_ratio <= 1.3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def write_scene(path: Path, size: int, bands: int = 3, block: int = 512, seed: int = 0) -> Path:
+    """A size x size uint8 scene (tiled, deflate) written block row by block row: a textured
+    background with bright rectangular 'buildings' and a nodata band along the top-left."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", nodata=0, tiled=True,
+                   blockxsize=block, blockysize=block, compress="deflate", crs="EPSG:32636",
+                   transform=from_origin(440000.0, 40512.0, 0.5, 0.5), BIGTIFF="IF_SAFER")
+    cols = np.arange(size)
+    with rasterio.open(path, "w", **profile) as dst:
+        for top in range(0, size, block):
+            rows = np.arange(top, min(size, top + block))
+            yy, xx = np.meshgrid(rows, cols, indexing="ij")
+            base = (60 + 25 * np.sin(xx / 41.0) * np.cos(yy / 29.0)).astype(np.float32)
+            house = ((xx // 24) % 5 == 1) & ((yy // 20) % 6 == 2)
+            base[house] = 210
+            base += rng.normal(0, 4, base.shape).astype(np.float32)
+            data = np.clip(base, 1, 255).astype(np.uint8)
+            data[(xx < size // 16) & (yy < size // 16)] = 0  # nodata corner
+            dst.write(np.repeat(data[None], bands, axis=0), window=Window(0, top, size, len(rows)))
+    return path
+
+
+def make_run(run_dir: Path, depth: int, filters: int, bands: int = 3) -> Path:
+    """A run directory with an untrained UNet of the given size whose output is made realistic.
+
+    An untrained UNet labels noise, which would make polygonization cost unrepresentative. The
+    model here is the full UNet followed by a 1x1 conv over [normalized bands, UNet output] whose
+    weights make bright roofs buildings (plus a little of the UNet output): the UNet's compute cost
+    with building-like masks. All standard Keras layers, saved as model.keras.
+    """
+    import keras
+
+    from ..data.raster import Normalization
+    from ..models import build_model
+
+    keras.utils.set_random_seed(0)
+    unet = build_model("unet", input_shape=(None, None, bands), classes=1, depth=depth, filters=filters)
+    joined = keras.layers.Concatenate(name="bench_join")([unet.input, unet.output])
+    head = keras.layers.Conv2D(1, 1, activation="sigmoid", name="bench_head", dtype="float32")
+    model = keras.Model(unet.input, head(joined))
+    kernel = np.zeros((1, 1, bands + 1, 1), np.float32)
+    kernel[0, 0, :bands, 0] = 6.0 / bands
+    kernel[0, 0, bands, 0] = 0.5
+    head.set_weights([kernel, np.array([-6.0], np.float32)])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    Normalization("meanstd", [80.0] * bands, [40.0] * bands, [0.0] * bands, [255.0] * bands).save(
+        run_dir / "normalization.json")
+    return run_dir
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+class _RssSampler:
+    """Peak resident set size of this process, sampled every ``interval`` s in a thread."""
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        import psutil
+
+        self.process, self.interval = psutil.Process(), interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        return False
+
+
+def child(run: str, scene: str, out: str, tile: int, overlap: int, batch: int) -> dict:
+    """Predict one scene (all default outputs) and report this process's memory.
+
+    ``peak_rss_mb``: the highest RSS sampled while ``predict_scenes`` runs (model loaded and
+    warmed up, so TensorFlow's own buffers are in it); ``baseline_rss_mb``: RSS just before.
+    ``ru_maxrss_mb`` (the kernel's all-time peak) is reported too: it can be set by TensorFlow's
+    transient allocations during the warm-up call rather than by the scene.
+    """
+    import gc
+
+    import psutil
+
+    from ..inference import load_predictor
+    from ..predict import PredictOptions, predict_scenes
+
+    predictor = load_predictor(run)
+    predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.float32))  # warm-up: same shapes as the run
+    gc.collect()
+    baseline = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    with _RssSampler() as sampler:
+        summary = predict_scenes(predictor, [Path(scene)], Path(out), PredictOptions(
+            tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
+    mb = 1024.0 * 1024.0
+    return {"peak_rss_mb": sampler.peak / mb, "baseline_rss_mb": baseline / mb, "ru_maxrss_mb": _peak_rss_mb(),
+            "tiles": summary["tiles"], "seconds": time.perf_counter() - started,
+            "num_polygons": summary["scenes"][0].get("num_polygons")}
+
+
+def _run_child(run, scene, out, tile, overlap, batch) -> dict:
+    cmd = [sys.executable, "-m", "tfseg.bench.infer", "--child", str(run), str(scene), str(out),
+           "--tile-size", str(tile), "--overlap", str(overlap), "--batch-size", str(batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: int, depth: int, filters: int) -> dict:
+    from ..data.raster import open_raster, read_window
+    from ..inference import load_predictor
+    from ..predict import PredictOptions, predict_scenes
+    from rasterio.windows import Window
+
+    run = make_run(workdir / "run_speed", depth, filters)
+    scene = write_scene(workdir / "speed_scene.tif", scene_size)
+    predictor = load_predictor(run)
+    model = predictor.model
+    predictor(np.zeros((batch, tile, tile, 3), np.float32))  # warm-up (traces predict_on_batch)
+    started = time.perf_counter()
+    summary = predict_scenes(predictor, [scene], workdir / "speed_out", PredictOptions(
+        tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
+    e2e_seconds = time.perf_counter() - started
+    tiles = summary["tiles"]
+    # the same number of tiles, read and normalized beforehand
+    info = open_raster(scene)
+    rng = np.random.default_rng(0)
+    preloaded = np.empty((tiles, tile, tile, 3), np.float32)
+    for k in range(tiles):
+        r, c = rng.integers(0, scene_size - tile, 2)
+        preloaded[k] = predictor.norm.apply(read_window(info, Window(int(c), int(r), tile, tile))[0])
+    model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
+    started = time.perf_counter()
+    model.predict(preloaded, batch_size=batch, verbose=0)
+    bare_seconds = time.perf_counter() - started
+    return {"tiles": tiles, "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
+            "predict_seconds": summary["predict_seconds"], "postprocess_seconds": summary["postprocess_seconds"],
+            "num_polygons": summary["scenes"][0].get("num_polygons")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tfseg.bench infer", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--scene-size", type=int, default=2048, help="throughput scene side (pixels)")
+    parser.add_argument("--tile-size", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--depth", type=int, default=4, help="UNet depth (default model: depth 4, 16 filters)")
+    parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--small", type=int, default=4096, help="side of the small RSS scene")
+    parser.add_argument("--large", type=int, default=16384, help="side of the large RSS scene")
+    parser.add_argument("--rss-tile-size", type=int, default=512)
+    parser.add_argument("--rss-depth", type=int, default=2, help="UNet depth for the RSS runs (kept small: CPU time)")
+    parser.add_argument("--rss-filters", type=int, default=4)
+    parser.add_argument("--workdir", default="", help="keep generated files here (default: a temp dir, removed)")
+    parser.add_argument("--child", nargs=3, metavar=("RUN", "SCENE", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(child(*args.child, args.tile_size, args.overlap, args.batch_size)))
+        return 0
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tfseg_bench_infer_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        speed = throughput(workdir, args.scene_size, args.tile_size, args.overlap, args.batch_size, args.depth,
+                           args.filters)
+        run = make_run(workdir / "run_rss", args.rss_depth, args.rss_filters)
+        small_scene = write_scene(workdir / "small.tif", args.small)
+        small = _run_child(run, small_scene, workdir / "small_out", args.rss_tile_size, args.overlap, args.batch_size)
+        shutil.rmtree(workdir / "small_out", ignore_errors=True)
+        large_scene = write_scene(workdir / "large.tif", args.large)
+        large = _run_child(run, large_scene, workdir / "large_out", args.rss_tile_size, args.overlap, args.batch_size)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    e2e = speed["tiles"] / speed["e2e_seconds"]
+    bare = speed["tiles"] / speed["bare_seconds"]
+    result = {
+        "e2e_tiles_per_s": round(e2e, 3),
+        "bare_tiles_per_s": round(bare, 3),
+        "ratio": round(e2e / bare, 4),
+        "rss_small_mb": round(small["peak_rss_mb"], 1),
+        "rss_large_mb": round(large["peak_rss_mb"], 1),
+        "rss_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 4),
+    }
+    print(f"throughput: {args.scene_size}² scene, UNet depth {args.depth}/{args.filters} filters, tile {args.tile_size}, "
+          f"overlap {args.overlap}, batch {args.batch_size}, {speed['tiles']} tiles")
+    print(f"  predict end-to-end  {e2e:8.2f} tiles/s  ({speed['e2e_seconds']:.1f} s: model+blend+write "
+          f"{speed['predict_seconds']:.1f} s, polygons+overlay {speed['postprocess_seconds']:.1f} s, "
+          f"{speed['num_polygons']} polygons)")
+    print(f"  bare model.predict  {bare:8.2f} tiles/s  ({speed['bare_seconds']:.1f} s)   ratio {result['ratio']:.3f} (goal >= 0.85)")
+    print(f"memory (child processes, UNet depth {args.rss_depth}/{args.rss_filters}, tile {args.rss_tile_size}):")
+    for name, side, m in (("small", args.small, small), ("large", args.large, large)):
+        print(f"  {side:6d}² scene  peak RSS while predicting {m['peak_rss_mb']:8.1f} MB (before: {m['baseline_rss_mb']:.1f} MB, "
+              f"growth {m['peak_rss_mb'] - m['baseline_rss_mb']:.1f} MB; process ru_maxrss {m['ru_maxrss_mb']:.1f} MB), "
+              f"{m['tiles']} tiles in {m['seconds']:.1f} s, {m['num_polygons']} polygons")
+    print(f"  rss_ratio {result['rss_ratio']:.3f} for {(args.large / args.small) ** 2:.0f}x the pixels (goal <= 1.3)")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

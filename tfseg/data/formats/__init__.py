@@ -1,0 +1,90 @@
+"""Dataset formats: each turns ``data`` config into train and validation scene lists.
+
+``data.format`` picks the loader: synthetic (generated default), scenes (GeoTIFFs + one vector
+file, any CRS), spacenet (SpaceNet AOI layout), mask_folder (images + masks paired by stem),
+colour_mask (RGB / palette colour-coded masks), dstl (Dstl Kaggle layout, 20 channels,
+10-class multi-label), tfds (a TFDS dataset of tiles). See docs/data.md.
+
+Example:
+    >>> train_scenes, val_scenes = load_scenes(cfg.data)
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from ..raster import RasterInfo
+from ..sources import Scene
+from .scenes import load_scene_folder, load_scenes_format  # noqa: F401  (public API)
+
+DEFAULT_ROOTS = {"synthetic": "data/synthetic"}
+
+
+class DataFormatError(ValueError):
+    """The data directory does not hold what ``data.format`` expects; names the path."""
+
+
+def check_band_count(info: RasterInfo, data_cfg) -> None:
+    """``data.num_bands`` (0 = any) must match the bands read from ``info``."""
+    if data_cfg.num_bands and info.num_bands != data_cfg.num_bands:
+        raise DataFormatError(
+            f"{info.path}: has {info.num_bands} band(s) (after data.bands selection), "
+            f"config data.num_bands expects {data_cfg.num_bands}"
+        )
+
+
+def split_scenes(scenes: list, data_cfg) -> tuple[list, list]:
+    """A seeded split of ``scenes`` by ``data.val_fraction`` (at least one of each when possible)."""
+    if not scenes:
+        raise DataFormatError(f"no scenes found under data.root {data_cfg.root!r}")
+    order = np.random.default_rng(data_cfg.seed).permutation(len(scenes))
+    num_val = int(round(len(scenes) * data_cfg.val_fraction))
+    if data_cfg.val_fraction > 0 and len(scenes) > 1:
+        num_val = min(max(num_val, 1), len(scenes) - 1)
+    val = sorted(int(i) for i in order[:num_val])
+    train = sorted(int(i) for i in order[num_val:])
+    return [scenes[i] for i in train], [scenes[i] for i in val]
+
+
+def load_synthetic(data_cfg) -> tuple[list[Scene], list[Scene]]:
+    from .synthetic import ensure_dataset
+
+    root = ensure_dataset(data_cfg.root or DEFAULT_ROOTS["synthetic"], data_cfg.synthetic)
+    vector = root / "buildings.geojson"
+    return (
+        load_scene_folder(root / "train", vector, data_cfg, "train"),
+        load_scene_folder(root / "val", vector, data_cfg, "val"),
+    )
+
+
+def _lazy(module: str, function: str):
+    def load(data_cfg):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(data_cfg)
+
+    load.__name__ = function
+    return load
+
+
+LOADERS = {
+    "synthetic": load_synthetic,
+    "scenes": load_scenes_format,
+    "spacenet": _lazy("spacenet", "load_spacenet"),
+    "mask_folder": _lazy("mask_folder", "load_mask_folder"),
+    "colour_mask": _lazy("colour_mask", "load_colour_mask"),
+    "dstl": _lazy("dstl", "load_dstl"),
+    "tfds": _lazy("tfds_format", "load_tfds"),
+}
+
+
+def load_scenes(data_cfg) -> tuple[list[Scene], list[Scene]]:
+    """Train and validation scenes for ``data_cfg.format``."""
+    if data_cfg.format not in LOADERS:
+        raise DataFormatError(
+            f"config key 'data.format': {data_cfg.format!r} is not available; "
+            f"available: {sorted(LOADERS)}"
+        )
+    if data_cfg.format not in ("synthetic", "tfds") and not Path(data_cfg.root).is_dir():
+        raise FileNotFoundError(f"data directory not found (data.root): {data_cfg.root!r}")
+    return LOADERS[data_cfg.format](data_cfg)

@@ -1,0 +1,175 @@
+"""Colour-coded masks: an RGB (or palette "P" mode) mask whose colours name classes.
+
+Public helpers (also used by ``tfseg.evaluate pixels``):
+
+- ``read_colour_mask(path) -> uint8 HxWx3``: any PNG/JPEG/GeoTIFF mask as RGB ("P" mode and
+  grey masks converted).
+- ``decode_colour_mask(rgb, palette, ignore_index=255, classes=None, report=True, source="")
+  -> (labels uint8 HxW, unknown {"#rrggbb": pixel_count})``: colours in ``palette``
+  (name -> "#RRGGBB") become the index of that name in ``classes`` (default: palette order);
+  palette names not in ``classes`` and colours not in the palette become ``ignore_index``.
+
+Dataset layout for ``data.format: colour_mask`` (e.g. the Dubai land-cover archive):
+``root/**/<images_dir>/<stem>.<jpg|png|tif>`` with ``root/**/<masks_dir>/<stem><mask_suffix>.png``
+next to it (default ``images``/``masks``, suffix ""); folders may contain spaces. Colours outside
+the palette are reported once per dataset with their pixel counts (``data.ignore_colours: error``
+turns them into an error naming the file).
+
+Example:
+    >>> labels, unknown = decode_colour_mask(read_colour_mask("m.png"),
+    ...     {"building": "#3C1098", "road": "#6EC1E4"}, ignore_index=255)
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ColourMaskError(ValueError):
+    """A colour mask or palette is unusable; the message names the file or config key."""
+
+
+def parse_hex(colour: str, key: str = "data.palette") -> tuple[int, int, int]:
+    """'#RRGGBB' (or 'RRGGBB') -> (r, g, b); raises ColourMaskError naming ``key``."""
+    text = str(colour).strip().lstrip("#")
+    if len(text) != 6:
+        raise ColourMaskError(f"config key '{key}': expected a colour '#RRGGBB', got {colour!r}")
+    try:
+        return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+    except ValueError:
+        raise ColourMaskError(f"config key '{key}': expected a colour '#RRGGBB', got {colour!r}") from None
+
+
+def _lookup(palette: dict, classes: Optional[Sequence[str]], ignore_index: int):
+    """Sorted packed colours and the class index of each."""
+    names = list(classes) if classes is not None else list(palette)
+    keys, values = [], []
+    for name, colour in palette.items():
+        r, g, b = parse_hex(colour, f"data.palette.{name}")
+        keys.append((r << 16) | (g << 8) | b)
+        values.append(names.index(name) if name in names else ignore_index)
+    if len(set(keys)) != len(keys):
+        raise ColourMaskError(f"config key 'data.palette': two class names share a colour: {palette}")
+    order = np.argsort(keys)
+    return np.asarray(keys, np.int64)[order], np.asarray(values, np.uint8)[order]
+
+
+def decode_colour_mask(
+    rgb: np.ndarray,
+    palette: dict,
+    ignore_index: int = 255,
+    classes: Optional[Sequence[str]] = None,
+    report: bool = True,
+    source: str = "",
+) -> tuple[np.ndarray, dict]:
+    """Class indices (uint8 HxW) of an RGB colour mask, and the colours not in ``palette``.
+
+    ``report`` logs the unknown colours (once, with pixel counts) as a warning.
+
+    Example:
+        >>> rgb = np.zeros((2, 2, 3), np.uint8); rgb[0, 0] = (60, 16, 152)
+        >>> decode_colour_mask(rgb, {"building": "#3C1098", "land": "#000000"})[0]
+        array([[0, 1], [1, 1]], dtype=uint8)
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] < 3:
+        raise ColourMaskError(
+            f"colour mask {source or '<array>'}: expected HxWx3 RGB, got shape {rgb.shape}"
+        )
+    rgb = rgb[..., :3].astype(np.int64)
+    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    keys, values = _lookup(palette, classes, ignore_index)
+    pos = np.clip(np.searchsorted(keys, packed), 0, max(len(keys) - 1, 0))
+    known = keys[pos] == packed if len(keys) else np.zeros(packed.shape, bool)
+    labels = np.where(known, values[pos] if len(keys) else 0, ignore_index).astype(np.uint8)
+    unknown = {}
+    if not known.all():
+        colours, counts = np.unique(packed[~known], return_counts=True)
+        unknown = {f"#{int(c):06X}": int(n) for c, n in zip(colours, counts)}
+        if report:
+            log.warning(
+                "%s: %d pixel(s) in colours not in data.palette -> ignore (%d): %s",
+                source or "colour mask", int((~known).sum()), ignore_index, unknown,
+            )
+    return labels, unknown
+
+
+def to_rgb_bands(data: np.ndarray, info) -> np.ndarray:
+    """HxWxB raw mask values -> HxWx3 RGB: palette ("P") masks through their colour map."""
+    if data.shape[-1] >= 3:
+        return data[..., :3]
+    from ..raster import _handle
+
+    try:
+        colormap = _handle(info.path).colormap(1)
+    except ValueError:  # no colour map: a grey mask
+        colormap = None
+    if colormap:
+        table = np.zeros((256, 3), np.uint8)
+        for index, colour in colormap.items():
+            if 0 <= index < 256:
+                table[index] = colour[:3]
+        return table[data[..., 0]]
+    return np.repeat(data[..., :1], 3, axis=-1)
+
+
+def read_colour_mask(path) -> np.ndarray:
+    """An RGB uint8 HxWx3 array of any colour mask file ("P" mode / grey / RGBA converted)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"colour mask not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as exc:
+        raise ColourMaskError(f"cannot read colour mask {path} (corrupt?): {exc}") from None
+
+
+def load_colour_mask(data_cfg):
+    """Scenes of ``data.format: colour_mask`` (see the module docstring)."""
+    from ..labels import ColourMaskLabels, check_same_grid
+    from ..raster import open_raster
+    from . import DataFormatError, check_band_count, split_scenes
+    from ..sources import Scene
+    from .mask_folder import find_pairs
+
+    if not data_cfg.palette:
+        raise DataFormatError("config key 'data.palette': colour_mask needs a palette (class name -> '#RRGGBB')")
+    _lookup(data_cfg.palette, data_cfg.classes, data_cfg.ignore_index)  # validate colours early
+    missing = [c for c in data_cfg.classes if c not in data_cfg.palette]
+    if missing:
+        raise DataFormatError(
+            f"config key 'data.palette': no colour for class(es) {missing} of data.classes"
+        )
+    pairs = find_pairs(data_cfg)
+    scenes, unknown_total = [], {}
+    for image_path, mask_path in pairs:
+        info = open_raster(image_path, data_cfg.bands)
+        check_band_count(info, data_cfg)
+        mask_info = open_raster(mask_path)
+        check_same_grid(info, mask_info)
+        labels = ColourMaskLabels(mask_info, dict(data_cfg.palette), list(data_cfg.classes), data_cfg.ignore_index)
+        # one full decode per mask at load time: catches bad colours before training starts
+        rgb = read_colour_mask(mask_path)
+        _, unknown = decode_colour_mask(rgb, data_cfg.palette, data_cfg.ignore_index, data_cfg.classes, report=False)
+        if unknown and data_cfg.ignore_colours == "error":
+            raise ColourMaskError(
+                f"colour mask {mask_path}: colours not in data.palette {unknown} "
+                "(set data.ignore_colours: ignore to map them to the ignore label)"
+            )
+        for colour, count in unknown.items():
+            unknown_total[colour] = unknown_total.get(colour, 0) + count
+        scenes.append(Scene(info, labels, name=str(Path(image_path).relative_to(data_cfg.root))))
+    if unknown_total:
+        log.warning(
+            "colour masks under %s: %d pixel(s) in colours not in data.palette -> ignore (%d): %s",
+            data_cfg.root, sum(unknown_total.values()), data_cfg.ignore_index, unknown_total,
+        )
+    return split_scenes(scenes, data_cfg)

@@ -1,0 +1,152 @@
+"""Image files and mask files paired by stem: ``X.tif`` <-> ``X<mask_suffix>.tif``.
+
+Public helper (also used by ``tfseg.evaluate pixels``):
+
+- ``pair_images_and_masks(images, masks, mask_suffix="", strict=True) -> [(image, mask), ...]``:
+  ``images``/``masks`` are folders or lists of files (GeoTIFF, PNG or JPEG). The stem of a mask
+  minus ``mask_suffix`` (e.g. ``.mask`` for ``X.mask.tif``) must equal the image's stem. An image
+  without a mask raises ``MaskFolderError`` naming it (``strict=False`` skips it with a warning);
+  masks without an image are reported in a warning.
+
+Dataset layout for ``data.format: mask_folder`` (e.g. ``kampala_buildings/train``):
+``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``), searched
+recursively so ``root/<area>/images`` works too; ``root/train/...`` + ``root/val/...`` are used as
+the split when both exist, otherwise scenes are split by ``data.val_fraction`` (seeded). Binary
+masks may be {0,1} or {0,255} (other values -> ignore); multi-class masks hold class indices
+(values >= number of classes -> ignore). Masks must be on the image's grid (same size; same
+georeferencing when both are GeoTIFFs): a mismatch raises an error naming both files.
+
+Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``.
+
+Example:
+    >>> pairs = pair_images_and_masks("train/images", "train/masks", mask_suffix=".mask")
+    >>> pairs[0]
+    (PosixPath('train/images/OAM-1.tif'), PosixPath('train/masks/OAM-1.mask.tif'))
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+class MaskFolderError(ValueError):
+    """Images and masks cannot be paired; the message names the file or folder."""
+
+
+def _files(where: Union[str, Path, Iterable]) -> list[Path]:
+    if isinstance(where, (str, Path)):
+        folder = Path(where)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder not found: {folder}")
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(Path(p) for p in where)
+
+
+def pair_images_and_masks(images, masks, mask_suffix: str = "", strict: bool = True) -> list[tuple[Path, Path]]:
+    """Pairs ``(image, mask)`` matched by stem (see the module docstring)."""
+    image_files, mask_files = _files(images), _files(masks)
+    by_stem: dict[str, Path] = {}
+    for mask in mask_files:
+        stem = mask.stem
+        if mask_suffix:
+            if not stem.endswith(mask_suffix):
+                continue
+            stem = stem[: -len(mask_suffix)]
+        if stem in by_stem:
+            raise MaskFolderError(f"two masks for image stem {stem!r}: {by_stem[stem]} and {mask}")
+        by_stem[stem] = mask
+    pairs, missing = [], []
+    for image in image_files:
+        mask = by_stem.pop(image.stem, None)
+        if mask is None:
+            missing.append(image)
+        else:
+            pairs.append((image, mask))
+    if missing:
+        where = masks if isinstance(masks, (str, Path)) else "the mask list"
+        message = (
+            f"no mask for image {missing[0]} (expected {missing[0].stem}{mask_suffix}.<ext> in {where})"
+            + (f" and {len(missing) - 1} more image(s)" if len(missing) > 1 else "")
+        )
+        if strict:
+            raise MaskFolderError(message)
+        log.warning("%s: skipped", message)
+    if by_stem:
+        log.warning("%d mask(s) without an image, e.g. %s", len(by_stem), next(iter(by_stem.values())))
+    return pairs
+
+
+def _pairs_under(root: Path, options: dict) -> list[tuple[Path, Path]]:
+    images_dir, masks_dir = options.get("images_dir", "images"), options.get("masks_dir", "masks")
+    suffix = options.get("mask_suffix", "")
+    folders = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == images_dir)
+    pairs = []
+    for folder in folders:
+        masks = folder.parent / masks_dir
+        if not masks.is_dir():
+            raise MaskFolderError(f"image folder {folder} has no sibling mask folder {masks}")
+        pairs += pair_images_and_masks(folder, masks, suffix)
+    if not pairs:
+        raise MaskFolderError(
+            f"no image/mask pairs under {root} (looked for '{images_dir}/' folders with a sibling "
+            f"'{masks_dir}/'; set data.options.images_dir / masks_dir)"
+        )
+    return pairs
+
+
+def find_pairs(data_cfg, split: str = "") -> list[tuple[Path, Path]]:
+    """All pairs under ``data.root`` (or ``data.root/<split>``)."""
+    root = Path(data_cfg.root) / split if split else Path(data_cfg.root)
+    return _pairs_under(root, data_cfg.options)
+
+
+def mask_lookup(data_cfg) -> np.ndarray:
+    """Raw mask value -> label: binary {0,1}/{0,255}; multi-class indices; others -> ignore."""
+    from ...config import resolve_task
+    from ..labels import binary_lookup
+
+    if resolve_task(data_cfg) == "binary":
+        return binary_lookup(data_cfg.ignore_index)
+    lookup = np.full(256, data_cfg.ignore_index, np.uint8)
+    lookup[: len(data_cfg.classes)] = np.arange(len(data_cfg.classes))
+    return lookup
+
+
+def load_mask_folder(data_cfg):
+    """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
+    from ...config import resolve_task
+    from ..labels import MaskLabels, check_same_grid
+    from ..raster import open_raster
+    from ..sources import Scene
+    from . import check_band_count, split_scenes
+
+    root = Path(data_cfg.root)
+    multilabel = resolve_task(data_cfg) == "multilabel"
+    lookup = None if multilabel else mask_lookup(data_cfg)
+
+    def scenes_of(pairs):
+        scenes = []
+        for image_path, mask_path in pairs:
+            info = open_raster(image_path, data_cfg.bands)
+            check_band_count(info, data_cfg)
+            mask_info = open_raster(mask_path)
+            check_same_grid(info, mask_info)
+            channels = len(data_cfg.classes) if multilabel else 1
+            if mask_info.count < channels:
+                raise MaskFolderError(
+                    f"mask {mask_path} has {mask_info.count} band(s); multilabel with "
+                    f"{channels} classes needs one band per class"
+                )
+            scenes.append(Scene(info, MaskLabels(mask_info, lookup, channels), name=image_path.stem))
+        return scenes
+
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return scenes_of(find_pairs(data_cfg, "train")), scenes_of(find_pairs(data_cfg, "val"))
+    return split_scenes(scenes_of(find_pairs(data_cfg)), data_cfg)

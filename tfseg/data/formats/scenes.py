@@ -1,0 +1,66 @@
+"""``data.format: scenes`` — large GeoTIFF scenes plus one vector file (GeoJSON, or GeoPackage /
+shapefile with ``pyogrio``) in any CRS, with an optional class attribute.
+
+Layout: ``root/train/*.tif`` and ``root/val/*.tif`` (or only ``root/*.tif``, split by
+``data.val_fraction``), labels in ``data.options.labels`` (default ``root/labels.geojson``).
+With ``data.label_attribute`` the attribute gives the class index, or a class name from
+``data.classes`` (mapped to its index); without it every polygon is class 1 (binary).
+
+Example:
+    >>> train, val = load_scenes_format(cfg.data)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..labels import VectorLabels
+from ..raster import open_raster
+from ..sources import Scene
+
+
+def _raster_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+
+
+def class_values(data_cfg):
+    """Class name -> index when the class attribute holds names (``None``: numeric attribute)."""
+    return {name: i for i, name in enumerate(data_cfg.classes)} if data_cfg.options.get("class_names") else None
+
+
+def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> list[Scene]:
+    """Every GeoTIFF in ``folder`` with the polygons of ``vector_file`` (any CRS) as labels."""
+    from . import DataFormatError, check_band_count
+
+    if not folder.is_dir():
+        raise DataFormatError(f"data directory for split '{split}' not found: {folder}")
+    files = _raster_files(folder)
+    if not files:
+        raise DataFormatError(f"no GeoTIFF (.tif/.tiff) scenes in {folder}")
+    scenes = []
+    for path in files:
+        info = open_raster(path, data_cfg.bands)
+        check_band_count(info, data_cfg)
+        labels = VectorLabels.from_file(
+            vector_file, info, class_attribute=data_cfg.label_attribute,
+            class_values=class_values(data_cfg), require_overlap=False,
+        )
+        scenes.append(Scene(info, labels, name=path.stem))
+    return scenes
+
+
+def load_scenes_format(data_cfg) -> tuple[list[Scene], list[Scene]]:
+    """Train and validation scenes of ``data.format: scenes``."""
+    from . import split_scenes
+
+    root = Path(data_cfg.root)
+    vector = Path(data_cfg.options.get("labels") or root / "labels.geojson")
+    if not vector.is_absolute() and not vector.exists():
+        vector = root / vector
+    if not vector.is_file():
+        raise FileNotFoundError(f"label file not found (data.options.labels): {vector}")
+    if (root / "train").is_dir():
+        return (
+            load_scene_folder(root / "train", vector, data_cfg, "train"),
+            load_scene_folder(root / "val", vector, data_cfg, "val"),
+        )
+    return split_scenes(load_scene_folder(root, vector, data_cfg, "all"), data_cfg)

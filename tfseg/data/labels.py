@@ -1,0 +1,440 @@
+"""Labels: vector polygons (any CRS) rasterized onto raster windows, and mask rasters.
+
+Example:
+    >>> labels = VectorLabels.from_file("buildings.geojson", info)   # reprojected to info.crs
+    >>> mask = labels.rasterize(window, info)                       # uint8 HxW, 0/1
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import rasterio.features
+import rasterio.windows
+import shapely
+from rasterio.crs import CRS
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from shapely.geometry import box, mapping, shape
+from shapely.strtree import STRtree
+
+from .raster import ArrayInfo, RasterInfo, _handle
+
+log = logging.getLogger(__name__)
+
+
+class LabelError(ValueError):
+    """Labels cannot be used with their raster; the message names the file."""
+
+
+def read_vector_file(path) -> tuple[list[dict], Optional[str]]:
+    """Features and CRS of a GeoJSON file (RFC 7946 default CRS84 when it names none).
+
+    GeoPackage and other formats are read through fiona/pyogrio when installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    if path.suffix.lower() in (".geojson", ".json"):
+        text = path.read_text()
+        if not text.strip():
+            return [], None  # an empty file is a valid "no objects"
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LabelError(f"label file {path}: invalid JSON: {exc}") from None
+        if doc.get("type") == "Feature":
+            features = [doc]
+        elif doc.get("type") == "FeatureCollection":
+            features = doc.get("features") or []
+        else:
+            raise LabelError(
+                f"label file {path}: expected a GeoJSON FeatureCollection or Feature, "
+                f"got type {doc.get('type')!r}"
+            )
+        crs = None
+        crs_obj = doc.get("crs")
+        if crs_obj:
+            crs = (crs_obj.get("properties") or {}).get("name")
+        return features, crs or "OGC:CRS84"
+    try:
+        import pyogrio  # noqa: F401  (optional: GeoPackage, shapefiles)
+
+        import pyogrio.raw as raw
+    except ImportError:
+        raise LabelError(
+            f"label file {path}: only GeoJSON is read without extras; "
+            "install pyogrio (`pip install pyogrio`) for GeoPackage/shapefiles"
+        ) from None
+    meta, _, geometry, field_data = raw.read(path, return_fids=False)
+    geoms = shapely.from_wkb(geometry)
+    names = list(meta["fields"])
+    features = [
+        {
+            "type": "Feature",
+            "geometry": mapping(g) if g is not None else None,
+            "properties": {n: field_data[i][k] for i, n in enumerate(names)},
+        }
+        for k, g in enumerate(geoms)
+    ]
+    return features, meta.get("crs")
+
+
+def repair(geom, counter: dict):
+    """Make an invalid geometry valid (self-intersections), keep only its polygonal part."""
+    if geom.is_valid:
+        return geom
+    counter["repaired"] = counter.get("repaired", 0) + 1
+    fixed = shapely.make_valid(geom)
+    polys = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(polys) if polys else None
+
+
+@dataclass
+class VectorLabels:
+    """Polygons in the raster's CRS with a burn value each, indexed for window queries."""
+
+    geometries: list
+    values: np.ndarray
+    source: str = ""
+    num_channels = 1
+
+    def __post_init__(self):
+        self.tree = STRtree(self.geometries) if self.geometries else None
+
+    @classmethod
+    def from_file(
+        cls,
+        path,
+        info: RasterInfo,
+        class_attribute: str = "",
+        class_values: Optional[dict] = None,
+        require_overlap: bool = True,
+    ) -> "VectorLabels":
+        """Read ``path``, reproject its polygons into ``info``'s CRS, repair invalid ones.
+
+        Raises LabelError when the raster has no CRS, or when the labels do not overlap the
+        raster at all (a wrong-CRS mistake would otherwise give a silently empty mask).
+        """
+        features, crs = read_vector_file(path)
+        return cls.from_features(
+            features, crs, info, class_attribute, class_values, require_overlap, source=str(path)
+        )
+
+    @classmethod
+    def from_features(
+        cls,
+        features: Sequence[dict],
+        crs: Optional[str],
+        info: RasterInfo,
+        class_attribute: str = "",
+        class_values: Optional[dict] = None,
+        require_overlap: bool = True,
+        source: str = "",
+    ) -> "VectorLabels":
+        features = [f for f in features if f.get("geometry")]
+        if not features:
+            return cls([], np.zeros(0, np.uint8), source)
+        if info.crs is None:
+            raise LabelError(
+                f"raster {info.path} has no CRS, so vector labels {source} cannot be placed on it"
+            )
+        dst = CRS.from_string(info.crs)
+        src = CRS.from_string(crs) if crs else dst
+        counter: dict = {}
+        geoms, values = [], []
+        for i, feat in enumerate(features):
+            geom_json = feat["geometry"]
+            if src != dst:
+                geom_json = transform_geom(src, dst, geom_json)
+            geom = repair(shape(geom_json), counter)
+            if geom is None or geom.is_empty:
+                continue
+            if class_attribute:
+                props = feat.get("properties") or {}
+                if class_attribute not in props:
+                    raise LabelError(
+                        f"label file {source}: feature {i} has no attribute {class_attribute!r}"
+                    )
+                raw = props[class_attribute]
+                if class_values is not None:
+                    if raw not in class_values:
+                        raise LabelError(
+                            f"label file {source}: feature {i} has {class_attribute}={raw!r}, "
+                            f"expected one of {sorted(class_values)}"
+                        )
+                    raw = class_values[raw]
+                values.append(int(raw))
+            else:
+                values.append(1)
+            geoms.append(geom)
+        if counter.get("repaired"):
+            log.warning(
+                "%s: repaired %d invalid (self-intersecting) polygon(s)", source, counter["repaired"]
+            )
+        labels = cls(geoms, np.asarray(values, np.uint8), source)
+        if require_overlap and geoms:
+            bounds = rasterio.windows.bounds(Window(0, 0, info.width, info.height), info.affine)
+            if not labels.tree.query(box(*bounds)).size:
+                lb = shapely.total_bounds(np.asarray(geoms, dtype=object))
+                raise LabelError(
+                    f"labels {source} (bounds {tuple(round(v, 3) for v in lb)} in {info.crs}) do not "
+                    f"overlap raster {info.path} (bounds {tuple(round(v, 3) for v in bounds)}): "
+                    "wrong CRS or wrong file?"
+                )
+        return labels
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 0) -> np.ndarray:
+        """Burn the polygons touching ``window`` (pixel-centre rule) into a uint8 HxW mask."""
+        height, width = int(window.height), int(window.width)
+        if self.tree is None:
+            return np.full((height, width), fill, np.uint8)
+        transform = rasterio.windows.transform(window, info.affine)
+        bounds = rasterio.windows.bounds(window, info.affine)
+        hits = self.tree.query(box(*bounds))
+        if not hits.size:
+            return np.full((height, width), fill, np.uint8)
+        return rasterio.features.rasterize(
+            ((self.geometries[i], int(self.values[i])) for i in sorted(hits)),
+            out_shape=(height, width),
+            transform=transform,
+            fill=fill,
+            dtype="uint8",
+        )
+
+
+def check_same_grid(image: RasterInfo, mask: RasterInfo) -> None:
+    """Raise LabelError naming both files unless ``mask`` lies on ``image``'s pixel grid."""
+    if (image.width, image.height) != (mask.width, mask.height):
+        raise LabelError(
+            f"mask {mask.path} is {mask.width}x{mask.height} pixels but image {image.path} is "
+            f"{image.width}x{image.height}: masks must be on the image's grid (same size)"
+        )
+    if image.crs and mask.crs:
+        same_crs = CRS.from_string(image.crs) == CRS.from_string(mask.crs)
+        pixel = abs(image.transform[0]) or 1.0
+        shift = max(abs(a - b) for a, b in zip(image.transform, mask.transform))
+        if not same_crs or shift > 0.01 * pixel:
+            raise LabelError(
+                f"mask {mask.path} is not georeferenced like image {image.path} "
+                f"(CRS {mask.crs} vs {image.crs}, transform {mask.transform} vs {image.transform})"
+            )
+
+
+def _read_mask_window(info: RasterInfo, window: Window, bands=(1,)):
+    """Raw mask values in ``window`` clipped to the raster, plus where they go in the window."""
+    col, row = int(window.col_off), int(window.row_off)
+    width, height = int(window.width), int(window.height)
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + width, info.width), min(row + height, info.height)
+    if c1 <= c0 or r1 <= r0:
+        return None, None
+    if isinstance(info, ArrayInfo):
+        data = info.array[r0:r1, c0:c1][..., [b - 1 for b in bands]]
+    else:
+        data = np.moveaxis(_handle(info.path).read(list(bands), window=Window(c0, r0, c1 - c0, r1 - r0)), 0, -1)
+    return data, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
+
+
+@dataclass
+class MaskLabels:
+    """A mask raster on the same grid as its image; ``lookup`` maps raw values to labels.
+
+    With ``num_channels`` > 1 the mask holds one 0/1 band per class (multi-label), read as HxWxK.
+
+    Example:
+        >>> labels = MaskLabels(open_raster("X.mask.tif"), binary_lookup(ignore_index=255))
+    """
+
+    info: RasterInfo
+    lookup: Optional[np.ndarray] = None  # 256-entry uint8 table; None = values as they are
+    num_channels: int = 1
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
+        width, height = int(window.width), int(window.height)
+        bands = tuple(range(1, self.num_channels + 1))
+        shape = (height, width) if self.num_channels == 1 else (height, width, self.num_channels)
+        out = np.full(shape, fill, np.uint8)
+        data, where = _read_mask_window(self.info, window, bands)
+        if data is not None:
+            if self.lookup is not None:
+                data = self.lookup[np.clip(data, 0, len(self.lookup) - 1).astype(np.intp)]
+            data = data.astype(np.uint8)
+            out[where] = data[..., 0] if self.num_channels == 1 else data
+        return out
+
+
+def binary_lookup(ignore_index: int = 255) -> np.ndarray:
+    """Raw mask value -> label for binary masks stored as {0,1} or {0,255}; others -> ignore."""
+    lookup = np.full(256, ignore_index, np.uint8)
+    lookup[0], lookup[1], lookup[255] = 0, 1, 1
+    return lookup
+
+
+@dataclass
+class ColourMaskLabels:
+    """An RGB (or palette "P" mode) colour-coded mask decoded to class indices per window.
+
+    Example:
+        >>> labels = ColourMaskLabels(open_raster("m.png"), {"building": "#3C1098"}, ["building"])
+    """
+
+    info: RasterInfo
+    palette: dict
+    classes: list
+    ignore_index: int = 255
+    num_channels = 1
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
+        from .formats.colour_mask import decode_colour_mask, to_rgb_bands
+
+        out = np.full((int(window.height), int(window.width)), fill, np.uint8)
+        data, where = _read_mask_window(self.info, window, tuple(range(1, min(self.info.count, 3) + 1)))
+        if data is not None:
+            rgb = to_rgb_bands(data, self.info)
+            out[where], _ = decode_colour_mask(
+                rgb, self.palette, self.ignore_index, classes=self.classes, report=False
+            )
+        return out
+
+
+@dataclass
+class PixelPolygonLabels:
+    """Multi-label polygons in pixel coordinates of the image grid, one list per class: window
+    rasterization gives HxWxK 0/1 (e.g. Dstl's 10 classes after normalized-coordinate scaling).
+
+    Example:
+        >>> labels = PixelPolygonLabels([[box(0, 0, 10, 10)], []])
+        >>> labels.rasterize(Window(0, 0, 32, 32), info).shape
+        (32, 32, 2)
+    """
+
+    geometries: list  # per class: list of shapely polygons in (col, row) pixel coordinates
+    source: str = ""
+
+    def __post_init__(self):
+        self.trees = [STRtree(g) if g else None for g in self.geometries]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.geometries)
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 0) -> np.ndarray:
+        height, width = int(window.height), int(window.width)
+        out = np.full((height, width, self.num_channels), fill, np.uint8)
+        col, row = float(window.col_off), float(window.row_off)
+        query = box(col, row, col + width, row + height)
+        transform = rasterio.Affine.translation(col, row)
+        for k, tree in enumerate(self.trees):
+            if tree is None:
+                continue
+            hits = tree.query(query)
+            if hits.size:
+                out[..., k] = rasterio.features.rasterize(
+                    ((self.geometries[k][i], 1) for i in sorted(hits)),
+                    out_shape=(height, width), transform=transform, fill=fill, dtype="uint8",
+                )
+        return out
+
+
+SPACENET_TARGETS = ("footprint", "boundary", "contact")
+
+
+@dataclass
+class BuildingTargets:
+    """SpaceNet-style target channels from building polygons: ``footprint`` (inside a building),
+    ``boundary`` (a band of ``boundary_width`` pixels across each outline) and ``contact``
+    (background pixels within ``contact_spacing`` of two or more buildings), as in solaris'
+    multi-channel masks. Rasterized per window with a margin so channels are exact at edges.
+
+    Example:
+        >>> targets = BuildingTargets(vector_labels, ["footprint", "boundary", "contact"])
+    """
+
+    vectors: VectorLabels
+    channels: list
+    boundary_width: int = 3
+    contact_spacing: int = 10
+
+    def __post_init__(self):
+        bad = [c for c in self.channels if c not in SPACENET_TARGETS]
+        if bad:
+            raise LabelError(
+                f"data.options.targets: unknown target channel(s) {bad}; allowed: {list(SPACENET_TARGETS)}"
+            )
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels)
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 0) -> np.ndarray:
+        import cv2
+
+        margin = max(self.boundary_width, self.contact_spacing) + 1
+        height, width = int(window.height), int(window.width)
+        big = Window(window.col_off - margin, window.row_off - margin, width + 2 * margin, height + 2 * margin)
+        instances = np.zeros((big.height, big.width), np.float32)
+        tree = self.vectors.tree
+        if tree is not None:
+            hits = tree.query(box(*rasterio.windows.bounds(big, info.affine)))
+            if hits.size:
+                instances = rasterio.features.rasterize(
+                    ((self.vectors.geometries[i], k + 1) for k, i in enumerate(sorted(hits))),
+                    out_shape=(big.height, big.width),
+                    transform=rasterio.windows.transform(big, info.affine), fill=0, dtype="float32",
+                )
+        footprint = instances > 0
+        out = []
+        for channel in self.channels:
+            if channel == "footprint":
+                out.append(footprint)
+            elif channel == "boundary":
+                kernel = np.ones((self.boundary_width, self.boundary_width), np.uint8)
+                fp = footprint.astype(np.uint8)
+                out.append(cv2.dilate(fp, kernel) != cv2.erode(fp, kernel))
+            else:
+                size = 2 * self.contact_spacing + 1
+                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+                highest = cv2.dilate(instances, kernel)
+                lowest = -cv2.dilate(np.where(footprint, -instances, -np.float32(1e9)), kernel)
+                out.append((highest > 0) & (lowest < highest) & ~footprint)
+        stack = np.stack(out, axis=-1).astype(np.uint8)
+        return stack[margin : margin + height, margin : margin + width]
+
+
+@dataclass
+class RasterizedLabels:
+    """Labels of a whole scene rasterized once into memory (HxWxK uint8); windows are slices.
+
+    The pipeline wraps vector and colour-mask labels in this when they fit in
+    ``data.label_cache_mpix``, so streaming windows costs an image read, not a rasterization.
+    """
+
+    array: np.ndarray
+    fill: int = 0
+    source: str = ""
+
+    @classmethod
+    def of(cls, labels, info: RasterInfo) -> "RasterizedLabels":
+        full = labels.rasterize(Window(0, 0, info.width, info.height), info)
+        if full.ndim == 2:
+            full = full[..., None]
+        fill = 255 if isinstance(labels, (MaskLabels, ColourMaskLabels)) else 0
+        return cls(np.ascontiguousarray(full), fill, getattr(labels, "source", ""))
+
+    @property
+    def num_channels(self) -> int:
+        return self.array.shape[-1]
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: Optional[int] = None) -> np.ndarray:
+        col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+        out = np.full((height, width, self.num_channels), self.fill if fill is None else fill, np.uint8)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + width, self.array.shape[1]), min(row + height, self.array.shape[0])
+        if c1 > c0 and r1 > r0:
+            out[r0 - row : r1 - row, c0 - col : c1 - col] = self.array[r0:r1, c0:c1]
+        return out[..., 0] if self.num_channels == 1 else out

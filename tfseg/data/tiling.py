@@ -1,0 +1,47 @@
+"""Samplers: which windows of which scenes. Sizes and strides are in pixels.
+
+Example:
+    >>> grid_windows(1000, 700, window_size=256, overlap=32)[:2]
+    [Window(col_off=0, row_off=0, width=256, height=256), Window(col_off=224, ...)]
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from rasterio.windows import Window
+
+
+def grid_offsets(length: int, window_size: int, overlap: int) -> list[int]:
+    """Offsets covering ``[0, length)`` with the given overlap; the last window ends at the edge.
+
+    A length smaller than the window gives one window at 0 (read boundless, padded).
+    """
+    if length <= window_size:
+        return [0]
+    stride = window_size - overlap
+    offsets = list(range(0, length - window_size + 1, stride))
+    if offsets[-1] + window_size < length:
+        offsets.append(length - window_size)
+    return offsets
+
+
+def grid_windows(width: int, height: int, window_size: int, overlap: int = 0) -> list[Window]:
+    """A regular grid of windows over a ``width`` x ``height`` raster."""
+    return [
+        Window(col, row, window_size, window_size)
+        for row in grid_offsets(height, window_size, overlap)
+        for col in grid_offsets(width, window_size, overlap)
+    ]
+
+
+def random_window(
+    sizes: Sequence[tuple[int, int]], window_size: int, rng: np.random.Generator
+) -> tuple[int, Window]:
+    """A uniformly placed window: scenes are picked in proportion to their area."""
+    areas = np.array([w * h for w, h in sizes], np.float64)
+    index = int(rng.choice(len(sizes), p=areas / areas.sum()))
+    width, height = sizes[index]
+    col = int(rng.integers(0, max(width - window_size, 0) + 1))
+    row = int(rng.integers(0, max(height - window_size, 0) + 1))
+    return index, Window(col, row, window_size, window_size)

@@ -1,0 +1,251 @@
+"""Evaluation: pixel metrics of a model on image/mask pairs, and object (polygon) scores.
+
+``python -m tfseg.evaluate pixels --model MODEL --images GLOB_OR_DIR --masks GLOB_OR_DIR [--json]``
+    Images and masks are paired by file stem (a mask suffix such as ``.mask`` / ``_mask`` is
+    stripped); each whole image is predicted with the same sliding-window engine as
+    ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "num_images"}``;
+    multi-class adds ``"miou"`` and ``"per_class": {name: {"iou", "f1", "precision", "recall"}}``
+    (top-level scores are then macro means over the classes present in truth or prediction).
+
+``python -m tfseg.evaluate spacenet --truth TRUTH.csv --proposals PROPOSALS.csv [--json]``
+    The SpaceNet building score (see :mod:`tfseg.scoring`).
+
+``python -m tfseg.evaluate polygons --truth A.geojson --proposals B.geojson [--json]``
+    The same matching on georeferenced polygons (different CRSs reprojected).
+
+Example:
+    python -m tfseg.evaluate pixels --model runs/kampala --images data/images --masks data/masks --json
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
+DEFAULT_MASK_SUFFIXES = (".mask", "_mask", "-mask", "_label", "_labels", "_gt")
+
+
+class PairingError(ValueError):
+    """Images and masks cannot be paired; the message names the files."""
+
+
+def _list_files(spec: str, what: str) -> list:
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not files:
+        raise FileNotFoundError(f"--{what} {spec}: no image files found")
+    return files
+
+
+def _mask_key(path: Path, suffixes: Sequence[str]) -> str:
+    stem = path.stem
+    for suffix in suffixes:
+        if suffix and stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+# TODO(after merge): replace with tfseg.data.formats.mask_folder.pair_images_and_masks, which
+# implements the mask_folder format's pairing rules; this private version covers the binary case.
+def _pair_images_and_masks(images: Sequence[Path], masks: Sequence[Path], mask_suffix: Optional[str] = None) -> list:
+    """(image, mask) pairs matched by stem; a mask suffix (``.mask``, ``_mask``...) is stripped."""
+    suffixes = (mask_suffix,) if mask_suffix else DEFAULT_MASK_SUFFIXES
+    by_key: dict = {}
+    for mask in masks:
+        key = _mask_key(mask, suffixes)
+        if key in by_key:
+            raise PairingError(f"masks {by_key[key]} and {mask} both pair with image stem {key!r}")
+        by_key[key] = mask
+    pairs, missing = [], []
+    for image in images:
+        mask = by_key.pop(image.stem, None)
+        if mask is None:
+            missing.append(str(image))
+        else:
+            pairs.append((image, mask))
+    if missing:
+        raise PairingError(f"no mask found for {len(missing)} image(s), e.g. {missing[0]} "
+                           f"(looked for a mask with stem {Path(missing[0]).stem!r} + one of {list(suffixes)})")
+    if by_key:
+        warnings.warn(f"{len(by_key)} mask(s) have no image, e.g. {next(iter(by_key.values()))}", stacklevel=2)
+    return pairs
+
+
+# TODO(after merge): colour masks should go through tfseg.data.formats.colour_mask.decode_colour_mask.
+def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.ndarray:
+    """Class indices (uint8, ``ignore_index`` = ignored) from a {0,1}/{0,255} binary mask, a class
+    index mask, or an RGB colour mask decoded with the model's palette."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            data = src.read()
+            nodata = src.nodata
+            colour_table = None
+            if src.count == 1:
+                try:
+                    colour_table = src.colormap(1)
+                except ValueError:
+                    colour_table = None
+    if data.shape[0] >= 3 and predictor.palette:
+        rgb = np.moveaxis(data[:3], 0, -1).astype(np.int32)
+        out = np.full(rgb.shape[:2], ignore_index, np.uint8)
+        for index, name in enumerate(predictor.class_names):
+            colour = predictor.palette.get(name)
+            if isinstance(colour, str) and len(colour) == 7:
+                value = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+                out[np.all(rgb == value, axis=-1)] = index
+        return out
+    mask = data[0]
+    out = mask.astype(np.int64)
+    if predictor.binary:
+        values = set(np.unique(mask).tolist()) - {ignore_index if nodata is None else nodata}
+        if values <= {0, 255}:
+            out = (mask == 255).astype(np.int64)
+        elif not values <= {0, 1}:
+            raise ValueError(f"{path}: a binary mask must hold {{0,1}} or {{0,255}}, found values {sorted(values)[:10]}")
+    if nodata is not None:
+        out[mask == nodata] = ignore_index
+    out[(out >= max(2, predictor.num_classes)) & (out != ignore_index)] = ignore_index
+    return out.astype(np.uint8)
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_labels: int, valid: np.ndarray) -> np.ndarray:
+    index = truth[valid].astype(np.int64) * num_labels + pred[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
+
+
+def scores_from_matrix(matrix: np.ndarray) -> list:
+    """Per-class (iou, f1, precision, recall, present) from a confusion matrix."""
+    tp = np.diag(matrix).astype(np.float64)
+    fp = matrix.sum(axis=0) - tp
+    fn = matrix.sum(axis=1) - tp
+
+    def ratio(a, b):
+        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return [
+        {"iou": float(i), "f1": float(f), "precision": float(p), "recall": float(r), "present": bool(s)}
+        for i, f, p, r, s in zip(ratio(tp, tp + fp + fn), ratio(2 * tp, 2 * tp + fp + fn), precision, recall,
+                                 (tp + fp + fn) > 0)
+    ]
+
+
+def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_size: int = 0, overlap: int = -1,
+                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None) -> dict:
+    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks."""
+    from .data.raster import open_raster
+
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    pairs = _pair_images_and_masks(images, masks, mask_suffix)
+    num_labels = max(2, predictor.num_classes)
+    matrix = np.zeros((num_labels, num_labels), np.int64)
+    tile = tile_size or predictor.tile_size
+    overlap = overlap if overlap >= 0 else min(predictor.recommended_overlap, tile // 2)
+    for image_path, mask_path in pairs:
+        info = open_raster(image_path)
+        truth = _read_mask(mask_path, predictor)
+        if truth.shape != (info.height, info.width):
+            raise ValueError(f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but image {image_path} is "
+                             f"{info.width}x{info.height}")
+        sink = ArraySink(info.height, info.width, predictor.num_classes)
+        run_sliding_window(predictor, [Job(RasterSource(info), sink, str(image_path))], tile, overlap, batch_size, tta)
+        pred = predictor.to_classes(sink.probs)
+        valid = sink.valid & (truth != 255)
+        matrix += confusion_matrix(truth, pred, num_labels, valid)
+    per_class = scores_from_matrix(matrix)
+    if predictor.binary:
+        fg = per_class[1]
+        return {"iou": fg["iou"], "f1": fg["f1"], "precision": fg["precision"], "recall": fg["recall"],
+                "num_images": len(pairs)}
+    present = [c for c in per_class if c["present"]] or per_class
+    result = {k: float(np.mean([c[k] for c in present])) for k in ("iou", "f1", "precision", "recall")}
+    result["miou"] = result["iou"]
+    result["num_images"] = len(pairs)
+    result["per_class"] = {
+        name: {k: c[k] for k in ("iou", "f1", "precision", "recall")}
+        for name, c in zip(predictor.class_names, per_class)
+    }
+    return result
+
+
+def _print_object_scores(result: dict) -> None:
+    print(f"{'':28s} {'TP':>7s} {'FP':>7s} {'FN':>7s} {'Prec':>7s} {'Rec':>7s} {'F1':>7s}")
+    rows = [(f"AOI {k}", v) for k, v in result["per_aoi"].items()] + [("overall", result["overall"])]
+    for name, s in rows:
+        print(f"{name[:28]:28s} {s['TruePos']:7d} {s['FalsePos']:7d} {s['FalseNeg']:7d} "
+              f"{s['Precision']:7.4f} {s['Recall']:7.4f} {s['F1Score']:7.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tfseg.evaluate", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    pixels = sub.add_parser("pixels", help="pixel IoU/F1/precision/recall on image/mask pairs")
+    pixels.add_argument("--model", required=True, help="run directory, .keras file or SavedModel directory")
+    pixels.add_argument("--images", required=True, help="folder or glob of images")
+    pixels.add_argument("--masks", required=True, help="folder or glob of masks (paired by stem)")
+    pixels.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. .mask (default: common ones)")
+    pixels.add_argument("--tile-size", type=int, default=0)
+    pixels.add_argument("--overlap", type=int, default=-1)
+    pixels.add_argument("--batch-size", type=int, default=4)
+    pixels.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
+    pixels.add_argument("--json", action="store_true")
+    spacenet = sub.add_parser("spacenet", help="SpaceNet building F1 of a proposals CSV against a truth CSV")
+    spacenet.add_argument("--truth", required=True)
+    spacenet.add_argument("--proposals", required=True)
+    spacenet.add_argument("--json", action="store_true")
+    polygons = sub.add_parser("polygons", help="object F1 of georeferenced polygons (GeoJSON)")
+    polygons.add_argument("--truth", required=True)
+    polygons.add_argument("--proposals", required=True)
+    polygons.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (m²)")
+    polygons.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .scoring import score_geojson, score_spacenet
+
+    try:
+        if args.command == "pixels":
+            from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
+
+            result = evaluate_pixels(args.model, _list_files(args.images, "images"), _list_files(args.masks, "masks"),
+                                     args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix)
+        elif args.command == "spacenet":
+            result = score_spacenet(args.truth, args.proposals)
+        else:
+            result = score_geojson(args.truth, args.proposals, min_area=args.min_area)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    elif args.command == "pixels":
+        for key in ("iou", "f1", "precision", "recall"):
+            print(f"{key:10s} {result[key]:.4f}")
+        for name, s in result.get("per_class", {}).items():
+            print(f"  {name:20s} iou {s['iou']:.4f}  f1 {s['f1']:.4f}")
+        print(f"images     {result['num_images']}")
+    else:
+        _print_object_scores(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Masks to polygons: speckle removal, hole filling, polygonization, simplification, writers.
+
+Polygons are built in pixel space (x = column, y = row, pixel corners on integer coordinates,
+as SpaceNet's ``PolygonWKT_Pix``) and mapped to the scene's CRS with its affine transform only
+when written, so the same polygons feed the GeoJSON and the SpaceNet CSV.
+
+:func:`polygonize_raster` streams a class GeoTIFF in row blocks (memory bounded by a block, not
+the scene): polygons touching a block boundary are held back and merged with their continuation
+in the next block by a union, so objects crossing block boundaries come out whole.
+
+Example:
+    >>> objects = polygonize_array(mask, probs=prob, opening_px=3, min_area_px=20, simplify_px=1.0)
+    >>> write_spacenet_csv("proposals.csv", {"AOI_2_Vegas_img1": objects})
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class PolygonOptions:
+    """Post-processing of a predicted mask before and after polygonization."""
+
+    opening_px: int = 3  # morphological opening kernel (pixels); 0 = off. Removes speckle.
+    min_area_px: float = 20.0  # polygons smaller than this (pixels²) are dropped
+    min_area_m2: float = 0.0  # ... or smaller than this (m², needs a CRS); 0 = off
+    fill_holes: bool = True
+    max_hole_area_px: float = math.inf  # holes up to this size are filled
+    simplify_px: float = 1.0  # Douglas-Peucker tolerance in pixels; 0 = off
+
+
+@dataclass
+class PolygonRecord:
+    """One object: pixel-space polygon, class index, mean probability inside."""
+
+    geometry: object  # shapely Polygon in pixel coordinates
+    class_index: int = 1
+    confidence: float = 1.0
+    properties: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# Raster clean-up
+# ------------------------------------------------------------------------------------------
+def remove_speckle(mask: np.ndarray, opening_px: int) -> np.ndarray:
+    """Morphological opening (erode then dilate) with a square ``opening_px`` kernel: removes
+    blobs and strands thinner than the kernel and keeps rectilinear (building) corners square."""
+    if opening_px <= 1:
+        return mask.astype(np.uint8)
+    import cv2
+
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (int(opening_px), int(opening_px)))
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+
+
+def fill_holes_mask(mask: np.ndarray, max_hole_area: float = math.inf) -> np.ndarray:
+    """Fill background regions (8-connected, the dual of 4-connected objects) that do not touch
+    the array border and have at most ``max_hole_area`` pixels. Holes cut by the border are left
+    for the vector stage (after blocks are merged)."""
+    import cv2
+
+    mask = (mask > 0).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(1 - mask, connectivity=8)
+    if count <= 1:
+        return mask
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[:, cv2.CC_STAT_WIDTH], top + stats[:, cv2.CC_STAT_HEIGHT]
+    inner = (left > 0) & (top > 0) & (right < mask.shape[1]) & (bottom < mask.shape[0])
+    fill = inner & (stats[:, cv2.CC_STAT_AREA] <= max_hole_area)
+    fill[0] = False  # label 0 is the foreground itself
+    return np.where(fill[labels], np.uint8(1), mask)
+
+
+def _polygon_fill_holes(poly, max_hole_area: float):
+    from shapely.geometry import Polygon
+
+    if not poly.interiors:
+        return poly
+    keep = [ring for ring in poly.interiors if Polygon(ring).area > max_hole_area]
+    return Polygon(poly.exterior, keep)
+
+
+def _parts(geom) -> list:
+    """Polygons of a (multi)polygon / geometry collection, empty ones dropped."""
+    if geom.is_empty:
+        return []
+    if geom.geom_type == "Polygon":
+        return [geom]
+    return [g for part in getattr(geom, "geoms", []) for g in _parts(part)]
+
+
+def finish_polygon(poly, options: PolygonOptions, pixel_area_m2: Optional[float] = None) -> list:
+    """Hole filling, simplification, validity repair and the area filters for one polygon."""
+    from shapely.validation import make_valid
+
+    out = []
+    for part in _parts(poly):
+        if options.fill_holes:
+            part = _polygon_fill_holes(part, options.max_hole_area_px)
+        if options.simplify_px > 0:
+            part = part.simplify(options.simplify_px, preserve_topology=True)
+        if not part.is_valid:
+            part = make_valid(part)
+        for piece in _parts(part):
+            area = piece.area
+            if area < options.min_area_px:
+                continue
+            if options.min_area_m2 and pixel_area_m2 and area * pixel_area_m2 < options.min_area_m2:
+                continue
+            out.append(piece)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Polygonization
+# ------------------------------------------------------------------------------------------
+def _components(mask: np.ndarray, probs: Optional[np.ndarray], row_offset: int = 0):
+    """(pixel-space polygon, prob sum, pixel count, touches top, touches bottom) per component."""
+    import cv2
+    from rasterio import features
+    from rasterio.transform import Affine
+    from shapely.geometry import shape
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if count <= 1:
+        return []
+    sizes = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    if probs is not None:
+        sums = np.bincount(labels.ravel(), weights=probs.ravel().astype(np.float64), minlength=count)
+    else:
+        sums = sizes.copy()
+    out = []
+    transform = Affine.translation(0, row_offset)
+    for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform):
+        k = int(value)
+        top = stats[k, cv2.CC_STAT_TOP]
+        bottom = top + stats[k, cv2.CC_STAT_HEIGHT]
+        out.append((shape(geom), float(sums[k]), float(sizes[k]), top == 0, bottom == mask.shape[0]))
+    return out
+
+
+def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, options: Optional[PolygonOptions] = None,
+                     class_index: int = 1, pixel_area_m2: Optional[float] = None) -> list:
+    """Objects of a binary HxW mask as :class:`PolygonRecord` (pixel coordinates).
+
+    ``probs`` (HxW, the class probability) gives each object's confidence (mean inside).
+    """
+    options = options or PolygonOptions()
+    mask = remove_speckle(mask > 0, options.opening_px)
+    if options.fill_holes:
+        mask = fill_holes_mask(mask, options.max_hole_area_px)
+    records = []
+    for poly, total, size, _, _ in _components(mask, probs):
+        for piece in finish_polygon(poly, options, pixel_area_m2):
+            records.append(PolygonRecord(piece, class_index, total / max(size, 1.0)))
+    return records
+
+
+def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
+                      block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None) -> list:
+    """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
+
+    ``prob_path``: the probability GeoTIFF (band ``class_probability_band[value]`` or 1 for a
+    binary model) for confidences. Memory: one block of rows plus the objects found so far.
+    """
+    import rasterio
+    from rasterio.windows import Window
+    from shapely import STRtree
+    from shapely.ops import unary_union
+
+    options = options or PolygonOptions()
+    records = []
+    margin = max(0, int(options.opening_px))
+    with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else _nullcontext()) as psrc:
+        height, width = src.height, src.width
+        for value in class_values:
+            pending = []  # (polygon, prob sum, count) touching an inner block boundary
+            band = (class_probability_band or {}).get(value, 1)
+            for top in range(0, height, block_rows):
+                bottom = min(height, top + block_rows)
+                r0, r1 = max(0, top - margin), min(height, bottom + margin)
+                classes = src.read(1, window=Window(0, r0, width, r1 - r0))
+                mask = remove_speckle(classes == value, options.opening_px)[top - r0 : top - r0 + bottom - top]
+                if options.fill_holes:  # holes inside the block; the rest after merging
+                    mask = fill_holes_mask(mask, options.max_hole_area_px)
+                probs = None
+                if psrc is not None:
+                    probs = psrc.read(band, window=Window(0, top, width, bottom - top), masked=True)
+                    probs = np.ma.filled(probs.astype(np.float32), 0.0)
+                    if psrc.dtypes[band - 1] == "uint8":
+                        probs = probs / 254.0
+                for poly, total, size, at_top, at_bottom in _components(mask, probs, row_offset=top):
+                    if (at_top and top > 0) or (at_bottom and bottom < height):
+                        pending.append((poly, total, size))
+                    else:
+                        for piece in finish_polygon(poly, options, pixel_area_m2):
+                            records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
+            records.extend(_merge_pending(pending, value, options, pixel_area_m2, STRtree, unary_union))
+    return records
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _merge_pending(pending, value, options, pixel_area_m2, STRtree, unary_union) -> list:
+    """Union the parts of objects cut by block boundaries (parts sharing an edge)."""
+    if not pending:
+        return []
+    geoms = [p[0] for p in pending]
+    parent = list(range(len(geoms)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    tree = STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    for a, b in zip(left, right):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[ra] = rb
+    groups: dict = {}
+    for i in range(len(geoms)):
+        groups.setdefault(find(i), []).append(i)
+    records = []
+    for members in groups.values():
+        total = sum(pending[i][1] for i in members)
+        size = sum(pending[i][2] for i in members)
+        merged = unary_union([geoms[i] for i in members])
+        for piece in finish_polygon(merged, options, pixel_area_m2):
+            records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
+    return records
+
+
+# ------------------------------------------------------------------------------------------
+# Coordinates and areas
+# ------------------------------------------------------------------------------------------
+def pixel_area_m2(crs, transform, width: int, height: int) -> Optional[float]:
+    """Ground area of one pixel in m² (at the scene centre for geographic CRSs); None without a CRS."""
+    if crs is None:
+        return None
+    from pyproj import CRS, Geod
+
+    crs = CRS.from_user_input(crs)
+    if crs.is_projected:
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        return abs(transform.a * transform.e - transform.b * transform.d) * unit * unit
+    lon0, lat0 = transform @ (width / 2, height / 2)
+    lon1, lat1 = transform @ (width / 2 + 1, height / 2 + 1)
+    area, _ = Geod(ellps="WGS84").polygon_area_perimeter([lon0, lon1, lon1, lon0], [lat0, lat0, lat1, lat1])
+    return abs(area)
+
+
+def to_world(geometry, transform):
+    """Pixel-space geometry -> CRS coordinates with the raster's affine transform."""
+    from shapely import affinity
+
+    t = transform
+    return affinity.affine_transform(geometry, [t.a, t.b, t.d, t.e, t.c, t.f])
+
+
+def reproject_geometry(geometry, src_crs, dst_crs):
+    from pyproj import Transformer
+    from shapely.ops import transform as shp_transform
+
+    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+    return shp_transform(transformer.transform, geometry)
+
+
+# ------------------------------------------------------------------------------------------
+# Writers
+# ------------------------------------------------------------------------------------------
+def write_geojson(path, records: Iterable[PolygonRecord], transform=None, crs=None, to_epsg4326: bool = False,
+                  class_names: Sequence[str] = (), pixel_area: Optional[float] = None) -> Path:
+    """A GeoJSON FeatureCollection of the records in the scene's CRS (or EPSG:4326).
+
+    Without a transform/CRS (non-georeferenced input) coordinates stay in pixels and the file
+    says so in its ``crs`` member (``"pixel"``). A non-WGS84 CRS is named in a ``crs`` member, as
+    GDAL/QGIS read it.
+    """
+    from shapely.geometry import mapping
+
+    features = []
+    dst_crs = crs
+    if crs is not None and to_epsg4326:
+        dst_crs = "EPSG:4326"
+    for i, rec in enumerate(records):
+        geom = rec.geometry
+        if transform is not None and crs is not None:
+            geom = to_world(geom, transform)
+            if to_epsg4326:
+                geom = reproject_geometry(geom, crs, "EPSG:4326")
+        props = {"id": i, "class": rec.class_index, "confidence": round(float(rec.confidence), 4),
+                 "area_px": round(float(rec.geometry.area), 2)}
+        if class_names and 0 <= rec.class_index < len(class_names):
+            props["class_name"] = class_names[rec.class_index]
+        if pixel_area:
+            props["area_m2"] = round(float(rec.geometry.area) * pixel_area, 2)
+        props.update(rec.properties)
+        features.append({"type": "Feature", "id": i, "properties": props, "geometry": mapping(geom)})
+    doc = {"type": "FeatureCollection", "features": features}
+    if crs is None or transform is None:
+        doc["crs"] = {"type": "name", "properties": {"name": "pixel"}}
+    elif dst_crs != "EPSG:4326":
+        doc["crs"] = {"type": "name", "properties": {"name": _crs_name(dst_crs)}}
+    path = Path(path)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _crs_name(crs) -> str:
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs)
+    epsg = crs.to_epsg()
+    return f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_wkt()
+
+
+SPACENET_HEADER = ["ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence"]
+
+
+def spacenet_image_id(path) -> str:
+    """SpaceNet ImageId of a file: its stem from ``AOI_`` on (``RGB-PanSharpen_AOI_2_Vegas_img1``
+    -> ``AOI_2_Vegas_img1``), else the stem."""
+    stem = Path(path).stem
+    index = stem.find("AOI_")
+    return stem[index:] if index >= 0 else stem
+
+
+def spacenet_rows(image_id: str, records: Sequence[PolygonRecord]) -> list:
+    """CSV rows for one image; a single ``POLYGON EMPTY`` row when it has no buildings."""
+    if not records:
+        return [[image_id, -1, "POLYGON EMPTY", 1.0]]
+    ordered = sorted(records, key=lambda r: -r.confidence)
+    return [[image_id, i, rec.geometry.wkt, round(float(rec.confidence), 6)] for i, rec in enumerate(ordered)]
+
+
+def write_spacenet_csv(path, per_image: dict, append: bool = False) -> Path:
+    """``ImageId,BuildingId,PolygonWKT_Pix,Confidence`` rows for ``{image_id: [PolygonRecord]}``."""
+    path = Path(path)
+    new = not append or not path.exists()
+    with path.open("a" if append else "w", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(SPACENET_HEADER)
+        for image_id, records in per_image.items():
+            writer.writerows(spacenet_rows(image_id, records))
+    return path
+
+
+def warn_not_georeferenced(path) -> None:
+    warnings.warn(f"{path}: not georeferenced (no CRS/transform); polygons and outputs are in pixel coordinates",
+                  stacklevel=2)
