@@ -121,8 +121,8 @@ def test_compare_architectures_pipeline_with_unet_variants(tmp_path):
     # the same budget for both: identical data/train config except the model overrides
     cfgs = [config_lib.load(out / "runs" / name / "config.yaml") for name in ("unet-narrow", "unet-wide")]
     assert set(config_lib.diff(*cfgs)) == {"model.filters", "tracking.name"}
-    # a model not available in this build is refused before anything trains
+    # a model that does not exist is refused before anything trains
     bad = tmp_path / "bad.yaml"
-    bad.write_text("- label: fcn\n  overrides: [model.name=sm]\n")
+    bad.write_text("- label: deeplab\n  overrides: [model.name=deeplab]\n")
     assert pipeline.main(["--models", str(bad), "--output", str(tmp_path / "bad"), "--set", *shared]) == 2
     assert not (tmp_path / "bad" / "runs").exists()
