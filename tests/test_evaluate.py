@@ -56,7 +56,7 @@ def test_pixels_binary_counts_errors(chips, oracle_run):
 def test_missing_mask_names_image(chips, oracle_run, tmp_path):
     images, masks, _ = chips
     (masks / "OAM-1.mask.tif").unlink()
-    with pytest.raises(evaluate.PairingError, match="OAM-1.tif"):
+    with pytest.raises(evaluate.MaskFolderError, match="OAM-1.tif"):
         evaluate.evaluate_pixels(oracle_run, sorted(images.iterdir()), sorted(masks.iterdir()))
     assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images), "--masks",
                           str(masks / "*.tif")]) == 2
@@ -148,3 +148,39 @@ def test_pixels_on_real_kampala_chips(oracle_run, capsys):
     assert result["num_images"] >= 2
     p, r = result["precision"], result["recall"]
     assert 0 <= result["iou"] <= 1 and result["f1"] == pytest.approx(2 * p * r / (p + r) if p + r else 0.0)
+
+
+@pytest.mark.parametrize("mode", ["P", "RGB"])
+def test_pixels_colour_masks_decoded_with_the_run_palette(tmp_path, mode):
+    """Colour-coded masks (palette "P" PNGs included) go through the run's palette; a colour not in
+    the palette (black) is ignored, not scored as class 0."""
+    import keras
+    from PIL import Image
+
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="softmax")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    kernel[0, 0, :, 2] = 4.0
+    conv.set_weights([kernel, np.array([0.0, -5.0, 0.0], np.float32)])
+    palette = {"land": "#8429F6", "road": "#6EC1E4", "building": "#3C1098"}
+    config = "data:\n  classes: [land, road, building]\n  palette: {" + ", ".join(
+        f"{k}: '{v}'" for k, v in palette.items()) + "}\n"
+    run = save_run(model, tmp_path / "run", config=config)
+    image, mask = building_scene(40, 50, boxes=((5, 5, 20, 20),))
+    write_tif(tmp_path / "i" / "a.tif", image)
+    labels = (mask * 2).astype(np.uint8)  # building where the model predicts building, else land
+    labels[30:, :] = 3  # black, not in the palette: ignored
+    colours = [(0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0x3C, 0x10, 0x98), (0, 0, 0)]
+    (tmp_path / "m").mkdir()
+    if mode == "P":  # palette order differs from the class order: indices are not class ids
+        order = [3, 2, 0, 1]  # palette entry k holds colours[order[k]]
+        png = Image.fromarray(np.argsort(order).astype(np.uint8)[labels], mode="P")
+        png.putpalette([c for k in order for c in colours[k]])
+    else:
+        png = Image.fromarray(np.asarray(colours, np.uint8)[labels], mode="RGB")
+    png.save(tmp_path / "m" / "a.png")
+    result = evaluate.evaluate_pixels(run, [tmp_path / "i" / "a.tif"], [tmp_path / "m" / "a.png"], tile_size=32,
+                                      overlap=8)
+    assert result["per_class"]["building"]["iou"] == 1.0
+    assert result["per_class"]["land"]["iou"] == 1.0  # the ignored black rows count for nothing

@@ -28,14 +28,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
+from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
-DEFAULT_MASK_SUFFIXES = (".mask", "_mask", "-mask", "_label", "_labels", "_gt")
-
-
-class PairingError(ValueError):
-    """Images and masks cannot be paired; the message names the files."""
 
 
 def _list_files(spec: str, what: str) -> list:
@@ -49,46 +46,17 @@ def _list_files(spec: str, what: str) -> list:
     return files
 
 
-def _mask_key(path: Path, suffixes: Sequence[str]) -> str:
-    stem = path.stem
-    for suffix in suffixes:
-        if suffix and stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
-# TODO(after merge): replace with tfseg.data.formats.mask_folder.pair_images_and_masks, which
-# implements the mask_folder format's pairing rules; this private version covers the binary case.
-def _pair_images_and_masks(images: Sequence[Path], masks: Sequence[Path], mask_suffix: Optional[str] = None) -> list:
-    """(image, mask) pairs matched by stem; a mask suffix (``.mask``, ``_mask``...) is stripped."""
-    suffixes = (mask_suffix,) if mask_suffix else DEFAULT_MASK_SUFFIXES
-    by_key: dict = {}
-    for mask in masks:
-        key = _mask_key(mask, suffixes)
-        if key in by_key:
-            raise PairingError(f"masks {by_key[key]} and {mask} both pair with image stem {key!r}")
-        by_key[key] = mask
-    pairs, missing = [], []
-    for image in images:
-        mask = by_key.pop(image.stem, None)
-        if mask is None:
-            missing.append(str(image))
-        else:
-            pairs.append((image, mask))
-    if missing:
-        raise PairingError(f"no mask found for {len(missing)} image(s), e.g. {missing[0]} "
-                           f"(looked for a mask with stem {Path(missing[0]).stem!r} + one of {list(suffixes)})")
-    if by_key:
-        warnings.warn(f"{len(by_key)} mask(s) have no image, e.g. {next(iter(by_key.values()))}", stacklevel=2)
-    return pairs
-
-
-# TODO(after merge): colour masks should go through tfseg.data.formats.colour_mask.decode_colour_mask.
 def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.ndarray:
     """Class indices (uint8, ``ignore_index`` = ignored) from a {0,1}/{0,255} binary mask, a class
-    index mask, or an RGB colour mask decoded with the model's palette."""
+    index mask, or a colour mask (RGB or palette PNG) decoded with the model's palette."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
+
+    if predictor.palette and _is_colour_image(path):
+        rgb = read_colour_mask(path)
+        labels, _ = decode_colour_mask(rgb, predictor.palette, ignore_index, classes=predictor.class_names,
+                                       source=str(path))
+        return labels
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -101,15 +69,6 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
                     colour_table = src.colormap(1)
                 except ValueError:
                     colour_table = None
-    if data.shape[0] >= 3 and predictor.palette:
-        rgb = np.moveaxis(data[:3], 0, -1).astype(np.int32)
-        out = np.full(rgb.shape[:2], ignore_index, np.uint8)
-        for index, name in enumerate(predictor.class_names):
-            colour = predictor.palette.get(name)
-            if isinstance(colour, str) and len(colour) == 7:
-                value = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-                out[np.all(rgb == value, axis=-1)] = index
-        return out
     mask = data[0]
     out = mask.astype(np.int64)
     if predictor.binary:
@@ -122,6 +81,20 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
         out[mask == nodata] = ignore_index
     out[(out >= max(2, predictor.num_classes)) & (out != ignore_index)] = ignore_index
     return out.astype(np.uint8)
+
+
+def _is_colour_image(path: Path) -> bool:
+    """RGB(A) or palette ("P" mode) images are colour masks; grey/index images are not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("RGB", "RGBA", "P", "PA")
+    except OSError:  # e.g. a multi-band GeoTIFF PIL cannot open: 3+ bands mean colour
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return src.count >= 3
 
 
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_labels: int, valid: np.ndarray) -> np.ndarray:
@@ -152,7 +125,7 @@ def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_s
     from .data.raster import open_raster
 
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
-    pairs = _pair_images_and_masks(images, masks, mask_suffix)
+    pairs = pair_images_and_masks(images, masks, mask_suffix)
     num_labels = max(2, predictor.num_classes)
     matrix = np.zeros((num_labels, num_labels), np.int64)
     tile = tile_size or predictor.tile_size

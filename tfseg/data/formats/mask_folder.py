@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
+COMMON_MASK_SUFFIXES = ("", ".mask", "_mask", "-mask", "_label", "_labels", "_gt")
+
+
 class MaskFolderError(ValueError):
     """Images and masks cannot be paired; the message names the file or folder."""
 
@@ -49,9 +52,25 @@ def _files(where: Union[str, Path, Iterable]) -> list[Path]:
     return sorted(Path(p) for p in where)
 
 
-def pair_images_and_masks(images, masks, mask_suffix: str = "", strict: bool = True) -> list[tuple[Path, Path]]:
-    """Pairs ``(image, mask)`` matched by stem (see the module docstring)."""
+def detect_mask_suffix(image_files, mask_files) -> str:
+    """The suffix of :data:`COMMON_MASK_SUFFIXES` under which the most mask stems match images."""
+    image_stems = {Path(p).stem for p in image_files}
+
+    def matches(suffix):
+        stems = [Path(m).stem for m in mask_files]
+        return sum(1 for s in stems if s.endswith(suffix) and s[: len(s) - len(suffix)] in image_stems)
+
+    return max(COMMON_MASK_SUFFIXES, key=matches)
+
+
+def pair_images_and_masks(images, masks, mask_suffix="", strict: bool = True) -> list[tuple[Path, Path]]:
+    """Pairs ``(image, mask)`` matched by stem (see the module docstring).
+
+    ``mask_suffix=None`` detects the suffix (``X.tif`` <-> ``X.mask.tif``, ``X_mask.png``, ...).
+    """
     image_files, mask_files = _files(images), _files(masks)
+    if mask_suffix is None:
+        mask_suffix = detect_mask_suffix(image_files, mask_files)
     by_stem: dict[str, Path] = {}
     for mask in mask_files:
         stem = mask.stem
