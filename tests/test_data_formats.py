@@ -20,7 +20,7 @@ from tfseg.data.raster import Normalization, RasterError
 
 from .data.fixtures import UTM, write_geotiff
 from .data.formats import (
-    DUBAI_PALETTE, colour_mask_array, make_colour_mask, make_dstl, make_mask_folder, make_spacenet,
+    DUBAI_PALETTE, colour_mask_array, make_colour_mask, make_dstl, make_mask_folder, make_scenes, make_spacenet,
 )
 
 def identity(bands):
@@ -230,3 +230,38 @@ def test_unknown_format_names_the_key():
     cfg.format = "coco"
     with pytest.raises(DataFormatError, match="data.format"):
         load_scenes(cfg)
+
+
+def test_binary_mask_with_01_and_255_ignores_255_and_bad_values_name_the_file(tmp_path):
+    """255 in a {0,1} mask means 'ignore' (in training and in tfseg.evaluate alike); in a {0,255}
+    mask it means 'object' (test above); any other value is an error naming the mask."""
+    masks = make_mask_folder(tmp_path, num_pairs=2)
+    stem = sorted(masks)[0]
+    path = tmp_path / "masks" / f"{stem}.mask.tif"
+    with rasterio.open(path) as src:
+        mask = src.read(1)
+    mask[:3, :] = 255
+    write_geotiff(path, mask)
+    scenes = all_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+    label = full_label(scenes[stem])
+    assert (label[:3] == 255).all()
+    np.testing.assert_array_equal(label[3:], masks[stem][3:])
+    mask[0, 0] = 7
+    write_geotiff(path, mask)
+    with pytest.raises(LabelError, match=stem):
+        all_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"}))
+
+
+def test_scenes_labels_overlapping_no_scene_are_an_error(tmp_path):
+    """A vector file whose polygons touch none of the scenes (wrong CRS/file) is an error naming it,
+    not silently empty masks."""
+    import json
+
+    make_scenes(tmp_path)
+    doc = json.loads((tmp_path / "labels.geojson").read_text())
+    for feature in doc["features"]:  # the same boxes, 20 degrees east: nowhere near the rasters
+        ring = feature["geometry"]["coordinates"][0]
+        feature["geometry"]["coordinates"][0] = [[x + 20.0, y] for x, y in ring]
+    (tmp_path / "labels.geojson").write_text(json.dumps(doc))
+    with pytest.raises(LabelError, match="labels.geojson.*overlap none"):
+        load_scenes(data_cfg(format="scenes", root=str(tmp_path)))

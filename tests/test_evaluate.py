@@ -184,3 +184,15 @@ def test_pixels_colour_masks_decoded_with_the_run_palette(tmp_path, mode):
                                       overlap=8)
     assert result["per_class"]["building"]["iou"] == 1.0
     assert result["per_class"]["land"]["iou"] == 1.0  # the ignored black rows count for nothing
+
+
+def test_binary_mask_nodata_tag_zero_does_not_hide_background(chips, oracle_run):
+    """GDAL often tags {0,1} masks with nodata=0: 0 is still background, so false positives count."""
+    images, masks, truth = chips
+    for i, mask in enumerate(truth):  # background predicted as building must lower precision
+        wrong = mask.copy()
+        wrong[mask == 1] = 0
+        wrong[0, 0] = 1
+        write_tif(masks / f"OAM-{i}.mask.tif", wrong, nodata=0)
+    result = evaluate.evaluate_pixels(oracle_run, sorted(images.iterdir()), sorted(masks.iterdir()))
+    assert result["precision"] < 0.1

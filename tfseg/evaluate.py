@@ -30,6 +30,7 @@ import numpy as np
 
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks
+from .data.labels import binary_mask_lookup
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
@@ -63,23 +64,14 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
         with rasterio.open(path) as src:
             data = src.read()
             nodata = src.nodata
-            colour_table = None
-            if src.count == 1:
-                try:
-                    colour_table = src.colormap(1)
-                except ValueError:
-                    colour_table = None
     mask = data[0]
-    out = mask.astype(np.int64)
     if predictor.binary:
-        values = set(np.unique(mask).tolist()) - {ignore_index if nodata is None else nodata}
-        if values <= {0, 255}:
-            out = (mask == 255).astype(np.int64)
-        elif not values <= {0, 1}:
-            raise ValueError(f"{path}: a binary mask must hold {{0,1}} or {{0,255}}, found values {sorted(values)[:10]}")
-    if nodata is not None:
-        out[mask == nodata] = ignore_index
-    out[(out >= max(2, predictor.num_classes)) & (out != ignore_index)] = ignore_index
+        lookup = binary_mask_lookup(np.unique(mask), ignore_index, str(path), nodata)
+        return lookup[mask.astype(np.uint8)]
+    out = mask.astype(np.int64)
+    out[(out >= predictor.num_classes) & (out != ignore_index)] = ignore_index
+    if nodata is not None and not np.isnan(nodata) and not 0 <= nodata < predictor.num_classes:
+        out[mask == nodata] = ignore_index  # a nodata tag that is not a class value
     return out.astype(np.uint8)
 
 

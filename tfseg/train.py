@@ -463,7 +463,11 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
                                                          cfg.data.classes))
     if cfg.train.strategy == "multi_worker":
         val_ds = _shard_off(val_ds)
-    scores = best.evaluate(val_ds, verbose=0, return_dict=True)
+    # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
+    # for nodata; nodata pixels carry the ignore label and count for nothing)
+    final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
+    final_ds = build_dataset(val_scenes, norm, final_data, training=False, batch_size=global_batch)
+    scores = best.evaluate(final_ds, verbose=0, return_dict=True)
     val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
     history_rows = _read_history(run_path / "history.csv")
     final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}

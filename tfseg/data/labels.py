@@ -269,9 +269,55 @@ class MaskLabels:
 
 
 def binary_lookup(ignore_index: int = 255) -> np.ndarray:
-    """Raw mask value -> label for binary masks stored as {0,1} or {0,255}; others -> ignore."""
+    """Raw mask value -> label for binary masks stored as {0,1} or {0,255}; others -> ignore.
+
+    Use :func:`binary_mask_lookup` when the file's values are known: it resolves what 255 means.
+    """
     lookup = np.full(256, ignore_index, np.uint8)
     lookup[0], lookup[1], lookup[255] = 0, 1, 1
+    return lookup
+
+
+def mask_values(path, band: int = 1) -> set:
+    """The distinct values of an 8-bit mask band (read in blocks: bounded memory)."""
+    import warnings
+
+    import rasterio
+
+    counts = np.zeros(65536, np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            for _, window in src.block_windows(band):
+                data = src.read(band, window=window)
+                counts += np.bincount(data.ravel().astype(np.int64), minlength=65536)[:65536]
+    return set(np.flatnonzero(counts).tolist())
+
+
+def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata=None) -> np.ndarray:
+    """Raw value -> label for a binary mask holding ``values``: the one rule shared by training
+    and ``tfseg.evaluate``.
+
+    {0,255}: 255 is the object. {0,1}: 1 is the object, and 255 (if present) means ignore.
+    A ``nodata`` value that is not 0/1 (or 255 in a {0,255} mask) is ignored. Anything else is an
+    error naming ``source``.
+    """
+    values = {int(v) for v in values}
+    if nodata is not None and not np.isnan(nodata):
+        values.discard(int(nodata))
+    lookup = np.full(256, ignore_index, np.uint8)
+    lookup[0] = 0
+    if values <= {0, 255} and 255 in values:
+        lookup[255] = 1
+    elif values <= {0, 1, 255}:
+        lookup[1] = 1
+    else:
+        raise LabelError(
+            f"{source or 'mask'}: a binary mask must hold {{0,1}} (255 = ignore) or {{0,255}}, "
+            f"found values {sorted(values)[:10]}"
+        )
+    if nodata is not None and not np.isnan(nodata) and 0 <= nodata < 256 and lookup[int(nodata)] == ignore_index:
+        lookup[int(nodata)] = ignore_index
     return lookup
 
 

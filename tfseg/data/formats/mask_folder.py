@@ -141,13 +141,14 @@ def mask_lookup(data_cfg) -> np.ndarray:
 def load_mask_folder(data_cfg):
     """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
     from ...config import resolve_task
-    from ..labels import MaskLabels, check_same_grid
+    from ..labels import MaskLabels, binary_mask_lookup, check_same_grid, mask_values
     from ..raster import open_raster
     from ..sources import Scene
     from . import check_band_count, split_scenes
 
     root = Path(data_cfg.root)
-    multilabel = resolve_task(data_cfg) == "multilabel"
+    task = resolve_task(data_cfg)
+    multilabel = task == "multilabel"
     lookup = None if multilabel else mask_lookup(data_cfg)
 
     def scenes_of(pairs):
@@ -163,7 +164,11 @@ def load_mask_folder(data_cfg):
                     f"mask {mask_path} has {mask_info.count} band(s); multilabel with "
                     f"{channels} classes needs one band per class"
                 )
-            scenes.append(Scene(info, MaskLabels(mask_info, lookup, channels), name=image_path.stem))
+            file_lookup = lookup
+            if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
+                file_lookup = binary_mask_lookup(mask_values(mask_path), data_cfg.ignore_index, str(mask_path),
+                                                 mask_info.nodata)
+            scenes.append(Scene(info, MaskLabels(mask_info, file_lookup, channels), name=image_path.stem))
         return scenes
 
     if (root / "train").is_dir() and (root / "val").is_dir():

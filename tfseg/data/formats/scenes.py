@@ -45,7 +45,32 @@ def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> 
             class_values=class_values(data_cfg), require_overlap=False,
         )
         scenes.append(Scene(info, labels, name=path.stem))
+    _check_labels_overlap(scenes, vector_file)
     return scenes
+
+
+def _check_labels_overlap(scenes: list, vector_file: Path) -> None:
+    """One vector file serves many scenes, so a scene without polygons is normal; a file whose
+    polygons touch none of the scenes is a wrong CRS or a wrong file, not 'no objects'."""
+    import shapely
+    from rasterio.windows import Window, bounds
+    from shapely.geometry import box
+
+    from ..labels import LabelError
+
+    with_polygons = [s for s in scenes if s.labels.geometries]
+    if not with_polygons:
+        return  # an empty label file is valid: no objects
+    for scene in with_polygons:
+        extent = box(*bounds(Window(0, 0, scene.info.width, scene.info.height), scene.info.affine))
+        if scene.labels.tree.query(extent).size:
+            return
+    first = with_polygons[0]
+    label_bounds = tuple(round(v, 3) for v in shapely.total_bounds(first.labels.geometries))
+    raise LabelError(
+        f"labels {vector_file} (bounds {label_bounds} in {first.info.crs}) overlap none of the "
+        f"{len(scenes)} scene(s) in {Path(first.info.path).parent}: wrong CRS or wrong file?"
+    )
 
 
 def load_scenes_format(data_cfg) -> tuple[list[Scene], list[Scene]]:
