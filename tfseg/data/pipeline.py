@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 from rasterio.windows import Window
 
-from .augment import augment_pair, dihedral_into, dihedral_planes, draw_dihedral, photometric_flat
+from .augment import augment_pair, dihedral_into, draw_dihedral, photometric_flat
 from .labels import MaskLabels, RasterizedLabels
-from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_view
+from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_interleaved, read_window_view
 from .sources import Scene
 from .tiling import grid_windows, random_window
 
@@ -146,16 +146,23 @@ def _tile_views(scene, window, ignore_index: int):
         inside = _inside_pixels(window, scene.size)
         ignored = scene.ignored_count(window) / inside if inside else 1.0
         return _slice(scene.image, window, 0), _padded_mask(scene, window, ignore_index), ignored
-    image, valid = read_window_view(scene.info, window)
-    bands = np.moveaxis(image, -1, 0)  # the contiguous band-sequential read when inside
-    label = scene.labels.rasterize(window, scene.info)
-    label = label[..., None] if label.ndim == 2 else label
-    label = np.where(valid[..., None], label, np.uint8(ignore_index))
-    ignored = ignored_fraction(label[..., 0], window, scene.size, ignore_index)
-    mask = np.empty((*valid.shape, label.shape[-1] + 1), np.uint8)
-    mask[..., :-1] = label
+    image, valid = read_window_interleaved(scene.info, window)
+    labels = scene.labels
+    channels = num_label_channels(scene)
+    mask = np.empty((*valid.shape, channels + 1), np.uint8)
+    view = labels.window_view(window) if isinstance(labels, RasterizedLabels) else None
+    if view is None:
+        label = labels.rasterize(window, scene.info)
+        view = label[..., None] if label.ndim == 2 else label
+    all_valid = bool(valid.all())
+    if all_valid:  # the common case: labels as they are, counted on their own view
+        mask[..., :-1] = view
+        ignored = ignored_fraction(view[..., 0], window, scene.size, ignore_index)
+    else:
+        mask[..., :-1] = np.where(valid[..., None], view, np.uint8(ignore_index))
+        ignored = ignored_fraction(mask[..., 0], window, scene.size, ignore_index)
     mask[..., -1] = valid
-    return bands, mask, ignored
+    return image, mask, ignored
 
 
 def _inside_pixels(window, size) -> int:
@@ -168,8 +175,7 @@ def _inside_pixels(window, size) -> int:
 def _tile_planes(scene, window, ignore_index: int):
     """Band-sequential planes of one window: image (C, S, S), label (K, S, S), valid (S, S)."""
     image, mask, _ = _tile_views(scene, window, ignore_index)
-    bands = np.moveaxis(image, -1, 0) if isinstance(scene, CachedScene) else image
-    return bands, np.moveaxis(mask[..., :-1], -1, 0), mask[..., -1]
+    return np.moveaxis(image, -1, 0), np.moveaxis(mask[..., :-1], -1, 0), mask[..., -1]
 
 
 def ignored_fraction(label0: np.ndarray, window, size, ignore_index: int) -> float:
@@ -189,10 +195,7 @@ def _read_raw_tile_into(scene, window, ignore_index: int, image_out, mask_out, d
     ``mask_out`` (S, S, K + 1) uint8 (labels, then valid), rotated/flipped by ``dihedral`` while
     copied: one copy per tile, straight into the batch buffer. Returns the ignored fraction."""
     image, mask, ignored = _tile_views(scene, window, ignore_index)
-    if isinstance(scene, CachedScene):
-        dihedral_into(image, *dihedral, image_out)
-    else:
-        dihedral_planes(image, *dihedral, out=image_out)
+    dihedral_into(image, *dihedral, image_out)
     dihedral_into(mask, *dihedral, mask_out)
     return ignored
 
