@@ -4,14 +4,18 @@ On generated 8192x8192 tiled GeoTIFF scenes (3-band uint8 and 8-band uint16, wit
 polygons as vector labels; generated once in blocks and cached under the temp dir), measures
 tiles/s of
 
-- ``pipeline``: ``build_dataset(training=True)``: random 256x256 windows read from disk, vector
-  labels rasterized, nodata handling, normalization, flips + rot90, batching;
-Files are paged into the OS cache first, so neither method pays for the first disk read.
-
+- ``pipeline``: ``build_dataset(training=True)`` with the default data config (nodata check,
+  flips + rot90): random 256x256 windows read from disk, vector labels (rasterized once per
+  scene), valid mask, normalization, batching;
 - ``raw_read``: a bare loop reading random 256x256 windows with rasterio (one handle per
   thread) in a thread pool of the same parallelism;
 - ``cached``: the same pipeline with ``data.cache: true`` (scenes decoded into memory once;
   the decode time is reported, not counted).
+
+Files are paged into the OS cache first, so neither method pays for the first disk read. The
+tf.data side runs in a private pool of ``--workers`` threads (one intra-op thread each), the
+baseline in ``--workers`` threads; the methods take turns in ``--rounds`` rounds so that load
+drifting on a shared machine hits all three alike.
 
 ``ratio`` = pipeline / raw_read, ``cached_ratio`` = cached / raw_read; the JSON figures are over
 both scenes (total tiles / total seconds for each method). Last line with ``--json``:
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "tfseg_bench_pipeline"))
     args = parser.parse_args(argv)
 
-    from .._tf import tensorflow as tf  # noqa: F401  (quiet TF start-up)
+    from .._tf import tensorflow as tf  # quiet TF start-up
     from ..config import DataConfig
     from ..data.labels import VectorLabels
     from ..data.raster import compute_normalization, open_raster
@@ -185,8 +189,14 @@ def main(argv=None) -> int:
         cached_scene = cache_scene(scene, base.ignore_index)
         decode_s = time.perf_counter() - t0
         reader = RawReader(str(paths[name]), args.size, args.window, args.workers)
-        streamed_ds = build_dataset([scene], norm, base, training=True)
-        cached_ds = build_dataset([cached_scene], norm, dataclasses.replace(base, cache=True), training=True)
+        # same parallelism, strictly: every tf.data stage (window reads, normalization) shares a
+        # private pool of --workers threads, one intra-op thread each, like the baseline's pool
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = args.workers
+        options.threading.max_intra_op_parallelism = 1
+        streamed_ds = build_dataset([scene], norm, base, training=True).with_options(options)
+        cached_ds = build_dataset([cached_scene], norm, dataclasses.replace(base, cache=True),
+                                  training=True).with_options(options)
         # the methods take turns in rounds, so the load of a shared machine drifting during the
         # run hits all three alike; each round counts tiles / rounds tiles of each method
         seconds = {"raw": 0.0, "pipeline": 0.0, "cached": 0.0}

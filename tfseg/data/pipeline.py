@@ -172,12 +172,6 @@ def _inside_pixels(window, size) -> int:
     return max(c1 - c0, 0) * max(r1 - r0, 0)
 
 
-def _tile_planes(scene, window, ignore_index: int):
-    """Band-sequential planes of one window: image (C, S, S), label (K, S, S), valid (S, S)."""
-    image, mask, _ = _tile_views(scene, window, ignore_index)
-    return np.moveaxis(image, -1, 0), np.moveaxis(mask[..., :-1], -1, 0), mask[..., -1]
-
-
 def ignored_fraction(label0: np.ndarray, window, size, ignore_index: int) -> float:
     """Share of ignored pixels of label plane ``label0`` (S, S) inside the scene's extent
     (padding beyond a small scene is not counted)."""
