@@ -255,3 +255,66 @@ def test_images_smaller_than_the_window_are_padded_not_skipped(tmp_path):
     assert (y[0, 48:] == 255).all()
     x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
     assert x.shape == (2, 96, 96, 3) and ((y.numpy() != 255).sum(axis=(1, 2, 3)) == 48 * 48).all()
+
+
+# -------------------------------------------------------------------- fast paths == reference
+def test_interleaved_read_matches_the_general_read(tmp_path):
+    """GDAL's read straight into an interleaved buffer == the band-sequential read, nodata too."""
+    from tfseg.data.raster import read_window_interleaved, read_window_raw
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 500, (5, 80, 70)).astype(np.uint16)
+    data[:, 10:20, 5:30] = 9  # nodata in every band: invalid
+    data[2, 40:50, 40:50] = 9  # nodata in one band only: still valid
+    for interleave in ("pixel", "band"):
+        info = open_raster(write_geotiff(tmp_path / f"{interleave}.tif", data, nodata=9, interleave=interleave,
+                                         tiled=True, blockxsize=16, blockysize=16), bands=[4, 1, 2])
+        for window in (Window(0, 0, 32, 32), Window(30, 41, 32, 32), Window(60, 70, 32, 32)):
+            image, valid = read_window_interleaved(info, window)
+            ref, ref_valid = read_window_raw(info, window)
+            assert image.flags.c_contiguous and image.shape == (32, 32, 3)
+            np.testing.assert_array_equal(image, ref)
+            np.testing.assert_array_equal(valid, ref_valid)
+        assert not read_window_interleaved(info, Window(0, 0, 32, 32))[1][12, 10]
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 8), (np.uint8, 11), (np.float32, 20), (np.int64, 2)])
+def test_dihedral_into_matches_numpy_rot90_and_flips(dtype, channels):
+    from tfseg.data.augment import dihedral_into
+
+    rng = np.random.default_rng(0)
+    scene = rng.integers(0, 200, (50, 60, channels)).astype(dtype)
+    tile = scene[5:37, 7:39]  # a strided view, as cropped from a cached scene
+    for k in range(4):
+        for flip_cols in (False, True):
+            for flip_rows in (False, True):
+                expected = np.rot90(tile, k, axes=(0, 1))
+                expected = expected[:, ::-1] if flip_cols else expected
+                expected = expected[::-1] if flip_rows else expected
+                for out_dtype in (dtype, np.float32):
+                    out = np.empty((32, 32, channels), out_dtype)
+                    assert dihedral_into(tile, k, flip_cols, flip_rows, out) is out
+                    np.testing.assert_array_equal(out, expected)
+
+
+def test_cached_scene_ignored_count_equals_counting(tmp_path):
+    """The summed-area table gives the same ignored-pixel counts as counting the label window."""
+    from tfseg.data.labels import RasterizedLabels
+    from tfseg.data.pipeline import cache_scene
+    from tfseg.data.sources import Scene
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 50, (2, 70, 90)).astype(np.uint8)
+    data[:, 20:45, 30:80] = 0  # nodata
+    info = open_raster(write_geotiff(tmp_path / "a.tif", data, nodata=0))
+    labels = RasterizedLabels(rng.integers(0, 2, (70, 90, 1)).astype(np.uint8))
+    labels.array[60:, :5] = 255  # ignore in the source labels too
+    cached = cache_scene(Scene(info, labels), 255)
+    counts = []
+    for window in (Window(0, 0, 32, 32), Window(25, 15, 32, 32), Window(70, 50, 32, 32), Window(-5, 60, 32, 32)):
+        label = cached.label[0]
+        c0, r0 = max(int(window.col_off), 0), max(int(window.row_off), 0)
+        part = label[r0 : int(window.row_off) + 32, c0 : int(window.col_off) + 32]
+        counts.append(int((part == 255).sum()))
+        assert cached.ignored_count(window) == counts[-1]
+    assert counts[1] > 0 and counts[3] > 0 and counts[2] == 0  # nodata; source ignore; neither

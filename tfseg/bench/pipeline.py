@@ -4,14 +4,18 @@ On generated 8192x8192 tiled GeoTIFF scenes (3-band uint8 and 8-band uint16, wit
 polygons as vector labels; generated once in blocks and cached under the temp dir), measures
 tiles/s of
 
-- ``pipeline``: ``build_dataset(training=True)``: random 256x256 windows read from disk, vector
-  labels rasterized, nodata handling, normalization, flips + rot90, batching;
-Files are paged into the OS cache first, so neither method pays for the first disk read.
-
+- ``pipeline``: ``build_dataset(training=True)`` with the default data config (nodata check,
+  flips + rot90): random 256x256 windows read from disk, vector labels (rasterized once per
+  scene), valid mask, normalization, batching;
 - ``raw_read``: a bare loop reading random 256x256 windows with rasterio (one handle per
   thread) in a thread pool of the same parallelism;
 - ``cached``: the same pipeline with ``data.cache: true`` (scenes decoded into memory once;
   the decode time is reported, not counted).
+
+Files are paged into the OS cache first, so neither method pays for the first disk read. The
+tf.data side runs in a private pool of ``--workers`` threads (one intra-op thread each), the
+baseline in ``--workers`` threads; the methods take turns in ``--rounds`` rounds so that load
+drifting on a shared machine hits all three alike.
 
 ``ratio`` = pipeline / raw_read, ``cached_ratio`` = cached / raw_read; the JSON figures are over
 both scenes (total tiles / total seconds for each method). Last line with ``--json``:
@@ -86,39 +90,64 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
+class RawReader:
+    """Bare random-window rasterio reads in a pool of ``workers`` threads (one handle each)."""
+
+    def __init__(self, path: str, size: int, window: int, workers: int, seed: int = 0):
+        self.path, self.size, self.window, self.workers = path, size, window, workers
+        self.rng = np.random.default_rng(seed)
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(workers)
+
+    def _read(self, offset):
+        import rasterio
+        from rasterio.windows import Window
+
+        src = getattr(self.local, "src", None)
+        if src is None:
+            src = self.local.src = rasterio.open(self.path)
+        return src.read(window=Window(int(offset[0]), int(offset[1]), self.window, self.window)).shape
+
+    def seconds(self, tiles: int) -> float:
+        """Seconds for ``tiles`` reads (after a warm-up read per worker, not counted)."""
+        offsets = self.rng.integers(0, self.size - self.window + 1, (tiles + self.workers * 2, 2))
+        list(self.pool.map(self._read, offsets[: self.workers * 2]))
+        start = time.perf_counter()
+        list(self.pool.map(self._read, offsets[self.workers * 2 :]))
+        return time.perf_counter() - start
+
+    def close(self):
+        self.pool.shutdown()
+
+
 def raw_read_rate(path: str, size: int, window: int, tiles: int, workers: int, seed: int = 0) -> float:
     """Tiles/s of bare random-window rasterio reads in a pool of ``workers`` threads."""
-    import rasterio
-    from rasterio.windows import Window
+    reader = RawReader(path, size, window, workers, seed)
+    try:
+        return tiles / reader.seconds(tiles)
+    finally:
+        reader.close()
 
-    local = threading.local()
-    rng = np.random.default_rng(seed)
-    offsets = rng.integers(0, size - window + 1, (tiles, 2))
 
-    def read(offset):
-        src = getattr(local, "src", None)
-        if src is None:
-            src = local.src = rasterio.open(path)
-        return src.read(window=Window(int(offset[0]), int(offset[1]), window, window)).shape
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(read, offsets[: workers * 2]))  # open handles (warm-up)
-        start = time.perf_counter()
-        list(pool.map(read, offsets))
-    return tiles / (time.perf_counter() - start)
+def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
+    """Seconds for ``tiles`` tiles (whole batches) of a fresh iterator after one warm-up batch;
+    the iterator is dropped afterwards, so it does no work while the other methods run."""
+    it = iter(dataset)
+    next(it)  # build + warm-up
+    batches = max(1, tiles // batch_size)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    del it
+    return elapsed * tiles / (batches * batch_size)
 
 
 def pipeline_rate(scenes, norm, data_cfg, tiles: int) -> float:
     from ..data.pipeline import build_dataset
 
     ds = build_dataset(scenes, norm, data_cfg, training=True)
-    it = iter(ds)
-    next(it)  # build + warm-up
-    batches = max(1, tiles // data_cfg.batch_size)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * data_cfg.batch_size / (time.perf_counter() - start)
+    return tiles / pipeline_seconds(ds, data_cfg.batch_size, tiles)
 
 
 def main(argv=None) -> int:
@@ -128,11 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--tiles", type=int, default=768, help="tiles measured per method and scene")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="turns the methods take (load drift)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallelism of both")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "tfseg_bench_pipeline"))
     args = parser.parse_args(argv)
 
-    from .._tf import tensorflow as tf  # noqa: F401  (quiet TF start-up)
+    from .._tf import tensorflow as tf  # quiet TF start-up
     from ..config import DataConfig
     from ..data.labels import VectorLabels
     from ..data.raster import compute_normalization, open_raster
@@ -145,26 +175,44 @@ def main(argv=None) -> int:
              for name, bands, dtype in SCENES}
     print(f"scenes ready in {time.perf_counter() - start:.1f} s under {cache}")
 
-    base = DataConfig(window_size=args.window, batch_size=args.batch_size, num_parallel_calls=args.workers,
-                      max_nodata_fraction=1.0)
+    # the default data config (nodata check at 0.5, flips + rot90), windows/batch/parallelism set
+    base = DataConfig(window_size=args.window, batch_size=args.batch_size, num_parallel_calls=args.workers)
     rows, totals = [], {"pipeline": 0.0, "raw": 0.0, "cached": 0.0}
     for name, bands, dtype in SCENES:
         info = open_raster(paths[name])
         scene = Scene(info, VectorLabels.from_file(labels_path, info), name=name)
         norm = compute_normalization([info])
         warm_page_cache(paths[name])
-        raw = raw_read_rate(str(paths[name]), args.size, args.window, args.tiles, args.workers)
-        streamed = pipeline_rate([scene], norm, base, args.tiles)
-        t0 = time.perf_counter()
-        from ..data.pipeline import cache_scene
+        from ..data.pipeline import build_dataset, cache_scene
 
+        t0 = time.perf_counter()
         cached_scene = cache_scene(scene, base.ignore_index)
         decode_s = time.perf_counter() - t0
-        cached = pipeline_rate([cached_scene], norm, dataclasses.replace(base, cache=True), args.tiles)
-        del cached_scene
+        reader = RawReader(str(paths[name]), args.size, args.window, args.workers)
+        # same parallelism, strictly: every tf.data stage (window reads, normalization) shares a
+        # private pool of --workers threads, one intra-op thread each, like the baseline's pool
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = args.workers
+        options.threading.max_intra_op_parallelism = 1
+        streamed_ds = build_dataset([scene], norm, base, training=True).with_options(options)
+        cached_ds = build_dataset([cached_scene], norm, dataclasses.replace(base, cache=True),
+                                  training=True).with_options(options)
+        # the methods take turns in rounds, so the load of a shared machine drifting during the
+        # run hits all three alike; each round counts tiles / rounds tiles of each method
+        seconds = {"raw": 0.0, "pipeline": 0.0, "cached": 0.0}
+        rounds = max(1, min(args.rounds, args.tiles // args.batch_size))
+        per_round = args.tiles // rounds
+        for _ in range(rounds):
+            seconds["raw"] += reader.seconds(per_round)
+            seconds["pipeline"] += pipeline_seconds(streamed_ds, args.batch_size, per_round)
+            seconds["cached"] += pipeline_seconds(cached_ds, args.batch_size, per_round)
+        reader.close()
+        del cached_ds, cached_scene
+        counted = per_round * rounds
+        raw, streamed, cached = (counted / seconds[k] for k in ("raw", "pipeline", "cached"))
         rows.append((name, raw, streamed, cached, decode_s))
-        for key, rate in (("raw", raw), ("pipeline", streamed), ("cached", cached)):
-            totals[key] += args.tiles / rate  # seconds per method
+        for key in totals:
+            totals[key] += args.tiles / (counted / seconds[key])  # seconds per method
 
     print(f"{'scene':<12} {'raw tiles/s':>12} {'pipeline':>10} {'cached':>10} {'ratio':>7} {'cached_ratio':>13} {'decode s':>9}")
     for name, raw, streamed, cached, decode_s in rows:

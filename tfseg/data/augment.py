@@ -85,8 +85,60 @@ def _cv2():
 CV2_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64)}
 
 
-def dihedral_planes(planes, k: int, flip_cols: bool, flip_rows: bool) -> np.ndarray:
-    """Rotate/flip 2-D planes (a C x H x W array or list) and interleave them into H x W x C.
+# element sizes (bytes per pixel) cv::transpose handles, i.e. those cv2.rotate by 90 degrees can
+TRANSPOSE_ELEMENT_SIZES = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}
+
+
+def _cv2_codes(cv2, k: int, flip_cols: bool, flip_rows: bool):
+    rotate = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+    flip = -1 if flip_cols and flip_rows else 1 if flip_cols else 0 if flip_rows else None
+    return rotate.get(k), flip
+
+
+def _store(result: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` holding ``result`` (OpenCV gives back ``out`` itself when it wrote in place)."""
+    if result is not out:
+        np.copyto(out, result.reshape(out.shape), casting="unsafe")
+    return out
+
+
+def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, out: np.ndarray) -> np.ndarray:
+    """Rotate (k * 90 degrees) then flip an interleaved H x W x C ``image`` (a view is fine)
+    into ``out``: the tile's one copy, written where the batch wants it.
+
+    OpenCV's SIMD rotate/flip on whole pixels (C channels at once) when the dtype and pixel
+    size allow, numpy otherwise. Same result as ``np.rot90(k)`` then column / row flips.
+    """
+    channels = image.shape[-1]
+    pixel = image.dtype.itemsize * channels
+    cv_ok = (
+        image.dtype in CV2_DTYPES and channels <= 512 and image.dtype == out.dtype
+        and image.strides[-1] == image.dtype.itemsize and image.strides[-2] == pixel
+        and (k % 2 == 0 or pixel in TRANSPOSE_ELEMENT_SIZES)
+    )
+    if cv_ok:
+        cv2 = _cv2()
+        rotate, flip = _cv2_codes(cv2, k, flip_cols, flip_rows)
+        if rotate is None and flip is None:
+            np.copyto(out, image)
+            return out
+        if rotate is None:
+            return _store(cv2.flip(image, flip, dst=out), out)
+        if flip is None:
+            return _store(cv2.rotate(image, rotate, dst=out), out)
+        return _store(cv2.flip(cv2.rotate(image, rotate), flip, dst=out), out)
+    view = np.rot90(image, k, axes=(0, 1)) if k else image
+    if flip_cols:
+        view = view[:, ::-1]
+    if flip_rows:
+        view = view[::-1]
+    np.copyto(out, view, casting="unsafe")
+    return out
+
+
+def dihedral_planes(planes, k: int, flip_cols: bool, flip_rows: bool, out: np.ndarray = None) -> np.ndarray:
+    """Rotate/flip 2-D planes (a C x H x W array or list) and interleave them into H x W x C
+    (into ``out`` when given).
 
     OpenCV (SIMD ``rotate``/``flip``/``merge``) for its dtypes: ~10x faster than numpy's
     strided copies of a band-sequential tile; numpy otherwise. Same result as
@@ -96,19 +148,21 @@ def dihedral_planes(planes, k: int, flip_cols: bool, flip_rows: bool) -> np.ndar
     dtype = planes[0].dtype
     if dtype in CV2_DTYPES and len(planes) <= 512:
         cv2 = _cv2()
-        rotate = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
-        flip = -1 if flip_cols and flip_rows else 1 if flip_cols else 0 if flip_rows else None
-        out = []
+        rotate, flip = _cv2_codes(cv2, k, flip_cols, flip_rows)
+        rotated = []
         for plane in planes:
             if plane.strides[-1] != plane.itemsize:
                 plane = np.ascontiguousarray(plane)
-            if k:
-                plane = cv2.rotate(plane, rotate[k])
+            if rotate is not None:
+                plane = cv2.rotate(plane, rotate)
             if flip is not None:
                 plane = cv2.flip(plane, flip)
-            out.append(plane)
-        merged = cv2.merge(out)
-        return merged[..., None] if merged.ndim == 2 else merged
+            rotated.append(plane)
+        if out is not None and out.dtype == dtype and len(planes) > 1:
+            return _store(cv2.merge(rotated, dst=out), out)
+        merged = cv2.merge(rotated)
+        merged = merged[..., None] if merged.ndim == 2 else merged
+        return merged if out is None else _store(merged, out)
     image = np.stack(planes, axis=-1)
     if k:
         image = np.rot90(image, k, axes=(0, 1))
@@ -116,6 +170,9 @@ def dihedral_planes(planes, k: int, flip_cols: bool, flip_rows: bool) -> np.ndar
         image = image[:, ::-1]
     if flip_rows:
         image = image[::-1]
+    if out is not None:
+        np.copyto(out, image, casting="unsafe")
+        return out
     return np.ascontiguousarray(image)
 
 
@@ -157,3 +214,16 @@ def photometric_batch(indices, image, label, aug, seed: int):
     gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, bands], seeds[1], -aug.contrast, aug.contrast)
     valid = tf.cast(label[..., -1:], image.dtype)
     return (image * gain + shift) * valid + image * (1.0 - valid)
+
+
+def photometric_flat(indices, flat, aug, seed: int):
+    """:func:`photometric_batch` on a flat (B, N, C) normalized batch, before the valid mask
+    is applied (the caller zeroes invalid pixels afterwards): the same draws, the same values."""
+    if not (aug.brightness or aug.contrast):
+        return flat
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(indices[0], tf.int64)])
+    seeds = tf.random.experimental.stateless_split(base, 2)
+    batch, bands = tf.shape(flat)[0], tf.shape(flat)[-1]
+    shift = tf.random.stateless_uniform([batch, 1, 1, bands], seeds[0], -aug.brightness, aug.brightness)
+    gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, bands], seeds[1], -aug.contrast, aug.contrast)
+    return flat * tf.reshape(gain, [batch, 1, bands]) + tf.reshape(shift, [batch, 1, bands])

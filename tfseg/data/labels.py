@@ -476,6 +476,13 @@ class RasterizedLabels:
     def num_channels(self) -> int:
         return self.array.shape[-1]
 
+    def window_view(self, window: Window) -> Optional[np.ndarray]:
+        """The HxWxK labels of ``window`` as a view (no copy), or None when it reaches outside."""
+        col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+        if col < 0 or row < 0 or col + width > self.array.shape[1] or row + height > self.array.shape[0]:
+            return None
+        return self.array[row : row + height, col : col + width]
+
     def rasterize(self, window: Window, info: RasterInfo, fill: Optional[int] = None) -> np.ndarray:
         col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
         out = np.full((height, width, self.num_channels), self.fill if fill is None else fill, np.uint8)

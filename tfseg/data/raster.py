@@ -234,6 +234,45 @@ def read_window_view(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.n
     return image, valid
 
 
+_buffers = threading.local()
+
+
+def read_window_interleaved(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`read_window_view` but the HxWxC image is pixel-interleaved and C-contiguous:
+    GDAL writes straight into an interleaved buffer (for pixel-interleaved GeoTIFFs that is
+    its native order, no band-sequential copy). The buffer is reused by the calling thread:
+    copy it before the next read. Stacks, in-memory arrays, float rasters and windows reaching
+    past the edges take the general path."""
+    dtype = native_dtype(info)
+    col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
+    inside = col >= 0 and row >= 0 and col + width <= info.width and row + height <= info.height
+    if type(info) is not RasterInfo or dtype.kind == "f" or dtype != np.dtype(info.dtype) or not inside:
+        image, valid = read_window_view(info, window)
+        return np.ascontiguousarray(image), valid
+    key = (height, width, info.num_bands, dtype.str)
+    pool = getattr(_buffers, "pool", None)
+    if pool is None:
+        pool = _buffers.pool = {}
+    buffer = pool.get(key)
+    if buffer is None:
+        buffer = pool[key] = np.empty((height, width, info.num_bands), dtype)
+    try:
+        _handle(info.path).read(info.bands, window=Window(col, row, width, height), out=np.moveaxis(buffer, -1, 0))
+    except rasterio.errors.RasterioError as exc:
+        raise RasterError(f"cannot read window {window} of {info.path}: {exc}") from None
+    if info.nodata is None or np.isnan(info.nodata):
+        return buffer, np.ones((height, width), bool)
+    nodata = info.nodata
+    if float(nodata).is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
+        nodata = dtype.type(nodata)  # same-dtype compare: no float64 temporaries
+    ok = buffer[..., 0] != nodata  # per band on the interleaved view: faster than any(axis=-1)
+    for band in range(1, buffer.shape[-1]):
+        ok |= buffer[..., band] != nodata
+    if not ok.all():
+        buffer[~ok] = 0
+    return buffer, ok
+
+
 def _read_stacked(info: StackedRasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Each component read over the same ground footprint, resampled to the window's pixels."""
     from rasterio.enums import Resampling
