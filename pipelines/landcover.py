@@ -24,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import io
 import sys
 import time
 from pathlib import Path
@@ -106,8 +107,11 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
     handles.append(Patch(color="black", label="ignored"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=72)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=72)
     plt.close(fig)
+    # 256-colour PNG (small enough to commit); the class colours are the dominant ones, kept exact
+    Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
 
 

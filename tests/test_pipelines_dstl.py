@@ -7,6 +7,13 @@ import pytest
 CLASSES = ["buildings", "structures", "road", "track", "trees", "crops", "waterway", "standing_water",
            "vehicle_large", "vehicle_small"]
 
+def printed_json(out: str) -> dict:
+    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
 
 def test_generated_dstl_loads_as_20_bands_10_classes(tmp_path):
     from rasterio.windows import Window
@@ -45,7 +52,7 @@ def test_quick_pipeline_unet20(tmp_path, capsys):
 
     run_dir = tmp_path / "dstl"
     assert dstl.main(["--quick", "--run-dir", str(run_dir)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = printed_json(capsys.readouterr().out)
     assert printed["bands"] == 20 and printed["classes"] == 10
     assert sorted(printed["per_class"]) == sorted(CLASSES)
     assert all(set(v) == {"iou", "f1"} for v in printed["per_class"].values())

@@ -10,6 +10,13 @@ SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().pa
 DUBAI = SHARED / "dubai_landcover"
 CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
 
+def printed_json(out: str) -> dict:
+    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
 
 def test_missing_data_names_the_path(tmp_path, capsys):
     from pipelines import landcover
@@ -39,7 +46,7 @@ def test_quick_pipeline_on_dubai(tmp_path, capsys):
 
     run_dir = tmp_path / "run"
     assert landcover.main(["--quick", "--run-dir", str(run_dir), "--data-root", str(DUBAI)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = printed_json(capsys.readouterr().out)
     summary = json.loads((run_dir / "pipeline.json").read_text())
     assert summary["metrics"] == printed
     assert set(printed["per_class_iou"]) == set(CLASSES)

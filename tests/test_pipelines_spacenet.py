@@ -9,6 +9,13 @@ import pytest
 SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 SAMPLE = SHARED / "spacenet_sample"
 
+def printed_json(out: str) -> dict:
+    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
 
 def test_generated_aoi_is_in_the_spacenet_layout(tmp_path):
     from pipelines import spacenet
@@ -64,7 +71,7 @@ def test_quick_pipeline_mul_on_generated_aoi(tmp_path, capsys):
 
     run_dir = tmp_path / "sn"
     assert spacenet.main(["--quick", "--product", "mul", "--run-dir", str(run_dir), "--sample", ""]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = printed_json(capsys.readouterr().out)
     assert printed["product"] == "MUL" and printed["bands"] == 8
     assert printed["true_pos"] + printed["false_neg"] > 0  # truth built from the validation GeoJSON
     scores = json.loads((run_dir / "pipeline.json").read_text())["scores"]
