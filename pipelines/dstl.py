@@ -12,7 +12,8 @@
 2. train ``configs/dstl_unet20.yaml`` (plain UNet, 10 sigmoid outputs) or
    ``configs/dstl_res50unet20.yaml`` (UNet on a ResNet-50 encoder + residual stem on the raw
    20 bands) into ``RUN_DIR/run``; per-class IoU/F1 on the validation images (best epoch, from
-   ``history.csv``).
+   ``history.csv``) with each class's positive pixels there (``val_pixels``: a class absent from
+   truth and prediction scores 1.0) and ``mean_iou_present`` over the classes present.
 3. export ``RUN_DIR/models/dstl/1`` (``tfseg.export``); predict one validation image (its 20
    stacked bands written as ``RUN_DIR/sample/<id>_20band.tif``) with the SavedModel into
    ``RUN_DIR/predict`` (10-band probability GeoTIFF).
@@ -58,6 +59,19 @@ def per_class_scores(history: Path, monitor: str, mode: str) -> dict:
             if key.startswith(prefix):
                 out.setdefault(key[len(prefix):], {})[kind] = round(float(value), 4)
     return out
+
+
+def label_pixels(scenes, classes) -> dict:
+    """Positive pixels per class in ``scenes`` (a class absent from both truth and prediction
+    scores 1.0 in tfseg's per-class metrics, so the reader needs to know which are present)."""
+    import numpy as np
+    from rasterio.windows import Window
+
+    counts = np.zeros(len(classes), np.int64)
+    for scene in scenes:
+        labels = scene.labels.rasterize(Window(0, 0, scene.info.width, scene.info.height), scene.info)
+        counts += (labels.reshape(-1, labels.shape[-1]) == 1).sum(axis=0)
+    return {name: int(n) for name, n in zip(classes, counts)}
 
 
 def write_stacked(scene, path: Path) -> Path:
@@ -108,9 +122,14 @@ def run(args) -> dict:
         predicted = predict_scenes(export_dir, [str(sample)], run_dir / "predict",
                                    PredictOptions(probabilities="uint8", overlay=False, progress=False,
                                                   polygons=False))
+    pixels = label_pixels(val, cfg.data.classes)
+    for name, count in pixels.items():
+        per_class.setdefault(name, {})["val_pixels"] = count
+    present = [v["iou"] for k, v in per_class.items() if pixels.get(k) and "iou" in v]
     metrics = {
         "model": args.model, "bands": cfg.data.num_bands, "classes": len(cfg.data.classes),
         "val_iou": round(result["val"]["iou"], 4), "val_f1": round(result["val"]["f1"], 4),
+        "mean_iou_present": round(sum(present) / len(present), 4) if present else None,
         "per_class": per_class, "val_images": len(val),
     }
     summary = {

@@ -55,7 +55,8 @@ def test_quick_pipeline_unet20(tmp_path, capsys):
     printed = printed_json(capsys.readouterr().out)
     assert printed["bands"] == 20 and printed["classes"] == 10
     assert sorted(printed["per_class"]) == sorted(CLASSES)
-    assert all(set(v) == {"iou", "f1"} for v in printed["per_class"].values())
+    assert all(set(v) == {"iou", "f1", "val_pixels"} for v in printed["per_class"].values())
+    assert sum(v["val_pixels"] for v in printed["per_class"].values()) > 0
     saved = run_dir / "models" / "dstl" / "1"
     assert (saved / "saved_model.pb").is_file()
     meta = json.loads((saved / "assets" / "tfseg_metadata.json").read_text())
