@@ -17,7 +17,7 @@
    and ``RUN_DIR/landcover_figure.png``: input | truth | prediction in the dataset's colours.
 
 Writes ``RUN_DIR/pipeline.json`` (metrics, wall time, load average, held-out images) and prints
-the metrics. ``--quick``: 2 tiny epochs and two evaluation images (a smoke test, minutes).
+the metrics. ``--quick``: 1 tiny epoch and two evaluation images (a smoke test, minutes).
 
 Example:
     python pipelines/landcover.py --run-dir runs/landcover_dubai
@@ -35,7 +35,7 @@ if __package__ in (None, ""):
 from pipelines import _common as common  # noqa: E402
 
 CONFIG = common.REPO / "configs" / "landcover_dubai.yaml"
-QUICK = ["train.epochs=2", "data.train_windows_per_epoch=16", "data.batch_size=4", "data.window_size=128",
+QUICK = ["train.epochs=1", "data.train_windows_per_epoch=16", "data.batch_size=4", "data.window_size=128",
          "model.depth=3", "model.filters=8", "train.num_figure_tiles=2", "data.eval_overlap=0"]
 QUICK_EVAL_IMAGES = 2
 FIGURE_IMAGES = 3
