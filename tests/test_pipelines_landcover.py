@@ -1,0 +1,63 @@
+"""``pipelines/landcover.py --quick`` on the real Dubai sample (skipped when it is absent)."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DUBAI = SHARED / "dubai_landcover"
+CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
+
+def printed_json(out: str) -> dict:
+    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
+    lines = out.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+
+def test_missing_data_names_the_path(tmp_path, capsys):
+    from pipelines import landcover
+
+    missing = tmp_path / "no such folder"
+    assert landcover.main(["--data-root", str(missing), "--run-dir", str(tmp_path / "run"), "--quick"]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_colour_table_uses_the_dataset_palette():
+    from pipelines import landcover
+    from tfseg import config
+
+    cfg = config.load(landcover.CONFIG)
+    table = landcover.colour_table(cfg)
+    assert tuple(table[0]) == (0x3C, 0x10, 0x98) and tuple(table[4]) == (0xE2, 0xA9, 0x29)
+    assert tuple(table[255]) == (0, 0, 0)  # ignored (black in the dataset) stays black
+    assert cfg.data.classes == CLASSES
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DUBAI.is_dir(), reason=f"real Dubai land-cover sample not found at {DUBAI}")
+def test_quick_pipeline_on_dubai(tmp_path, capsys):
+    from PIL import Image
+
+    from pipelines import landcover
+
+    run_dir = tmp_path / "run"
+    assert landcover.main(["--quick", "--run-dir", str(run_dir), "--data-root", str(DUBAI)]) == 0
+    printed = printed_json(capsys.readouterr().out)
+    summary = json.loads((run_dir / "pipeline.json").read_text())
+    assert summary["metrics"] == printed
+    assert set(printed["per_class_iou"]) == set(CLASSES)
+    assert 0.0 <= printed["miou"] <= 1.0
+    # held-out images are never trained on; the split is the seeded one of tfseg.train (~20 %)
+    assert printed["heldout_images"] == landcover.QUICK_EVAL_IMAGES
+    assert summary["train_images"] + round(54 * 0.2) == 54
+    held = set(summary["heldout"])
+    assert all(name.startswith("Tile_") and "__image_part_" in name for name in held)
+    assert (run_dir / "models" / "landcover" / "1" / "saved_model.pb").is_file()
+    figure = Image.open(run_dir / "landcover_figure.png").convert("RGB")
+    colours = {tuple(c) for c in np.asarray(figure).reshape(-1, 3)[::7]}
+    assert (0x8429F6 >> 16, (0x8429F6 >> 8) & 255, 0x8429F6 & 255) in colours  # land, in the truth panel
+    assert (run_dir / "landcover_figure.png").stat().st_size < 300_000
