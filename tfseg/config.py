@@ -135,6 +135,7 @@ class TrainConfig:
     threshold: float = 0.5
     num_figure_tiles: int = 4
     object_f1: bool = False
+    epoch_figures: bool = False  # RUN_DIR/figures/epoch-NNNN.png (input | truth | prediction) every epoch
 
 
 @dataclass

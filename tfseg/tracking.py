@@ -43,7 +43,8 @@ from . import config as config_lib
 log = logging.getLogger("tfseg.tracking")
 
 # config keys that may differ when resuming a run (they do not change what is trained)
-RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "train.num_figure_tiles"}
+RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "train.num_figure_tiles",
+                       "train.epoch_figures"}
 
 
 class RunDirError(ValueError):

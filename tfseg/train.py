@@ -134,6 +134,21 @@ class LearningRateLogger(keras.callbacks.Callback):
 # ------------------------------------------------------------------------------------------
 # Model construction from the config
 # ------------------------------------------------------------------------------------------
+class EpochFigure(keras.callbacks.Callback):
+    """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
+
+    def __init__(self, dataset, folder, norm, num_tiles: int = 4, threshold: float = 0.5, ignore_index: int = 255):
+        super().__init__()
+        self.dataset, self.folder, self.norm = dataset, Path(folder), norm
+        self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.num_tiles:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png", self.norm,
+                                   self.num_tiles, self.threshold, self.ignore_index)
+
+
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
     """Constructor arguments for the chosen architecture (config field names = argument names);
     a multilabel task gets independent sigmoid outputs when model.activation is auto."""
@@ -422,6 +437,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         from .object_metrics import ObjectF1Callback
 
         callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
+    if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
+        callbacks.append(EpochFigure(val_ds, run_path / "figures", norm, cfg.train.num_figure_tiles,
+                                     cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)

@@ -1,0 +1,148 @@
+"""pipelines/buildings.py and pipelines/compare_architectures.py on Kampala (--quick, real data,
+skipped when ../shared/data is absent) and on a generated mask-folder fixture (always runs)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipelines import buildings
+from tests.data.fixtures import ORIGIN, pixel_box_to_world, write_geojson
+from tests.data.formats import make_mask_folder
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TFSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+KAMPALA = SHARED / "kampala_buildings" / "train"
+needs_kampala = pytest.mark.skipif(not (KAMPALA / "images").is_dir(),
+                                   reason=f"real sample data not found at {KAMPALA} (set TFSEG_SHARED_DATA)")
+
+
+def _check_run(run_dir: Path, metrics: dict, num_val: int):
+    assert metrics["val_chips"] == num_val
+    for scope in ("pixel", "object"):
+        for key in ("f1", "precision", "recall"):
+            assert 0.0 <= metrics[scope][key] <= 1.0
+    assert 0.0 <= metrics["pixel"]["iou"] <= metrics["pixel"]["f1"] <= 1.0
+    on_disk = json.loads((run_dir / "pipeline_metrics.json").read_text())
+    assert on_disk["pixel"] == metrics["pixel"] and on_disk["object"] == metrics["object"]
+    # per-epoch figures, the SavedModel, the sample prediction (raster, polygons, SpaceNet CSV)
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["epoch-0001.png"]
+    assert (run_dir / "export" / "saved_model.pb").is_file()
+    sample = Path(metrics["sample"]["input"]).stem
+    with rasterio.open(run_dir / "predict" / f"{sample}_class.tif") as src, \
+            rasterio.open(metrics["sample"]["input"]) as ref:
+        assert src.crs == ref.crs and src.transform.almost_equals(ref.transform)
+        assert set(np.unique(src.read(1))) <= {0, 1, 255}
+    assert json.loads((run_dir / "predict" / f"{sample}_polygons.geojson").read_text())["type"] == "FeatureCollection"
+    with open(run_dir / "predict" / "proposals.csv") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence"] and len(rows) >= 2
+    assert all(row[0] == sample for row in rows[1:])
+
+
+def _write_labels(root: Path, masks: dict, size: int) -> None:
+    """GeoJSON footprints (EPSG:4326) of the fixture's mask rectangles, one file per chip."""
+    from rasterio.transform import from_origin
+
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    (root / "labels").mkdir()
+    for stem, mask in masks.items():
+        rows, cols = np.nonzero(mask)
+        box = pixel_box_to_world(cols.min(), rows.min(), cols.max() + 1, rows.max() + 1, transform)
+        write_geojson(root / "labels" / f"{stem}.geojson", [box])
+
+
+@pytest.mark.slow
+def test_buildings_pipeline_on_generated_chips(tmp_path, capsys):
+    masks = make_mask_folder(tmp_path / "data", num_pairs=5, size=64)
+    _write_labels(tmp_path / "data", masks, 64)
+    run_dir = tmp_path / "run"
+    code = buildings.main(["--quick", "--data-root", str(tmp_path / "data"), "--run-dir", str(run_dir),
+                           "--set", "data.window_size=64", "data.val_fraction=0.4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "pixel   iou" in out and "object  f1" in out
+    metrics = json.loads((run_dir / "pipeline_metrics.json").read_text())
+    _check_run(run_dir, metrics, num_val=2)
+    split = json.loads((tmp_path / "run.split" / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == sorted(masks) and not set(split["train"]) & set(split["val"])
+    # the held-out chips are symlinks to the data, nothing copied
+    linked = sorted((tmp_path / "run.split" / "val" / "masks").iterdir())
+    assert all(p.is_symlink() for p in linked) and [p.name for p in linked] == [f"{s}.mask.tif" for s in split["val"]]
+    # each truth polygon carries its chip id, so object matching is per chip
+    truth = json.loads((run_dir / "val_truth.geojson").read_text())
+    assert sorted(f["properties"]["image_id"] for f in truth["features"]) == split["val"]
+
+
+def test_split_is_seeded_and_disjoint(tmp_path):
+    masks = make_mask_folder(tmp_path / "data", num_pairs=10, size=32)
+    a = buildings.prepare_split(tmp_path / "data", tmp_path / "a", 0.2, seed=7)
+    b = buildings.prepare_split(tmp_path / "data", tmp_path / "b", 0.2, seed=7)
+    c = buildings.prepare_split(tmp_path / "data", tmp_path / "c", 0.2, seed=8)
+    assert a == b and a != c
+    assert len(a["val"]) == 2 and sorted(a["train"] + a["val"]) == sorted(masks)
+    # preparing again into the same folder replaces the links
+    again = buildings.prepare_split(tmp_path / "data", tmp_path / "a", 0.3, seed=7)
+    assert len(list((tmp_path / "a" / "val" / "images").iterdir())) == len(again["val"]) == 3
+
+
+def test_missing_data_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "kampala_buildings"
+    assert buildings.main(["--quick", "--data-root", str(missing), "--run-dir", str(tmp_path / "run")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    (tmp_path / "only_images" / "images").mkdir(parents=True)
+    assert buildings.main(["--quick", "--data-root", str(tmp_path / "only_images"),
+                           "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "only_images" in err and "masks" in err
+    assert not (tmp_path / "run").exists()
+
+
+@needs_kampala
+@pytest.mark.slow
+def test_buildings_quick_on_kampala(tmp_path):
+    run_dir = tmp_path / "run"
+    assert buildings.main(["--quick", "--data-root", str(KAMPALA), "--run-dir", str(run_dir)]) == 0
+    metrics = json.loads((run_dir / "pipeline_metrics.json").read_text())
+    _check_run(run_dir, metrics, num_val=2)
+    assert metrics["train_chips"] == buildings.QUICK_CHIPS - 2
+    # the truth footprints come from the chips' GeoJSON labels
+    truth = json.loads((run_dir / "val_truth.geojson").read_text())
+    expected = sum(len(json.loads((KAMPALA / "labels" / f"{s}.geojson").read_text())["features"])
+                   for s in json.loads((tmp_path / "run.split" / "split.json").read_text())["val"])
+    assert len(truth["features"]) == expected
+    tp, fn = metrics["object"]["tp"], metrics["object"]["fn"]
+    assert tp + fn == expected  # every truth footprint is either matched or missed
+
+
+@needs_kampala
+@pytest.mark.slow
+def test_compare_architectures_quick_on_kampala(tmp_path):
+    from pipelines import compare_architectures
+
+    tiny = tmp_path / "models.yaml"
+    tiny.write_text(
+        "- {label: fcn8, overrides: [model.name=fcn8, model.backbone=vgg16, 'model.decoder_filters=[32]']}\n"
+        "- {label: unet, overrides: [model.name=unet, model.backbone=resnet34, 'model.decoder_filters=[16,16,8,8,8]']}\n"
+        "- {label: efficientnet-fpn, overrides: [model.name=fpn, model.backbone=efficientnetb0, "
+        "'model.decoder_filters=[16,16]']}\n")
+    out = tmp_path / "cmp"
+    code = compare_architectures.main([
+        "--quick", "--config", str(REPO / "configs" / "compare_kampala.yaml"), "--models", str(tiny),
+        "--data-root", str(KAMPALA), "--output", str(out),
+        "--set", "train.epochs=1", "data.train_windows_per_epoch=2", "data.batch_size=2", "data.window_size=64",
+        "data.eval_overlap=0", "train.num_figure_tiles=0"])
+    assert code == 0
+    with open(out / "report" / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["run"] for r in rows) == ["efficientnet-fpn", "fcn8", "unet"]
+    assert {r["model"] for r in rows} == {"fcn8", "unet", "fpn"}
+    assert (out / "report" / "index.html").is_file()
+    for label in ("fcn8", "unet", "efficientnet-fpn"):
+        cfg = (out / "runs" / label / "config.yaml").read_text()
+        assert "format: mask_folder" in cfg and str(KAMPALA) in cfg
