@@ -148,7 +148,8 @@ def train_throughput(precision: str, args) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("KERAS_BACKEND", "jax")
+    if "keras" not in sys.modules:  # choose the backend only for a fresh process: never leak it
+        os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
     backend = keras.backend.backend()
