@@ -83,20 +83,3 @@ def building_scene(height=300, width=400, boxes=((20, 30, 80, 90), (150, 200, 23
         image[:, r0:r1, c0:c1] = rng.integers(high - 20, high + 20, (bands, r1 - r0, c1 - c0))
         mask[r0:r1, c0:c1] = 1
     return image, mask
-
-
-def tiny_train_overrides(root) -> list:
-    """--set overrides for a fast run on a small synthetic dataset under ``root``."""
-    return [
-        f"data.root={root}",
-        "data.synthetic.num_train_scenes=1",
-        "data.synthetic.num_val_scenes=1",
-        "data.synthetic.scene_size=256",
-        "data.window_size=64",
-        "data.eval_overlap=0",
-        "data.train_windows_per_epoch=8",
-        "data.batch_size=2",
-        "model.depth=2",
-        "model.filters=4",
-        "train.num_figure_tiles=2",
-    ]

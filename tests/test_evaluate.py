@@ -118,11 +118,11 @@ def test_object_f1_callback_logs(oracle_run):
 @pytest.mark.slow
 def test_train_with_object_f1(tmp_path):
     """train.object_f1 attaches the callback: val_object_f1 reaches history.csv."""
-    from tests.infer_support import tiny_train_overrides
+    from tests.data.fixtures import tiny_synthetic_overrides
     from tfseg import config as config_lib
     from tfseg.train import train
 
-    cfg = config_lib.load(config_lib.DEFAULT_CONFIG, tiny_train_overrides(tmp_path / "data") + ["train.object_f1=true",
+    cfg = config_lib.load(config_lib.DEFAULT_CONFIG, tiny_synthetic_overrides(tmp_path / "data") + ["train.object_f1=true",
                                                                                                 "train.epochs=1",
                                                                                                 "export.enabled=false"])
     train(cfg, tmp_path / "run", verbose=0)

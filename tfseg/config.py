@@ -474,6 +474,11 @@ def load(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]]
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: expected a mapping of sections (data, model, train, export, "
+            f"tracking), got a YAML {type(data).__name__}"
+        )
     try:
         return from_dict(data, overrides)
     except ConfigError as exc:
