@@ -74,8 +74,11 @@ def measure(args, jit_compile: bool) -> dict:
     for _ in range(args.rounds):
         for name, model in models.items():
             times[name].append(_step_time(model, images, labels, args.steps))
-    params = {name: model.count_params() for name, model in models.items()}
-    return {name: {"img_per_s": args.batch_size / statistics.median(t), "params": params[name]}
+    from .gpu import forward_flops
+
+    shape = (1, args.size, args.size, args.bands)
+    return {name: {"img_per_s": args.batch_size / statistics.median(t), "params": models[name].count_params(),
+                   "train_flops_per_img": 3.0 * forward_flops(models[name], shape)}
             for name, t in times.items()}
 
 
@@ -106,6 +109,16 @@ def main(argv=None) -> int:
     for name, label in (("tfseg", f"tfseg unet+resnet34 ({args.upsampling})"), ("sm", "segmentation-models Unet")):
         xla_value = f"{xla[name]['img_per_s']:>12.2f}" if xla else f"{'-':>12}"
         print(f"{label:<34}{plain[name]['params']:>12,}{plain[name]['img_per_s']:>10.2f}{xla_value}")
+    # how close each model runs to this CPU's measured float32 matmul peak: the ceiling on any
+    # speed-up of the same network (training FLOPs = 3 x forward FLOPs, convolutions dominate)
+    from .gpu import matmul_peak
+
+    peak = matmul_peak(2048, "float32")
+    for name in ("tfseg", "sm"):
+        achieved = plain[name]["train_flops_per_img"] * plain[name]["img_per_s"]
+        print(f"{name}: {plain[name]['train_flops_per_img'] / 1e9:.1f} training GFLOP/image, "
+              f"{achieved / 1e9:.0f} GFLOP/s = {achieved / peak:.0%} of the measured matmul peak "
+              f"({peak / 1e9:.0f} GFLOP/s)")
     print(f"ratio tfseg/sm: {ratio:.3f}   with XLA: {ratio_xla if ratio_xla is None else round(ratio_xla, 3)}   "
           f"({time.time() - started:.0f}s)")
     if args.json:
