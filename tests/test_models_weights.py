@@ -51,6 +51,25 @@ def test_resnet50_weights_file_loads_with_band_adaptation(tmp_path, bands):
                                   keras.ops.convert_to_numpy(source.get_layer("conv4_block1_0_bn").moving_variance))
     # standardized bands are mapped to the caffe-style 0..255 range these weights expect
     assert model.get_layer("encoder_input_scale").scale == pytest.approx(57.4)
+    # pretrained statistics keep Keras' slow moving average
+    assert encoder.get_layer("conv4_block1_0_bn").momentum == pytest.approx(0.99)
+
+
+def test_encoders_trained_from_scratch_use_the_decoder_bn_momentum(tmp_path):
+    """Random-init encoders track batch statistics as fast as the decoder (0.9), so validation
+    (inference-mode BatchNorm) does not lag the weights; the setting survives save/load."""
+    from tfseg.models.blocks import BN_MOMENTUM
+
+    for backbone in ("resnet34", "resnet50"):
+        model = build_model("unet", input_shape=(64, 64, 4), classes=1, backbone=backbone,
+                            decoder_filters=[8, 8, 4, 4, 4])
+        momenta = {layer.momentum for layer in model.get_layer(f"encoder_{backbone}").layers
+                   if isinstance(layer, keras.layers.BatchNormalization)}
+        assert momenta == {BN_MOMENTUM}, backbone
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert {layer.momentum for layer in loaded.get_layer("encoder_resnet50").layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {BN_MOMENTUM}
 
 
 def test_imagenet_from_keras_cache_efficientnet_one_band(tmp_path, monkeypatch):

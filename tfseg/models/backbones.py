@@ -24,6 +24,8 @@ import numpy as np
 import keras
 from keras import layers
 
+from .blocks import BN_MOMENTUM
+
 # ImageNet statistics in 0..255 units, averaged over RGB: inputs to tfseg models are standardized
 # per band (mean 0, std 1), the pretrained weights expect their own input range.
 IMAGENET_STD_255 = 57.4
@@ -281,6 +283,14 @@ def build_encoder(backbone: str, inputs, encoder_weights: str = "", encoder_free
     encoder = keras.Model(base.input, [base.get_layer(n).output for n in names], name=f"encoder_{backbone}")
     if encoder_weights:
         load_encoder_weights(encoder, backbone, resolve_weights_file(backbone, encoder_weights), bands)
+    else:
+        # trained from scratch: BatchNorm statistics follow the weights as fast as the decoder's
+        # (momentum 0.9, see blocks.BN_MOMENTUM); with the 0.99 of pretrained encoders the moving
+        # statistics lag the random-init weights for hundreds of steps and validation, which
+        # runs in inference mode, swings far below training
+        for layer in encoder.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = BN_MOMENTUM
     if encoder_freeze:
         encoder.trainable = False
     x = inputs
