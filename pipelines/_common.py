@@ -45,8 +45,7 @@ def parser(prog: str, description: str, default_run_dir: str, data_help: str) ->
     p.add_argument("--data-root", default="", help=data_help)
     p.add_argument("--config", default="", help="config YAML (default: the pipeline's config in configs/)")
     p.add_argument("--quick", action="store_true", help="minutes-long smoke version (tiny budget, CI)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config overrides, applied last (e.g. train.epochs=5)")
+    config_lib.add_overrides_argument(p, "config overrides, applied last (e.g. train.epochs=5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--verbose", action="store_true", help="Keras progress bars")
     return p
@@ -63,6 +62,19 @@ def require_dir(path: Path, what: str, hint: str) -> Path:
     if not Path(path).is_dir():
         raise PipelineError(f"{what} not found: {path} ({hint})")
     return Path(path)
+
+
+def given_or_generated_config(args, run_dir: Path, config_path, quick_overrides: list, what: str, hint: str,
+                              generate, generated_kwargs: dict):
+    """``(root, generated, cfg)``: ``--data-root`` when given (it must exist: ``hint`` says what it
+    should hold), else a dataset made by ``generate(run_dir / "data", **generated_kwargs)``; the
+    config from ``config_path`` with ``data.root`` set, then ``--quick``'s and the user's overrides."""
+    if args.data_root:
+        root, generated = require_dir(Path(args.data_root), what, hint), False
+    else:
+        root, generated = generate(run_dir / "data", **generated_kwargs), True
+    overrides = [f"data.root={root}"] + (list(quick_overrides) if args.quick else []) + list(args.overrides)
+    return root, generated, load_config(config_path, overrides)
 
 
 def load_average() -> str:

@@ -178,8 +178,7 @@ def main(argv=None) -> int:
                              "relative to the repository)")
     parser.add_argument("--run-dir", default="runs/buildings_kampala", help="run directory")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides")
+    config_lib.add_overrides_argument(parser, "config overrides")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 8 chips, 128 px, 1 epoch x 2 steps")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory holding another config")
     args = parser.parse_args(argv)

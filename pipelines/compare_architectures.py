@@ -122,8 +122,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python pipelines/compare_architectures.py", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="reports/architectures", help="output directory (runs/ and report/)")
     parser.add_argument("--config", help="base YAML config (default: configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="overrides applied to every model (same data and budget)")
+    config_lib.add_overrides_argument(parser, "overrides applied to every model (same data and budget)")
     parser.add_argument("--models", help="YAML/JSON list of {label, overrides} (default: fcn8, unet, efficientnet-fpn)")
     parser.add_argument("--quick", action="store_true", help="a few-minutes version (small scenes, 3 epochs)")
     parser.add_argument("--data-root", default="", help="data.root for every model")

@@ -101,15 +101,11 @@ def run(args) -> dict:
     start = time.monotonic()
     load_start = common.load_average()
     run_dir = Path(args.run_dir)
-    if args.data_root:
-        root = common.require_dir(Path(args.data_root), "Dstl data", "expected three_band/, sixteen_band/, "
-                                  "train_wkt_v4.csv and grid_sizes.csv (the Kaggle download, unzipped)")
-        generated = False
-    else:
-        root = make_dstl_dataset(run_dir / "data", **GENERATED["quick" if args.quick else "full"])
-        generated = True
-    overrides = [f"data.root={root}"] + (QUICK[args.model] if args.quick else []) + list(args.overrides)
-    cfg = common.load_config(args.config or CONFIGS[args.model], overrides)
+    root, generated, cfg = common.given_or_generated_config(
+        args, run_dir, args.config or CONFIGS[args.model], QUICK[args.model], "Dstl data",
+        "expected three_band/, sixteen_band/, "
+        "train_wkt_v4.csv and grid_sizes.csv (the Kaggle download, unzipped)",
+        make_dstl_dataset, GENERATED["quick" if args.quick else "full"])
     _, val = load_scenes(cfg.data)
 
     train_dir = run_dir / "run"

@@ -124,15 +124,11 @@ def run(args) -> dict:
     start = time.monotonic()
     load_start = common.load_average()
     run_dir = Path(args.run_dir)
-    if args.data_root:
-        root = common.require_dir(Path(args.data_root), "SpaceNet data", "expected AOI_<n>_<City>_Train/<product>/ "
-                                  "and geojson/buildings/ (or a folder holding such AOI folders)")
-        generated = False
-    else:
-        root = make_spacenet_aoi(run_dir / "data", **GENERATED["quick" if args.quick else "full"])
-        generated = True
-    overrides = [f"data.root={root}"] + (QUICK[args.product] if args.quick else []) + list(args.overrides)
-    cfg = common.load_config(args.config or CONFIGS[args.product], overrides)
+    root, generated, cfg = common.given_or_generated_config(
+        args, run_dir, args.config or CONFIGS[args.product], QUICK[args.product], "SpaceNet data",
+        "expected AOI_<n>_<City>_Train/<product>/ "
+        "and geojson/buildings/ (or a folder holding such AOI folders)",
+        make_spacenet_aoi, GENERATED["quick" if args.quick else "full"])
 
     _, val = load_scenes(cfg.data)
     labels = {s.name: geojson_of(Path(s.info.path)) for s in val}

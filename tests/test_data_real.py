@@ -1,8 +1,6 @@
 """Checks on the real sample data in ../shared/data (skipped when it is absent)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +15,8 @@ from tfseg.data.labels import ColourMaskLabels, VectorLabels
 from tfseg.data.raster import open_raster
 
 from .data.formats import DUBAI_PALETTE
+from tests.data.fixtures import SHARED_DATA as SHARED
 
-SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 def shared(name):

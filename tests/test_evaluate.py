@@ -7,6 +7,7 @@ import pytest
 
 from tests.infer_support import building_scene, oracle_model, save_run, write_tif
 from tfseg import evaluate
+from tests.data.fixtures import SHARED_DATA as SHARED
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +63,21 @@ def test_missing_mask_names_image(chips, oracle_run, tmp_path):
                           str(masks / "*.tif")]) == 2
 
 
-def test_pixels_multiclass_per_class(tmp_path):
+def bright_is_class_2_model():
+    """A 3-class softmax model: class 2 where the pixel is bright, class 0 elsewhere, never 1."""
     import keras
 
     inputs = keras.Input((None, None, 3))
     conv = keras.layers.Conv2D(3, 1, activation="softmax")
     model = keras.Model(inputs, conv(inputs))
-    # class 2 where bright, class 0 elsewhere; class 1 never
     kernel = np.zeros((1, 1, 3, 3), np.float32)
     kernel[0, 0, :, 2] = 4.0
     conv.set_weights([kernel, np.array([0.0, -5.0, 0.0], np.float32)])
+    return model
+
+
+def test_pixels_multiclass_per_class(tmp_path):
+    model = bright_is_class_2_model()
     run = save_run(model, tmp_path / "run", config="data:\n  classes: [land, road, building]\n")
     image, mask = building_scene(40, 50, boxes=((5, 5, 20, 20),))
     write_tif(tmp_path / "i" / "a.tif", image)
@@ -134,10 +140,7 @@ def test_pixels_on_real_kampala_chips(oracle_run, capsys):
     """Real mask-folder layout (OAM-x-y-z.tif + OAM-x-y-z.mask.tif, EPSG:4326 chips): pairing by
     stem and whole-chip sliding-window prediction run; the oracle's scores are just checked for
     consistency (F1 from precision and recall)."""
-    import os
-    from pathlib import Path
-
-    root = Path(os.environ.get("TFSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    root = SHARED
     images = root / "kampala_buildings" / "train" / "images"
     if not images.is_dir():
         pytest.skip("shared sample data (../shared/data/kampala_buildings) not available")
@@ -154,15 +157,9 @@ def test_pixels_on_real_kampala_chips(oracle_run, capsys):
 def test_pixels_colour_masks_decoded_with_the_run_palette(tmp_path, mode):
     """Colour-coded masks (palette "P" PNGs included) go through the run's palette; a colour not in
     the palette (black) is ignored, not scored as class 0."""
-    import keras
     from PIL import Image
 
-    inputs = keras.Input((None, None, 3))
-    conv = keras.layers.Conv2D(3, 1, activation="softmax")
-    model = keras.Model(inputs, conv(inputs))
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    kernel[0, 0, :, 2] = 4.0
-    conv.set_weights([kernel, np.array([0.0, -5.0, 0.0], np.float32)])
+    model = bright_is_class_2_model()
     palette = {"land": "#8429F6", "road": "#6EC1E4", "building": "#3C1098"}
     config = "data:\n  classes: [land, road, building]\n  palette: {" + ", ".join(
         f"{k}: '{v}'" for k, v in palette.items()) + "}\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,9 @@ import rasterio
 from pipelines import buildings
 from tests.data.fixtures import ORIGIN, pixel_box_to_world, write_geojson
 from tests.data.formats import make_mask_folder
+from tests.data.fixtures import SHARED_DATA as SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TFSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 KAMPALA = SHARED / "kampala_buildings" / "train"
 needs_kampala = pytest.mark.skipif(not (KAMPALA / "images").is_dir(),
                                    reason=f"real sample data not found at {KAMPALA} (set TFSEG_SHARED_DATA)")

@@ -3,16 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from tests.pipeline_support import printed_json
 
 CLASSES = ["buildings", "structures", "road", "track", "trees", "crops", "waterway", "standing_water",
            "vehicle_large", "vehicle_small"]
-
-def printed_json(out: str) -> dict:
-    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
-    lines = out.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == "{")
-    return json.loads("\n".join(lines[start:]))
-
 
 
 def test_generated_dstl_loads_as_20_bands_10_classes(tmp_path):

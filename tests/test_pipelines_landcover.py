@@ -1,21 +1,13 @@
 """``pipelines/landcover.py --quick`` on the real Dubai sample (skipped when it is absent)."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.pipeline_support import printed_json
+from tests.data.fixtures import SHARED_DATA as SHARED
 
-SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 DUBAI = SHARED / "dubai_landcover"
 CLASSES = ["building", "land", "road", "vegetation", "water", "unlabeled"]
-
-def printed_json(out: str) -> dict:
-    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
-    lines = out.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == "{")
-    return json.loads("\n".join(lines[start:]))
-
 
 
 def test_missing_data_names_the_path(tmp_path, capsys):

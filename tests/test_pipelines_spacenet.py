@@ -1,20 +1,13 @@
 """``pipelines/spacenet.py --quick`` on a generated SpaceNet-2 AOI (and the real sample's label path)."""
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
+from tests.pipeline_support import printed_json
+from tests.data.fixtures import SHARED_DATA as SHARED
 
-SHARED = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 SAMPLE = SHARED / "spacenet_sample"
-
-def printed_json(out: str) -> dict:
-    """The metrics JSON the pipeline prints last (tfseg.export prints a line before it)."""
-    lines = out.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == "{")
-    return json.loads("\n".join(lines[start:]))
-
 
 
 def test_generated_aoi_is_in_the_spacenet_layout(tmp_path):

@@ -23,6 +23,7 @@ from tfseg.postprocess import (
     write_spacenet_csv,
 )
 from tfseg.scoring import match_polygons
+from tests.data.fixtures import SHARED_DATA as SHARED
 
 
 def _truth_polygons(rng, count=40, size=512):
@@ -143,10 +144,8 @@ def test_geojson_and_spacenet_writers(tmp_path):
 
 
 def _shared_data():
-    import os
-    from pathlib import Path
 
-    root = Path(os.environ.get("TFSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    root = SHARED
     return root if root.is_dir() else None
 
 

@@ -455,6 +455,13 @@ _DICT_FIELDS = {
 }
 
 
+def add_overrides_argument(parser, help: str = "override config fields, e.g. --set train.epochs=3 model.name=unet"):
+    """The ``--set KEY=VALUE ...`` option of every command that takes a config (repeatable; the
+    values land in ``args.overrides`` for :func:`load`)."""
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help=help)
+
+
 def from_dict(data: dict, overrides: Optional[list[str]] = None) -> Config:
     """Build and validate a Config from a raw mapping plus ``KEY=VALUE`` overrides."""
     tree = dict(data or {})

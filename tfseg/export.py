@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +46,7 @@ import keras
 import tfseg
 
 from .data.raster import Normalization
+from .fsutil import staged_directory
 
 METADATA_ASSET = "tfseg_metadata.json"
 IMAGE_INPUT = "images"
@@ -271,18 +271,10 @@ def export_saved_model(
     archive.add_endpoint(name=METADATA_SIGNATURE, fn=lambda: {"metadata": tf.constant(meta_json)},
                          input_signature=[])
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
+    with staged_directory(output, ".export") as staging:
         archive.write_out(str(staging), verbose=False)
         (staging / "assets").mkdir(exist_ok=True)
         (staging / "assets" / METADATA_ASSET).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -653,8 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML config file (default: configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config fields, e.g. --set train.epochs=3 model.name=unet")
+    config_lib.add_overrides_argument(parser)
     parser.add_argument("--run-dir", help="run directory (default: runs/<timestamp>-<tracking.name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a different run")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from rasterio.warp import transform_geom
 
 UTM = "EPSG:32636"
 ORIGIN = (440000.0, 40512.0)  # upper-left corner in UTM 36N (near Kampala)
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+# the real sample data beside the repository (../shared/data), or where TFSEG_SHARED_DATA points
+SHARED_DATA = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
 def write_geotiff(path, array, crs=UTM, transform=None, nodata=None, pixel_size=0.5, **profile):

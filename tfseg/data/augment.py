@@ -199,26 +199,10 @@ def dihedral_numpy(image: np.ndarray, label: np.ndarray, aug, seed: int, index: 
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
 
-def photometric_batch(indices, image, label, aug, seed: int):
-    """Per-sample, per-band brightness shift and contrast gain on valid pixels of a batch.
-
-    ``image`` (B, S, S, C) float32 normalized; ``label`` (B, S, S, K + 1) with the valid-pixel
-    mask last. Seeded by ``seed`` and the batch's first window index (deterministic).
-    """
-    if not (aug.brightness or aug.contrast):
-        return image
-    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(indices[0], tf.int64)])
-    seeds = tf.random.experimental.stateless_split(base, 2)
-    batch, bands = tf.shape(image)[0], tf.shape(image)[-1]
-    shift = tf.random.stateless_uniform([batch, 1, 1, bands], seeds[0], -aug.brightness, aug.brightness)
-    gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, bands], seeds[1], -aug.contrast, aug.contrast)
-    valid = tf.cast(label[..., -1:], image.dtype)
-    return (image * gain + shift) * valid + image * (1.0 - valid)
-
-
 def photometric_flat(indices, flat, aug, seed: int):
-    """:func:`photometric_batch` on a flat (B, N, C) normalized batch, before the valid mask
-    is applied (the caller zeroes invalid pixels afterwards): the same draws, the same values."""
+    """Per-sample, per-band brightness shift and contrast gain on a flat (B, N, C) normalized
+    batch, before the valid mask is applied (the caller zeroes invalid pixels afterwards).
+    Seeded by ``seed`` and the batch's first window index ``indices[0]`` (deterministic)."""
     if not (aug.brightness or aug.contrast):
         return flat
     base = tf.stack([tf.cast(seed, tf.int64), tf.cast(indices[0], tf.int64)])

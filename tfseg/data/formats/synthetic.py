@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +31,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 from shapely import affinity
 from shapely.geometry import LineString, Polygon, box, mapping
+
+from ...fsutil import staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -232,18 +232,9 @@ def ensure_dataset(root, cfg) -> Path:
     if is_complete(root, cfg):
         return root
     log.info("generating the synthetic default dataset in %s", root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=root.parent))
-    try:
+    with staged_directory(root, ".synthetic") as tmp:
         generate(tmp, cfg)
         manifest = _manifest(cfg)
         manifest["sizes"] = {str(p.relative_to(tmp)): p.stat().st_size for p in _files(tmp, cfg)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        tmp.chmod(0o755)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
