@@ -150,6 +150,38 @@ def pipeline_rate(scenes, norm, data_cfg, tiles: int) -> float:
     return tiles / pipeline_seconds(ds, data_cfg.batch_size, tiles)
 
 
+def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, window: int, tiles: int) -> dict:
+    """Single-thread milliseconds per tile of each stage, for reading where the time goes:
+    the bare read, the per-tile sampling (window draw, read or crop, labels, nodata check,
+    rotate/flip into the batch buffer) streamed and cached, and the whole pipeline (plus
+    normalization to float32 batches and tf.data) streamed and cached, on one thread."""
+    import dataclasses
+
+    from .._tf import tensorflow as tf
+    from ..data.pipeline import _RandomSampler, build_dataset, num_label_channels
+
+    out = {}
+    reader = RawReader(path, size, window, 1)
+    out["raw_read"] = reader.seconds(tiles) / tiles * 1e3
+    reader.close()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    one = dataclasses.replace(data_cfg, num_parallel_calls=1)
+    for label, source, cfg in (("streamed", scene, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
+        sampler = _RandomSampler([source], norm, cfg, 0, False)
+        image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
+        mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
+        sampler.fill(0, image, mask)
+        start = time.perf_counter()
+        for i in range(1, tiles + 1):
+            sampler.fill(i, image, mask)
+        out[f"{label}_sampling"] = (time.perf_counter() - start) / tiles * 1e3
+        dataset = build_dataset([source], norm, cfg, training=True).with_options(options)
+        out[f"{label}_pipeline"] = pipeline_seconds(dataset, cfg.batch_size, tiles) / tiles * 1e3
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.bench pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -159,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4, help="turns the methods take (load drift)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallelism of both")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print single-thread ms per tile of each stage (where the time goes)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "tfseg_bench_pipeline"))
     args = parser.parse_args(argv)
 
@@ -177,7 +211,7 @@ def main(argv=None) -> int:
 
     # the default data config (nodata check at 0.5, flips + rot90), windows/batch/parallelism set
     base = DataConfig(window_size=args.window, batch_size=args.batch_size, num_parallel_calls=args.workers)
-    rows, totals = [], {"pipeline": 0.0, "raw": 0.0, "cached": 0.0}
+    rows, totals, breakdowns = [], {"pipeline": 0.0, "raw": 0.0, "cached": 0.0}, []
     for name, bands, dtype in SCENES:
         info = open_raster(paths[name])
         scene = Scene(info, VectorLabels.from_file(labels_path, info), name=name)
@@ -207,6 +241,9 @@ def main(argv=None) -> int:
             seconds["pipeline"] += pipeline_seconds(streamed_ds, args.batch_size, per_round)
             seconds["cached"] += pipeline_seconds(cached_ds, args.batch_size, per_round)
         reader.close()
+        if args.breakdown:
+            breakdowns.append((name, stage_breakdown(scene, cached_scene, norm, base, str(paths[name]), args.size,
+                                                     args.window, max(args.batch_size, args.tiles // 2))))
         del cached_ds, cached_scene
         counted = per_round * rounds
         raw, streamed, cached = (counted / seconds[k] for k in ("raw", "pipeline", "cached"))
@@ -217,6 +254,11 @@ def main(argv=None) -> int:
     print(f"{'scene':<12} {'raw tiles/s':>12} {'pipeline':>10} {'cached':>10} {'ratio':>7} {'cached_ratio':>13} {'decode s':>9}")
     for name, raw, streamed, cached, decode_s in rows:
         print(f"{name:<12} {raw:>12.1f} {streamed:>10.1f} {cached:>10.1f} {streamed / raw:>7.2f} {cached / raw:>13.2f} {decode_s:>9.1f}")
+    if breakdowns:
+        keys = list(breakdowns[0][1])
+        print("single thread, ms per tile: " + ", ".join(keys))
+        for name, stages in breakdowns:
+            print(f"{name:<12} " + " ".join(f"{stages[k]:>8.3f}" for k in keys))
     n = args.tiles * len(SCENES)
     result = {
         "pipeline_tiles_per_s": round(n / totals["pipeline"], 2),
