@@ -15,3 +15,16 @@ def test_bench_pipeline_json_keys(tmp_path, capsys):
     assert all(v > 0 for v in result.values())
     assert abs(result["ratio"] - result["pipeline_tiles_per_s"] / result["raw_read_tiles_per_s"]) < 0.01
     assert (tmp_path / "rgb_uint8_512.tif").is_file() and (tmp_path / "mul_uint16_512.tif").is_file()
+
+
+def test_bench_pipeline_breakdown_prints_every_stage(tmp_path, capsys):
+    assert main(["pipeline", "--json", "--breakdown", "--size", "512", "--tiles", "16", "--batch-size", "4",
+                 "--rounds", "1", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("single thread, ms per tile"))
+    stages = lines[header].split(": ", 1)[1].split(", ")
+    assert stages == ["raw_read", "streamed_sampling", "streamed_pipeline", "cached_sampling", "cached_pipeline"]
+    for row, scene in zip(lines[header + 1 : header + 3], ("rgb_uint8", "mul_uint16")):
+        name, *values = row.split()
+        assert name == scene and len(values) == len(stages) and all(float(v) > 0 for v in values)
+    assert set(json.loads(lines[-1])) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio"}
