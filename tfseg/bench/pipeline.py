@@ -158,7 +158,7 @@ def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, w
     import dataclasses
 
     from .._tf import tensorflow as tf
-    from ..data.pipeline import _RandomSampler, build_dataset, num_label_channels
+    from ..data.pipeline import _RandomSampler, build_dataset, num_label_channels, prepare_labels
 
     out = {}
     reader = RawReader(path, size, window, 1)
@@ -168,7 +168,9 @@ def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, w
     options.threading.private_threadpool_size = 1
     options.threading.max_intra_op_parallelism = 1
     one = dataclasses.replace(data_cfg, num_parallel_calls=1)
-    for label, source, cfg in (("streamed", scene, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
+    # labels as build_dataset prepares them: rasterized once per scene (within label_cache_mpix)
+    streamed = prepare_labels([scene], data_cfg.label_cache_mpix * 1_000_000)[0]
+    for label, source, cfg in (("streamed", streamed, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
         sampler = _RandomSampler([source], norm, cfg, 0, False)
         image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
         mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
