@@ -31,12 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as a script from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
-from tfseg import config as config_lib  # noqa: E402
+from pipelines import _common as common  # noqa: E402
+from pipelines._common import REPO, PipelineError, config_lib  # noqa: E402
 
 log = logging.getLogger("tfseg.pipelines.buildings")
 
@@ -45,10 +44,6 @@ DEFAULT_DATA_ROOT = "../shared/data/kampala_buildings/train"  # relative to the 
 QUICK = ["data.window_size=128", "data.eval_overlap=0", "data.batch_size=2", "data.train_windows_per_epoch=4",
          "train.epochs=1", "train.num_figure_tiles=2", "train.object_f1=false", "model.decoder_filters=[16,16,8,8,8]"]
 QUICK_CHIPS = 8  # chips used by --quick (split like the full run)
-
-
-class PipelineError(ValueError):
-    """Bad input for the pipeline; the message names the folder or file."""
 
 
 def resolve_data_root(data_root) -> Path:
@@ -86,15 +81,12 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
     chosen = {"val": sorted(order[:n_val]), "train": sorted(order[n_val:])}
     split = {}
     for name, indexes in chosen.items():
-        for sub in ("images", "masks"):
+        for sub, part in (("images", 0), ("masks", 1)):
             folder = split_dir / name / sub
-            folder.mkdir(parents=True, exist_ok=True)
-            for old in folder.iterdir():
-                old.unlink()
-        for i in indexes:
-            image, mask = pairs[i]
-            os.symlink(image.resolve(), split_dir / name / "images" / image.name)
-            os.symlink(mask.resolve(), split_dir / name / "masks" / mask.name)
+            if folder.is_dir():  # a previous split's links go first
+                for old in folder.iterdir():
+                    old.unlink()
+            common.link_view([pairs[i][part] for i in indexes], folder)
         split[name] = [pairs[i][0].stem for i in indexes]
     (split_dir / "split.json").write_text(json.dumps({"data_root": str(data_root), "seed": seed,
                                                       "val_fraction": val_fraction, **split}, indent=1))
@@ -134,15 +126,15 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     trained = train(cfg, run_dir, overwrite=overwrite, verbose=1 if not quick else 0)
     train_wall = time.time() - started
 
-    val_images = split_dir / "val" / "images"
-    pixels = evaluate.evaluate_pixels(run_dir, sorted(val_images.iterdir()), sorted((split_dir / "val" / "masks").iterdir()),
+    val_images = sorted((split_dir / "val" / "images").iterdir())
+    pixels = evaluate.evaluate_pixels(run_dir, val_images, sorted((split_dir / "val" / "masks").iterdir()),
                                       tile_size=256, overlap=0, batch_size=8)
     log.info("pixels: %s", pixels)
 
     pred_dir = run_dir / "predict_val"
     options = predict.PredictOptions(tile_size=256, overlap=0, epsg4326=True, probabilities="none", overlay=False,
                                      spacenet_csv=str(pred_dir / "proposals.csv"), progress=False)
-    predict.predict_scenes(run_dir / "export", sorted(val_images.iterdir()), pred_dir, options)
+    predict.predict_scenes(run_dir / "export", val_images, pred_dir, options)
     stems = split["val"]
     truth = merge_geojson([data_root / "labels" / f"{s}.geojson" for s in stems], run_dir / "val_truth.geojson", stems)
     proposals = merge_geojson([pred_dir / f"{s}_polygons.geojson" for s in stems], run_dir / "val_proposals.geojson",
@@ -150,7 +142,7 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     objects = scoring.score_geojson(truth, proposals)["overall"]
     log.info("objects: %s", objects)
 
-    sample = sorted(val_images.iterdir())[0]
+    sample = val_images[0]
     sample_dir = run_dir / "predict"
     predict.predict_scenes(run_dir / "export", [sample], sample_dir,
                            predict.PredictOptions(tile_size=256, overlap=0, spacenet_csv=str(sample_dir / "proposals.csv"),
@@ -185,7 +177,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         m = run(args.data_root, args.run_dir, args.config, args.overrides, args.quick, args.overwrite)
-    except (ValueError, FileNotFoundError) as exc:
+    except (PipelineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"held-out chips: {m['val_chips']} (trained on {m['train_chips']})")

@@ -24,7 +24,6 @@ Example:
 """
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -46,12 +45,11 @@ QUICK = {"unet20": ["train.epochs=2", "data.train_windows_per_epoch=8", "data.ba
 
 def per_class_scores(history: Path, monitor: str, mode: str) -> dict:
     """``{class: {"iou", "f1"}}`` of the best epoch's validation columns ``val_iou_<c>``/``val_f1_<c>``."""
-    with history.open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+    from tfseg.compare import best_row, read_history
+
+    best = best_row(read_history(history), monitor, mode)
+    if best is None:
         raise common.PipelineError(f"{history}: no epochs")
-    pick = max if mode == "max" else min
-    best = pick(rows, key=lambda r: float(r[monitor]))
     out = {}
     for key, value in best.items():
         for kind in ("iou", "f1"):

@@ -47,7 +47,8 @@ class CompareError(ValueError):
 # ------------------------------------------------------------------------------------------
 # Reading runs
 # ------------------------------------------------------------------------------------------
-def _read_history(path: Path) -> list:
+def read_history(path: Path) -> list:
+    """``history.csv`` rows as ``{column: float}`` (NaN where a value is not a number)."""
     with open(path, newline="") as handle:
         rows = []
         for row in csv.DictReader(handle):
@@ -81,7 +82,7 @@ def read_run(path, label: Optional[str] = None) -> dict:
     metrics = {}
     if (path / "metrics.json").is_file():
         metrics = json.loads((path / "metrics.json").read_text())
-    history = _read_history(path / "history.csv")
+    history = read_history(path / "history.csv")
     model, train = cfg.get("model", {}), cfg.get("train", {})
     return {
         "run": label or path.name,
@@ -98,7 +99,8 @@ def read_run(path, label: Optional[str] = None) -> dict:
     }
 
 
-def _best(history: list, metric: str, mode: str) -> Optional[dict]:
+def best_row(history: list, metric: str, mode: str) -> Optional[dict]:
+    """The history row with the best ``metric`` (``mode`` max or min), NaN rows skipped; None if none."""
     rows = [r for r in history if metric in r and r[metric] == r[metric]]  # drop NaN
     if not rows:
         return None
@@ -109,7 +111,7 @@ def summarize(runs: list, metric: str, mode: str) -> list:
     """Table rows (best epoch on ``metric`` per run), sorted best first; runs lacking the metric last."""
     rows = []
     for run in runs:
-        best = _best(run["history"], metric, mode)
+        best = best_row(run["history"], metric, mode)
         row = {k: run[k] for k in COLUMNS if k in run}
         row["best_epoch"] = int(best["epoch"]) + 1 if best and "epoch" in best else ""
         for name in dict.fromkeys([metric] + VAL_METRICS):

@@ -120,8 +120,7 @@ def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_s
     pairs = pair_images_and_masks(images, masks, mask_suffix)
     num_labels = max(2, predictor.num_classes)
     matrix = np.zeros((num_labels, num_labels), np.int64)
-    tile = tile_size or predictor.tile_size
-    overlap = overlap if overlap >= 0 else min(predictor.recommended_overlap, tile // 2)
+    tile, overlap = predictor.tiling(tile_size, overlap)
     for image_path, mask_path in pairs:
         info = open_raster(image_path)
         truth = _read_mask(mask_path, predictor)

@@ -74,11 +74,18 @@ class Predictor:
     def __call__(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to_classes(self, probs: np.ndarray) -> np.ndarray:
-        """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary) or argmax."""
+    def to_classes(self, probs: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+        """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
+        unless ``threshold`` is given) or argmax."""
         if self.binary:
-            return (probs[..., 0] >= self.threshold).astype(np.uint8)
+            return (probs[..., 0] >= (self.threshold if threshold is None else threshold)).astype(np.uint8)
         return np.argmax(probs, axis=-1).astype(np.uint8)
+
+    def tiling(self, tile_size: int = 0, overlap: int = -1) -> tuple[int, int]:
+        """Sliding-window tile size and overlap: the given ones, else the model's (overlap at most
+        half a tile)."""
+        tile = tile_size or self.tile_size
+        return tile, (overlap if overlap >= 0 else min(self.recommended_overlap, tile // 2))
 
 
 class KerasPredictor(Predictor):

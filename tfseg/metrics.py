@@ -17,12 +17,10 @@ import re
 import keras
 from keras import ops
 
+from .losses import TASKS, default_task
+
 KINDS = ("iou", "f1", "precision", "recall", "accuracy")
 AVERAGES = ("auto", "macro", "positive")
-
-
-def _default_task(classes: int) -> str:
-    return "binary" if classes == 1 else "multiclass"
 
 
 @keras.saving.register_keras_serializable(package="tfseg")
@@ -40,8 +38,8 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             raise ValueError(f"metric kind {kind!r} is not available; available: {KINDS}")
         if average not in AVERAGES:
             raise ValueError(f"metric average {average!r} is not available; available: {AVERAGES}")
-        task = task or _default_task(classes)
-        if task not in ("binary", "multiclass", "multilabel"):
+        task = task or default_task(classes)
+        if task not in TASKS:
             raise ValueError(f"task: expected binary, multiclass or multilabel, got {task!r}")
         if class_id is not None and not 0 <= int(class_id) < max(classes, 2 if task == "binary" else 1):
             raise ValueError(f"metric class_id {class_id} out of range for {classes} classes")
@@ -124,7 +122,7 @@ def _score(tp, fp, fn, kind):
 
 def metric_from_matrix(matrix, kind: str, classes: int, class_id=None, task=None, average: str = "auto"):
     """A metric value from accumulated confusion matrices (see :class:`ConfusionMatrixMetric`)."""
-    task = task or _default_task(classes)
+    task = task or default_task(classes)
     matrix = ops.cast(matrix, "float32")
     if task == "multilabel":  # matrix (K, 2, 2): [class, truth, prediction]
         if kind == "accuracy":
@@ -152,7 +150,7 @@ def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold: f
     multiclass / multilabel: mean over classes). With ``class_names`` (several classes), also
     ``<kind>_<classname>`` per class for ``per_class_kinds``; for binary tasks also ``miou``
     (mean IoU over background and foreground)."""
-    task = task or _default_task(classes)
+    task = task or default_task(classes)
     metrics = [ConfusionMatrixMetric(kind, classes, ignore_index, threshold, task=task) for kind in KINDS]
     if class_names is None:
         return metrics

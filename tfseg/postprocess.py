@@ -14,10 +14,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
+import threading
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -173,13 +175,11 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     """
     import rasterio
     from rasterio.windows import Window
-    from shapely import STRtree
-    from shapely.ops import unary_union
 
     options = options or PolygonOptions()
     records = []
     margin = max(0, int(options.opening_px))
-    with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else _nullcontext()) as psrc:
+    with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else contextlib.nullcontext()) as psrc:
         height, width = src.height, src.width
         for value in class_values:
             pending = []  # (polygon, prob sum, count) touching an inner block boundary
@@ -203,20 +203,15 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                     else:
                         for piece in finish_polygon(poly, options, pixel_area_m2):
                             records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
-            records.extend(_merge_pending(pending, value, options, pixel_area_m2, STRtree, unary_union))
+            records.extend(_merge_pending(pending, value, options, pixel_area_m2))
     return records
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _merge_pending(pending, value, options, pixel_area_m2, STRtree, unary_union) -> list:
+def _merge_pending(pending, value, options, pixel_area_m2) -> list:
     """Union the parts of objects cut by block boundaries (parts sharing an edge)."""
+    from shapely import STRtree
+    from shapely.ops import unary_union
+
     if not pending:
         return []
     geoms = [p[0] for p in pending]
@@ -274,12 +269,19 @@ def to_world(geometry, transform):
     return affinity.affine_transform(geometry, [t.a, t.b, t.d, t.e, t.c, t.f])
 
 
-def reproject_geometry(geometry, src_crs, dst_crs):
+@functools.lru_cache(maxsize=32)
+def _transformer(src_crs, dst_crs, thread: int):
+    """One pyproj Transformer per CRS pair (and thread): building one looks up the projection
+    database, far dearer than transforming a polygon."""
     from pyproj import Transformer
+
+    return Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+
+def reproject_geometry(geometry, src_crs, dst_crs):
     from shapely.ops import transform as shp_transform
 
-    transformer = Transformer.from_crs(src_crs, dst_crs, always_xy=True)
-    return shp_transform(transformer.transform, geometry)
+    return shp_transform(_transformer(src_crs, dst_crs, threading.get_ident()).transform, geometry)
 
 
 # ------------------------------------------------------------------------------------------
@@ -350,19 +352,13 @@ def spacenet_rows(image_id: str, records: Sequence[PolygonRecord]) -> list:
     return [[image_id, i, rec.geometry.wkt, round(float(rec.confidence), 6)] for i, rec in enumerate(ordered)]
 
 
-def write_spacenet_csv(path, per_image: dict, append: bool = False) -> Path:
+def write_spacenet_csv(path, per_image: dict) -> Path:
     """``ImageId,BuildingId,PolygonWKT_Pix,Confidence`` rows for ``{image_id: [PolygonRecord]}``."""
     path = Path(path)
-    new = not append or not path.exists()
-    with path.open("a" if append else "w", newline="") as handle:
+    with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        if new:
-            writer.writerow(SPACENET_HEADER)
+        writer.writerow(SPACENET_HEADER)
         for image_id, records in per_image.items():
             writer.writerows(spacenet_rows(image_id, records))
     return path
 
-
-def warn_not_georeferenced(path) -> None:
-    warnings.warn(f"{path}: not georeferenced (no CRS/transform); polygons and outputs are in pixel coordinates",
-                  stacklevel=2)

@@ -201,18 +201,13 @@ class GeoTiffSink:
                 data = probs.astype(np.float32)
                 data[invalid] = np.nan
             self._prob.write(np.moveaxis(data, -1, 0), window=window)
-        classes = self._to_classes(probs)
+        classes = self.predictor.to_classes(probs, self.threshold)
         classes[invalid] = CLASS_NODATA
         counts = np.bincount(classes[valid].ravel(), minlength=self.class_counts.size)
         self.class_counts += counts[: self.class_counts.size]
         self.valid_pixels += int(valid.sum())
         if self._class is not None:
             self._class.write(classes[None], window=window)
-
-    def _to_classes(self, probs):
-        if self.predictor.binary:
-            return (probs[..., 0] >= self.threshold).astype(np.uint8)
-        return self.predictor.to_classes(probs)
 
     def close(self) -> None:
         for handle, path in ((self._prob, self.prob_path), (self._class, self.class_path)):
@@ -344,8 +339,7 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         )
         jobs.append(Job(RasterSource(info), sink, info.path))
         sinks.append(sink)
-    tile_size = options.tile_size or predictor.tile_size
-    overlap = options.overlap if options.overlap >= 0 else min(predictor.recommended_overlap, tile_size // 2)
+    tile_size, overlap = predictor.tiling(options.tile_size, options.overlap)
     stats = run_sliding_window(predictor, jobs, tile_size, overlap, options.batch_size, options.tta, options.margin,
                                block_rows=min(s.block for s in sinks), progress=_Progress(options.progress))
     post_started = time.perf_counter()

@@ -167,12 +167,6 @@ def prepare_run_dir(run_dir: Optional[str], cfg, overwrite: bool = False) -> tup
     return path, False
 
 
-def is_run_dir(path) -> bool:
-    """True when ``path`` looks like a tfseg run directory (has config.yaml and history or metrics)."""
-    path = Path(path)
-    return (path / "config.yaml").is_file() and ((path / "metrics.json").is_file() or (path / "history.csv").is_file())
-
-
 def zip_directory(source, target) -> Path:
     """Zip ``source`` (e.g. the SavedModel ``export/``) into ``target`` atomically."""
     source, target = Path(source), Path(target)

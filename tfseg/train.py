@@ -36,6 +36,7 @@ import keras
 import numpy as np
 
 from . import config as config_lib
+from .compare import best_row, read_history
 from .data.formats import load_scenes
 from .data.pipeline import build_dataset
 from .data.raster import compute_normalization
@@ -487,18 +488,18 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     final_ds = build_dataset(val_scenes, norm, final_data, training=False, batch_size=global_batch)
     scores = best.evaluate(final_ds, verbose=0, return_dict=True)
     val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
-    history_rows = _read_history(run_path / "history.csv")
+    history_path = run_path / "history.csv"
     final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}
     result = {
         "val": val,
-        "epochs": len(history_rows),
+        "epochs": len(read_history(history_path)) if history_path.is_file() else 0,
         "train_seconds": round(train_seconds, 2),
         "val_loss": float(scores["loss"]),
         "params": int(best.count_params()),
         "precision_policy": precision,
         "model": cfg.model.name,
         "backbone": cfg.model.backbone,
-        "best_epoch": _best_epoch(run_path / "history.csv", cfg.train.monitor, cfg.train.monitor_mode),
+        "best_epoch": _best_epoch(history_path, cfg.train.monitor, cfg.train.monitor_mode),
         "resumes": int(final_state.get("resumes", 0)),
         "replicas": replicas,
         "global_batch_size": global_batch,
@@ -588,28 +589,14 @@ def _dataset_name(cfg) -> str:
 
 
 def _best_epoch(path: Path, monitor: str, mode: str):
-    import csv
-
-    if not path.is_file():
-        return None
-    with open(path, newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get(monitor) not in (None, "", "nan")]
-    if not rows:
-        return None
-    pick = max if mode == "max" else min
-    return int(pick(rows, key=lambda r: float(r[monitor]))["epoch"]) + 1
+    best = best_row(read_history(path), monitor, mode) if path.is_file() else None
+    return int(best["epoch"]) + 1 if best else None
 
 
 def _band_names(scenes) -> list:
     from .data.raster import band_names
 
     return band_names(scenes[0].info)
-
-
-def _read_history(path: Path) -> list:
-    if not path.is_file():
-        return []
-    return [line for line in path.read_text().splitlines()[1:] if line.strip()]
 
 
 def _export_metadata(cfg, norm, result, bands) -> dict:

@@ -120,15 +120,6 @@ class RawReader:
         self.pool.shutdown()
 
 
-def raw_read_rate(path: str, size: int, window: int, tiles: int, workers: int, seed: int = 0) -> float:
-    """Tiles/s of bare random-window rasterio reads in a pool of ``workers`` threads."""
-    reader = RawReader(path, size, window, workers, seed)
-    try:
-        return tiles / reader.seconds(tiles)
-    finally:
-        reader.close()
-
-
 def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
     """Seconds for ``tiles`` tiles (whole batches) of a fresh iterator after one warm-up batch;
     the iterator is dropped afterwards, so it does no work while the other methods run."""
@@ -141,13 +132,6 @@ def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
     elapsed = time.perf_counter() - start
     del it
     return elapsed * tiles / (batches * batch_size)
-
-
-def pipeline_rate(scenes, norm, data_cfg, tiles: int) -> float:
-    from ..data.pipeline import build_dataset
-
-    ds = build_dataset(scenes, norm, data_cfg, training=True)
-    return tiles / pipeline_seconds(ds, data_cfg.batch_size, tiles)
 
 
 def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, window: int, tiles: int) -> dict:
@@ -171,7 +155,7 @@ def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, w
     # labels as build_dataset prepares them: rasterized once per scene (within label_cache_mpix)
     streamed = prepare_labels([scene], data_cfg.label_cache_mpix * 1_000_000)[0]
     for label, source, cfg in (("streamed", streamed, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
-        sampler = _RandomSampler([source], norm, cfg, 0, False)
+        sampler = _RandomSampler([source], cfg, 0, False)
         image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
         mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
         sampler.fill(0, image, mask)

@@ -74,12 +74,15 @@ def measure(args, jit_compile: bool) -> dict:
     for _ in range(args.rounds):
         for name, model in models.items():
             times[name].append(_step_time(model, images, labels, args.steps))
-    from .gpu import forward_flops
+    result = {name: {"img_per_s": args.batch_size / statistics.median(t), "params": models[name].count_params()}
+              for name, t in times.items()}
+    if not jit_compile:  # FLOPs are the same network's either way: profiled once, for the plain run
+        from .gpu import forward_flops
 
-    shape = (1, args.size, args.size, args.bands)
-    return {name: {"img_per_s": args.batch_size / statistics.median(t), "params": models[name].count_params(),
-                   "train_flops_per_img": 3.0 * forward_flops(models[name], shape)}
-            for name, t in times.items()}
+        shape = (1, args.size, args.size, args.bands)
+        for name, model in models.items():
+            result[name]["train_flops_per_img"] = 3.0 * forward_flops(model, shape)
+    return result
 
 
 def main(argv=None) -> int:

@@ -136,69 +136,6 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
     return out
 
 
-def dihedral_planes(planes, k: int, flip_cols: bool, flip_rows: bool, out: np.ndarray = None) -> np.ndarray:
-    """Rotate/flip 2-D planes (a C x H x W array or list) and interleave them into H x W x C
-    (into ``out`` when given).
-
-    OpenCV (SIMD ``rotate``/``flip``/``merge``) for its dtypes: ~10x faster than numpy's
-    strided copies of a band-sequential tile; numpy otherwise. Same result as
-    ``np.rot90(k)`` then column / row flips.
-    """
-    planes = list(planes)
-    dtype = planes[0].dtype
-    if dtype in CV2_DTYPES and len(planes) <= 512:
-        cv2 = _cv2()
-        rotate, flip = _cv2_codes(cv2, k, flip_cols, flip_rows)
-        rotated = []
-        for plane in planes:
-            if plane.strides[-1] != plane.itemsize:
-                plane = np.ascontiguousarray(plane)
-            if rotate is not None:
-                plane = cv2.rotate(plane, rotate)
-            if flip is not None:
-                plane = cv2.flip(plane, flip)
-            rotated.append(plane)
-        if out is not None and out.dtype == dtype and len(planes) > 1:
-            return _store(cv2.merge(rotated, dst=out), out)
-        merged = cv2.merge(rotated)
-        merged = merged[..., None] if merged.ndim == 2 else merged
-        return merged if out is None else _store(merged, out)
-    image = np.stack(planes, axis=-1)
-    if k:
-        image = np.rot90(image, k, axes=(0, 1))
-    if flip_cols:
-        image = image[:, ::-1]
-    if flip_rows:
-        image = image[::-1]
-    if out is not None:
-        np.copyto(out, image, casting="unsafe")
-        return out
-    return np.ascontiguousarray(image)
-
-
-def dihedral_numpy(image: np.ndarray, label: np.ndarray, aug, seed: int, index: int, copy: bool = True):
-    """Random rot90 (k * 90 degrees) and flips of one tile, in numpy (views + one copy).
-
-    Done inside the tile reader rather than as tf ops: on the raw source dtype it costs one
-    copy of the tile, where batched ``tf.where`` selections cost many passes over the batch.
-    Deterministic: drawn from ``default_rng([seed, index, 1])``. ``copy=False`` returns views.
-    """
-    if not (aug.rot90 or aug.flip):
-        return image, label
-    rng = np.random.default_rng([seed, int(index), 1])
-    k = int(rng.integers(0, 4)) if aug.rot90 else 0
-    flip_cols, flip_rows = (rng.random(2) < 0.5) if aug.flip else (False, False)
-    if k:
-        image, label = np.rot90(image, k, axes=(0, 1)), np.rot90(label, k, axes=(0, 1))
-    if flip_cols:
-        image, label = image[:, ::-1], label[:, ::-1]
-    if flip_rows:
-        image, label = image[::-1], label[::-1]
-    if not copy:
-        return image, label
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)
-
-
 def photometric_flat(indices, flat, aug, seed: int):
     """Per-sample, per-band brightness shift and contrast gain on a flat (B, N, C) normalized
     batch, before the valid mask is applied (the caller zeroes invalid pixels afterwards).

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from .augment import augment_pair, dihedral_into, draw_dihedral, photometric_flat
 from .labels import MaskLabels, RasterizedLabels
-from .raster import Normalization, RasterInfo, native_dtype, read_window, read_window_interleaved, read_window_view
+from .raster import Normalization, RasterInfo, native_dtype, read_window_interleaved, read_window_view
 from .sources import Scene
 from .tiling import grid_windows, random_window
 
@@ -253,8 +253,8 @@ class _RandomSampler:
     with oversampling, a share of windows is redrawn until it contains ``oversample_class``.
     """
 
-    def __init__(self, scenes, norm, data_cfg, seed, multilabel):
-        self.scenes, self.norm, self.cfg, self.seed = scenes, norm, data_cfg, seed
+    def __init__(self, scenes, data_cfg, seed, multilabel):
+        self.scenes, self.cfg, self.seed = scenes, data_cfg, seed
         self.sizes = [s.size for s in scenes]
         self.multilabel = multilabel
         dtypes = {native_dtype(s.info) for s in scenes}
@@ -355,7 +355,7 @@ def build_dataset(
     if training and not aug.scale:
         # whole batches per numpy call: batch b holds windows b*B .. b*B+B-1 (same windows as
         # one per call), with far less per-element tf.data overhead
-        sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel)
 
         def sample_batch(b):  # each tile written straight into the batch buffers
             image = np.empty((batch, size, size, bands), raw_dtype)
@@ -372,7 +372,7 @@ def build_dataset(
 
         ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=parallel, deterministic=True)
     elif training:
-        sampler = _RandomSampler(scenes, norm, cfg, seed, multilabel)
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
             lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),

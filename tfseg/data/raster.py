@@ -114,13 +114,6 @@ def _handle(path: str):
     return handle
 
 
-def close_handles() -> None:
-    """Close this thread's cached dataset handles (e.g. before deleting files)."""
-    for handle in getattr(_local, "handles", {}).values():
-        handle.close()
-    _local.handles = {}
-
-
 def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> RasterInfo:
     """Open ``path`` and describe it; raise RasterError naming the file if it is unusable.
 

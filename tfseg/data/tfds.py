@@ -68,18 +68,24 @@ def read_source_config(manual_dir):
 
 
 @functools.lru_cache(maxsize=4)
+def _source_config(manual_dir: str):
+    """:func:`read_source_config`, read and validated once per worker process."""
+    return read_source_config(manual_dir)
+
+
+@functools.lru_cache(maxsize=4)
 def _scenes(manual_dir: str):
     """(train, val) scenes of the source; cached per worker process."""
     from .formats import load_scenes
 
-    return load_scenes(read_source_config(manual_dir))
+    return load_scenes(_source_config(manual_dir))
 
 
 def tile_items(manual_dir: str, split: str) -> list[tuple[str, int, tuple]]:
     """``(manual_dir, split, scene_index, (col, row, width, height))`` for every tile of ``split``."""
     from .tiling import grid_windows
 
-    cfg = read_source_config(manual_dir)
+    cfg = _source_config(str(manual_dir))
     scenes = _scenes(str(manual_dir))[SPLITS[split]]
     overlap = int(cfg.options.get("tile_overlap", 0))
     return [
@@ -96,7 +102,7 @@ def make_example(item) -> tuple[str, dict]:
     from .raster import read_window
 
     manual_dir, split, index, (col, row, width, height) = item
-    cfg = read_source_config(manual_dir)
+    cfg = _source_config(manual_dir)
     scene = _scenes(manual_dir)[SPLITS[split]][index]
     window = Window(col, row, width, height)
     image, valid = read_window(scene.info, window)

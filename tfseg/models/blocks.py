@@ -19,6 +19,14 @@ from keras import layers, ops
 BN_MOMENTUM = 0.9
 
 
+def reject_options(options: dict, architecture: str, ignored=()) -> None:
+    """Raise for ``model.options`` keys the architecture does not know (``ignored``: config
+    fields of other architectures that reach every builder)."""
+    unknown = sorted(set(options) - set(ignored))
+    if unknown:
+        raise ValueError(f"model.options: unknown option(s) {unknown} for model.name={architecture!r}")
+
+
 def conv_block(x, filters: int, batch_norm: bool = True, dropout: float = 0.0, name: str = "block"):
     """Two 3x3 conv -> (BN) -> ReLU, with optional dropout between them."""
     for i in range(2):

@@ -12,7 +12,7 @@ import keras
 from keras import layers
 
 from .backbones import build_encoder, check_backbone
-from .blocks import BilinearKernel, SegmentationModel, check_input_shape, final_activation
+from .blocks import BilinearKernel, SegmentationModel, check_input_shape, final_activation, reject_options
 
 
 def build_fcn8(input_shape=(None, None, 3), classes: int = 1, backbone: str = "vgg16", encoder_weights: str = "",
@@ -25,10 +25,7 @@ def build_fcn8(input_shape=(None, None, 3), classes: int = 1, backbone: str = "v
     backbone = backbone or "vgg16"
     check_backbone(backbone)
     input_scale = options.pop("input_scale", None)
-    _ignored = {"depth", "filters", "batch_norm", "dropout_position", "upsampling", "stem"}
-    unknown = sorted(set(options) - _ignored)
-    if unknown:
-        raise ValueError(f"model.options: unknown option(s) {unknown} for model.name='fcn8'")
+    reject_options(options, "fcn8", ignored={"depth", "filters", "batch_norm", "dropout_position", "upsampling", "stem"})
     check_input_shape(input_shape, 32, f"fcn8 with backbone {backbone!r}")
     classic = backbone == "vgg16"
     fc_filters = int(decoder_filters[0]) if decoder_filters else (4096 if classic else 1024)

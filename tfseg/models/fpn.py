@@ -11,7 +11,7 @@ import keras
 from keras import layers
 
 from .backbones import build_encoder, check_backbone
-from .blocks import SegmentationModel, check_input_shape, conv_bn_relu, output_head
+from .blocks import SegmentationModel, check_input_shape, conv_bn_relu, output_head, reject_options
 
 
 def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "efficientnetb0",
@@ -24,9 +24,7 @@ def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "ef
     check_backbone(backbone)
     input_scale = options.pop("input_scale", None)
     aggregation = options.pop("aggregation", "concat")
-    unknown = sorted(set(options) - {"depth", "filters", "dropout_position", "upsampling", "stem"})
-    if unknown:
-        raise ValueError(f"model.options: unknown option(s) {unknown} for model.name='fpn'")
+    reject_options(options, "fpn", ignored={"depth", "filters", "dropout_position", "upsampling", "stem"})
     if aggregation not in ("concat", "sum"):
         raise ValueError(f"model.options.aggregation: expected 'concat' or 'sum', got {aggregation!r}")
     check_input_shape(input_shape, 32, f"fpn with backbone {backbone!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 import keras
-from keras import layers
 
 from .blocks import SegmentationModel, check_input_shape, final_activation
 

@@ -14,7 +14,7 @@ from keras import layers
 
 from .backbones import build_encoder, check_backbone
 from .blocks import (BilinearUpsample2x, SegmentationModel, check_input_shape, conv_block, output_head,
-                     residual_double_conv, upsample2x)
+                     reject_options, residual_double_conv, upsample2x)
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
@@ -49,7 +49,7 @@ def build_unet(
         return build_backbone_unet(
             input_shape, classes, backbone, encoder_weights, encoder_freeze, decoder_filters, batch_norm,
             dropout, upsampling, activation, stem, name or f"unet_{backbone}", **options)
-    _reject_options(options, "unet")
+    reject_options(options, "unet")
     check_input_shape(input_shape, 2**depth, f"a plain UNet of depth {depth}")
     if stem != "plain":
         raise ValueError("model.stem: 'residual' needs a backbone (the Res50-UNet stem), got no model.backbone")
@@ -95,7 +95,7 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
     """
     check_backbone(backbone)
     input_scale = options.pop("input_scale", None)
-    _reject_options(options, "unet")
+    reject_options(options, "unet")
     check_input_shape(input_shape, 32, f"unet with backbone {backbone!r}")
     decoder_filters = tuple(decoder_filters or DEFAULT_DECODER_FILTERS)
     if len(decoder_filters) not in (4, 5):
@@ -120,6 +120,3 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
     return SegmentationModel(inputs, outputs, name=name or f"unet_{backbone}", tfseg_multiple=32)
 
 
-def _reject_options(options: dict, architecture: str):
-    if options:
-        raise ValueError(f"model.options: unknown option(s) {sorted(options)} for model.name={architecture!r}")

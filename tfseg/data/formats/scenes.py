@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..labels import VectorLabels
+from ..labels import VectorLabels, read_vector_file
 from ..raster import open_raster
 from ..sources import Scene
 
@@ -36,13 +36,15 @@ def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> 
     files = _raster_files(folder)
     if not files:
         raise DataFormatError(f"no GeoTIFF (.tif/.tiff) scenes in {folder}")
+    features, crs = read_vector_file(vector_file)  # read once, placed on every scene's grid
+    values = class_values(data_cfg)
     scenes = []
     for path in files:
         info = open_raster(path, data_cfg.bands)
         check_band_count(info, data_cfg)
-        labels = VectorLabels.from_file(
-            vector_file, info, class_attribute=data_cfg.label_attribute,
-            class_values=class_values(data_cfg), require_overlap=False,
+        labels = VectorLabels.from_features(
+            features, crs, info, class_attribute=data_cfg.label_attribute,
+            class_values=values, require_overlap=False, source=str(vector_file),
         )
         scenes.append(Scene(info, labels, name=path.stem))
     _check_labels_overlap(scenes, vector_file)
