@@ -55,10 +55,27 @@ class Predictor:
     tile_size: int = 256
     recommended_overlap: int = 32
     source: str = ""
+    # object post-processing chosen on validation at the end of training (threshold, min area,
+    # opening, instances; see tfseg.operating_point); None for models trained without one
+    operating_point: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.operating_point and self.operating_point.get("threshold") is not None:
+            self.threshold = float(self.operating_point["threshold"])
 
     @property
     def binary(self) -> bool:
         return self.num_classes == 1
+
+    def instance_bands(self) -> Optional[dict]:
+        """1-based output bands ``{"footprint", "boundary"?, "contact"?}`` of a building model
+        (binary, or multi-label footprint[/boundary/contact] channels); None for other models."""
+        if self.binary:
+            return {"footprint": 1}
+        if self.task == "multilabel" and "footprint" in self.classes:
+            return {name: self.classes.index(name) + 1 for name in ("footprint", "boundary", "contact")
+                    if name in self.classes}
+        return None
 
     @property
     def class_names(self) -> list:
@@ -77,8 +94,12 @@ class Predictor:
     def to_classes(self, probs: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
         unless ``threshold`` is given) or argmax."""
+        threshold = self.threshold if threshold is None else threshold
         if self.binary:
-            return (probs[..., 0] >= (self.threshold if threshold is None else threshold)).astype(np.uint8)
+            return (probs[..., 0] >= threshold).astype(np.uint8)
+        bands = self.instance_bands()
+        if bands is not None:  # a multi-label building model: its class map is the footprint
+            return (probs[..., bands["footprint"] - 1] >= threshold).astype(np.uint8)
         return np.argmax(probs, axis=-1).astype(np.uint8)
 
     def tiling(self, tile_size: int = 0, overlap: int = -1) -> tuple[int, int]:
@@ -138,6 +159,7 @@ class SavedModelPredictor(Predictor):
             tile_size=int(meta.get("tile_size") or 256),
             recommended_overlap=int(meta.get("recommended_overlap") or 32),
             source=str(path),
+            operating_point=meta.get("operating_point"),
             **kwargs,
         )
 
@@ -181,6 +203,9 @@ def _run_settings(run_dir: Path) -> dict:
         out["tile_size"] = int(data["window_size"])
     if "recommended_overlap" in export:
         out["recommended_overlap"] = int(export["recommended_overlap"])
+    chosen = run_dir / "operating_point.json"
+    if chosen.is_file():
+        out["operating_point"] = json.loads(chosen.read_text())
     return out
 
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -65,8 +66,12 @@ class PredictOptions:
     overlay: bool = True
     spacenet_csv: str = ""  # path; "" = off
     cog: bool = False
-    threshold: Optional[float] = None
-    polygon: PolygonOptions = field(default_factory=PolygonOptions)
+    threshold: Optional[float] = None  # None = the model's (its operating point's when it has one)
+    # None = the model's operating point (chosen on validation) when it has one, else defaults
+    polygon: Optional[PolygonOptions] = None
+    polygon_overrides: dict = field(default_factory=dict)  # PolygonOptions fields set on the CLI
+    instances: Optional[str] = None  # none | watershed; None = the operating point's / watershed for building models
+    truth: str = ""  # GeoJSON of true footprints: the overlay outlines TP / FP / FN
     progress: bool = True
     gdal_cache_mb: int = 64  # GDAL block cache: bounds the memory of windowed reads and writes
 
@@ -236,24 +241,10 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     from PIL import Image
     from rasterio.enums import Resampling
 
-    from .data.raster import _handle
+    from .figures import scene_rgb
 
-    src = _handle(str(scene_path))
-    factor = max(1.0, max(src.width, src.height) / max_side)
-    out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
-    bands = [1, 2, 3] if src.count >= 3 else [1]
-    image = src.read(bands, out_shape=(len(bands), out_h, out_w), resampling=Resampling.nearest).astype(np.float32)
-    image = np.moveaxis(image, 0, -1)
-    ok = np.isfinite(image).all(-1)
-    if src.nodata is not None:
-        ok &= ~np.all(image == src.nodata, axis=-1)
-    rgb = np.zeros_like(image)
-    if ok.any():
-        low, high = np.percentile(image[ok], [2, 98], axis=0)
-        rgb = np.clip((image - low) / np.maximum(high - low, 1e-6), 0, 1)
-    if rgb.shape[-1] == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
-    rgb = (rgb * 255).astype(np.uint8)
+    rgb, _ = scene_rgb(scene_path, max_side)
+    out_h, out_w = rgb.shape[:2]
     with rasterio.open(class_path) as csrc:
         classes = csrc.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
         cmap = csrc.colormap(1) if csrc.count else {}
@@ -266,6 +257,43 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     overlay[classes == CLASS_NODATA] *= 0.3
     Image.fromarray(overlay.astype(np.uint8)).save(out_path)
     return Path(out_path)
+
+
+def truth_polygons(path, info) -> list:
+    """The polygons of a truth GeoJSON (any CRS, reprojected) in pixel coordinates of scene ``info``,
+    clipped to the scene."""
+    from shapely.affinity import affine_transform
+    from shapely.geometry import box
+
+    from .data.labels import VectorLabels
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--truth {path}: file not found")
+    if not info.crs:
+        raise ValueError(f"--truth {path}: scene {info.path} has no CRS, so the truth polygons cannot be placed on it")
+    labels = VectorLabels.from_file(path, info, require_overlap=False)
+    inverse = ~info.affine
+    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
+    extent = box(0, 0, info.width, info.height)
+    out = []
+    for geom in labels.geometries:
+        clipped = affine_transform(geom, matrix).intersection(extent)
+        out.extend(g for g in getattr(clipped, "geoms", [clipped]) if g.geom_type == "Polygon" and g.area > 0)
+    return out
+
+
+def write_object_overlay(info, records, truth_path, out_path, max_side: int = 1024) -> dict:
+    """The scene preview with the predicted objects outlined as true positives (green) or false
+    positives (red) and the missed true objects (blue) against ``truth_path``; returns the counts
+    (SpaceNet matching, IoU >= 0.5, on the polygons as written)."""
+    from .figures import draw_object_outlines, scene_rgb
+
+    rgb, scale = scene_rgb(info.path, max_side)
+    truth = truth_polygons(truth_path, info)
+    image, counts = draw_object_outlines(rgb, truth, [r.geometry for r in records], [r.confidence for r in records],
+                                         scale=scale)
+    image.save(out_path)
+    return counts
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,6 +317,35 @@ class _Progress:
         line = f"{Path(name).name} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} tiles"
         end = "\n" if done == total or not self.tty else ""
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def resolve_polygon_options(predictor: Predictor, options: PredictOptions) -> PolygonOptions:
+    """Post-processing for this model: ``options.polygon``, else the model's operating point, else
+    the defaults; then the CLI's explicit settings. Instances: watershed by default for building
+    models; asking it of another model is an error."""
+    from .operating_point import polygon_options_of
+
+    if options.polygon is not None:
+        polygon = options.polygon
+    elif predictor.operating_point:
+        polygon = polygon_options_of(predictor.operating_point)
+    else:
+        polygon = PolygonOptions()
+    polygon = dataclasses.replace(polygon, **options.polygon_overrides)
+    building = predictor.instance_bands() is not None
+    instances = options.instances
+    if instances is None and options.polygon is None and not (predictor.operating_point or {}).get("instances"):
+        instances = "watershed" if building else "none"
+    if instances is not None:
+        if instances == "watershed" and not building:
+            kind = predictor.task if predictor.task != "auto" else "multiclass"
+            raise ValueError(
+                f"--instances watershed needs a binary building model (one output channel, or multi-label "
+                f"footprint[/boundary/contact] channels); model {predictor.source or ''} is {kind} with "
+                f"{predictor.num_classes} outputs {predictor.class_names}: use --instances none"
+            )
+        polygon = dataclasses.replace(polygon, instances=instances)
+    return polygon
 
 
 def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOptions] = None) -> dict:
@@ -325,6 +382,7 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
     if len(set(stems)) != len(stems):
         raise OutputError(f"--input: two scenes share a file stem ({sorted(s for s in stems if stems.count(s) > 1)[0]}); "
                           f"their outputs would overwrite each other in {output}")
+    polygon_options = resolve_polygon_options(predictor, options)
     want_polygons = options.polygons if options.polygons is not None else predictor.binary
     want_polygons = want_polygons or bool(options.spacenet_csv)
     need_classes = options.classes or want_polygons or options.overlay
@@ -342,6 +400,8 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
     tile_size, overlap = predictor.tiling(options.tile_size, options.overlap)
     stats = run_sliding_window(predictor, jobs, tile_size, overlap, options.batch_size, options.tta, options.margin,
                                block_rows=min(s.block for s in sinks), progress=_Progress(options.progress))
+    bands = predictor.instance_bands() or {}
+    channel_bands = {k: v for k, v in bands.items() if k != "footprint"} if polygon_options.instances == "watershed" else {}
     post_started = time.perf_counter()
     scenes, csv_rows = [], {}
     polygon_classes = options.polygon_classes or (
@@ -361,9 +421,10 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         if sink.class_path and options.classes:
             entry["classes"] = str(sink.class_path)
         if want_polygons:
-            prob_bands = {v: (1 if predictor.binary else v + 1) for v in polygon_classes}
-            records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
-                                        pixel_area_m2=area, class_probability_band=prob_bands)
+            prob_bands = {v: (bands.get("footprint") if bands else v + 1) for v in polygon_classes}
+            records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, polygon_options,
+                                        pixel_area_m2=area, class_probability_band=prob_bands,
+                                        channel_bands=channel_bands if sink.prob_path else None)
             geojson = output / f"{stem}_polygons.geojson"
             write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
             entry["polygons"] = str(geojson)
@@ -372,7 +433,10 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
                 csv_rows[spacenet_image_id(info.path)] = [r for r in records if r.class_index == polygon_classes[0]]
         if options.overlay:
             overlay = output / f"{stem}_overlay.png"
-            write_overlay(info.path, sink.class_path, overlay, predictor)
+            if options.truth and want_polygons:
+                entry["objects"] = write_object_overlay(info, records, options.truth, overlay)
+            else:
+                write_overlay(info.path, sink.class_path, overlay, predictor)
             entry["overlay"] = str(overlay)
         if sink.class_path and not options.classes:
             sink.class_path.unlink(missing_ok=True)
@@ -397,6 +461,9 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         "tiles_per_s": round(stats["tiles"] / max(stats["seconds"], 1e-9), 3),
         "megapixels": round(stats["pixels"] / 1e6, 3),
         "km2": round(sum(km2), 6) if km2 else None,
+        "threshold": threshold,
+        "polygon_options": dataclasses.asdict(polygon_options) if want_polygons else None,
+        "operating_point": predictor.operating_point,
     }
     if options.spacenet_csv:
         summary["spacenet_csv"] = str(csv_path)
@@ -415,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=int, default=None, help="pixels at shared tile edges given zero weight (default overlap/4)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8], help="test-time augmentation views (flips/rot90)")
-    parser.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the model's)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary threshold (default: the model's operating point, else its training threshold)")
     parser.add_argument("--probabilities", default="float16", choices=["float16", "uint8", "none"],
                         help="probability GeoTIFF encoding (uint8: p*254, nodata 255)")
     parser.add_argument("--no-classes", action="store_true", help="do not keep the class GeoTIFF")
@@ -424,12 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-polygons", dest="polygons", action="store_false")
     parser.add_argument("--polygon-classes", type=int, nargs="*", default=[], help="class indexes to polygonize (default: all but 0)")
     parser.add_argument("--epsg4326", action="store_true", help="write polygons in EPSG:4326 instead of the scene CRS")
-    parser.add_argument("--opening", type=int, default=3, help="speckle removal: morphological opening kernel in pixels (0 = off)")
-    parser.add_argument("--min-area", type=float, default=20.0, help="drop polygons smaller than this many pixels²")
-    parser.add_argument("--min-area-m2", type=float, default=0.0, help="drop polygons smaller than this many m² (needs a CRS)")
+    parser.add_argument("--opening", type=int, default=None,
+                        help="speckle removal: morphological opening kernel in pixels (0 = off; default: the model's "
+                             "operating point, else 3)")
+    parser.add_argument("--min-area", type=float, default=None,
+                        help="drop polygons smaller than this many pixels² (default: the operating point's, else 20)")
+    parser.add_argument("--min-area-m2", type=float, default=None,
+                        help="drop polygons smaller than this many m² (needs a CRS; default: the operating point's, else 0)")
+    parser.add_argument("--instances", choices=["none", "watershed"], default=None,
+                        help="split touching buildings by marker-based watershed (default: the operating point's, else "
+                             "watershed for binary building models)")
     parser.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels (0 = off)")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep holes inside polygons")
-    parser.add_argument("--no-overlay", action="store_true", help="do not write the PNG preview")
+    parser.add_argument("--overlay", dest="overlay", action="store_true", default=True,
+                        help="write the PNG preview (default); with --truth it outlines true positives (green), false "
+                             "positives (red) and false negatives (blue)")
+    parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write the PNG preview")
+    parser.add_argument("--truth", default="", help="GeoJSON of true footprints (any CRS) for the overlay's TP/FP/FN outlines")
     parser.add_argument("--spacenet-csv", nargs="?", const="proposals.csv", default="",
                         help="also write a SpaceNet proposals CSV (default name proposals.csv in --output)")
     parser.add_argument("--cog", action="store_true", help="rewrite rasters as Cloud-Optimized GeoTIFFs with overviews")
@@ -445,11 +524,12 @@ def main(argv=None) -> int:
     options = PredictOptions(
         tile_size=args.tile_size, overlap=args.overlap, margin=args.margin, batch_size=args.batch_size, tta=args.tta,
         probabilities=args.probabilities, classes=not args.no_classes, polygons=args.polygons,
-        polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=not args.no_overlay,
+        polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=args.overlay, truth=args.truth,
         spacenet_csv=args.spacenet_csv, cog=args.cog, threshold=args.threshold, progress=not args.quiet,
-        gdal_cache_mb=args.gdal_cache_mb,
-        polygon=PolygonOptions(opening_px=args.opening, min_area_px=args.min_area, min_area_m2=args.min_area_m2,
-                               fill_holes=not args.no_fill_holes, simplify_px=args.simplify),
+        gdal_cache_mb=args.gdal_cache_mb, instances=args.instances,
+        polygon_overrides={key: value for key, value in (
+            ("opening_px", args.opening), ("min_area_px", args.min_area), ("min_area_m2", args.min_area_m2),
+            ("simplify_px", args.simplify), ("fill_holes", False if args.no_fill_holes else None)) if value is not None},
     )
     try:
         inputs = expand_inputs(args.input)

@@ -45,6 +45,7 @@ from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
 from .models import build_model
+from .postprocess import PolygonOptions
 from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
                        save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
@@ -437,7 +438,10 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
         from .object_metrics import ObjectF1Callback
 
-        callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
+        callbacks.insert(0, ObjectF1Callback(
+            val_scenes, norm, cfg.train.threshold, cfg.data.ignore_index, tile_size=cfg.data.window_size,
+            overlap=cfg.data.eval_overlap, batch_size=global_batch, options=PolygonOptions(instances="watershed"),
+            task=task, classes=cfg.data.classes))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
         callbacks.append(EpochFigure(val_ds, run_path / "figures", norm, cfg.train.num_figure_tiles,
                                      cfg.train.threshold, cfg.data.ignore_index))
@@ -506,13 +510,18 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         "steps_per_epoch": steps,
     }
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    point = None
+    if cfg.train.object_f1 and val_scenes:
+        point = _operating_point(cfg, best, norm, val_scenes, task, global_batch, run_path, result)
     write_json(run_path / "metrics.json", result)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index)
     archive = None
     if cfg.export.enabled:
-        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
-        export_saved_model(best, norm, run_path / "export", export_meta, threshold=cfg.train.threshold)
+        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype,
+                       "operating_point": point}
+        export_saved_model(best, norm, run_path / "export", export_meta,
+                           threshold=point["threshold"] if point else cfg.train.threshold)
         if tracker is not None and cfg.tracking.neptune.upload_model:
             archive = zip_directory(run_path / "export", run_path / ".neptune" / "artifacts" / "saved_model.zip")
     if tracker is not None:
@@ -521,6 +530,51 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         tracker.log_final(result, files, archive)
         tracker.stop()
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
+
+
+def _operating_point(cfg, model, norm, val_scenes, task, batch_size, run_path: Path, result: dict):
+    """Binary building tasks: object scores on the stitched validation scenes, the operating point
+    searched on them (RUN_DIR/operating_point.json + operating_point_search.csv, into ``result``)
+    and RUN_DIR/objects.png at that point. None for other tasks."""
+    from .figures import save_object_figure, scene_rgb
+    from .inference import KerasPredictor
+    from .object_metrics import footprint_channels, kept_records, match_records, proposals, scene_truth
+    from .operating_point import choose_operating_point, polygon_options_of
+    from .scoring import Counts
+
+    predictor = KerasPredictor(model, norm, threshold=cfg.train.threshold, task=task, classes=list(cfg.data.classes),
+                               tile_size=cfg.data.window_size, recommended_overlap=cfg.data.eval_overlap)
+    bands = predictor.instance_bands()
+    if bands is None:
+        return None
+    started = time.time()
+    truths = [scene_truth(s, cfg.data.ignore_index) for s in val_scenes]
+    point, rows, stitched = choose_operating_point(predictor, val_scenes, truths, cfg.data.window_size,
+                                                   cfg.data.eval_overlap, batch_size, run_path)
+    chosen = polygon_options_of(point)
+    default = PolygonOptions(instances="watershed")
+    panels, titles, counts = [], [], {"default": Counts(), "operating_point": Counts()}
+    for scene, truth, (probs, valid) in zip(val_scenes, truths, stitched):
+        footprint, extra = footprint_channels(probs, bands)
+        usable = valid & ~truth.ignore
+        for name, threshold, options in (("default", cfg.train.threshold, default),
+                                         ("operating_point", point["threshold"], chosen)):
+            records = proposals(footprint, usable, threshold, options, extra)
+            counts[name].add(match_records(truth, records, options.min_area_px, options.min_area_m2))
+        if len(panels) < max(4, cfg.train.num_figure_tiles) and truth.polygons:
+            kept = kept_records(truth, records, chosen.min_area_px, chosen.min_area_m2)
+            rgb, scale = scene_rgb(scene.info.path, max_side=512)
+            panels.append((rgb, truth.polygons, [r.geometry for r in kept], [r.confidence for r in kept], scale))
+            titles.append(scene.name)
+    save_object_figure(panels, run_path / "objects.png", titles)
+    result["operating_point"] = point
+    result["val_objects"] = {
+        name: {k.lower(): v for k, v in c.as_dict().items()} for name, c in counts.items()}
+    result["val_objects"]["default"]["post_processing"] = f"threshold {cfg.train.threshold}, opening 3 px, " \
+                                                          "min area 20 px, watershed"
+    log.info("operating point (object F1 %.4f on %d validation scenes, %d grid points, %.0f s): %s",
+             point["object_f1"], len(val_scenes), len(rows), time.time() - started, point)
+    return point
 
 
 def _scaled_lr(train_cfg, replicas: int):
