@@ -383,10 +383,16 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         raise OutputError(f"--input: two scenes share a file stem ({sorted(s for s in stems if stems.count(s) > 1)[0]}); "
                           f"their outputs would overwrite each other in {output}")
     polygon_options = resolve_polygon_options(predictor, options)
-    want_polygons = options.polygons if options.polygons is not None else predictor.binary
+    building = predictor.instance_bands() is not None
+    want_polygons = options.polygons if options.polygons is not None else building
     want_polygons = want_polygons or bool(options.spacenet_csv)
     need_classes = options.classes or want_polygons or options.overlay
     threshold = predictor.threshold if options.threshold is None else options.threshold
+    bands = predictor.instance_bands() or {}
+    channel_bands = {k: v for k, v in bands.items() if k != "footprint"} if polygon_options.instances == "watershed" else {}
+    if channel_bands and want_polygons and options.probabilities == "none":
+        raise ValueError(f"--instances watershed takes its markers from the model's {sorted(channel_bands)} "
+                         "probabilities: do not combine it with --probabilities none")
     jobs, sinks = [], []
     for info, stem in zip(infos, stems):
         sink = GeoTiffSink(
@@ -400,12 +406,10 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
     tile_size, overlap = predictor.tiling(options.tile_size, options.overlap)
     stats = run_sliding_window(predictor, jobs, tile_size, overlap, options.batch_size, options.tta, options.margin,
                                block_rows=min(s.block for s in sinks), progress=_Progress(options.progress))
-    bands = predictor.instance_bands() or {}
-    channel_bands = {k: v for k, v in bands.items() if k != "footprint"} if polygon_options.instances == "watershed" else {}
     post_started = time.perf_counter()
     scenes, csv_rows = [], {}
     polygon_classes = options.polygon_classes or (
-        [1] if predictor.binary else list(range(1, predictor.num_classes)))
+        [1] if building else list(range(1, predictor.num_classes)))
     for info, stem, sink in zip(infos, stems, sinks):
         entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs}
         transform = info.affine if info.crs else None
