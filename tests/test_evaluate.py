@@ -167,9 +167,20 @@ def test_train_with_object_f1(tmp_path):
     cfg = config_lib.load(config_lib.DEFAULT_CONFIG, tiny_synthetic_overrides(tmp_path / "data") + ["train.object_f1=true",
                                                                                                 "train.epochs=1",
                                                                                                 "export.enabled=false"])
-    train(cfg, tmp_path / "run", verbose=0)
-    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    result = train(cfg, tmp_path / "run", verbose=0)
+    run = tmp_path / "run"
+    header = (run / "history.csv").read_text().splitlines()[0]
     assert "val_object_f1" in header
+    # the operating point searched on the stitched validation scenes, its table and picture
+    point = json.loads((run / "operating_point.json").read_text())
+    assert point == result["operating_point"] == json.loads((run / "metrics.json").read_text())["operating_point"]
+    assert point["searched_on"] == "validation" and point["instances"] in ("none", "watershed")
+    assert len((run / "operating_point_search.csv").read_text().splitlines()) == 1 + point["grid_points"]
+    assert (run / "objects.png").stat().st_size > 0
+    assert set(result["val_objects"]) == {"default", "operating_point"}
+    from tfseg.inference import load_predictor
+
+    assert load_predictor(run).threshold == point["threshold"]
 
 
 def test_pixels_on_real_kampala_chips(oracle_run, capsys):

@@ -554,14 +554,16 @@ def _operating_point(cfg, model, norm, val_scenes, task, batch_size, run_path: P
     chosen = polygon_options_of(point)
     default = PolygonOptions(instances="watershed")
     panels, titles, counts = [], [], {"default": Counts(), "operating_point": Counts()}
-    for scene, truth, (probs, valid) in zip(val_scenes, truths, stitched):
+    # objects.png: the first scenes with buildings (then the others when too few have any)
+    pictured = sorted(range(len(val_scenes)), key=lambda i: not truths[i].polygons)[: max(4, cfg.train.num_figure_tiles)]
+    for index, (scene, truth, (probs, valid)) in enumerate(zip(val_scenes, truths, stitched)):
         footprint, extra = footprint_channels(probs, bands)
         usable = valid & ~truth.ignore
         for name, threshold, options in (("default", cfg.train.threshold, default),
                                          ("operating_point", point["threshold"], chosen)):
             records = proposals(footprint, usable, threshold, options, extra)
             counts[name].add(match_records(truth, records, options.min_area_px, options.min_area_m2))
-        if len(panels) < max(4, cfg.train.num_figure_tiles) and truth.polygons:
+        if index in pictured:
             kept = kept_records(truth, records, chosen.min_area_px, chosen.min_area_m2)
             rgb, scale = scene_rgb(scene.info.path, max_side=512)
             panels.append((rgb, truth.polygons, [r.geometry for r in kept], [r.confidence for r in kept], scale))
