@@ -466,7 +466,8 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         "megapixels": round(stats["pixels"] / 1e6, 3),
         "km2": round(sum(km2), 6) if km2 else None,
         "threshold": threshold,
-        "polygon_options": dataclasses.asdict(polygon_options) if want_polygons else None,
+        "polygon_options": {k: (None if v == math.inf else v) for k, v in dataclasses.asdict(polygon_options).items()}
+        if want_polygons else None,  # no max hole area: null (strict JSON has no Infinity)
         "operating_point": predictor.operating_point,
     }
     if options.spacenet_csv:
