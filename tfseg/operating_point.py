@@ -17,11 +17,9 @@ Example:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from .object_metrics import SceneTruth, match_records, proposals
 from .postprocess import PolygonOptions
