@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-
 from .object_metrics import SceneTruth, match_records, proposals
 from .postprocess import PolygonOptions
 from .scoring import Counts
