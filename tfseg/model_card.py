@@ -94,6 +94,30 @@ class ModelCard:
     def __post_init__(self):
         self.validate()
 
+    @classmethod
+    def for_model(cls, model, normalization: Normalization, band_dtype, nodata: Optional[float], classes=None,
+                  palette: Optional[dict] = None, task: Optional[str] = None, threshold: Union[float, list] = 0.5,
+                  tile_size: int = 256, recommended_overlap: int = 32, model_name: str = "", backbone: str = "",
+                  metrics: Optional[dict] = None, ignore_index: int = 255) -> "ModelCard":
+        """The card of a raw-pixel ``model`` (bands, outputs and size multiple read from it).
+        ``classes`` default to ``foreground`` / ``class<i>``; ``task`` to binary for one output
+        channel, else multiclass (softmax) or multilabel (sigmoid)."""
+        from . import __version__
+        from .export import model_multiple
+
+        bands, outputs = int(model.input_shape[-1]), int(model.output_shape[-1])
+        classes = list(classes or (["foreground"] if outputs == 1 else [f"class{i}" for i in range(outputs)]))
+        if task is None:
+            task = "binary" if outputs == 1 else ("multilabel" if _final_activation(model) == "sigmoid"
+                                                  else "multiclass")
+        return cls(
+            classes=classes, colours=class_colours(classes, palette), task=task, threshold=threshold,
+            band_names=list(normalization.band_names) or [f"band{i + 1}" for i in range(bands)],
+            band_dtype=np.dtype(band_dtype).name, num_bands=bands, nodata=nodata, ignore_index=ignore_index,
+            normalization=normalization, tile_size=int(tile_size),
+            recommended_overlap=int(min(recommended_overlap, tile_size // 2)), size_multiple=model_multiple(model),
+            model=model_name or model.name, backbone=backbone, metrics=dict(metrics or {}), tfseg_version=__version__)
+
     # -- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -260,6 +284,15 @@ def check_normalization(norm: Normalization, num_bands: int) -> None:
         key = "std" if norm.method == "meanstd" else "high"
         raise ModelCardError(f"field 'normalization.{key}': band {index + 1} ({names[index]}) has {spread} "
                              f"(a constant band): it cannot be normalized; drop it with data.bands")
+
+
+def _final_activation(model) -> str:
+    """Name of the activation of the model's last layer (searching into a wrapped model)."""
+    layer = model.layers[-1]
+    while hasattr(layer, "layers") and layer.layers:
+        layer = layer.layers[-1]
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
 
 
 def _is_number(value) -> bool:

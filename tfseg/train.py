@@ -29,7 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import tfseg
 from tfseg._tf import tensorflow as tf
 
 import keras
@@ -44,7 +43,7 @@ from .export import export_saved_model, model_multiple
 from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
-from .model_card import CARD_FILE, ModelCard, class_colours, embed_card
+from .model_card import CARD_FILE, ModelCard, embed_card
 from .models import PhotometricAugment, Preprocess, build_model
 from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
                        save_model_atomic, save_weights_atomic, write_json, zip_directory)
@@ -187,26 +186,11 @@ def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = 
 
 def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict] = None) -> ModelCard:
     """The card of a run: everything downstream needs, from the config, statistics and model."""
-    bands = int(model.input_shape[-1])
-    return ModelCard(
-        classes=list(cfg.data.classes),
-        colours=class_colours(cfg.data.classes, cfg.data.palette),
-        task=config_lib.resolve_task(cfg.data),
-        threshold=float(cfg.train.threshold),
-        band_names=list(norm.band_names) or [f"band{i + 1}" for i in range(bands)],
-        band_dtype=np.dtype(band_dtype).name,
-        num_bands=bands,
-        nodata=nodata,
-        ignore_index=int(cfg.data.ignore_index),
-        normalization=norm,
-        tile_size=int(cfg.data.window_size),
-        recommended_overlap=int(min(cfg.export.recommended_overlap, cfg.data.window_size // 2)),
-        size_multiple=model_multiple(model),
-        model=cfg.model.name,
-        backbone=cfg.model.backbone,
-        metrics=dict(metrics or {}),
-        tfseg_version=tfseg.__version__,
-    )
+    return ModelCard.for_model(
+        model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
+        task=config_lib.resolve_task(cfg.data), threshold=float(cfg.train.threshold),
+        tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
+        backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index)
 
 
 # ------------------------------------------------------------------------------------------
