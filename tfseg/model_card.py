@@ -401,3 +401,89 @@ def _card_from_signature(path: Path) -> ModelCard:
                              f"(not exported by tfseg.export?)")
     text = loaded.signatures["metadata"]()["metadata"].numpy().decode()
     return ModelCard.from_dict(json.loads(text), f"{path} (metadata signature)")
+
+
+# ------------------------------------------------------------------------------------------
+# Older run directories
+# ------------------------------------------------------------------------------------------
+def upgrade_run(run_dir, band_dtype: Optional[str] = None, nodata="auto") -> ModelCard:
+    """Turn a run directory of a tfseg version before the model card (``model.keras`` taking
+    normalized inputs + ``normalization.json`` + ``config.yaml``) into the current layout: the
+    model behind its preprocessing layer (the old model kept as ``model.pre-card.keras``) and
+    ``model_card.json``. Predictions stay the same: the layer computes what the old pipeline
+    did (same statistics, no-data pixels -> 0).
+
+    The band dtype and nodata value come from the old export's metadata and the training
+    scenes of ``config.yaml`` (``band_dtype`` / ``nodata`` given here take precedence).
+    """
+    import keras
+
+    from . import config as config_lib
+    from . import losses, metrics  # noqa: F401  (registers custom objects of the old model)
+    from .data.formats import load_scenes
+    from .data.pipeline import dataset_dtype, dataset_nodata
+    from .models import Preprocess, find_preprocess, with_preprocessing
+    from .train import make_model_card
+
+    run_dir = Path(run_dir)
+    needed = [run_dir / name for name in ("model.keras", LEGACY_NORMALIZATION_FILE, "config.yaml")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ModelCardError(f"{run_dir}: not a run directory of an older tfseg version (missing {missing})")
+    if (run_dir / CARD_FILE).is_file():
+        raise ModelCardError(f"{run_dir}: already has a {CARD_FILE}; nothing to upgrade")
+    cfg = config_lib.load(run_dir / "config.yaml")
+    norm = Normalization.load(run_dir / LEGACY_NORMALIZATION_FILE)
+    old_meta_file = run_dir / "export" / "assets" / LEGACY_METADATA_FILE
+    old_meta = json.loads(old_meta_file.read_text()) if old_meta_file.is_file() else {}
+    if band_dtype is None:
+        band_dtype = old_meta.get("band_dtype")
+    if band_dtype is None or nodata == "auto":
+        scenes, _ = load_scenes(cfg.data)
+        band_dtype = band_dtype or dataset_dtype(scenes).name
+        nodata = dataset_nodata(scenes, band_dtype) if nodata == "auto" else nodata
+    old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    if find_preprocess(old) is not None:
+        raise ModelCardError(f"{run_dir / 'model.keras'}: already has a preprocessing layer")
+    model = with_preprocessing(old, Preprocess.from_normalization(norm, nodata))
+    metrics_file = run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else {}
+    card = make_model_card(cfg, norm, model, band_dtype, nodata, run_metrics)
+    (run_dir / "model.keras").replace(run_dir / "model.pre-card.keras")
+    model.save(run_dir / "model.keras")
+    embed_card(run_dir / "model.keras", card)
+    card.save(run_dir / CARD_FILE)
+    return card
+
+
+def main(argv=None) -> int:
+    """``python -m tfseg.model_card upgrade RUN_DIR [--band-dtype D] [--nodata V]`` or
+    ``python -m tfseg.model_card show PATH`` (print the card of a run, model or SavedModel)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tfseg.model_card", description="Show or upgrade model cards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the model card of a run dir, .keras file or SavedModel")
+    show.add_argument("path")
+    upgrade = sub.add_parser("upgrade", help="upgrade a run directory written before the model card")
+    upgrade.add_argument("run_dir")
+    upgrade.add_argument("--band-dtype", help="dtype of the training imagery (default: from the run)")
+    upgrade.add_argument("--nodata", help="raw no-data value, or 'none' (float imagery; default: from the run)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "show":
+            print(load_model_card(args.path).to_json(), end="")
+            return 0
+        nodata = "auto" if args.nodata is None else (None if args.nodata.lower() == "none" else float(args.nodata))
+        card = upgrade_run(args.run_dir, args.band_dtype, nodata)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir}: upgraded ({card.num_bands} {card.band_dtype} bands, nodata {card.nodata}); "
+          f"re-export with python -m tfseg.export --model {args.run_dir} --output BASE/NAME/VERSION")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
