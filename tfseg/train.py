@@ -39,7 +39,7 @@ from .compare import best_row, read_history
 from .data.formats import load_scenes
 from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
-from .export import export_saved_model, model_multiple
+from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
