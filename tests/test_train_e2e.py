@@ -48,7 +48,8 @@ def test_saved_model_matches_keras_model(tiny_run):
     card = load_model_card(tiny_run)
     assert card == load_model_card(tiny_run / "export")
     assert card.metrics == json.loads((tiny_run / "metrics.json").read_text())["val"]
-    assert find_preprocess(model).offset == card.normalization.mean and card.band_dtype == "uint16"
+    np.testing.assert_allclose(find_preprocess(model).offset, card.normalization.mean, rtol=1e-6)
+    assert card.band_dtype == "uint16"
     loaded = tf.saved_model.load(str(tiny_run / "export"))
     rng = np.random.default_rng(0)
     raw = rng.integers(200, 3000, (2, 64, 64, 4)).astype(np.uint16)

@@ -26,11 +26,10 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
-
 import logging
 import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -239,7 +238,7 @@ def _read_raw_tile_into(scene, window, ignore_index: int, image_out, mask_out, d
     """Write one window into ``image_out`` (S, S, C) (source dtype, invalid -> ``fill``) and
     ``mask_out`` (S, S, K + 1) uint8 (labels, then valid), rotated/flipped by ``dihedral`` while
     copied: one copy per tile, straight into the batch buffer. Returns the ignored fraction."""
-    own_fill = fill if fits_dtype(fill, native_dtype(scene.info)) else 0  # e.g. int16 nodata -9999, uint8 scene
+    own_fill = fill if fits_dtype(fill, native_dtype(scene.info)) else 0.0  # e.g. int16 nodata -9999, uint8 scene
     image, mask, ignored = _tile_views(scene, window, ignore_index, own_fill)
     dihedral_into(image, *dihedral, image_out)
     dihedral_into(mask, *dihedral, mask_out)
@@ -400,7 +399,8 @@ def build_dataset(
         raise ValueError(f"build_dataset: no-data value {nodata} cannot be stored in the tiles' dtype "
                          f"{raw_dtype} ({scenes[0].info.path})")
     if cfg.cache:
-        scenes = [cache_scene(s, ignore, fill=fill) for s in scenes]
+        # a fill the scene's own dtype cannot hold is written when the tile is copied
+        scenes = [cache_scene(s, ignore, fill=fill if fits_dtype(fill, native_dtype(s.info)) else 0.0) for s in scenes]
     else:
         scenes = prepare_labels(scenes, cfg.label_cache_mpix * 1_000_000)
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
