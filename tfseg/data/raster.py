@@ -375,7 +375,8 @@ class Normalization:
         return None
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """Normalize an HxWxC (or NxHxWxC) float array with numpy."""
+        """Normalize an HxWxC (or NxHxWxC) float array with numpy (no no-data handling): the
+        reference the model's preprocessing layer is tested against."""
         if self.clip is not None:
             image = np.clip(image, *self.clip)
         return (image - self.offset) / self.scale
