@@ -108,7 +108,7 @@ def test_object_f1_callback_logs(oracle_run, tmp_path):
     from tfseg.export import load_run_model
     from tfseg.object_metrics import ObjectF1Callback
 
-    model, norm, _ = load_run_model(oracle_run)
+    model, card = load_run_model(oracle_run)
     scenes = []
     for seed in range(4):
         image, mask = building_scene(64, 64, boxes=((5, 5, 25, 30), (40, 30, 60, 60)), seed=seed)
@@ -116,7 +116,7 @@ def test_object_f1_callback_logs(oracle_run, tmp_path):
             mask[40:60, 30:60] = 0  # one truth building removed: the prediction is a false positive
             mask[:2] = 255  # ignored rows
         scenes.append(_scene(tmp_path, f"s{seed}", image, mask))
-    callback = ObjectF1Callback(scenes, norm, threshold=0.5, tile_size=32, overlap=8)
+    callback = ObjectF1Callback(scenes, card, threshold=0.5, tile_size=32, overlap=8)
     callback.set_model(model)
     logs = {"val_iou": 0.5}
     callback.on_epoch_end(0, logs)
@@ -135,18 +135,18 @@ def test_object_f1_callback_counts_an_object_in_a_tile_overlap_once(oracle_run, 
     from tfseg.object_metrics import ObjectF1Callback, object_counts
     from tfseg.scoring import Counts
 
-    model, norm, _ = load_run_model(oracle_run)
+    model, card = load_run_model(oracle_run)
     image, mask = building_scene(64, 96, boxes=((20, 38, 44, 58),), seed=1)
     scene = _scene(tmp_path, "overlap", image, mask)
     per_tile = Counts()
     for col in (0, 32):
         window = Window(col, 0, 64, 64)
-        raw = image[:, :, col : col + 64].transpose(1, 2, 0).astype(np.float32)
-        prob = np.asarray(model.predict_on_batch(norm.apply(raw)[None]))[0, ..., 0]
+        raw = image[:, :, col : col + 64].transpose(1, 2, 0)  # raw pixels: the model normalizes them
+        prob = np.asarray(model.predict_on_batch(raw[None]))[0, ..., 0]
         truth = scene.labels.rasterize(window, scene.info)
         per_tile.add(object_counts((prob >= 0.5).astype(np.uint8), (truth == 1).astype(np.uint8), prob))
     assert (per_tile.TruePos, per_tile.FalsePos, per_tile.FalseNeg) == (2, 0, 0)  # the old count: twice
-    callback = ObjectF1Callback([scene], norm, tile_size=64, overlap=32, prefix="stitched_")
+    callback = ObjectF1Callback([scene], card, tile_size=64, overlap=32, prefix="stitched_")
     callback.set_model(model)
     logs = {}
     callback.on_epoch_end(0, logs)
@@ -159,21 +159,27 @@ def test_object_f1_callback_counts_an_object_in_a_tile_overlap_once(oracle_run, 
 
 @pytest.mark.slow
 def test_train_with_object_f1(tmp_path):
-    """train.object_f1 attaches the callback: val_object_f1 reaches history.csv."""
+    """train.object_f1 attaches the callback (val_object_f1 reaches history.csv) and searches the
+    operating point, which the model card carries (run dir, model.keras, SavedModel)."""
     from tests.data.fixtures import tiny_synthetic_overrides
     from tfseg import config as config_lib
     from tfseg.train import train
 
     cfg = config_lib.load(config_lib.DEFAULT_CONFIG, tiny_synthetic_overrides(tmp_path / "data") + ["train.object_f1=true",
-                                                                                                "train.epochs=1",
-                                                                                                "export.enabled=false"])
+                                                                                                "train.epochs=1"])
     result = train(cfg, tmp_path / "run", verbose=0)
     run = tmp_path / "run"
     header = (run / "history.csv").read_text().splitlines()[0]
     assert "val_object_f1" in header
     # the operating point searched on the stitched validation scenes, its table and picture
-    point = json.loads((run / "operating_point.json").read_text())
+    from tfseg.model_card import embedded_card, load_model_card
+
+    point = load_model_card(run).operating_point  # on the run's model card, and inside model.keras
     assert point == result["operating_point"] == json.loads((run / "metrics.json").read_text())["operating_point"]
+    assert embedded_card(run / "model.keras").operating_point == point
+    assert load_model_card(run / "export").operating_point == point  # and in the SavedModel
+    assert load_model_card(run).threshold == point["threshold"]
+    assert not (run / "operating_point.json").exists()  # the card is the one record of the choice
     assert point["searched_on"] == "validation" and point["instances"] in ("none", "watershed")
     assert len((run / "operating_point_search.csv").read_text().splitlines()) == 1 + point["grid_points"]
     assert (run / "objects.png").stat().st_size > 0
@@ -183,7 +189,7 @@ def test_train_with_object_f1(tmp_path):
     assert load_predictor(run).threshold == point["threshold"]
 
 
-def test_pixels_on_real_kampala_chips(oracle_run, capsys):
+def test_pixels_on_real_kampala_chips(tmp_path, capsys):
     """Real mask-folder layout (OAM-x-y-z.tif + OAM-x-y-z.mask.tif, EPSG:4326 chips): pairing by
     stem and whole-chip sliding-window prediction run; the oracle's scores are just checked for
     consistency (F1 from precision and recall)."""
@@ -191,6 +197,9 @@ def test_pixels_on_real_kampala_chips(oracle_run, capsys):
     images = root / "kampala_buildings" / "train" / "images"
     if not images.is_dir():
         pytest.skip("shared sample data (../shared/data/kampala_buildings) not available")
+    # the chips are 8-bit RGB: an oracle whose card says uint8 (a uint16 one is refused)
+    oracle_run = save_run(oracle_model(), tmp_path / "oracle8", config="data:\n  classes: [building]\n",
+                          band_dtype="uint8")
     assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images / "OAM-1238448-10465[23]*.tif"),
                           "--masks", str(images.parent / "masks"), "--tile-size", "128", "--overlap", "32",
                           "--json"]) == 0

@@ -9,6 +9,7 @@ from tests.data.fixtures import write_geojson
 from tests.infer_support import building_scene, oracle_model, save_run, write_tif
 from tfseg import predict
 from tfseg.data.raster import open_raster
+from tfseg.model_card import load_model_card
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def test_operating_point_in_the_run_is_used_unless_overridden(tmp_path, oracle_r
     run = tmp_path / "run"
     shutil.copytree(oracle_run, run)
     point = {"threshold": 0.7, "min_area_px": 500.0, "opening_px": 0, "instances": "none", "object_f1": 0.9}
-    (run / "operating_point.json").write_text(json.dumps(point))
+    card = load_model_card(run).with_operating_point(point)  # as training stores the chosen point
+    card.save(run / "model_card.json")
+    assert load_model_card(run).operating_point == point and load_model_card(run).threshold == 0.7
     summary = predict.predict_scenes(run, [path], tmp_path / "op", predict.PredictOptions(
         tile_size=64, overlap=16, progress=False, overlay=False))
     assert summary["threshold"] == 0.7 and summary["operating_point"] == point

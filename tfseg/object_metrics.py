@@ -14,7 +14,7 @@ see them like any other metric (the callback must come before those in the callb
 Enabled with ``train.object_f1: true``.
 
 Example:
-    >>> callbacks.insert(0, ObjectF1Callback(val_scenes, norm, threshold=0.5, tile_size=256, overlap=64))
+    >>> callbacks.insert(0, ObjectF1Callback(val_scenes, card, threshold=0.5, tile_size=256, overlap=64))
 """
 from __future__ import annotations
 
@@ -136,23 +136,20 @@ class ObjectF1Callback(keras.callbacks.Callback):
     ``max_scenes`` bounds the cost (0 = every validation scene).
     """
 
-    def __init__(self, val_scenes: Sequence, norm, threshold: float = 0.5, ignore_index: int = 255,
+    def __init__(self, val_scenes: Sequence, card, threshold: float = 0.5, ignore_index: int = 255,
                  tile_size: int = 256, overlap: int = 32, batch_size: int = 8, max_scenes: int = 0,
-                 options: Optional[PolygonOptions] = None, prefix: str = "val_object_", task: str = "auto",
-                 classes: Sequence[str] = ()):
+                 options: Optional[PolygonOptions] = None, prefix: str = "val_object_"):
         super().__init__()
         self.scenes = list(val_scenes)[: max_scenes or None]
-        self.norm, self.threshold, self.ignore_index = norm, threshold, ignore_index
+        self.card, self.threshold, self.ignore_index = card, threshold, ignore_index  # card: the run's ModelCard
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.options, self.prefix = options or PolygonOptions(), prefix
-        self.task, self.classes = task, list(classes)
         self._truths = None
 
     def predictor(self):
         from .inference import KerasPredictor
 
-        return KerasPredictor(self.model, self.norm, threshold=self.threshold, task=self.task, classes=self.classes,
-                              tile_size=self.tile_size, recommended_overlap=self.overlap)
+        return KerasPredictor(self.model, self.card)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self.scenes:

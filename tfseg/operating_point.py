@@ -3,9 +3,10 @@
 At the end of training (binary building tasks) the best model predicts every validation scene
 whole (the sliding-window engine), and a grid of threshold x minimum area x opening x instance
 separation (watershed on/off) is scored by object F1 (SpaceNet rules) on those stitched
-probabilities. The best point goes to ``RUN_DIR/operating_point.json``, ``metrics.json`` and the
-SavedModel metadata (``operating_point``); ``tfseg.predict``, ``tfseg.evaluate`` and
-``tfseg.serve`` use it unless overridden on the command line. The whole table is written to
+probabilities. The best point goes to the run's model card (``operating_point``, and its threshold
+becomes the card's decision threshold: ``RUN_DIR/model_card.json``, inside ``model.keras`` and in
+the SavedModel) and to ``metrics.json``; ``tfseg.predict``, ``tfseg.evaluate`` and ``tfseg.serve``
+use it unless overridden on the command line. The whole table is written to
 ``RUN_DIR/operating_point_search.csv``. Minimum areas are in m² when every validation scene has a
 CRS (ground resolution often varies between chips), else in pixels.
 
@@ -91,23 +92,20 @@ def polygon_options_of(point: dict, base: Optional[PolygonOptions] = None) -> Po
     return dataclasses.replace(base, **fields)
 
 
-def write_search(run_dir, point: dict, rows: Sequence[dict]) -> tuple[Path, Path]:
-    """``RUN_DIR/operating_point_search.csv`` (every grid point) and ``RUN_DIR/operating_point.json``."""
-    from .tracking import atomic_write_text, write_json
+def write_search(run_dir, rows: Sequence[dict]) -> Path:
+    """``RUN_DIR/operating_point_search.csv``: every grid point of the search."""
+    from .tracking import atomic_write_text
 
-    run_dir = Path(run_dir)
-    table = run_dir / "operating_point_search.csv"
+    table = Path(run_dir) / "operating_point_search.csv"
     lines = [",".join(COLUMNS)] + [",".join(str(row[c]) for c in COLUMNS) for row in rows]
     atomic_write_text(table, "\n".join(lines) + "\n")
-    chosen = run_dir / "operating_point.json"
-    write_json(chosen, point)
-    return table, chosen
+    return table
 
 
 def choose_operating_point(predictor, scenes: Sequence, truths: Sequence[SceneTruth], tile_size: int, overlap: int,
                            batch_size: int = 8, run_dir=None) -> tuple[dict, list, list]:
-    """Predict the validation ``scenes`` whole, search the grid, write the table and the choice
-    to ``run_dir``; returns (point, rows, stitched probability maps)."""
+    """Predict the validation ``scenes`` whole, search the grid, write the table to ``run_dir``;
+    returns (point, rows, stitched probability maps)."""
     from .object_metrics import footprint_channels, stitched_probabilities
 
     stitched = stitched_probabilities(predictor, scenes, tile_size, overlap, batch_size)
@@ -119,5 +117,5 @@ def choose_operating_point(predictor, scenes: Sequence, truths: Sequence[SceneTr
         extras.append(extra)
     point, rows = search_operating_point(maps, truths, channels=extras)
     if run_dir is not None:
-        write_search(run_dir, point, rows)
+        write_search(run_dir, rows)
     return point, rows, stitched

@@ -1,6 +1,6 @@
 """Run directories (the local record of a run) and experiment tracking (Neptune).
 
-A run directory holds ``config.yaml``, ``normalization.json``, ``history.csv``, ``model.keras``
+A run directory holds ``config.yaml``, ``model_card.json``, ``history.csv``, ``model.keras``
 (best epoch), ``backup/`` (resume state), ``logs/`` (TensorBoard), ``metrics.json``,
 ``predictions.png``, ``export/`` (SavedModel) and, with Neptune offline, ``.neptune/``.
 
