@@ -89,7 +89,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "unet"  # unet | unetpp | fcn8 | fpn | deeplabv3plus | sm
-    backbone: str = ""  # "" = plain; resnet34 | resnet50 | efficientnetb0..b7 | vgg16
+    backbone: str = ""  # "" = plain; resnet34 | resnet50 | efficientnetb0..b7 | vgg16 | hub:<preset dir>
     encoder_weights: str = ""  # "" | imagenet | path to a weights file
     encoder_freeze: bool = False
     depth: int = 4
@@ -197,6 +197,9 @@ CHOICES = {
     "train.lr_scaling": ["none", "linear", "sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
 }
+
+# model.backbone "hub:<local preset directory>" (keras-hub backbones) works with these
+HUB_ARCHITECTURES = ["unet", "fpn", "deeplabv3plus"]
 
 # key -> (min, max); None = unbounded on that side
 RANGES = {
@@ -361,6 +364,11 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         if key == "model.backbone" and cfg.model.name == "sm":
             continue  # checked against segmentation-models' own list when the model is built
+        if key == "model.backbone" and str(flat[key]).startswith("hub:"):
+            if cfg.model.name not in HUB_ARCHITECTURES:
+                raise ConfigError(f"config key 'model.backbone': keras-hub backbones ({flat[key]!r}) work with "
+                                  f"model.name {HUB_ARCHITECTURES}, got model.name={cfg.model.name!r}")
+            continue  # the preset directory is checked when the model is built
         if flat[key] not in allowed:
             raise ConfigError(
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"

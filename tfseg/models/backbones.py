@@ -80,13 +80,26 @@ ENCODERS = {
 BACKBONES = sorted(ENCODERS)
 
 
+def backbone_label(backbone: str) -> str:
+    """A model-name-safe label of ``backbone`` (``hub:/x/resnet_50`` -> ``hub_resnet_50``)."""
+    if backbone.startswith("hub:"):
+        return "hub_" + "".join(c if c.isalnum() else "_" for c in Path(backbone[4:].rstrip("/")).name)
+    return backbone
+
+
 def keras_cache_dir() -> Path:
     """Where Keras (and image-classifiers) cache downloaded weights: $KERAS_HOME/models or ~/.keras/models."""
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(base) / "models"
 
 
-def check_backbone(backbone: str) -> EncoderSpec:
+def check_backbone(backbone: str, hub: bool = False, architecture: str = "") -> EncoderSpec | None:
+    """The built-in encoder's spec; ``hub:<dir>`` keras-hub backbones (None) where ``hub``."""
+    if backbone.startswith("hub:"):
+        if not hub:
+            raise ValueError(f"model.backbone: keras-hub backbones ({backbone!r}) work with model.name unet, fpn and "
+                             f"deeplabv3plus, not {architecture or 'this architecture'}")
+        return None
     if backbone not in ENCODERS:
         raise ValueError(f"model.backbone: {backbone!r} is not available; available: {BACKBONES}")
     return ENCODERS[backbone]
@@ -323,6 +336,17 @@ def build_encoder(backbone: str, inputs, encoder_weights: str = "", encoder_free
     standardized input bands are first mapped to the range the weights expect
     (``input_scale=(scale, offset)``; ``model.options.input_scale`` overrides it).
     """
+    if backbone.startswith("hub:"):
+        from .hub import build_hub_encoder
+
+        if encoder_weights:
+            raise ValueError(f"model.encoder_weights: a keras-hub backbone ({backbone!r}) loads its weights from its "
+                             f"preset directory; leave model.encoder_weights empty, got {encoder_weights!r}")
+        if output_stride != 32 or fcn:
+            raise ValueError("model.backbone: keras-hub backbones are not dilated; use the pyramid level at the "
+                             "output stride")
+        required = [s for s in strides if s != 2]  # CNN pyramids usually start at stride 4
+        return build_hub_encoder(backbone, inputs, encoder_freeze, input_scale, strides, required)
     spec = check_backbone(backbone)
     bands = int(inputs.shape[-1])
     base = _base_model(backbone, (None, None, bands))

@@ -14,7 +14,7 @@ import keras
 from keras import layers, ops
 
 from ..config import DEFAULT_ATROUS_RATES, check_atrous_rates
-from .backbones import build_encoder, check_backbone
+from .backbones import backbone_label, build_encoder, check_backbone
 from .blocks import BN_MOMENTUM, BilinearUpsample2x, SegmentationModel, check_input_shape, conv_bn_relu, output_head, reject_options
 
 def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone: str = "resnet50",
@@ -37,14 +37,20 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
     rates = tuple(DEFAULT_ATROUS_RATES[output_stride] if rates is None else rates)
     tile = min((int(s) for s in input_shape[:2] if s is not None), default=None)
     check_atrous_rates(rates, output_stride, tile, "input_shape")
-    check_backbone(backbone)
+    hub = check_backbone(backbone, hub=True) is None
     check_input_shape(input_shape, output_stride, f"deeplabv3plus with backbone {backbone!r} at output stride "
                       f"{output_stride}")
     aspp_filters, dec_filters, low_filters = (list(decoder_filters) + [256, 256, 48][len(decoder_filters):])[:3]
     inputs = keras.Input(shape=input_shape, name="image")
-    features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale, strides=(4, 32),
-                                output_stride=output_stride)
-    x = aspp(features[32], rates, aspp_filters, batch_norm, dropout)
+    if hub:  # keras-hub backbones are not dilated: ASPP on the pyramid level at the output stride
+        features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze,
+                                    input_scale, strides=(4, output_stride))
+        high = features[output_stride]
+    else:
+        features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale, strides=(4, 32),
+                                    output_stride=output_stride)
+        high = features[32]
+    x = aspp(high, rates, aspp_filters, batch_norm, dropout)
     for step in range((output_stride // 4).bit_length() - 1):  # x4 (stride 16) or x2 (stride 8)
         x = BilinearUpsample2x(name=f"aspp_up{step}")(x)
     low = conv_bn_relu(features[4], low_filters, 1, batch_norm, name="decoder_low")
@@ -52,7 +58,7 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
     x = conv_bn_relu(x, dec_filters, 3, batch_norm, name="decoder_a")
     x = conv_bn_relu(x, dec_filters, 3, batch_norm, name="decoder_b")
     outputs = output_head(x, classes, activation, upsample=4)
-    return SegmentationModel(inputs, outputs, name=name or f"deeplabv3plus_{backbone}", tfseg_multiple=output_stride)
+    return SegmentationModel(inputs, outputs, name=name or f"deeplabv3plus_{backbone_label(backbone)}", tfseg_multiple=output_stride)
 
 
 def aspp(x, rates, filters: int = 256, batch_norm: bool = True, dropout: float = 0.0, name: str = "aspp"):

@@ -41,7 +41,7 @@ def build_unetpp(input_shape=(None, None, 3), classes: int = 1, depth: int = 4, 
         raise ValueError(f"model.options.deep_supervision: expected true or false, got {deep_supervision!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     if backbone:
-        check_backbone(backbone)
+        check_backbone(backbone, architecture="unetpp")
         check_input_shape(input_shape, 32, f"unetpp with backbone {backbone!r}")
         decoder_filters = tuple(decoder_filters or DEFAULT_DECODER_FILTERS)
         if len(decoder_filters) not in (4, 5):
