@@ -53,8 +53,10 @@ def build_unetpp(input_shape=(None, None, 3), classes: int = 1, depth: int = 4, 
         final = decoder_filters[4] if len(decoder_filters) == 5 else 0
         multiple = 32
     else:
-        if input_scale is not None:
-            raise ValueError("model.options.input_scale: only applies to a model.backbone encoder")
+        for key, value in (("model.options.input_scale", input_scale), ("model.encoder_weights", encoder_weights or None),
+                           ("model.decoder_filters", list(decoder_filters) or None)):
+            if value is not None:
+                raise ValueError(f"{key}: only applies to unetpp with a model.backbone encoder, got {value!r}")
         check_input_shape(input_shape, 2**depth, f"a plain UNet++ of depth {depth}")
         encoder, x = [], inputs
         for level in range(depth + 1):
