@@ -40,7 +40,7 @@ def parameter_table(combinations=COMBINATIONS) -> str:
 
 
 def main() -> int:
-    print(parameter_table())
+    print(parameter_table(), end="")
     return 0
 
 
