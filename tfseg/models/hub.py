@@ -113,12 +113,14 @@ def build_hub_encoder(backbone: str, inputs, encoder_freeze: bool = False, input
     if len(levels[-1].shape) == 3:  # ViT: token sequences; the adapter trains even when the encoder is frozen
         encoder = keras.Model(model.inputs, levels[-1], name=name)
         features = _vit_pyramid(model, encoder(x), kind, backbone)
+        available = sorted(features)
     else:
         probe = (1, *(size if fixed else (_PROBE, _PROBE)), bands)
         spec = keras.Model(model.inputs, levels).compute_output_spec(keras.KerasTensor(probe))
         taps = {}
         for level, out in zip(levels, spec if isinstance(spec, (list, tuple)) else [spec]):
             taps.setdefault(probe[1] // int(out.shape[1]), level)
+        available = sorted(taps)
         wanted = [s for s in strides if s in taps]
         encoder = keras.Model(model.inputs, [taps[s] for s in wanted], name=name)
         outputs = encoder(x)
@@ -126,7 +128,7 @@ def build_hub_encoder(backbone: str, inputs, encoder_freeze: bool = False, input
     missing = [s for s in required if s not in features]
     if missing:
         raise ValueError(
-            f"model.backbone={backbone!r}: the keras-hub {kind}'s feature pyramid has strides {sorted(features)} "
+            f"model.backbone={backbone!r}: the keras-hub {kind}'s feature pyramid has strides {available} "
             f"({sorted(pyramid)}), this architecture needs strides {list(required)} (missing {missing})")
     if encoder_freeze:
         encoder.trainable = False
