@@ -15,7 +15,9 @@ from keras import layers, ops
 
 from ..config import DEFAULT_ATROUS_RATES, check_atrous_rates
 from .backbones import backbone_label, build_encoder, check_backbone
-from .blocks import BN_MOMENTUM, BilinearUpsample2x, SegmentationModel, check_input_shape, conv_bn_relu, output_head, reject_options
+from .blocks import (BN_MOMENTUM, BilinearUpsample2x, SegmentationModel, check_input_shape, conv_bn_relu, output_head,
+                     reject_options)
+
 
 def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone: str = "resnet50",
                         encoder_weights: str = "", encoder_freeze: bool = False, decoder_filters=(),
@@ -23,7 +25,7 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
                         **options) -> keras.Model:
     """DeepLabV3+. ``decoder_filters``: [aspp_filters, decoder_filters, low_level_filters]
     (default [256, 256, 48]). ``options``: ``output_stride`` (16 default, or 8), ``atrous_rates``
-    (three or more positive integers; default [6, 12, 18] at output stride 16, [12, 24, 36] at 8),
+    (one or more positive integers, one 3x3 branch each; default [6, 12, 18] at output stride 16, [12, 24, 36] at 8),
     ``input_scale``. ``dropout``: after the ASPP projection. With a static input size, atrous
     rates must be smaller than the feature map at the output stride. Fields of other
     architectures (depth, filters, upsampling, ...) are ignored."""
@@ -58,7 +60,8 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
     x = conv_bn_relu(x, dec_filters, 3, batch_norm, name="decoder_a")
     x = conv_bn_relu(x, dec_filters, 3, batch_norm, name="decoder_b")
     outputs = output_head(x, classes, activation, upsample=4)
-    return SegmentationModel(inputs, outputs, name=name or f"deeplabv3plus_{backbone_label(backbone)}", tfseg_multiple=output_stride)
+    return SegmentationModel(inputs, outputs, name=name or f"deeplabv3plus_{backbone_label(backbone)}",
+                             tfseg_multiple=output_stride)
 
 
 def aspp(x, rates, filters: int = 256, batch_norm: bool = True, dropout: float = 0.0, name: str = "aspp"):
