@@ -134,6 +134,7 @@ def child(run: str, scene: str, out: str, tile: int, overlap: int, batch: int) -
     predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.float32))  # warm-up: same shapes as the run
     gc.collect()
     baseline = psutil.Process().memory_info().rss
+    shutil.rmtree(out, ignore_errors=True)  # a complete earlier output would be skipped
     started = time.perf_counter()
     with _RssSampler() as sampler:
         summary = predict_scenes(predictor, [Path(scene)], Path(out), PredictOptions(
@@ -164,6 +165,7 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     predictor = load_predictor(run)
     model = predictor.model
     predictor(np.zeros((batch, tile, tile, 3), np.float32))  # warm-up (traces predict_on_batch)
+    shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
     started = time.perf_counter()
     summary = predict_scenes(predictor, [scene], workdir / "speed_out", PredictOptions(
         tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
