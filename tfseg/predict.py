@@ -358,8 +358,8 @@ def scene_fingerprint(predictor: Predictor, options: PredictOptions) -> dict:
     for key in ("progress", "gdal_cache_mb"):  # do not change the outputs
         settings.pop(key)
     settings["spacenet_csv"] = bool(options.spacenet_csv)  # the per-scene rows, wherever the CSV goes
-    return json.loads(json.dumps({"model": predictor.source, "model_files": model_files(predictor.source),
-                                  "options": settings}))
+    model = os.path.abspath(predictor.source) if predictor.source else ""  # runners may differ in working dir
+    return json.loads(json.dumps({"model": model, "model_files": model_files(predictor.source), "options": settings}))
 
 
 def model_files(source) -> list:
@@ -433,6 +433,7 @@ def predict_scene(predictor: Predictor, path, output, options: PredictOptions,
 
 
 def _predict_one(predictor: Predictor, path: Path, output: Path, options: PredictOptions) -> dict:
+    started = time.time()
     info = open_raster(path)
     if info.num_bands != predictor.num_bands:
         raise RasterError(
@@ -499,7 +500,8 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         sink.class_path.unlink(missing_ok=True)
     entry.update(tiles=stats["tiles"], tile=stats["tile"], stride=stats["stride"], margin=stats["margin"],
                  pixels=stats["pixels"], predict_seconds=round(stats["seconds"], 3),
-                 postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs)
+                 postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
+                 started=round(started, 3), finished=round(time.time(), 3))
     return entry
 
 
