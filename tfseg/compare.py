@@ -344,7 +344,7 @@ def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list,
                 run = client.get_run(run_id)
             except MlflowException:
                 raise CompareError(f"--run-id {run_id}: no such run in {shown}") from None
-            if run.info.experiment_id not in experiment_ids:
+            if experiment and run.info.experiment_id not in experiment_ids:
                 raise CompareError(f"--run-id {run_id}: the run is in experiment "
                                    f"{experiments.get(run.info.experiment_id)!r}, not {experiment!r}")
             found.append(run)
