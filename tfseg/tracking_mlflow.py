@@ -4,8 +4,8 @@ Where runs go (``tracking.mlflow.mode``):
 
 - ``auto`` (default): the tracking server/store named by ``tracking.mlflow.uri`` or
   ``MLFLOW_TRACKING_URI`` when one is set, else the local SQLite store ``mlflow.db`` next to the
-  run directory (``runs/mlflow.db``, shared by every run under ``runs/``; artifacts in
-  ``runs/mlartifacts/``). Without the ``mlflow`` package installed, ``auto`` is off (logged once).
+  run directory (``runs/mlflow.db``, shared by every run under ``runs/``; artifacts beside any
+  SQLite database: ``runs/mlartifacts/``). Without the ``mlflow`` package installed, ``auto`` is off (logged once).
 - ``local``: always the local SQLite store, whatever the environment says.
 - ``server``: the configured URI (or ``MLFLOW_TRACKING_URI``), required.
 - ``off``: no MLflow.
@@ -379,8 +379,8 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None
-        if uri.startswith("sqlite:///") and uri.endswith("/" + LOCAL_DB):
-            location = (Path(uri[len("sqlite:///"):]).parent / LOCAL_ARTIFACTS).as_uri()
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working directory
+            location = (Path(uri[len("sqlite:///"):]).resolve().parent / LOCAL_ARTIFACTS).as_uri()
         try:
             experiment_id = client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created concurrently by another run
