@@ -168,6 +168,7 @@ def test_backfill_resume_and_compare_errors(tmp_path, monkeypatch, capsys):
     assert run.data.params["train.optimizer"] == "adam" and run.data.params["data.classes"] == '["building"]'
     assert run.data.tags["dataset"] == "synthetic" and run.data.tags["precision"] == "float32"
     assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == first_id
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     store = str(tmp_path / "runs" / "mlflow.db")
     out = str(tmp_path / "report")

@@ -382,7 +382,9 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
         if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working directory
             location = (Path(uri[len("sqlite:///"):]).resolve().parent / LOCAL_ARTIFACTS).as_uri()
         try:
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            # the kind makes the MLflow UI open the experiment in its model-training view
+            experiment_id = client.create_experiment(name, artifact_location=location,
+                                                     tags={"mlflow.experimentKind": "custom_model_development"})
         except MlflowException:  # created concurrently by another run
             experiment_id = client.get_experiment_by_name(name).experiment_id
     else:
