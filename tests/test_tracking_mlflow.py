@@ -80,7 +80,7 @@ def _server_process(request, tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and its worker/job-runner children
         try:
-            proc.wait(30)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from .tracking import _flatten_numbers, _short, _warn, git_commit, write_json
+
 log = logging.getLogger("tfseg.tracking")
 
 RUN_FILE = "mlflow_run.json"
@@ -182,15 +184,9 @@ def flat_params(cfg) -> dict:
 
 
 def flat_numbers(tree: dict, prefix: str = "") -> dict:
-    """Numeric leaves of ``tree`` as ``prefix + a/b/c -> float`` (bools and strings skipped)."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_numbers(value, path + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[path] = float(value)
-    return out
+    """Numeric leaves of ``tree`` as ``prefix + a/b/c -> float`` (bools, strings, NaN skipped)."""
+    return {prefix + key: float(value) for key, value in _flatten_numbers(tree).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
 class MlflowTracker:
@@ -254,8 +250,6 @@ class MlflowTracker:
 
     def _log_start(self, cfg, dataset_name: str, precision: str) -> None:
         from mlflow.entities import Param, RunTag
-
-        from .tracking import git_commit
 
         commit = git_commit()
         tags = {"dataset": dataset_name or cfg.data.format, "model": cfg.model.name,
@@ -361,8 +355,6 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
     else a new run in the experiment (created when missing)."""
     from mlflow.exceptions import MlflowException
 
-    from .tracking import write_json
-
     record_file = run_path / RUN_FILE
     if record_file.is_file():
         record = json.loads(record_file.read_text())
@@ -407,12 +399,3 @@ def _model_card_file(run_path: Path) -> Optional[Path]:
 
     asset = run_path / "export" / "assets" / METADATA_ASSET
     return asset if asset.is_file() else None
-
-
-def _short(exc: Exception, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text[:limit] + ("…" if len(text) > limit else "")
-
-
-def _warn(message: str) -> None:
-    log.warning(message)
