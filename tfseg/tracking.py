@@ -1,7 +1,7 @@
 """Run directories (the local record of a run) and experiment tracking (Neptune; MLflow is
 :mod:`tfseg.tracking_mlflow`).
 
-A run directory holds ``config.yaml``, ``normalization.json``, ``history.csv``, ``model.keras``
+A run directory holds ``config.yaml``, ``model_card.json``, ``history.csv``, ``model.keras``
 (best epoch), ``backup/`` (resume state), ``logs/`` (TensorBoard), ``metrics.json``,
 ``predictions.png``, ``export/`` (SavedModel), ``mlflow_run.json`` (MLflow run id) and, with
 Neptune offline, ``.neptune/``.

@@ -17,8 +17,7 @@ tags (``dataset``, ``model``, ``backbone``, ``precision``, ``git_commit``, ``tfs
 ``learning_rate``) with ``step = epoch`` (0-based, as in history.csv), the final metrics as
 ``final/...`` (``final/val/iou``, ``final/params``, ...) and artifacts: ``history.csv``,
 ``metrics.json``, ``config.yaml``, ``normalization.json``, ``figures/`` (``predictions.png`` and
-the per-epoch figures), ``model_card/`` (``RUN_DIR/model_card.json`` when present, else the
-SavedModel's metadata JSON) and ``saved_model/`` (the ``export/`` directory,
+the per-epoch figures), ``model_card/`` (``RUN_DIR/model_card.json``) and ``saved_model/`` (the ``export/`` directory,
 ``tracking.mlflow.log_model``).
 
 The run id is kept in ``RUN_DIR/mlflow_run.json``: a resumed run continues the same MLflow run.
@@ -391,11 +390,8 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
 
 
 def _model_card_file(run_path: Path) -> Optional[Path]:
-    """``RUN_DIR/model_card.json`` when training wrote one, else the SavedModel's metadata JSON."""
-    card = run_path / "model_card.json"
-    if card.is_file():
-        return card
-    from .export import METADATA_ASSET
+    """``RUN_DIR/model_card.json`` when training wrote one."""
+    from .model_card import CARD_FILE
 
-    asset = run_path / "export" / "assets" / METADATA_ASSET
-    return asset if asset.is_file() else None
+    card = run_path / CARD_FILE
+    return card if card.is_file() else None
