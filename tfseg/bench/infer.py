@@ -2,8 +2,9 @@
 
 1. Throughput, in this process, same model / tile / overlap / batch: ``tfseg.predict`` on a
    generated GeoTIFF scene (windowed reads, blending, GeoTIFF writes, polygons, overlay; wall
-   time of the whole call) vs bare ``model.predict`` on the same number of preloaded,
-   pre-normalized tiles. Both paths are warmed up first (tracing excluded from both).
+   time of the whole call) vs bare ``model.predict`` on the same number of preloaded raw tiles
+   (uint8; the model normalizes them in its first layer on both paths). Both paths are warmed
+   up first (tracing excluded from both).
 2. Memory: peak RSS (sampled every 20 ms) of a child process while it predicts a 4096² scene vs
    one predicting a 16384² scene (16x the pixels), same model and settings, model loaded and
    warmed up before; scenes are generated block by block.
@@ -69,12 +70,14 @@ def make_run(run_dir: Path, depth: int, filters: int, bands: int = 3) -> Path:
     An untrained UNet labels noise, which would make polygonization cost unrepresentative. The
     model here is the full UNet followed by a 1x1 conv over [normalized bands, UNet output] whose
     weights make bright roofs buildings (plus a little of the UNet output): the UNet's compute cost
-    with building-like masks. All standard Keras layers, saved as model.keras.
+    with building-like masks. Behind the preprocessing layer (raw uint8 in), saved as model.keras
+    with its model card.
     """
     import keras
 
     from ..data.raster import Normalization
-    from ..models import build_model
+    from ..model_card import CARD_FILE, ModelCard
+    from ..models import Preprocess, build_model, with_preprocessing
 
     keras.utils.set_random_seed(0)
     unet = build_model("unet", input_shape=(None, None, bands), classes=1, depth=depth, filters=filters)
@@ -85,10 +88,11 @@ def make_run(run_dir: Path, depth: int, filters: int, bands: int = 3) -> Path:
     kernel[0, 0, :bands, 0] = 6.0 / bands
     kernel[0, 0, bands, 0] = 0.5
     head.set_weights([kernel, np.array([-6.0], np.float32)])
+    norm = Normalization("meanstd", [80.0] * bands, [40.0] * bands, [0.0] * bands, [255.0] * bands)
+    model = with_preprocessing(model, Preprocess.from_normalization(norm, nodata=0.0), name="bench_unet")
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
-    Normalization("meanstd", [80.0] * bands, [40.0] * bands, [0.0] * bands, [255.0] * bands).save(
-        run_dir / "normalization.json")
+    ModelCard.for_model(model, norm, "uint8", 0.0, classes=["building"]).save(run_dir / CARD_FILE)
     return run_dir
 
 
@@ -141,7 +145,7 @@ def child(run: str, scene: str, out: str, tile: int, overlap: int, batch: int) -
     from ..predict import PredictOptions, predict_scenes
 
     predictor = load_predictor(run)
-    predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.float32))  # warm-up: same shapes as the run
+    predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.uint8))  # warm-up: same shapes as the run
     gc.collect()
     baseline = psutil.Process().memory_info().rss
     shutil.rmtree(out, ignore_errors=True)  # a complete earlier output would be skipped
@@ -165,7 +169,7 @@ def _run_child(run, scene, out, tile, overlap, batch) -> dict:
 
 
 def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: int, depth: int, filters: int) -> dict:
-    from ..data.raster import open_raster, read_window
+    from ..data.raster import open_raster, read_window_raw
     from ..inference import load_predictor
     from ..predict import PredictOptions, predict_scenes
     from rasterio.windows import Window
@@ -174,20 +178,20 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     scene = write_scene(workdir / "speed_scene.tif", scene_size)
     predictor = load_predictor(run)
     model = predictor.model
-    predictor(np.zeros((batch, tile, tile, 3), np.float32))  # warm-up (traces predict_on_batch)
+    predictor(np.zeros((batch, tile, tile, 3), np.uint8))  # warm-up (traces predict_on_batch)
     shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
     started = time.perf_counter()
     summary = predict_scenes(predictor, [scene], workdir / "speed_out", PredictOptions(
         tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
     e2e_seconds = time.perf_counter() - started
     tiles = summary["tiles"]
-    # the same number of tiles, read and normalized beforehand
+    # the same number of tiles, read beforehand (raw, as predict feeds them)
     info = open_raster(scene)
     rng = np.random.default_rng(0)
-    preloaded = np.empty((tiles, tile, tile, 3), np.float32)
+    preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
     for k in range(tiles):
         r, c = rng.integers(0, scene_size - tile, 2)
-        preloaded[k] = predictor.norm.apply(read_window(info, Window(int(c), int(r), tile, tile))[0])
+        preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
     model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
     started = time.perf_counter()
     model.predict(preloaded, batch_size=batch, verbose=0)
