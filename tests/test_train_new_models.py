@@ -23,7 +23,7 @@ def test_train_export_predict(name, tmp_path):
     import keras
     import tensorflow as tf
 
-    from tfseg.data.raster import Normalization
+    from tfseg.model_card import load_model_card
 
     run_dir = tmp_path / "run"
     overrides = tiny_synthetic_overrides(tmp_path / "data") + ["train.epochs=1", "train.steps_per_epoch=2",
@@ -33,12 +33,12 @@ def test_train_export_predict(name, tmp_path):
     assert metrics["epochs"] == 1 and 0.0 <= metrics["val"]["iou"] <= 1.0
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     assert model.name.startswith(name) and len(model.outputs) == 1
-    # the exported SavedModel gives the Keras model's probabilities
-    norm = Normalization.load(run_dir / "normalization.json")
-    raw = np.random.default_rng(0).uniform(200, 3000, (1, 64, 64, 4)).astype(np.float32)
-    expected = np.asarray(model(norm.apply(raw).astype(np.float32), training=False))
+    # the exported SavedModel gives the Keras model's probabilities (both take raw pixels)
+    card = load_model_card(run_dir)
+    raw = np.random.default_rng(0).integers(200, 3000, (1, 64, 64, 4)).astype(card.band_dtype)
+    expected = np.asarray(model(raw, training=False))
     loaded = tf.saved_model.load(str(run_dir / "export"))
-    got = loaded.signatures["serving_default"](images=tf.constant(raw))["probabilities"].numpy()
+    got = loaded.signatures["serving_default"](images=tf.constant(raw.astype(np.float32)))["probabilities"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     # whole-scene prediction from the run directory
     scene = sorted((tmp_path / "data").rglob("*.tif"))[0]

@@ -152,10 +152,19 @@ class NeptuneConfig:
 
 
 @dataclass
+class MlflowConfig:
+    mode: str = "auto"  # auto | local | server | off (see tfseg.tracking_mlflow)
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db
+    experiment: str = ""  # "" = tracking.name
+    log_model: bool = True  # log the SavedModel directory (export/) as an artifact
+
+
+@dataclass
 class TrackingConfig:
     name: str = "default"
     tags: list = field(default_factory=list)
     neptune: NeptuneConfig = field(default_factory=NeptuneConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -196,6 +205,7 @@ CHOICES = {
     "train.strategy": ["default", "mirrored", "multi_worker"],
     "train.lr_scaling": ["none", "linear", "sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
+    "tracking.mlflow.mode": ["auto", "local", "server", "off"],
 }
 
 # model.backbone "hub:<local preset directory>" (keras-hub backbones) works with these
@@ -388,6 +398,13 @@ def validate(cfg: Config) -> Config:
             f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
         )
     _validate_model(cfg.model, cfg.data.window_size)
+    if cfg.tracking.mlflow.uri:
+        from .tracking_mlflow import MlflowConfigError, check_uri
+
+        try:
+            check_uri(cfg.tracking.mlflow.uri, "config key 'tracking.mlflow.uri'")
+        except MlflowConfigError as exc:
+            raise ConfigError(str(exc)) from None
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
     if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
