@@ -95,6 +95,19 @@ def test_compare_bad_arguments(tmp_path, capsys, monkeypatch):
     assert "unreachable" in err and str(port) in err
 
 
+def test_comparison_model_lists_include_unetpp_and_deeplabv3plus_and_validate():
+    from pathlib import Path
+
+    from pipelines import compare_architectures as pipeline
+
+    repo = Path(__file__).resolve().parents[1]
+    kampala = pipeline.load_models(repo / "configs" / "compare_kampala_models.yaml")
+    for models, config, quick in ((kampala, repo / "configs" / "compare_kampala.yaml", False),
+                                  (pipeline.DEFAULT_MODELS, None, False), (pipeline.DEFAULT_MODELS, None, True)):
+        names = [cfg.model.name for _, cfg in pipeline.plan(models, config, quick=quick)]
+        assert {"unetpp", "deeplabv3plus", "unet", "fpn", "fcn8"} <= set(names)
+
+
 @pytest.mark.slow
 def test_compare_architectures_pipeline_with_unet_variants(tmp_path, monkeypatch):
     from pipelines import compare_architectures as pipeline
@@ -138,6 +151,13 @@ def test_compare_architectures_pipeline_with_unet_variants(tmp_path, monkeypatch
     ious = [float(r["val_iou"]) for r in rows]
     assert ious == sorted(ious, reverse=True)
     assert (out / "report" / "index.html").is_file()
+    # parameters and training GFLOP/image of each trained model (bench train's profiler)
+    profiles = {p["label"]: p for p in json.loads((out / "report" / "models.json").read_text())}
+    for row in rows:
+        assert profiles[row["run"]]["params"] == int(row["params"])
+        assert profiles[row["run"]]["train_gflops_per_img"] > 0 and profiles[row["run"]]["tile"] == 64
+    assert profiles["unet-wide"]["train_gflops_per_img"] > profiles["unet-narrow"]["train_gflops_per_img"]
+    assert "| unet-wide |" in (out / "report" / "models.md").read_text()
     # the same budget for both: identical data/train config except the model overrides
     cfgs = [config_lib.load(out / "runs" / name / "config.yaml") for name in ("unet-narrow", "unet-wide")]
     assert set(config_lib.diff(*cfgs)) == {"model.filters", "tracking.name"}
