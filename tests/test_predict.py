@@ -188,7 +188,10 @@ def test_band_count_mismatch_names_both(tmp_path, oracle_run):
     path = write_tif(tmp_path / "four_bands.tif", image)
     with pytest.raises(ValueError, match=r"four_bands.tif.*4 band.*3 band"):
         predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(progress=False))
-    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(tmp_path / "o2")]) == 2
+    # a scene failure is reported (summary.json, exit code 1) after the other scenes ran
+    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(tmp_path / "o2")]) == 1
+    failures = json.loads((tmp_path / "o2" / "summary.json").read_text())["failures"]
+    assert [f["input"] for f in failures] == [str(path)] and "4 band(s)" in failures[0]["error"]
 
 
 def test_not_georeferenced_input_warns_and_uses_pixels(tmp_path, oracle_run):

@@ -91,3 +91,55 @@ def test_instances_watershed_needs_a_building_model(tmp_path, touching, capsys):
                          "--instances", "watershed"]) == 2
     err = capsys.readouterr().err
     assert "--instances watershed needs a binary building model" in err and "['a', 'b', 'c']" in err
+
+
+def test_marker_fingerprint_holds_the_resolved_options_and_the_operating_point(tmp_path, oracle_run, touching):
+    import pickle
+    import shutil
+
+    from tfseg.inference import load_predictor
+
+    path, _ = touching
+    run = tmp_path / "run"
+    shutil.copytree(oracle_run, run)
+    options = predict.PredictOptions(tile_size=64, overlap=16, progress=False, overlay=False)
+    out = tmp_path / "out"
+    assert predict.predict_scenes(run, [path], out, options)["completed"] == 1
+    marker = json.loads((out / "touch_done.json").read_text())
+    assert marker["fingerprint"]["options"]["polygon"]["instances"] == "watershed"
+    assert marker["fingerprint"]["options"]["threshold"] == 0.5
+    assert predict.predict_scenes(run, [path], out, options)["skipped"] == 1
+    # the Beam runner ships the resolved options to its workers: they pickle, and resolving again changes nothing
+    resolved = predict.resolve_options(load_predictor(run), options)
+    assert pickle.loads(pickle.dumps(resolved)) == resolved
+    assert predict.resolve_options(load_predictor(run), resolved) == resolved
+    # another operating point on the card: the scene is redone with it
+    point = {"threshold": 0.7, "min_area_px": 500.0, "opening_px": 0, "instances": "none", "object_f1": 0.9}
+    load_model_card(run).with_operating_point(point).save(run / "model_card.json")
+    summary = predict.predict_scenes(run, [path], out, options)
+    assert summary["completed"] == 1 and summary["polygon_options"]["instances"] == "none"
+    assert json.loads((out / "touch_done.json").read_text())["fingerprint"]["options"]["threshold"] == 0.7
+
+
+def test_beam_launcher_refuses_watershed_on_a_multiclass_model_before_the_pipeline(tmp_path, touching):
+    pytest.importorskip("apache_beam")
+    from tfseg.models import build_model
+    from tfseg.predict_beam import run_beam
+
+    model = build_model("unet", input_shape=(None, None, 3), classes=3, depth=2, filters=4)
+    run = save_run(model, tmp_path / "run", config="data:\n  classes: [a, b, c]\n")
+    path, _ = touching
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"--instances watershed needs a binary building model"):
+        run_beam(run, [path], out, predict.PredictOptions(instances="watershed", progress=False))
+    assert not (out / "beam.log").exists() and not list(out.glob("touch_*"))  # no pipeline, no scene started
+
+
+def test_truth_needs_the_overlay_and_an_existing_file(tmp_path, oracle_run, touching):
+    path, _ = touching
+    options = predict.PredictOptions(tile_size=64, progress=False, overlay=False, truth=str(tmp_path / "t.geojson"))
+    with pytest.raises(FileNotFoundError, match="--truth .*t.geojson: file not found"):
+        predict.predict_scenes(oracle_run, [path], tmp_path / "out", options)
+    (tmp_path / "t.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(ValueError, match="do not combine --truth with --no-overlay"):
+        predict.predict_scenes(oracle_run, [path], tmp_path / "out", options)

@@ -35,26 +35,34 @@ def display_rgb(image: np.ndarray, band_names=()) -> np.ndarray:
 def scene_rgb(path, max_side: int = 1024) -> tuple[np.ndarray, float]:
     """A decimated HxWx3 uint8 picture of a scene file (bands 1-3, 2-98 % stretch, nodata black)
     and the scale from full-resolution pixels to it."""
+    import warnings
+
+    import rasterio
     from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
 
-    from .data.raster import _handle
-
-    src = _handle(str(path))
-    factor = max(1.0, max(src.width, src.height) / max_side)
-    out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
-    bands = [1, 2, 3] if src.count >= 3 else [1]
-    image = src.read(bands, out_shape=(len(bands), out_h, out_w), resampling=Resampling.nearest).astype(np.float32)
+    # opened and closed here (not the per-thread handle cache): a worker predicting thousands of
+    # scenes must not keep one open file per scene
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(str(path)) as src:
+            factor = max(1.0, max(src.width, src.height) / max_side)
+            out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
+            bands = [1, 2, 3] if src.count >= 3 else [1]
+            image = src.read(bands, out_shape=(len(bands), out_h, out_w),
+                             resampling=Resampling.nearest).astype(np.float32)
+            nodata, width = src.nodata, src.width
     image = np.moveaxis(image, 0, -1)
     ok = np.isfinite(image).all(-1)
-    if src.nodata is not None:
-        ok &= ~np.all(image == src.nodata, axis=-1)
+    if nodata is not None:
+        ok &= ~np.all(image == nodata, axis=-1)
     rgb = np.zeros_like(image)
     if ok.any():
         low, high = np.percentile(image[ok], [2, 98], axis=0)
         rgb = np.clip((image - low) / np.maximum(high - low, 1e-6), 0, 1)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
-    return (rgb * 255).astype(np.uint8), out_w / src.width
+    return (rgb * 255).astype(np.uint8), out_w / width
 
 
 def colourize(labels: np.ndarray, colours, ignore_index: int = 255) -> np.ndarray:

@@ -19,11 +19,13 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from .object_metrics import SceneTruth, match_records, proposals
 from .postprocess import PolygonOptions
 from .scoring import Counts
+
+if TYPE_CHECKING:  # object_metrics imports Keras; polygon_options_of must not (the Beam launcher uses it)
+    from .object_metrics import SceneTruth
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS_M2 = (0.0, 2.0, 5.0, 10.0, 20.0)
@@ -44,6 +46,8 @@ def search_operating_point(prob_maps: Sequence, truths: Sequence[SceneTruth], th
     (watershed markers) or None. Ties keep the first point in grid order (lower threshold, smaller
     area, smaller opening, no watershed: the simplest).
     """
+    from .object_metrics import match_records, proposals
+
     if not truths:
         raise ValueError("operating point search: no validation scenes to search on")
     unit = "m2" if all(t.pixel_area for t in truths) else "px"

@@ -9,7 +9,8 @@ Run again with the same command (same ``--run-dir`` and config) after a crash, a
 power loss, it resumes from the last completed epoch and ends with ``train.epochs`` epochs in
 ``history.csv``; every checkpoint is written atomically. ``train.strategy``: ``default``,
 ``mirrored`` (all local GPUs) or ``multi_worker`` (``TF_CONFIG``; the chief writes the run
-directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``.
+directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``; MLflow:
+``tracking.mlflow.mode`` (:mod:`tfseg.tracking_mlflow`).
 
 Example:
     python -m tfseg.train --run-dir runs/unet --set train.epochs=20 train.schedule=onecycle
@@ -46,8 +47,9 @@ from .metrics import segmentation_metrics
 from .model_card import CARD_FILE, ModelCard, embed_card
 from .models import PhotometricAugment, Preprocess, build_model
 from .postprocess import PolygonOptions
-from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
-                       save_model_atomic, save_weights_atomic, write_json, zip_directory)
+from . import tracking_mlflow
+from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
+                       remove_stale_temporaries, save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
 
@@ -401,6 +403,8 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
                          "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
+    if chief:
+        tracking_mlflow.resolve(cfg, Path(run_dir) if run_dir else default_run_dir(cfg))  # bad URI: error now
     train_scenes, val_scenes = load_scenes(cfg.data)
     if chief:
         run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
@@ -485,7 +489,10 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     if tracker is not None:
         callbacks += tracker.callbacks()
     state = TrainingState(backup_dir, tracked, previous, write=chief)
-    callbacks.append(state)  # last: saves the resume state after every other callback's epoch end
+    callbacks.append(state)  # saves the resume state after every other callback's epoch end...
+    mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run_path, _dataset_name(cfg), precision) if chief else None
+    if mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
+        callbacks += mlflow_tracker.callbacks()
 
     if previous:
         with strategy.scope():
@@ -557,6 +564,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
         tracker.log_final(result, files, archive)
         tracker.stop()
+    if mlflow_tracker is not None:
+        mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
+        mlflow_tracker.stop()
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
 
 

@@ -7,6 +7,11 @@ segmentation-models gets the same tiles normalized beforehand (float32, 2x the b
 
 Last line with ``--json``: ``{"tfseg_img_per_s", "sm_img_per_s", "ratio", "ratio_xla"}`` where
 ``ratio = tfseg / sm`` without XLA and ``ratio_xla = tfseg / sm`` with XLA for both.
+
+``--profile [--config YAML] [--set KEY=VALUE ...]`` instead profiles the model a config names
+(no timing, no segmentation-models): parameters and training GFLOP per image (3 x the forward
+FLOPs of TensorFlow's graph profiler) at ``data.window_size`` with ``--bands`` bands; last line
+with ``--json``: ``{"model", "backbone", "params", "train_gflops_per_img", "tile", "bands"}``.
 """
 from __future__ import annotations
 
@@ -30,10 +35,41 @@ def _parser():
     parser.add_argument("--upsampling", default="nearest", choices=["nearest", "bilinear", "transpose"],
                         help="tfseg decoder upsampling (segmentation-models' Unet uses nearest)")
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile measurements")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the model of --config/--set (parameters, training GFLOP/image) instead of timing")
+    parser.add_argument("--config", help="with --profile: the YAML config naming the model (default: configs/default.yaml)")
+    from tfseg import config as config_lib
+
+    config_lib.add_overrides_argument(parser, "with --profile: config overrides, e.g. --set model.name=unetpp")
     return parser
 
 
 NORM_MEAN, NORM_STD = 1000.0, 300.0
+
+
+def profile_model(model, size: int) -> dict:
+    """Parameters and training GFLOP per ``size`` x ``size`` image (3 x forward FLOPs) of a built model."""
+    from .gpu import forward_flops
+
+    bands = int(model.input_shape[-1])
+    return {"params": int(model.count_params()),
+            "train_gflops_per_img": 3.0 * forward_flops(model, (1, size, size, bands)) / 1e9,
+            "tile": int(size), "bands": bands}
+
+
+def profile_config(cfg, bands: int = 3) -> dict:
+    """:func:`profile_model` of the model ``cfg`` describes (random init), at ``data.window_size``."""
+    import keras
+
+    from tfseg import config as config_lib
+    from tfseg.models import build_model
+    from tfseg.train import model_kwargs, num_outputs
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=num_outputs(cfg.data),
+                        **model_kwargs(cfg.model, config_lib.resolve_task(cfg.data)))
+    return {"model": cfg.model.name, "backbone": cfg.model.backbone,
+            **profile_model(model, cfg.data.window_size)}
 
 
 def _models(args, jit_compile):
@@ -99,6 +135,8 @@ def measure(args, jit_compile: bool) -> dict:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.profile:
+        return _profile_main(args)
     os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
     import keras
 
@@ -140,6 +178,23 @@ def main(argv=None) -> int:
         print(json.dumps({"tfseg_img_per_s": round(plain["tfseg"]["img_per_s"], 3),
                           "sm_img_per_s": round(plain["sm"]["img_per_s"], 3),
                           "ratio": round(ratio, 4), "ratio_xla": None if ratio_xla is None else round(ratio_xla, 4)}))
+    return 0
+
+
+def _profile_main(args) -> int:
+    from tfseg._tf import tensorflow as _tf  # noqa: F401  (quiet TensorFlow start-up)
+    from tfseg import config as config_lib
+
+    try:
+        cfg = config_lib.load(args.config, args.overrides)
+        result = profile_config(cfg, args.bands)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['model']} {result['backbone'] or '(plain)'}, {result['tile']}x{result['tile']}x{result['bands']}: "
+          f"{result['params']:,} parameters, {result['train_gflops_per_img']:.2f} training GFLOP/image")
+    if args.json:
+        print(json.dumps({**result, "train_gflops_per_img": round(result["train_gflops_per_img"], 4)}))
     return 0
 
 
