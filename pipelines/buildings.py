@@ -44,6 +44,7 @@ DEFAULT_DATA_ROOT = "../shared/data/kampala_buildings/train"  # relative to the 
 QUICK = ["data.window_size=128", "data.eval_overlap=0", "data.batch_size=2", "data.train_windows_per_epoch=4",
          "train.epochs=1", "train.num_figure_tiles=2", "train.object_f1=false", "model.decoder_filters=[16,16,8,8,8]"]
 QUICK_CHIPS = 8  # chips used by --quick (split like the full run)
+TUNE_FRACTION = 0.15  # of the training chips: the training's validation (checkpoint, operating point)
 
 
 def resolve_data_root(data_root) -> Path:
@@ -60,10 +61,14 @@ def resolve_data_root(data_root) -> Path:
     return path.resolve()
 
 
-def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: int, limit: int = 0) -> dict:
-    """Pair the chips and hold out a seeded ``val_fraction`` as symlinked train/val folders.
+def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: int, limit: int = 0,
+                  tune_fraction: float = TUNE_FRACTION) -> dict:
+    """Pair the chips, hold out a seeded ``val_fraction`` (the reported held-out chips, the same
+    as before validation was carved from training), and carve a seeded ``tune_fraction`` of the
+    rest as the training's validation (checkpoint selection and the operating-point search), as
+    symlinked ``split_dir/{train,val,heldout}/{images,masks,labels}`` folders.
 
-    Returns ``{"train": [stems], "val": [stems]}`` (also written to ``split_dir/split.json``).
+    Returns ``{"train": [stems], "val": [stems], "heldout": [stems]}`` (also ``split_dir/split.json``).
     Re-running with the same arguments gives the same split.
     """
     import numpy as np
@@ -71,25 +76,33 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
     from tfseg.data.formats.mask_folder import pair_images_and_masks
 
     pairs = pair_images_and_masks(data_root / "images", data_root / "masks", mask_suffix=None)
-    if len(pairs) < 2:
-        raise PipelineError(f"{data_root}: need at least 2 image/mask pairs, found {len(pairs)}")
+    if len(pairs) < 3:
+        raise PipelineError(f"{data_root}: need at least 3 image/mask pairs, found {len(pairs)}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pairs))
     if limit:
         order = order[:limit]
-    n_val = min(max(1, int(round(len(order) * val_fraction))), len(order) - 1)
-    chosen = {"val": sorted(order[:n_val]), "train": sorted(order[n_val:])}
+    n_held = min(max(1, int(round(len(order) * val_fraction))), len(order) - 2)
+    rest = order[n_held:]  # the training chips of the earlier split (same seed, same order)
+    rest = rest[np.random.default_rng(seed + 1).permutation(len(rest))]
+    n_val = min(max(1, int(round(len(rest) * tune_fraction))), len(rest) - 1)
+    chosen = {"heldout": sorted(order[:n_held]), "val": sorted(rest[:n_val]), "train": sorted(rest[n_val:])}
+    labels = data_root / "labels"
     split = {}
     for name, indexes in chosen.items():
-        for sub, part in (("images", 0), ("masks", 1)):
+        files = {"images": [pairs[i][0] for i in indexes], "masks": [pairs[i][1] for i in indexes],
+                 "labels": [labels / f"{pairs[i][0].stem}.geojson" for i in indexes]}
+        files["labels"] = [f for f in files["labels"] if f.is_file()]
+        for sub, paths in files.items():
             folder = split_dir / name / sub
             if folder.is_dir():  # a previous split's links go first
                 for old in folder.iterdir():
                     old.unlink()
-            common.link_view([pairs[i][part] for i in indexes], folder)
+            common.link_view(paths, folder)
         split[name] = [pairs[i][0].stem for i in indexes]
     (split_dir / "split.json").write_text(json.dumps({"data_root": str(data_root), "seed": seed,
-                                                      "val_fraction": val_fraction, **split}, indent=1))
+                                                      "val_fraction": val_fraction, "tune_fraction": tune_fraction,
+                                                      **split}, indent=1))
     return split
 
 
@@ -120,22 +133,27 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     cfg = config_lib.load(config or DEFAULT_CONFIG, overrides)  # validated before any work
     split_dir = run_dir.parent / f"{run_dir.name}.split"  # beside the run: train() owns run_dir
     split = prepare_split(data_root, split_dir, cfg.data.val_fraction, cfg.data.seed, QUICK_CHIPS if quick else 0)
-    log.info("split: %d train / %d val chips -> %s", len(split["train"]), len(split["val"]), split_dir)
+    log.info("split: %d train / %d validation (checkpoint, operating point) / %d held-out chips -> %s",
+             len(split["train"]), len(split["val"]), len(split["heldout"]), split_dir)
     cfg = config_lib.load(config or DEFAULT_CONFIG, overrides + [f"data.root={split_dir.resolve()}"])
 
     trained = train(cfg, run_dir, overwrite=overwrite, verbose=1 if not quick else 0)
     train_wall = time.time() - started
 
-    val_images = sorted((split_dir / "val" / "images").iterdir())
-    pixels = evaluate.evaluate_pixels(run_dir, val_images, sorted((split_dir / "val" / "masks").iterdir()),
-                                      tile_size=256, overlap=0, batch_size=8)
-    log.info("pixels: %s", pixels)
+    # everything below is measured on the held-out chips, which neither the checkpoint nor the
+    # operating point saw; predict/evaluate use the model's operating point
+    val_images = sorted((split_dir / "heldout" / "images").iterdir())
+    val_masks = sorted((split_dir / "heldout" / "masks").iterdir())
+    pixels = evaluate.evaluate_pixels(run_dir, val_images, val_masks, tile_size=256, overlap=0, batch_size=8)
+    pixels_default = evaluate.evaluate_pixels(run_dir, val_images, val_masks, tile_size=256, overlap=0, batch_size=8,
+                                              threshold=cfg.train.threshold)
+    log.info("pixels: %s (at train.threshold %s: %s)", pixels, cfg.train.threshold, pixels_default)
 
     pred_dir = run_dir / "predict_val"
     options = predict.PredictOptions(tile_size=256, overlap=0, epsg4326=True, probabilities="none", overlay=False,
                                      spacenet_csv=str(pred_dir / "proposals.csv"), progress=False)
-    predict.predict_scenes(run_dir / "export", val_images, pred_dir, options)
-    stems = split["val"]
+    summary = predict.predict_scenes(run_dir / "export", val_images, pred_dir, options)
+    stems = split["heldout"]
     truth = merge_geojson([data_root / "labels" / f"{s}.geojson" for s in stems], run_dir / "val_truth.geojson", stems)
     proposals = merge_geojson([pred_dir / f"{s}_polygons.geojson" for s in stems], run_dir / "val_proposals.geojson",
                               stems)
@@ -149,8 +167,11 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
                                                   progress=False))
     metrics = {
         "data_root": str(data_root), "run_dir": str(run_dir), "quick": quick,
-        "train_chips": len(split["train"]), "val_chips": len(split["val"]),
-        "pixel": {k: pixels[k] for k in ("iou", "f1", "precision", "recall")},
+        "train_chips": len(split["train"]), "val_chips": len(split["val"]), "heldout_chips": len(split["heldout"]),
+        "pixel": {k: pixels[k] for k in ("iou", "f1", "precision", "recall", "threshold")},
+        "pixel_at_train_threshold": {k: pixels_default[k] for k in ("iou", "f1", "precision", "recall", "threshold")},
+        "operating_point": trained.get("operating_point"),
+        "polygon_options": summary["polygon_options"],
         "object": {"f1": objects["F1Score"], "precision": objects["Precision"], "recall": objects["Recall"],
                    "tp": objects["TruePos"], "fp": objects["FalsePos"], "fn": objects["FalseNeg"]},
         "training": {"epochs": trained["epochs"], "steps": trained.get("steps"), "train_seconds": trained["train_seconds"],
@@ -180,8 +201,11 @@ def main(argv=None) -> int:
     except (PipelineError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"held-out chips: {m['val_chips']} (trained on {m['train_chips']})")
-    print("pixel   iou {iou:.4f}  f1 {f1:.4f}  precision {precision:.4f}  recall {recall:.4f}".format(**m["pixel"]))
+    print(f"held-out chips: {m['heldout_chips']} (trained on {m['train_chips']}, validation {m['val_chips']})")
+    print("pixel   iou {iou:.4f}  f1 {f1:.4f}  precision {precision:.4f}  recall {recall:.4f}  (threshold {threshold})"
+          .format(**m["pixel"]))
+    if m["operating_point"]:
+        print(f"operating point (chosen on the validation chips): {m['operating_point']}")
     print("object  f1 {f1:.4f}  precision {precision:.4f}  recall {recall:.4f}  (tp {tp}, fp {fp}, fn {fn})".format(
         **m["object"]))
     print(f"wall time {m['wall_seconds']['total']:.0f} s (training {m['training']['train_seconds']:.0f} s, "

@@ -49,16 +49,16 @@ def test_spacenet_sample_vector_to_mask_matches_polygon_areas():
     assert abs(mask.sum() - sum(g.area for g in labels.geometries) / pixel_area) < 0.01 * mask.sum()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sample_fp_mask.tif is not made from geotiff_labels.geojson: in CosmiQ/solaris its tests "
-    "build it from sample.csv (PolygonWKT_Pix), which is not in spacenet_sample; it has 151 "
-    "components vs the GeoJSON's 43 footprints and shares only ~5.7k of 118k pixels"))
 def test_spacenet_sample_vector_to_mask_matches_reference():
-    root, _, _, mask = spacenet_sample_mask()
-    with rasterio.open(root / "sample_fp_mask.tif") as src:
-        reference = src.read(1) > 0
-    agreement = float(((mask > 0) == reference).mean())
-    assert agreement >= 0.995, agreement
+    """``sample_fp_mask_from_geojson.tif`` is the reference tooling's (solaris ``footprint_mask``)
+    rasterization of ``geotiff_labels.geojson`` on the chip's grid: pixel-for-pixel equal.
+    (``sample_fp_mask.tif`` is made from another source and does not match the GeoJSON.)"""
+    root, info, _, mask = spacenet_sample_mask()
+    with rasterio.open(root / "sample_fp_mask_from_geojson.tif") as src:
+        reference = src.read(1)
+    assert reference.shape == (info.height, info.width) and set(np.unique(reference)) == {0, 255}
+    np.testing.assert_array_equal(mask > 0, reference > 0)
+    assert int((mask > 0).sum()) == 33818
 
 
 @pytest.mark.parametrize("tile, mode, expected", [

@@ -35,7 +35,7 @@ def test_pixels_binary_perfect_and_json_keys(chips, oracle_run, capsys):
     assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images), "--masks", str(masks),
                           "--tile-size", "32", "--overlap", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"iou", "f1", "precision", "recall", "num_images"}
+    assert set(result) == {"iou", "f1", "precision", "recall", "num_images", "threshold"}
     assert result["num_images"] == 3
     assert result["iou"] == 1.0 and result["f1"] == 1.0
 
@@ -93,25 +93,30 @@ def test_pixels_multiclass_per_class(tmp_path):
     assert result["miou"] == pytest.approx(np.mean([land["iou"], 0.0, 1.0]))
 
 
-def test_object_f1_callback_logs(oracle_run):
-    """The training callback computes object F1 on validation tiles and writes it into the logs."""
-    import tensorflow as tf
+def _scene(tmp_path, name, image, mask):
+    from tfseg.data.labels import MaskLabels, binary_mask_lookup
+    from tfseg.data.raster import open_raster
+    from tfseg.data.sources import Scene
 
+    info = open_raster(write_tif(tmp_path / f"{name}.tif", image))
+    labels = MaskLabels(open_raster(write_tif(tmp_path / f"{name}.mask.tif", mask)), binary_mask_lookup(np.unique(mask)))
+    return Scene(info, labels, name)
+
+
+def test_object_f1_callback_logs(oracle_run, tmp_path):
+    """The training callback computes object F1 on the whole validation scenes and writes it into the logs."""
     from tfseg.export import load_run_model
     from tfseg.object_metrics import ObjectF1Callback
 
-    model, _ = load_run_model(oracle_run)
-    tiles, labels = [], []
+    model, card = load_run_model(oracle_run)
+    scenes = []
     for seed in range(4):
         image, mask = building_scene(64, 64, boxes=((5, 5, 25, 30), (40, 30, 60, 60)), seed=seed)
-        tiles.append(image.transpose(1, 2, 0))  # raw uint16, as the pipeline emits them
-        label = mask.astype(np.uint8)
         if seed == 3:
-            label[40:60, 30:60] = 0  # one truth building removed: the prediction is a false positive
-            label[:2] = 255  # ignored rows
-        labels.append(label[..., None])
-    ds = tf.data.Dataset.from_tensor_slices((np.stack(tiles), np.stack(labels))).batch(2)
-    callback = ObjectF1Callback(ds, threshold=0.5)
+            mask[40:60, 30:60] = 0  # one truth building removed: the prediction is a false positive
+            mask[:2] = 255  # ignored rows
+        scenes.append(_scene(tmp_path, f"s{seed}", image, mask))
+    callback = ObjectF1Callback(scenes, card, threshold=0.5, tile_size=32, overlap=8)
     callback.set_model(model)
     logs = {"val_iou": 0.5}
     callback.on_epoch_end(0, logs)
@@ -121,19 +126,67 @@ def test_object_f1_callback_logs(oracle_run):
     assert logs["val_object_f1"] == pytest.approx(2 * (7 / 8) / (1 + 7 / 8))
 
 
+def test_object_f1_callback_counts_an_object_in_a_tile_overlap_once(oracle_run, tmp_path):
+    """Tiles 64 px wide at columns 0 and 32 (32 px overlap); the building at columns 38-58 lies in
+    both. Scored per tile it is two true positives against two truths; stitched, one."""
+    from rasterio.windows import Window
+
+    from tfseg.export import load_run_model
+    from tfseg.object_metrics import ObjectF1Callback, object_counts
+    from tfseg.scoring import Counts
+
+    model, card = load_run_model(oracle_run)
+    image, mask = building_scene(64, 96, boxes=((20, 38, 44, 58),), seed=1)
+    scene = _scene(tmp_path, "overlap", image, mask)
+    per_tile = Counts()
+    for col in (0, 32):
+        window = Window(col, 0, 64, 64)
+        raw = image[:, :, col : col + 64].transpose(1, 2, 0)  # raw pixels: the model normalizes them
+        prob = np.asarray(model.predict_on_batch(raw[None]))[0, ..., 0]
+        truth = scene.labels.rasterize(window, scene.info)
+        per_tile.add(object_counts((prob >= 0.5).astype(np.uint8), (truth == 1).astype(np.uint8), prob))
+    assert (per_tile.TruePos, per_tile.FalsePos, per_tile.FalseNeg) == (2, 0, 0)  # the old count: twice
+    callback = ObjectF1Callback([scene], card, tile_size=64, overlap=32, prefix="stitched_")
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    from tfseg.object_metrics import scene_truth, scenes_counts
+
+    counts = scenes_counts(callback.predictor(), [scene], [scene_truth(scene)], 0.5, callback.options, 64, 32)
+    assert (counts.TruePos, counts.FalsePos, counts.FalseNeg) == (1, 0, 0)
+    assert logs["stitched_f1"] == 1.0
+
+
 @pytest.mark.slow
 def test_train_with_object_f1(tmp_path):
-    """train.object_f1 attaches the callback: val_object_f1 reaches history.csv."""
+    """train.object_f1 attaches the callback (val_object_f1 reaches history.csv) and searches the
+    operating point, which the model card carries (run dir, model.keras, SavedModel)."""
     from tests.data.fixtures import tiny_synthetic_overrides
     from tfseg import config as config_lib
     from tfseg.train import train
 
     cfg = config_lib.load(config_lib.DEFAULT_CONFIG, tiny_synthetic_overrides(tmp_path / "data") + ["train.object_f1=true",
-                                                                                                "train.epochs=1",
-                                                                                                "export.enabled=false"])
-    train(cfg, tmp_path / "run", verbose=0)
-    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+                                                                                                "train.epochs=1"])
+    result = train(cfg, tmp_path / "run", verbose=0)
+    run = tmp_path / "run"
+    header = (run / "history.csv").read_text().splitlines()[0]
     assert "val_object_f1" in header
+    # the operating point searched on the stitched validation scenes, its table and picture
+    from tfseg.model_card import embedded_card, load_model_card
+
+    point = load_model_card(run).operating_point  # on the run's model card, and inside model.keras
+    assert point == result["operating_point"] == json.loads((run / "metrics.json").read_text())["operating_point"]
+    assert embedded_card(run / "model.keras").operating_point == point
+    assert load_model_card(run / "export").operating_point == point  # and in the SavedModel
+    assert load_model_card(run).threshold == point["threshold"]
+    assert not (run / "operating_point.json").exists()  # the card is the one record of the choice
+    assert point["searched_on"] == "validation" and point["instances"] in ("none", "watershed")
+    assert len((run / "operating_point_search.csv").read_text().splitlines()) == 1 + point["grid_points"]
+    assert (run / "objects.png").stat().st_size > 0
+    assert set(result["val_objects"]) == {"default", "operating_point"}
+    from tfseg.inference import load_predictor
+
+    assert load_predictor(run).threshold == point["threshold"]
 
 
 def test_pixels_on_real_kampala_chips(tmp_path, capsys):

@@ -211,3 +211,16 @@ def test_one_tile_same_probabilities_through_evaluate_predict_export_and_serve(t
     for name, probs in (("predict", predicted), ("export", exported), ("serve", served[None])):
         np.testing.assert_allclose(probs, evaluated, atol=1e-5, err_msg=name)
     assert 0 < evaluated.min() < evaluated.max() < 1
+
+
+def test_operating_point_sets_the_decision_threshold(run):
+    """The chosen point rides on the card; its threshold becomes the card's (the footprint
+    channel's for a multi-label building model), so predictors and the SavedModel use it."""
+    card = load_model_card(run)
+    point = {"threshold": 0.7, "min_area_m2": 5.0, "opening_px": 3, "instances": "watershed", "object_f1": 0.6}
+    chosen = card.with_operating_point(point)
+    assert chosen.operating_point == point and chosen.threshold == 0.7 and card.operating_point is None
+    assert ModelCard.from_dict(chosen.to_dict()) == chosen
+    multi = ModelCard.from_dict({**card.to_dict(), "task": "multilabel", "classes": ["boundary", "footprint"],
+                                 "colours": {"boundary": "#ff0000", "footprint": "#00ff00"}, "threshold": 0.5})
+    assert multi.with_operating_point(point).threshold == [0.5, 0.7]

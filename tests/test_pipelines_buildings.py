@@ -22,7 +22,7 @@ needs_kampala = pytest.mark.skipif(not (KAMPALA / "images").is_dir(),
 
 
 def _check_run(run_dir: Path, metrics: dict, num_val: int):
-    assert metrics["val_chips"] == num_val
+    assert metrics["heldout_chips"] == num_val
     for scope in ("pixel", "object"):
         for key in ("f1", "precision", "recall"):
             assert 0.0 <= metrics[scope][key] <= 1.0
@@ -69,13 +69,16 @@ def test_buildings_pipeline_on_generated_chips(tmp_path, capsys):
     metrics = json.loads((run_dir / "pipeline_metrics.json").read_text())
     _check_run(run_dir, metrics, num_val=2)
     split = json.loads((tmp_path / "run.split" / "split.json").read_text())
-    assert sorted(split["train"] + split["val"]) == sorted(masks) and not set(split["train"]) & set(split["val"])
-    # the held-out chips are symlinks to the data, nothing copied
-    linked = sorted((tmp_path / "run.split" / "val" / "masks").iterdir())
-    assert all(p.is_symlink() for p in linked) and [p.name for p in linked] == [f"{s}.mask.tif" for s in split["val"]]
+    parts = [set(split[k]) for k in ("train", "val", "heldout")]
+    assert sorted(split["train"] + split["val"] + split["heldout"]) == sorted(masks)
+    assert all(len(p) >= 1 for p in parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    # the held-out chips are symlinks to the data, nothing copied; labels linked beside them
+    linked = sorted((tmp_path / "run.split" / "heldout" / "masks").iterdir())
+    assert all(p.is_symlink() for p in linked) and [p.name for p in linked] == [f"{s}.mask.tif" for s in split["heldout"]]
+    assert sorted(p.stem for p in (tmp_path / "run.split" / "train" / "labels").iterdir()) == split["train"]
     # each truth polygon carries its chip id, so object matching is per chip
     truth = json.loads((run_dir / "val_truth.geojson").read_text())
-    assert sorted(f["properties"]["image_id"] for f in truth["features"]) == split["val"]
+    assert sorted(f["properties"]["image_id"] for f in truth["features"]) == split["heldout"]
 
 
 def test_split_is_seeded_and_disjoint(tmp_path):
@@ -84,10 +87,12 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     b = buildings.prepare_split(tmp_path / "data", tmp_path / "b", 0.2, seed=7)
     c = buildings.prepare_split(tmp_path / "data", tmp_path / "c", 0.2, seed=8)
     assert a == b and a != c
-    assert len(a["val"]) == 2 and sorted(a["train"] + a["val"]) == sorted(masks)
+    # held-out: 20 % of the chips; validation (checkpoint, operating point) carved from the rest
+    assert len(a["heldout"]) == 2 and len(a["val"]) == 1 and len(a["train"]) == 7
+    assert sorted(a["train"] + a["val"] + a["heldout"]) == sorted(masks)
     # preparing again into the same folder replaces the links
     again = buildings.prepare_split(tmp_path / "data", tmp_path / "a", 0.3, seed=7)
-    assert len(list((tmp_path / "a" / "val" / "images").iterdir())) == len(again["val"]) == 3
+    assert len(list((tmp_path / "a" / "heldout" / "images").iterdir())) == len(again["heldout"]) == 3
 
 
 def test_missing_data_is_named(tmp_path, capsys):
@@ -109,11 +114,11 @@ def test_buildings_quick_on_kampala(tmp_path):
     assert buildings.main(["--quick", "--data-root", str(KAMPALA), "--run-dir", str(run_dir)]) == 0
     metrics = json.loads((run_dir / "pipeline_metrics.json").read_text())
     _check_run(run_dir, metrics, num_val=2)
-    assert metrics["train_chips"] == buildings.QUICK_CHIPS - 2
+    assert metrics["train_chips"] == buildings.QUICK_CHIPS - 3 and metrics["val_chips"] == 1
     # the truth footprints come from the chips' GeoJSON labels
     truth = json.loads((run_dir / "val_truth.geojson").read_text())
     expected = sum(len(json.loads((KAMPALA / "labels" / f"{s}.geojson").read_text())["features"])
-                   for s in json.loads((tmp_path / "run.split" / "split.json").read_text())["val"])
+                   for s in json.loads((tmp_path / "run.split" / "split.json").read_text())["heldout"])
     assert len(truth["features"]) == expected
     tp, fn = metrics["object"]["tp"], metrics["object"]["fn"]
     assert tp + fn == expected  # every truth footprint is either matched or missed

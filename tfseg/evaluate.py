@@ -112,8 +112,10 @@ def scores_from_matrix(matrix: np.ndarray) -> list:
 
 
 def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_size: int = 0, overlap: int = -1,
-                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None) -> dict:
-    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks."""
+                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None,
+                    threshold: Optional[float] = None) -> dict:
+    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks, at
+    ``threshold`` (binary; default the model's: its operating point's when it has one)."""
     from .data.raster import open_raster
 
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
@@ -129,14 +131,14 @@ def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_s
                              f"{info.width}x{info.height}")
         sink = ArraySink(info.height, info.width, predictor.num_classes)
         run_sliding_window(predictor, [Job(RasterSource(info), sink, str(image_path))], tile, overlap, batch_size, tta)
-        pred = predictor.to_classes(sink.probs)
+        pred = predictor.to_classes(sink.probs, threshold)
         valid = sink.valid & (truth != 255)
         matrix += confusion_matrix(truth, pred, num_labels, valid)
     per_class = scores_from_matrix(matrix)
     if predictor.binary:
         fg = per_class[1]
         return {"iou": fg["iou"], "f1": fg["f1"], "precision": fg["precision"], "recall": fg["recall"],
-                "num_images": len(pairs)}
+                "num_images": len(pairs), "threshold": predictor.threshold if threshold is None else threshold}
     present = [c for c in per_class if c["present"]] or per_class
     result = {k: float(np.mean([c[k] for c in present])) for k in ("iou", "f1", "precision", "recall")}
     result["miou"] = result["iou"]
@@ -168,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     pixels.add_argument("--overlap", type=int, default=-1)
     pixels.add_argument("--batch-size", type=int, default=4)
     pixels.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
+    pixels.add_argument("--threshold", type=float, default=None,
+                        help="binary threshold (default: the model's operating point, else its training threshold)")
     pixels.add_argument("--json", action="store_true")
     spacenet = sub.add_parser("spacenet", help="SpaceNet building F1 of a proposals CSV against a truth CSV")
     spacenet.add_argument("--truth", required=True)
@@ -190,7 +194,8 @@ def main(argv=None) -> int:
             from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
 
             result = evaluate_pixels(args.model, _list_files(args.images, "images"), _list_files(args.masks, "masks"),
-                                     args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix)
+                                     args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix,
+                                     args.threshold)
         elif args.command == "spacenet":
             result = score_spacenet(args.truth, args.proposals)
         else:

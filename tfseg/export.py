@@ -295,7 +295,8 @@ def main(argv=None) -> int:
                              "for --format tflite a .tflite file or a directory")
     parser.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="binary decision threshold (default: the run's train.threshold)")
+                        help="binary decision threshold (default: the card's: the operating point's when training "
+                             "chose one, else train.threshold)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
 

@@ -32,6 +32,39 @@ def display_rgb(image: np.ndarray, band_names=()) -> np.ndarray:
     return np.nan_to_num(np.clip((picked - low) / max(high - low, 1e-6), 0, 1))
 
 
+def scene_rgb(path, max_side: int = 1024) -> tuple[np.ndarray, float]:
+    """A decimated HxWx3 uint8 picture of a scene file (bands 1-3, 2-98 % stretch, nodata black)
+    and the scale from full-resolution pixels to it."""
+    import warnings
+
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # opened and closed here (not the per-thread handle cache): a worker predicting thousands of
+    # scenes must not keep one open file per scene
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(str(path)) as src:
+            factor = max(1.0, max(src.width, src.height) / max_side)
+            out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
+            bands = [1, 2, 3] if src.count >= 3 else [1]
+            image = src.read(bands, out_shape=(len(bands), out_h, out_w),
+                             resampling=Resampling.nearest).astype(np.float32)
+            nodata, width = src.nodata, src.width
+    image = np.moveaxis(image, 0, -1)
+    ok = np.isfinite(image).all(-1)
+    if nodata is not None:
+        ok &= ~np.all(image == nodata, axis=-1)
+    rgb = np.zeros_like(image)
+    if ok.any():
+        low, high = np.percentile(image[ok], [2, 98], axis=0)
+        rgb = np.clip((image - low) / np.maximum(high - low, 1e-6), 0, 1)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    return (rgb * 255).astype(np.uint8), out_w / width
+
+
 def colourize(labels: np.ndarray, colours, ignore_index: int = 255) -> np.ndarray:
     """Class indices -> RGB using ``colours`` (list of (r, g, b) in [0, 1]); ignore -> grey."""
     table = np.zeros((256, 3), np.float32)
@@ -70,5 +103,66 @@ def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int =
                 axes[row, col].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# Objects: true positive / false positive / false negative outlines
+# ------------------------------------------------------------------------------------------
+OBJECT_COLOURS = {"true positive": (0, 200, 0), "false positive": (230, 20, 20), "false negative": (30, 110, 255)}
+
+
+def draw_object_outlines(rgb: np.ndarray, truth, proposals, confidences=None, scale: float = 1.0, width: int = 2):
+    """A PIL image of ``rgb`` (HxWx3 uint8) with the matched proposals outlined green (true
+    positives), the unmatched ones red (false positives) and the missed truth blue (false
+    negatives); polygons in pixel coordinates of the full-resolution image (``scale`` maps them
+    onto ``rgb``). Returns (image, {"tp", "fp", "fn"})."""
+    from PIL import Image, ImageDraw
+
+    from .scoring import assign_polygons
+
+    matched, missed = assign_polygons(truth, proposals, confidences)
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+
+    def outline(geom, colour):
+        for part in getattr(geom, "geoms", [geom]):
+            if part.geom_type != "Polygon" or part.is_empty:
+                continue
+            points = [(x * scale, y * scale) for x, y in part.exterior.coords]
+            draw.line(points, fill=colour, width=width, joint="curve")
+
+    for k in missed:
+        outline(truth[k], OBJECT_COLOURS["false negative"])
+    for proposal, match in zip(proposals, matched):
+        outline(proposal, OBJECT_COLOURS["true positive" if match is not None else "false positive"])
+    tp = sum(1 for m in matched if m is not None)
+    return image, {"tp": tp, "fp": len(proposals) - tp, "fn": len(missed)}
+
+
+def save_object_figure(panels, path, titles=()) -> Path:
+    """A grid of scenes with TP/FP/FN outlines: ``panels`` = [(rgb uint8, truth, proposals,
+    confidences, scale)] (polygons in full-resolution pixels, ``scale`` onto ``rgb``)."""
+    from matplotlib.patches import Patch
+
+    path = Path(path)
+    if not panels:
+        return path
+    columns = min(4, len(panels))
+    rows = int(np.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for index, (rgb, truth, proposals, confidences, scale) in enumerate(panels):
+        image, counts = draw_object_outlines(rgb, truth, proposals, confidences, scale=scale)
+        ax = axes.ravel()[index]
+        ax.imshow(np.asarray(image), interpolation="nearest")
+        name = titles[index] if index < len(titles) else ""
+        ax.set_title(f"{name}\nTP {counts['tp']}  FP {counts['fp']}  FN {counts['fn']}", fontsize=8)
+    handles = [Patch(facecolor="none", edgecolor=np.asarray(c) / 255, label=n) for n, c in OBJECT_COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -61,11 +61,29 @@ class Predictor:
     task = property(lambda self: self.card.task)
     tile_size = property(lambda self: self.card.tile_size)
     recommended_overlap = property(lambda self: self.card.recommended_overlap)
-    threshold = property(lambda self: self.card.thresholds()[0])
+    # object post-processing chosen on validation at the end of training (threshold, min area,
+    # opening, instances; see tfseg.operating_point); None for models trained without one
+    operating_point = property(lambda self: self.card.operating_point)
+
+    @property
+    def threshold(self) -> float:
+        """The decision threshold: the card's (the operating point's when training chose one), of
+        the footprint channel for a multi-label building model."""
+        return self.card.thresholds()[(self.instance_bands() or {"footprint": 1})["footprint"] - 1]
 
     @property
     def binary(self) -> bool:
         return self.num_classes == 1
+
+    def instance_bands(self) -> Optional[dict]:
+        """1-based output bands ``{"footprint", "boundary"?, "contact"?}`` of a building model
+        (binary, or multi-label footprint[/boundary/contact] channels); None for other models."""
+        if self.binary:
+            return {"footprint": 1}
+        if self.task == "multilabel" and "footprint" in self.classes:
+            return {name: self.classes.index(name) + 1 for name in ("footprint", "boundary", "contact")
+                    if name in self.classes}
+        return None
 
     @property
     def class_names(self) -> list:
@@ -85,8 +103,12 @@ class Predictor:
     def to_classes(self, probs: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
         unless ``threshold`` is given) or argmax."""
+        threshold = self.threshold if threshold is None else threshold
         if self.binary:
-            return (probs[..., 0] >= (self.threshold if threshold is None else threshold)).astype(np.uint8)
+            return (probs[..., 0] >= threshold).astype(np.uint8)
+        bands = self.instance_bands()
+        if bands is not None:  # a multi-label building model: its class map is the footprint
+            return (probs[..., bands["footprint"] - 1] >= threshold).astype(np.uint8)
         return np.argmax(probs, axis=-1).astype(np.uint8)
 
     def tiling(self, tile_size: int = 0, overlap: int = -1) -> tuple[int, int]:

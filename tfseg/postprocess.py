@@ -27,6 +27,9 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 
+INSTANCE_MODES = ("none", "watershed")
+
+
 @dataclass
 class PolygonOptions:
     """Post-processing of a predicted mask before and after polygonization."""
@@ -37,6 +40,13 @@ class PolygonOptions:
     fill_holes: bool = True
     max_hole_area_px: float = math.inf  # holes up to this size are filled
     simplify_px: float = 1.0  # Douglas-Peucker tolerance in pixels; 0 = off
+    instances: str = "none"  # none | watershed: split touching buildings (see split_instances)
+    marker_depth_px: float = 3.0  # watershed without boundary/contact: a core's least prominence (px)...
+    marker_depth_ratio: float = 0.3  # ... and relative to its height (see split_instances)
+
+    def __post_init__(self):
+        if self.instances not in INSTANCE_MODES:
+            raise ValueError(f"--instances: expected one of {list(INSTANCE_MODES)}, got {self.instances!r}")
 
 
 @dataclass
@@ -79,6 +89,93 @@ def fill_holes_mask(mask: np.ndarray, max_hole_area: float = math.inf) -> np.nda
     fill = inner & (stats[:, cv2.CC_STAT_AREA] <= max_hole_area)
     fill[0] = False  # label 0 is the foreground itself
     return np.where(fill[labels], np.uint8(1), mask)
+
+
+def split_instances(mask: np.ndarray, boundary: Optional[np.ndarray] = None, contact: Optional[np.ndarray] = None,
+                    marker_depth_px: float = 3.0, marker_depth_ratio: float = 0.3) -> np.ndarray:
+    """Instance labels (int32, 0 = background) of a binary footprint mask by marker-based watershed.
+
+    Markers: the footprint minus the predicted ``boundary`` / ``contact`` probabilities (>= 0.5)
+    when the model predicts them; otherwise the cores of the footprint's distance transform: the
+    watershed of its regional maxima, with neighbouring regions merged back unless the lower of
+    the two peaks rises above the saddle between them by at least ``marker_depth_px`` and by
+    ``marker_depth_ratio`` of its height (a neck between two touching buildings splits them, the
+    pixel-jagged ridge of one rotated building does not). Flooding runs on the negated distance
+    transform inside the mask (``skimage.segmentation.watershed``); a component without a marker
+    is one instance.
+
+    Example:
+        >>> labels = split_instances(prob[..., 0] >= 0.5)   # two touching squares -> labels 1 and 2
+    """
+    from scipy import ndimage
+    from skimage.morphology import local_maxima
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask) > 0
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    distance = ndimage.distance_transform_edt(mask)
+    if boundary is None and contact is None:
+        markers, _ = ndimage.label(local_maxima(distance, allow_borders=True) & mask, np.ones((3, 3)))
+        labels = watershed(-distance, markers, mask=mask)
+        return _merge_shallow(labels, distance, marker_depth_px, marker_depth_ratio)
+    seeds = mask.copy()
+    for channel in (boundary, contact):
+        if channel is not None:
+            seeds &= np.asarray(channel) < 0.5
+    markers, count = ndimage.label(seeds)
+    components, num_components = ndimage.label(mask)
+    unmarked = np.setdiff1d(np.arange(1, num_components + 1), np.unique(components[markers > 0]))
+    if unmarked.size:  # e.g. a thin building wholly covered by predicted boundary: one instance
+        extra = np.isin(components, unmarked)
+        markers[extra] = count + np.searchsorted(unmarked, components[extra]) + 1
+    return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def _merge_shallow(labels: np.ndarray, distance: np.ndarray, depth_px: float, depth_ratio: float) -> np.ndarray:
+    """Merge neighbouring watershed regions, highest saddle first, while the lower peak of a pair
+    rises less than max(``depth_px``, ``depth_ratio`` x its height) above their saddle."""
+    from scipy import ndimage
+
+    count = int(labels.max())
+    if count <= 1:
+        return labels.astype(np.int32)
+    peaks = np.concatenate([[0.0], ndimage.maximum(distance, labels, np.arange(1, count + 1))])
+    saddles: dict = {}
+    for a, b, da, db in ((labels[:, :-1], labels[:, 1:], distance[:, :-1], distance[:, 1:]),
+                         (labels[:-1], labels[1:], distance[:-1], distance[1:])):
+        edge = (a != b) & (a > 0) & (b > 0)
+        if not edge.any():
+            continue
+        la, lb = a[edge], b[edge]
+        lo, hi = np.minimum(la, lb).astype(np.int64), np.maximum(la, lb).astype(np.int64)
+        level = np.minimum(da[edge], db[edge])
+        keys = lo * (count + 1) + hi
+        order = np.lexsort((-level, keys))
+        keys, level = keys[order], level[order]
+        first = np.r_[True, keys[1:] != keys[:-1]]
+        for key, value in zip(keys[first], level[first]):
+            saddles[int(key)] = max(saddles.get(int(key), 0.0), float(value))
+    parent = np.arange(count + 1)
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    height = peaks.copy()
+    for key, saddle in sorted(saddles.items(), key=lambda kv: -kv[1]):
+        ra, rb = find(key // (count + 1)), find(key % (count + 1))
+        if ra == rb:
+            continue
+        low = min(height[ra], height[rb])
+        if low - saddle < max(depth_px, depth_ratio * low):
+            parent[rb] = ra
+            height[ra] = max(height[ra], height[rb])
+    roots = np.array([find(i) for i in range(count + 1)])
+    _, dense = np.unique(roots, return_inverse=True)
+    return dense[labels].astype(np.int32)
 
 
 def _polygon_fill_holes(poly, max_hole_area: float):
@@ -124,54 +221,83 @@ def finish_polygon(poly, options: PolygonOptions, pixel_area_m2: Optional[float]
 # ------------------------------------------------------------------------------------------
 # Polygonization
 # ------------------------------------------------------------------------------------------
-def _components(mask: np.ndarray, probs: Optional[np.ndarray], row_offset: int = 0):
-    """(pixel-space polygon, prob sum, pixel count, touches top, touches bottom) per component."""
+def _components(mask: np.ndarray, probs: Optional[np.ndarray], row_offset: int = 0,
+                labels: Optional[np.ndarray] = None, col_offset: int = 0):
+    """(pixel-space polygon, prob sum, pixel count, touches top, touches bottom) per component of
+    ``mask`` (4-connected), or per instance of the label image ``labels``."""
     import cv2
     from rasterio import features
     from rasterio.transform import Affine
     from shapely.geometry import shape
 
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if labels is None:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+        tops = stats[:, cv2.CC_STAT_TOP]
+        bottoms = tops + stats[:, cv2.CC_STAT_HEIGHT]
+        sizes = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    else:
+        from scipy import ndimage
+
+        labels = np.asarray(labels, np.int32)
+        count = int(labels.max()) + 1
+        sizes = np.bincount(labels.ravel(), minlength=count).astype(np.float64)
+        tops, bottoms = np.zeros(count, np.int64), np.zeros(count, np.int64)
+        for k, where in enumerate(ndimage.find_objects(labels), start=1):
+            if where is not None:
+                tops[k], bottoms[k] = where[0].start, where[0].stop
     if count <= 1:
         return []
-    sizes = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
     if probs is not None:
         sums = np.bincount(labels.ravel(), weights=probs.ravel().astype(np.float64), minlength=count)
     else:
         sums = sizes.copy()
     out = []
-    transform = Affine.translation(0, row_offset)
+    transform = Affine.translation(col_offset, row_offset)
     for geom, value in features.shapes(labels.astype(np.int32), mask=labels > 0, connectivity=4, transform=transform):
         k = int(value)
-        top = stats[k, cv2.CC_STAT_TOP]
-        bottom = top + stats[k, cv2.CC_STAT_HEIGHT]
-        out.append((shape(geom), float(sums[k]), float(sizes[k]), top == 0, bottom == mask.shape[0]))
+        out.append((shape(geom), float(sums[k]), float(sizes[k]), tops[k] == 0, bottoms[k] == mask.shape[0]))
     return out
 
 
+def _instance_labels(mask, options: PolygonOptions, channels: Optional[dict]):
+    """The watershed label image when ``options.instances`` asks for it, else None (components)."""
+    if options.instances != "watershed":
+        return None
+    channels = channels or {}
+    return split_instances(mask, channels.get("boundary"), channels.get("contact"), options.marker_depth_px,
+                           options.marker_depth_ratio)
+
+
 def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, options: Optional[PolygonOptions] = None,
-                     class_index: int = 1, pixel_area_m2: Optional[float] = None) -> list:
+                     class_index: int = 1, pixel_area_m2: Optional[float] = None,
+                     channels: Optional[dict] = None) -> list:
     """Objects of a binary HxW mask as :class:`PolygonRecord` (pixel coordinates).
 
-    ``probs`` (HxW, the class probability) gives each object's confidence (mean inside).
+    ``probs`` (HxW, the class probability) gives each object's confidence (mean inside). With
+    ``options.instances="watershed"`` touching buildings are split (:func:`split_instances`;
+    ``channels``: predicted ``{"boundary": HxW, "contact": HxW}`` probabilities for its markers).
     """
     options = options or PolygonOptions()
     mask = remove_speckle(mask > 0, options.opening_px)
     if options.fill_holes:
         mask = fill_holes_mask(mask, options.max_hole_area_px)
     records = []
-    for poly, total, size, _, _ in _components(mask, probs):
+    for poly, total, size, _, _ in _components(mask, probs, labels=_instance_labels(mask, options, channels)):
         for piece in finish_polygon(poly, options, pixel_area_m2):
             records.append(PolygonRecord(piece, class_index, total / max(size, 1.0)))
     return records
 
 
 def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
-                      block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None) -> list:
+                      block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None,
+                      channel_bands: Optional[dict] = None) -> list:
     """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
 
     ``prob_path``: the probability GeoTIFF (band ``class_probability_band[value]`` or 1 for a
-    binary model) for confidences. Memory: one block of rows plus the objects found so far.
+    binary model) for confidences; ``channel_bands``: its ``{"boundary": band, "contact": band}``
+    for the watershed markers of a model that predicts them. Memory: one block of rows plus the
+    objects found so far. With ``options.instances="watershed"`` objects that cross a block
+    boundary are split once whole (their window re-read), so the split does not depend on blocks.
     """
     import rasterio
     from rasterio.windows import Window
@@ -181,6 +307,16 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     margin = max(0, int(options.opening_px))
     with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else contextlib.nullcontext()) as psrc:
         height, width = src.height, src.width
+
+        def read_probs(band, window):
+            probs = np.ma.filled(psrc.read(band, window=window, masked=True).astype(np.float32), 0.0)
+            return probs / 254.0 if psrc.dtypes[band - 1] == "uint8" else probs
+
+        def read_channels(window):
+            if psrc is None or not channel_bands:
+                return None
+            return {name: read_probs(band, window) for name, band in channel_bands.items()}
+
         for value in class_values:
             pending = []  # (polygon, prob sum, count) touching an inner block boundary
             band = (class_probability_band or {}).get(value, 1)
@@ -191,24 +327,65 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                 mask = remove_speckle(classes == value, options.opening_px)[top - r0 : top - r0 + bottom - top]
                 if options.fill_holes:  # holes inside the block; the rest after merging
                     mask = fill_holes_mask(mask, options.max_hole_area_px)
-                probs = None
-                if psrc is not None:
-                    probs = psrc.read(band, window=Window(0, top, width, bottom - top), masked=True)
-                    probs = np.ma.filled(probs.astype(np.float32), 0.0)
-                    if psrc.dtypes[band - 1] == "uint8":
-                        probs = probs / 254.0
+                block = Window(0, top, width, bottom - top)
+                probs = read_probs(band, block) if psrc is not None else None
+                if options.instances == "watershed":
+                    cut = _cut_components(mask, top > 0, bottom < height)
+                    inner = mask & ~cut
+                    labels = _instance_labels(inner, options, read_channels(block))
+                    for poly, total, size, _, _ in _components(inner, probs, row_offset=top, labels=labels):
+                        records.extend(PolygonRecord(piece, value, total / max(size, 1.0))
+                                       for piece in finish_polygon(poly, options, pixel_area_m2))
+                    pending.extend(p[:3] for p in _components(mask & cut, probs, row_offset=top))
+                    continue
                 for poly, total, size, at_top, at_bottom in _components(mask, probs, row_offset=top):
                     if (at_top and top > 0) or (at_bottom and bottom < height):
                         pending.append((poly, total, size))
                     else:
                         for piece in finish_polygon(poly, options, pixel_area_m2):
                             records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
-            records.extend(_merge_pending(pending, value, options, pixel_area_m2))
+            resplit = None
+            if options.instances == "watershed":
+                def resplit(merged, _band=band):
+                    probs_of = (lambda w: read_probs(_band, w)) if psrc is not None else None
+                    return _split_window(merged, options, probs_of, read_channels)
+            records.extend(_merge_pending(pending, value, options, pixel_area_m2, resplit))
     return records
 
 
-def _merge_pending(pending, value, options, pixel_area_m2) -> list:
-    """Union the parts of objects cut by block boundaries (parts sharing an edge)."""
+def _cut_components(mask: np.ndarray, cut_top: bool, cut_bottom: bool) -> np.ndarray:
+    """Pixels of the 4-connected components of ``mask`` that touch a cut (inner) block edge."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(mask)
+    ids = set()
+    if cut_top:
+        ids.update(np.unique(labels[0]).tolist())
+    if cut_bottom:
+        ids.update(np.unique(labels[-1]).tolist())
+    ids.discard(0)
+    return np.isin(labels, sorted(ids)) if ids else np.zeros(mask.shape, bool)
+
+
+def _split_window(merged, options: PolygonOptions, read_probs, read_channels) -> list:
+    """(polygon, prob sum, count) of the instances of one whole object (a merged polygon)."""
+    from rasterio import features
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    left, top, right, bottom = merged.bounds
+    x0, y0, x1, y1 = int(math.floor(left)), int(math.floor(top)), int(math.ceil(right)), int(math.ceil(bottom))
+    window = Window(x0, y0, x1 - x0, y1 - y0)
+    mask = features.rasterize([(merged, 1)], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0),
+                              dtype="uint8") > 0
+    probs = read_probs(window) if read_probs else None
+    labels = _instance_labels(mask, options, read_channels(window))
+    return [c[:3] for c in _components(mask, probs, row_offset=y0, labels=labels, col_offset=x0)]
+
+
+def _merge_pending(pending, value, options, pixel_area_m2, resplit=None) -> list:
+    """Union the parts of objects cut by block boundaries (parts sharing an edge); ``resplit``
+    (watershed) splits each whole object into its instances."""
     from shapely import STRtree
     from shapely.ops import unary_union
 
@@ -234,11 +411,14 @@ def _merge_pending(pending, value, options, pixel_area_m2) -> list:
         groups.setdefault(find(i), []).append(i)
     records = []
     for members in groups.values():
-        total = sum(pending[i][1] for i in members)
-        size = sum(pending[i][2] for i in members)
         merged = unary_union([geoms[i] for i in members])
-        for piece in finish_polygon(merged, options, pixel_area_m2):
-            records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
+        if resplit is not None:
+            parts = resplit(merged)
+        else:
+            parts = [(merged, sum(pending[i][1] for i in members), sum(pending[i][2] for i in members))]
+        for poly, total, size in parts:
+            for piece in finish_polygon(poly, options, pixel_area_m2):
+                records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
     return records
 
 

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -76,8 +77,12 @@ class PredictOptions:
     overlay: bool = True
     spacenet_csv: str = ""  # path; "" = off
     cog: bool = False
-    threshold: Optional[float] = None
-    polygon: PolygonOptions = field(default_factory=PolygonOptions)
+    threshold: Optional[float] = None  # None = the model's (its operating point's when it has one)
+    # None = the model's operating point (chosen on validation) when it has one, else defaults
+    polygon: Optional[PolygonOptions] = None
+    polygon_overrides: dict = field(default_factory=dict)  # PolygonOptions fields set on the CLI
+    instances: Optional[str] = None  # none | watershed; None = the operating point's / watershed for building models
+    truth: str = ""  # GeoJSON of true footprints: the overlay outlines TP / FP / FN
     progress: bool = True
     gdal_cache_mb: int = 64  # GDAL block cache: bounds the memory of windowed reads and writes
 
@@ -247,30 +252,10 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     from PIL import Image
     from rasterio.enums import Resampling
 
-    from rasterio.errors import NotGeoreferencedWarning
+    from .figures import scene_rgb
 
-    # opened and closed here (not the per-thread handle cache): a worker predicting thousands of
-    # scenes must not keep one open file per scene
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(str(scene_path)) as src:
-            factor = max(1.0, max(src.width, src.height) / max_side)
-            out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
-            bands = [1, 2, 3] if src.count >= 3 else [1]
-            image = src.read(bands, out_shape=(len(bands), out_h, out_w),
-                             resampling=Resampling.nearest).astype(np.float32)
-            nodata = src.nodata
-    image = np.moveaxis(image, 0, -1)
-    ok = np.isfinite(image).all(-1)
-    if nodata is not None:
-        ok &= ~np.all(image == nodata, axis=-1)
-    rgb = np.zeros_like(image)
-    if ok.any():
-        low, high = np.percentile(image[ok], [2, 98], axis=0)
-        rgb = np.clip((image - low) / np.maximum(high - low, 1e-6), 0, 1)
-    if rgb.shape[-1] == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
-    rgb = (rgb * 255).astype(np.uint8)
+    rgb, _ = scene_rgb(scene_path, max_side)
+    out_h, out_w = rgb.shape[:2]
     with rasterio.open(class_path) as csrc:
         classes = csrc.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
         cmap = csrc.colormap(1) if csrc.count else {}
@@ -283,6 +268,43 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     overlay[classes == CLASS_NODATA] *= 0.3
     Image.fromarray(overlay.astype(np.uint8)).save(out_path)
     return Path(out_path)
+
+
+def truth_polygons(path, info) -> list:
+    """The polygons of a truth GeoJSON (any CRS, reprojected) in pixel coordinates of scene ``info``,
+    clipped to the scene."""
+    from shapely.affinity import affine_transform
+    from shapely.geometry import box
+
+    from .data.labels import VectorLabels
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--truth {path}: file not found")
+    if not info.crs:
+        raise ValueError(f"--truth {path}: scene {info.path} has no CRS, so the truth polygons cannot be placed on it")
+    labels = VectorLabels.from_file(path, info, require_overlap=False)
+    inverse = ~info.affine
+    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
+    extent = box(0, 0, info.width, info.height)
+    out = []
+    for geom in labels.geometries:
+        clipped = affine_transform(geom, matrix).intersection(extent)
+        out.extend(g for g in getattr(clipped, "geoms", [clipped]) if g.geom_type == "Polygon" and g.area > 0)
+    return out
+
+
+def write_object_overlay(info, records, truth_path, out_path, max_side: int = 1024) -> dict:
+    """The scene preview with the predicted objects outlined as true positives (green) or false
+    positives (red) and the missed true objects (blue) against ``truth_path``; returns the counts
+    (SpaceNet matching, IoU >= 0.5, on the polygons as written)."""
+    from .figures import draw_object_outlines, scene_rgb
+
+    rgb, scale = scene_rgb(info.path, max_side)
+    truth = truth_polygons(truth_path, info)
+    image, counts = draw_object_outlines(rgb, truth, [r.geometry for r in records], [r.confidence for r in records],
+                                         scale=scale)
+    image.save(out_path)
+    return counts
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,6 +330,56 @@ class _Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
+def resolve_polygon_options(predictor: Predictor, options: PredictOptions) -> PolygonOptions:
+    """Post-processing for this model: ``options.polygon``, else the model's operating point, else
+    the defaults; then the CLI's explicit settings. Instances: watershed by default for building
+    models; asking it of another model is an error."""
+    from .operating_point import polygon_options_of
+
+    if options.polygon is not None:
+        polygon = options.polygon
+    elif predictor.operating_point:
+        polygon = polygon_options_of(predictor.operating_point)
+    else:
+        polygon = PolygonOptions()
+    polygon = dataclasses.replace(polygon, **options.polygon_overrides)
+    building = predictor.instance_bands() is not None
+    instances = options.instances
+    if instances is None and options.polygon is None and not (predictor.operating_point or {}).get("instances"):
+        instances = "watershed" if building else "none"
+    if instances is not None:
+        if instances == "watershed" and not building:
+            kind = predictor.task if predictor.task != "auto" else "multiclass"
+            raise ValueError(
+                f"--instances watershed needs a binary building model (one output channel, or multi-label "
+                f"footprint[/boundary/contact] channels); model {predictor.source or ''} is {kind} with "
+                f"{predictor.num_classes} outputs {predictor.class_names}: use --instances none"
+            )
+        polygon = dataclasses.replace(polygon, instances=instances)
+    return polygon
+
+
+def resolve_options(predictor: Predictor, options: PredictOptions) -> PredictOptions:
+    """``options`` with everything the model decides made explicit: the decision threshold and the
+    polygon post-processing (operating point, CLI overrides, instances). Done once per run, before
+    the completion-marker fingerprint, so every scene (and every Beam worker) uses the same
+    settings and a marker records them; resolving resolved options changes nothing."""
+    polygon = resolve_polygon_options(predictor, options)
+    threshold = predictor.threshold if options.threshold is None else float(options.threshold)
+    return dataclasses.replace(options, polygon=polygon, polygon_overrides={}, instances=polygon.instances,
+                               threshold=threshold)
+
+
+def card_predictor(model) -> Predictor:
+    """The description of ``model`` (classes, task, outputs, tiling, operating point) from its
+    model card alone, without loading the network (and TensorFlow): what the Beam launcher
+    validates and resolves the options with."""
+    from .model_card import load_model_card
+
+    card = load_model_card(model)
+    return Predictor(card, card.num_outputs, str(model))
+
+
 MARKER_SUFFIX = "_done.json"  # <stem>_done.json: written last, atomically, once a scene is complete
 SCENE_OUTPUT_SUFFIXES = ("_prob.tif", "_class.tif", "_prob.tmp.tif", "_class.tmp.tif", "_polygons.geojson",
                          "_overlay.png", "_proposals.csv")
@@ -328,17 +400,40 @@ class SceneFailures(ValueError):
 
 def validate_options(options: PredictOptions, predictor: Optional[Predictor] = None) -> None:
     """Reject bad options before any scene is touched (so they are not reported once per scene).
-    Tile size and overlap are checked against the model when ``predictor`` is given."""
+    Tile size, overlap and the post-processing (``--instances`` needs a building model; its
+    watershed markers need the probabilities) are checked against the model when ``predictor``
+    is given."""
     from .inference import plan_tiles, tta_views
+    from .postprocess import INSTANCE_MODES
 
     if options.probabilities not in ("float16", "uint8", "none"):
         raise ValueError(f"--probabilities: expected float16, uint8 or none, got {options.probabilities!r}")
     if options.batch_size < 1:
         raise ValueError(f"--batch-size {options.batch_size}: expected >= 1")
     tta_views(options.tta)
+    if options.instances is not None and options.instances not in INSTANCE_MODES:
+        raise ValueError(f"--instances: expected one of {list(INSTANCE_MODES)}, got {options.instances!r}")
+    if options.truth:
+        if not Path(options.truth).is_file():
+            raise FileNotFoundError(f"--truth {options.truth}: file not found")
+        if not options.overlay:
+            raise ValueError(f"--truth {options.truth}: the truth outlines go into the overlay; do not combine "
+                             "--truth with --no-overlay")
+        if options.polygons is False:
+            raise ValueError(f"--truth {options.truth}: true / false positives are predicted polygons; do not "
+                             "combine --truth with --no-polygons")
     if predictor is not None:
         tile, overlap = predictor.tiling(options.tile_size, options.overlap)
         plan_tiles(predictor, [tile], [tile], tile, overlap, options.margin)
+        polygon = resolve_polygon_options(predictor, options)
+        if options.truth and not wants_polygons(predictor, options):
+            raise ValueError(f"--truth {options.truth}: the TP / FP / FN outlines need polygons, which model "
+                             f"{predictor.source or ''} does not write by default (not a building model): add --polygons")
+        if _marker_channels(predictor, polygon) and wants_polygons(predictor, options) \
+                and options.probabilities == "none":
+            raise ValueError(f"--instances watershed takes its markers from the model's "
+                             f"{sorted(_marker_channels(predictor, polygon))} probabilities: do not combine it "
+                             "with --probabilities none")
 
 
 def check_scene_names(inputs: Sequence, output) -> None:
@@ -349,32 +444,54 @@ def check_scene_names(inputs: Sequence, output) -> None:
                           f"their outputs would overwrite each other in {output}")
 
 
-def scene_fingerprint(predictor: Predictor, options: PredictOptions) -> dict:
-    """What a scene's outputs depend on (model and options): a completion marker with another
-    fingerprint does not count as complete, so a rerun with other options redoes the scene."""
-    from dataclasses import asdict
+def wants_polygons(predictor: Predictor, options: PredictOptions) -> bool:
+    """Polygons are written: asked for, or by default for building models, or for the SpaceNet CSV."""
+    want = options.polygons if options.polygons is not None else predictor.instance_bands() is not None
+    return want or bool(options.spacenet_csv)
 
-    settings = asdict(options)
+
+def _marker_channels(predictor: Predictor, polygon: PolygonOptions) -> dict:
+    """The predicted boundary/contact bands the watershed takes its markers from (none without them)."""
+    bands = predictor.instance_bands() or {}
+    return {k: v for k, v in bands.items() if k != "footprint"} if polygon.instances == "watershed" else {}
+
+
+def scene_fingerprint(predictor: Predictor, options: PredictOptions) -> dict:
+    """What a scene's outputs depend on (model, resolved options, the truth file): a completion
+    marker with another fingerprint does not count as complete, so a rerun with other options (or
+    another operating point on the model card) redoes the scene."""
+    options = resolve_options(predictor, options)
+    settings = dataclasses.asdict(options)
     for key in ("progress", "gdal_cache_mb"):  # do not change the outputs
         settings.pop(key)
     settings["spacenet_csv"] = bool(options.spacenet_csv)  # the per-scene rows, wherever the CSV goes
+    settings["polygon"] = _json_polygon_options(options.polygon)
+    if options.truth:  # another truth file at the same path gives other outlines and counts
+        truth = Path(options.truth)
+        settings["truth"] = [os.path.abspath(truth), truth.stat().st_size, truth.stat().st_mtime_ns]
     model = os.path.abspath(predictor.source) if predictor.source else ""  # runners may differ in working dir
     return json.loads(json.dumps({"model": model, "model_files": model_files(predictor.source), "options": settings}))
 
 
+def _json_polygon_options(polygon: PolygonOptions) -> dict:
+    """PolygonOptions as strict JSON (no max hole area: null, as JSON has no Infinity)."""
+    return {k: (None if v == math.inf else v) for k, v in dataclasses.asdict(polygon).items()}
+
+
 def model_files(source) -> list:
     """``[name, size, mtime_ns]`` of the files a model is loaded from (a retrained or re-exported
-    model at the same path is another model)."""
+    model at the same path, or one given another operating point, is another model)."""
     if not source:
         return []
     path = Path(source)
     if path.is_file():
-        files = [path, path.parent / "normalization.json", path.parent / "config.yaml"]
+        files = [path, path.parent / "model_card.json", path.parent / "normalization.json",
+                 path.parent / "config.yaml"]
     elif (path / "saved_model.pb").is_file():
         files = [path / "saved_model.pb"] + sorted(q for q in path.rglob("*") if q.is_file()
                                                    and q.parts[len(path.parts)] in ("variables", "assets"))
     else:
-        files = [path / "model.keras", path / "normalization.json", path / "config.yaml"]
+        files = [path / "model.keras", path / "model_card.json", path / "normalization.json", path / "config.yaml"]
     return [[str(f.relative_to(path.parent if path.is_file() else path)), f.stat().st_size, f.stat().st_mtime_ns]
             for f in files if f.is_file()]
 
@@ -416,6 +533,7 @@ def predict_scene(predictor: Predictor, path, output, options: PredictOptions,
     """
     output, path = Path(output), Path(path)
     stem = path.stem
+    options = resolve_options(predictor, options)  # a no-op for the runners' (already resolved) options
     fingerprint = fingerprint or scene_fingerprint(predictor, options)
     entry = completed_entry(output, stem, fingerprint)
     if entry is not None:
@@ -444,10 +562,11 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         warnings.warn(f"{path}: not georeferenced (no CRS); outputs and polygons are in pixel coordinates",
                       stacklevel=3)
     stem = path.stem
-    want_polygons = options.polygons if options.polygons is not None else predictor.binary
-    want_polygons = want_polygons or bool(options.spacenet_csv)
+    want_polygons = wants_polygons(predictor, options)
     need_classes = options.classes or want_polygons or options.overlay
-    threshold = predictor.threshold if options.threshold is None else options.threshold
+    threshold = options.threshold  # resolved: the model's (its operating point's) unless overridden
+    bands = predictor.instance_bands() or {}
+    channel_bands = _marker_channels(predictor, options.polygon)
     sink = GeoTiffSink(
         info, predictor,
         prob_path=None if options.probabilities == "none" else output / f"{stem}_prob.tif",
@@ -460,8 +579,9 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
                                progress=_Progress(options.progress))
     post_started = time.perf_counter()
     polygon_classes = options.polygon_classes or (
-        [1] if predictor.binary else list(range(1, predictor.num_classes)))
-    entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs}
+        [1] if bands else list(range(1, predictor.num_classes)))
+    entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs,
+             "threshold": threshold}
     transform = info.affine if info.crs else None
     area = pixel_area_m2(info.crs, info.affine, info.width, info.height)
     entry["km2"] = round(info.width * info.height * area / 1e6, 6) if area else None
@@ -478,13 +598,15 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         entry["classes"] = str(sink.class_path)
         outputs.append(sink.class_path.name)
     if want_polygons:
-        prob_bands = {v: (1 if predictor.binary else v + 1) for v in polygon_classes}
+        prob_bands = {v: (bands["footprint"] if bands else v + 1) for v in polygon_classes}
         records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
-                                    pixel_area_m2=area, class_probability_band=prob_bands)
+                                    pixel_area_m2=area, class_probability_band=prob_bands,
+                                    channel_bands=channel_bands if sink.prob_path else None)
         geojson = output / f"{stem}_polygons.geojson"
         write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
         entry["polygons"] = str(geojson)
         entry["num_polygons"] = len(records)
+        entry["polygon_options"] = _json_polygon_options(options.polygon)
         outputs.append(geojson.name)
         if options.spacenet_csv:  # this scene's rows; the run's CSV concatenates them in input order
             rows = output / f"{stem}_proposals.csv"
@@ -493,7 +615,10 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
             outputs.append(rows.name)
     if options.overlay:
         overlay = output / f"{stem}_overlay.png"
-        write_overlay(info.path, sink.class_path, overlay, predictor)
+        if options.truth and want_polygons:  # TP / FP / FN outlines and their counts
+            entry["objects"] = write_object_overlay(info, records, options.truth, overlay)
+        else:
+            write_overlay(info.path, sink.class_path, overlay, predictor)
         entry["overlay"] = str(overlay)
         outputs.append(overlay.name)
     if sink.class_path and not options.classes:
@@ -519,10 +644,11 @@ def _shared(entries: list, key: str):
 
 
 def summarize(inputs: Sequence, results: Sequence[dict], output, options: PredictOptions, model: str, runner: str,
-              started: float) -> dict:
+              started: float, operating_point: Optional[dict] = None) -> dict:
     """The final step of both runners: per-scene polygons merged into one GeoJSON (and the SpaceNet
     CSV when asked), ``summary.json`` written. ``results`` (from :func:`predict_scene`, any order)
-    are reported in input order; ``started`` is the run's start (``time.time()``)."""
+    are reported in input order; ``started`` is the run's start (``time.time()``); ``options`` are
+    the run's resolved ones (:func:`resolve_options`), ``operating_point`` the model card's."""
     output = Path(output)
     by_input = {r["input"]: r for r in results}
     missing = [str(p) for p in inputs if str(p) not in by_input]
@@ -536,6 +662,7 @@ def summarize(inputs: Sequence, results: Sequence[dict], output, options: Predic
     km2 = [e["km2"] for e in entries if e["km2"] is not None]
     predict_seconds = sum(e["predict_seconds"] for e in predicted)
     tiles = sum(e["tiles"] for e in predicted)
+    with_polygons = [e for e in entries if e.get("polygons")]
     summary = {
         "model": model,
         "runner": runner,
@@ -557,8 +684,10 @@ def summarize(inputs: Sequence, results: Sequence[dict], output, options: Predic
         "tiles_per_s": round(tiles / max(predict_seconds, 1e-9), 3),
         "megapixels": round(sum(e["width"] * e["height"] for e in entries) / 1e6, 3),
         "km2": round(sum(km2), 6) if km2 else None,
+        "threshold": options.threshold,
+        "polygon_options": _json_polygon_options(options.polygon) if with_polygons else None,
+        "operating_point": operating_point,
     }
-    with_polygons = [e for e in entries if e.get("polygons")]
     if with_polygons:
         parts = [(e["polygons"], Path(e["input"]).stem, "EPSG:4326" if options.epsg4326 and e["crs"] else e["crs"])
                  for e in with_polygons]
@@ -597,11 +726,13 @@ def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOpt
     check_scene_names(inputs, output)
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     validate_options(options, predictor)
+    options = resolve_options(predictor, options)
     fingerprint = scene_fingerprint(predictor, options)
     # rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in bytes (not MB)
     with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb)) * 1024 * 1024):
         results = [predict_scene(predictor, path, output, options, fingerprint) for path in inputs]
-    summary = summarize(inputs, results, output, options, predictor.source, "local", started)
+    summary = summarize(inputs, results, output, options, predictor.source, "local", started,
+                        predictor.operating_point)
     if summary["failures"]:
         raise SceneFailures(summary, output / "summary.json")
     return summary
@@ -618,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin", type=int, default=None, help="pixels at shared tile edges given zero weight (default overlap/4)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8], help="test-time augmentation views (flips/rot90)")
-    parser.add_argument("--threshold", type=float, default=None, help="binary threshold (default: the model's)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="binary threshold (default: the model's operating point, else its training threshold)")
     parser.add_argument("--probabilities", default="float16", choices=["float16", "uint8", "none"],
                         help="probability GeoTIFF encoding (uint8: p*254, nodata 255)")
     parser.add_argument("--no-classes", action="store_true", help="do not keep the class GeoTIFF")
@@ -627,12 +759,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-polygons", dest="polygons", action="store_false")
     parser.add_argument("--polygon-classes", type=int, nargs="*", default=[], help="class indexes to polygonize (default: all but 0)")
     parser.add_argument("--epsg4326", action="store_true", help="write polygons in EPSG:4326 instead of the scene CRS")
-    parser.add_argument("--opening", type=int, default=3, help="speckle removal: morphological opening kernel in pixels (0 = off)")
-    parser.add_argument("--min-area", type=float, default=20.0, help="drop polygons smaller than this many pixels²")
-    parser.add_argument("--min-area-m2", type=float, default=0.0, help="drop polygons smaller than this many m² (needs a CRS)")
+    parser.add_argument("--opening", type=int, default=None,
+                        help="speckle removal: morphological opening kernel in pixels (0 = off; default: the model's "
+                             "operating point, else 3)")
+    parser.add_argument("--min-area", type=float, default=None,
+                        help="drop polygons smaller than this many pixels² (default: the operating point's, else 20)")
+    parser.add_argument("--min-area-m2", type=float, default=None,
+                        help="drop polygons smaller than this many m² (needs a CRS; default: the operating point's, else 0)")
+    parser.add_argument("--instances", choices=["none", "watershed"], default=None,
+                        help="split touching buildings by marker-based watershed (default: the operating point's, else "
+                             "watershed for binary building models)")
     parser.add_argument("--simplify", type=float, default=1.0, help="polygon simplification tolerance in pixels (0 = off)")
     parser.add_argument("--no-fill-holes", action="store_true", help="keep holes inside polygons")
-    parser.add_argument("--no-overlay", action="store_true", help="do not write the PNG preview")
+    parser.add_argument("--overlay", dest="overlay", action="store_true", default=True,
+                        help="write the PNG preview (default); with --truth it outlines true positives (green), false "
+                             "positives (red) and false negatives (blue)")
+    parser.add_argument("--no-overlay", dest="overlay", action="store_false", help="do not write the PNG preview")
+    parser.add_argument("--truth", default="", help="GeoJSON of true footprints (any CRS) for the overlay's TP/FP/FN outlines")
     parser.add_argument("--spacenet-csv", nargs="?", const="proposals.csv", default="",
                         help="also write a SpaceNet proposals CSV (default name proposals.csv in --output)")
     parser.add_argument("--cog", action="store_true", help="rewrite rasters as Cloud-Optimized GeoTIFFs with overviews")
@@ -656,11 +799,12 @@ def main(argv=None) -> int:
     options = PredictOptions(
         tile_size=args.tile_size, overlap=args.overlap, margin=args.margin, batch_size=args.batch_size, tta=args.tta,
         probabilities=args.probabilities, classes=not args.no_classes, polygons=args.polygons,
-        polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=not args.no_overlay,
+        polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=args.overlay, truth=args.truth,
         spacenet_csv=args.spacenet_csv, cog=args.cog, threshold=args.threshold,
-        progress=not args.quiet and args.runner == "local", gdal_cache_mb=args.gdal_cache_mb,
-        polygon=PolygonOptions(opening_px=args.opening, min_area_px=args.min_area, min_area_m2=args.min_area_m2,
-                               fill_holes=not args.no_fill_holes, simplify_px=args.simplify),
+        progress=not args.quiet and args.runner == "local", gdal_cache_mb=args.gdal_cache_mb, instances=args.instances,
+        polygon_overrides={key: value for key, value in (
+            ("opening_px", args.opening), ("min_area_px", args.min_area), ("min_area_m2", args.min_area_m2),
+            ("simplify_px", args.simplify), ("fill_holes", False if args.no_fill_holes else None)) if value is not None},
     )
     try:
         if args.worker_threads < 0:

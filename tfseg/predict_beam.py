@@ -28,9 +28,11 @@ from .inference import ModelLoadError
 from .predict import (
     PredictOptions,
     SceneFailures,
+    card_predictor,
     check_scene_names,
     check_writable,
     predict_scene,
+    resolve_options,
     scene_fingerprint,
     summarize,
     validate_options,
@@ -195,6 +197,7 @@ class PredictScenes(beam.DoFn):
     def setup(self):
         self.predictor = worker_predictor(self.model, self.threads)
         validate_options(self.options, self.predictor)
+        self.options = resolve_options(self.predictor, self.options)  # resolved by the launcher: unchanged
         self.fingerprint = scene_fingerprint(self.predictor, self.options)
 
     def process(self, path):
@@ -238,8 +241,8 @@ def _stderr_to(path: Optional[Path]):
             os.close(saved)
 
 
-def _summarize(results, inputs, output, options, model, started):
-    summarize(inputs, results, output, options, model, "beam", started)
+def _summarize(results, inputs, output, options, model, started, operating_point):
+    summarize(inputs, results, output, options, model, "beam", started, operating_point)
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,6 +264,11 @@ def run_beam(model, inputs: Sequence, output, options: Optional[PredictOptions] 
         raise ModelLoadError(f"--model {model}: no such file or directory (expected a run directory, "
                              "a .keras file or an exported SavedModel directory)")
     pipeline_options = parse_beam_options(beam_options)
+    # the model card (no TensorFlow here): a bad --instances / model combination fails now, not in
+    # every worker; the options resolved here (threshold, operating point) go to every worker
+    described = card_predictor(model)
+    validate_options(options, described)
+    options = resolve_options(described, options)
     threads = worker_threads or default_worker_threads(pipeline_options)
     # absolute paths: a worker's working directory is not the launcher's
     model, out = os.path.abspath(model), os.path.abspath(output)
@@ -278,7 +286,8 @@ def run_beam(model, inputs: Sequence, output, options: Optional[PredictOptions] 
                            | "Predict" >> beam.ParDo(PredictScenes(model, out, options, threads)))
                 _ = (results
                      | "Collect" >> beam.combiners.ToList()
-                     | "Summarize" >> beam.Map(_summarize, paths, out, options, model, started))
+                     | "Summarize" >> beam.Map(_summarize, paths, out, options, model, started,
+                                               described.operating_point))
     except Exception as exc:  # noqa: BLE001 - Beam wraps worker errors in its own types
         where = f"; Beam's log: {log}" if local else ""
         raise BeamPipelineError(f"the Beam pipeline failed: {_last_line(exc)}{where}") from exc

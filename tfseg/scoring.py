@@ -85,6 +85,15 @@ def match_polygons(truth: Sequence, proposals: Sequence, confidences: Optional[S
 
     ``truth`` and ``proposals`` are shapely polygons already filtered by area.
     """
+    matched, unmatched = assign_polygons(truth, proposals, confidences, iou_threshold)
+    tp = sum(1 for k in matched if k is not None)
+    return Counts(TruePos=tp, FalsePos=len(proposals) - tp, FalseNeg=len(unmatched))
+
+
+def assign_polygons(truth: Sequence, proposals: Sequence, confidences: Optional[Sequence[float]] = None,
+                    iou_threshold: float = IOU_THRESHOLD) -> tuple[list, list]:
+    """The matching behind :func:`match_polygons`: for each proposal the index of the truth
+    polygon it matches (None: a false positive), and the unmatched truth indexes (false negatives)."""
     from shapely import STRtree
 
     order = list(range(len(proposals)))
@@ -93,7 +102,7 @@ def match_polygons(truth: Sequence, proposals: Sequence, confidences: Optional[S
     truth = [_valid(t) for t in truth]
     tree = STRtree(truth) if truth else None
     unmatched = set(range(len(truth)))
-    counts = Counts()
+    matched: list = [None] * len(proposals)
     for i in order:
         proposal = _valid(proposals[i])
         best, best_iou = None, 0.0
@@ -105,12 +114,9 @@ def match_polygons(truth: Sequence, proposals: Sequence, confidences: Optional[S
                     if value > best_iou or (value == best_iou and best is not None and k < best):
                         best, best_iou = k, value
         if best is not None and best_iou >= iou_threshold:
-            counts.TruePos += 1
+            matched[i] = best
             unmatched.discard(best)
-        else:
-            counts.FalsePos += 1
-    counts.FalseNeg = len(unmatched)
-    return counts
+    return matched, sorted(unmatched)
 
 
 def read_spacenet_csv(path, require_confidence: bool = False) -> dict:

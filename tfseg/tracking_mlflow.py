@@ -315,11 +315,13 @@ class MlflowTracker:
             stamp = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in
                                                         flat_numbers(metrics, FINAL_PREFIX).items()])
-            for name in ("history.csv", "metrics.json", "config.yaml", "normalization.json"):
+            for name in ("history.csv", "metrics.json", "config.yaml", "normalization.json",
+                         "operating_point_search.csv"):
                 if (run_path / name).is_file():
                     self.client.log_artifact(self.run_id, str(run_path / name))
-            if (run_path / "predictions.png").is_file():
-                self.client.log_artifact(self.run_id, str(run_path / "predictions.png"), "figures")
+            for name in ("predictions.png", "objects.png"):
+                if (run_path / name).is_file():
+                    self.client.log_artifact(self.run_id, str(run_path / name), "figures")
             if (run_path / "figures").is_dir():
                 self.client.log_artifacts(self.run_id, str(run_path / "figures"), "figures")
             card = _model_card_file(run_path)

@@ -46,6 +46,7 @@ from .losses import get_loss
 from .metrics import segmentation_metrics
 from .model_card import CARD_FILE, ModelCard, embed_card
 from .models import PhotometricAugment, Preprocess, build_model
+from .postprocess import PolygonOptions
 from . import tracking_mlflow
 from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
                        remove_stale_temporaries, save_model_atomic, save_weights_atomic, write_json, zip_directory)
@@ -469,7 +470,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
         from .object_metrics import ObjectF1Callback
 
-        callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
+        callbacks.insert(0, ObjectF1Callback(
+            val_scenes, card, cfg.train.threshold, cfg.data.ignore_index, tile_size=cfg.data.window_size,
+            overlap=cfg.data.eval_overlap, batch_size=global_batch, options=PolygonOptions(instances="watershed")))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
         callbacks.append(EpochFigure(val_ds, run_path / "figures", card.band_names, cfg.train.num_figure_tiles,
                                      cfg.train.threshold, cfg.data.ignore_index))
@@ -541,8 +544,12 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         "steps_per_epoch": steps,
     }
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    write_json(run_path / "metrics.json", result)
     card = dataclasses.replace(card, metrics=val)
+    if cfg.train.object_f1 and val_scenes:
+        point = _operating_point(cfg, best, card, val_scenes, global_batch, run_path, result)
+        if point is not None:  # the card carries it: model_card.json, model.keras, the SavedModel
+            card = card.with_operating_point(point)
+    write_json(run_path / "metrics.json", result)
     card.save(run_path / CARD_FILE)
     embed_card(best_file, card)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", card.band_names, cfg.train.num_figure_tiles,
@@ -561,6 +568,52 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
         mlflow_tracker.stop()
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
+
+
+def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_path: Path, result: dict):
+    """Binary building tasks: object scores on the stitched validation scenes, the operating point
+    searched on them (returned for the model card, into ``result``; the search table in
+    RUN_DIR/operating_point_search.csv) and RUN_DIR/objects.png at that point. None for other tasks."""
+    from .figures import save_object_figure, scene_rgb
+    from .inference import KerasPredictor
+    from .object_metrics import footprint_channels, kept_records, match_records, proposals, scene_truth
+    from .operating_point import choose_operating_point, polygon_options_of
+    from .scoring import Counts
+
+    predictor = KerasPredictor(model, card)
+    bands = predictor.instance_bands()
+    if bands is None:
+        return None
+    started = time.time()
+    truths = [scene_truth(s, cfg.data.ignore_index) for s in val_scenes]
+    point, rows, stitched = choose_operating_point(predictor, val_scenes, truths, cfg.data.window_size,
+                                                   cfg.data.eval_overlap, batch_size, run_path)
+    chosen = polygon_options_of(point)
+    default = PolygonOptions(instances="watershed")
+    panels, titles, counts = [], [], {"default": Counts(), "operating_point": Counts()}
+    # objects.png: the first scenes with buildings (then the others when too few have any)
+    pictured = sorted(range(len(val_scenes)), key=lambda i: not truths[i].polygons)[: max(4, cfg.train.num_figure_tiles)]
+    for index, (scene, truth, (probs, valid)) in enumerate(zip(val_scenes, truths, stitched)):
+        footprint, extra = footprint_channels(probs, bands)
+        usable = valid & ~truth.ignore
+        for name, threshold, options in (("default", cfg.train.threshold, default),
+                                         ("operating_point", point["threshold"], chosen)):
+            records = proposals(footprint, usable, threshold, options, extra)
+            counts[name].add(match_records(truth, records, options.min_area_px, options.min_area_m2))
+        if index in pictured:
+            kept = kept_records(truth, records, chosen.min_area_px, chosen.min_area_m2)
+            rgb, scale = scene_rgb(scene.info.path, max_side=512)
+            panels.append((rgb, truth.polygons, [r.geometry for r in kept], [r.confidence for r in kept], scale))
+            titles.append(scene.name)
+    save_object_figure(panels, run_path / "objects.png", titles)
+    result["operating_point"] = point
+    result["val_objects"] = {
+        name: {k.lower(): v for k, v in c.as_dict().items()} for name, c in counts.items()}
+    result["val_objects"]["default"]["post_processing"] = f"threshold {cfg.train.threshold}, opening 3 px, " \
+                                                          "min area 20 px, watershed"
+    log.info("operating point (object F1 %.4f on %d validation scenes, %d grid points, %.0f s): %s",
+             point["object_f1"], len(val_scenes), len(rows), time.time() - started, point)
+    return point
 
 
 def _scaled_lr(train_cfg, replicas: int):

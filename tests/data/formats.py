@@ -148,3 +148,21 @@ def make_scenes(root, size=96, labels_crs="EPSG:4326", boxes=((10, 10, 40, 30), 
     geoms = [pixel_box_to_world(*b, transform) for b in boxes]
     write_geojson(root / "labels.geojson", geoms, src_crs=UTM, dst_crs=labels_crs)
     return boxes
+
+
+def make_mask_folder_with_labels(root, size=48, labels_crs="EPSG:4326", boxes=((8, 10, 20, 30), (20, 10, 34, 30))):
+    """``root/images/chip.tif`` (UTM) + ``root/masks/chip.mask.tif`` + ``root/labels/chip.geojson``
+    (in ``labels_crs``) with the pixel ``boxes`` as buildings: by default two buildings sharing the
+    edge at column 20 (one blob in the mask, two objects in the GeoJSON)."""
+    root = Path(root)
+    rng = np.random.default_rng(5)
+    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    write_geotiff(root / "images" / "chip.tif", _image(rng, 3, size, "uint8", 255), transform=transform)
+    mask = np.zeros((size, size), np.uint8)
+    for c0, r0, c1, r1 in boxes:
+        mask[r0:r1, c0:c1] = 1
+    write_geotiff(root / "masks" / "chip.mask.tif", mask, transform=transform)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    write_geojson(root / "labels" / "chip.geojson", [pixel_box_to_world(*b, transform) for b in boxes],
+                  src_crs=UTM, dst_crs=labels_crs)
+    return mask

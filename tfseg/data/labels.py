@@ -393,7 +393,8 @@ SPACENET_TARGETS = ("footprint", "boundary", "contact")
 @dataclass
 class BuildingTargets:
     """SpaceNet-style target channels from building polygons: ``footprint`` (inside a building),
-    ``boundary`` (a band of ``boundary_width`` pixels across each outline) and ``contact``
+    ``boundary`` (a band of ``boundary_width`` pixels across each building's outline, including
+    the edge two touching buildings share) and ``contact``
     (background pixels within ``contact_spacing`` of two or more buildings), as in solaris'
     multi-channel masks. Rasterized per window with a margin so channels are exact at edges.
 
@@ -438,10 +439,9 @@ class BuildingTargets:
         for channel in self.channels:
             if channel == "footprint":
                 out.append(footprint)
-            elif channel == "boundary":
+            elif channel == "boundary":  # each building's own outline, also where two touch
                 kernel = np.ones((self.boundary_width, self.boundary_width), np.uint8)
-                fp = footprint.astype(np.uint8)
-                out.append(cv2.dilate(fp, kernel) != cv2.erode(fp, kernel))
+                out.append(cv2.dilate(instances, kernel) != cv2.erode(instances, kernel))
             else:
                 size = 2 * self.contact_spacing + 1
                 kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))

@@ -7,7 +7,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 from .labels import MaskLabels, VectorLabels
 from .raster import RasterInfo
@@ -18,6 +18,9 @@ class Scene:
     info: RasterInfo
     labels: Union[VectorLabels, MaskLabels]
     name: str = ""
+    # the building polygons as separate objects when the scene has them (object truth for
+    # instance metrics: touching buildings stay two objects, unlike in a mask)
+    vectors: Optional[VectorLabels] = None
 
     @property
     def size(self) -> tuple[int, int]:

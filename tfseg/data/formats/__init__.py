@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,60 @@ def check_band_count(info: RasterInfo, data_cfg) -> None:
             f"{info.path}: has {info.num_bands} band(s) (after data.bands selection), "
             f"config data.num_bands expects {data_cfg.num_bands}"
         )
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """``data.options.targets`` (+ ``boundary_width``, ``contact_spacing``) of the vector formats."""
+
+    channels: tuple
+    boundary_width: int = 3
+    contact_spacing: int = 10
+
+    @property
+    def multi(self) -> bool:
+        return list(self.channels) != ["footprint"]
+
+    def wrap(self, labels):
+        """Vector labels as they feed the model: themselves (footprint only) or the target channels."""
+        from ..labels import BuildingTargets
+
+        if not self.multi:
+            return labels
+        return BuildingTargets(labels, list(self.channels), self.boundary_width, self.contact_spacing)
+
+
+def target_spec(data_cfg) -> TargetSpec:
+    """The building target channels asked for by ``data.options.targets`` (default ``[footprint]``:
+    binary), validated: known channel names, ``data.task: multilabel`` and one class name per channel
+    when there is more than the footprint. Shared by the spacenet, scenes and mask_folder formats."""
+    from ...config import resolve_task
+    from ..labels import SPACENET_TARGETS
+
+    options = data_cfg.options
+    raw = options.get("targets", ["footprint"])
+    targets = [raw] if isinstance(raw, str) else list(raw)
+    bad = [t for t in targets if t not in SPACENET_TARGETS]
+    if bad or not targets or len(set(targets)) != len(targets):
+        raise DataFormatError(
+            f"config key 'data.options.targets': unknown or repeated target channel(s) {bad or targets}; "
+            f"allowed: {list(SPACENET_TARGETS)} (each at most once)"
+        )
+    spec = TargetSpec(tuple(targets), int(options.get("boundary_width", 3)), int(options.get("contact_spacing", 10)))
+    if spec.multi and resolve_task(data_cfg) != "multilabel":
+        raise DataFormatError(
+            f"config key 'data.task': targets {targets} are multi-label channels; set data.task: multilabel"
+        )
+    if spec.multi and len(data_cfg.classes) != len(targets):
+        raise DataFormatError(
+            f"config key 'data.classes': expected one class name per target {targets}, got {data_cfg.classes}"
+        )
+    if spec.boundary_width < 1 or spec.contact_spacing < 1:
+        raise DataFormatError(
+            f"config keys 'data.options.boundary_width' / 'contact_spacing': expected >= 1 pixel, got "
+            f"{spec.boundary_width} / {spec.contact_spacing}"
+        )
+    return spec
 
 
 def split_scenes(scenes: list, data_cfg) -> tuple[list, list]:

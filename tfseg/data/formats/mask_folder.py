@@ -16,7 +16,15 @@ masks may be {0,1} or {0,255} (other values -> ignore); multi-class masks hold c
 (values >= number of classes -> ignore). Masks must be on the image's grid (same size; same
 georeferencing when both are GeoTIFFs): a mismatch raises an error naming both files.
 
-Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``.
+Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``, ``labels_dir``
+(default ``labels``), ``targets``.
+
+Per-image vector labels: ``<labels_dir>/X.geojson`` beside ``<images_dir>/X.tif`` (any CRS,
+reprojected onto the image's grid) are read when the images are georeferenced. They keep touching
+buildings apart as objects (object metrics and the operating-point search score against them),
+and ``data.options.targets`` (``footprint``, ``boundary``, ``contact``, as in the spacenet format)
+makes the instance-aware target channels from them; a GeoJSON whose image does not exist is
+reported in a warning naming it.
 
 Example:
     >>> pairs = pair_images_and_masks("train/images", "train/masks", mask_suffix=".mask")
@@ -138,24 +146,51 @@ def mask_lookup(data_cfg) -> np.ndarray:
     return lookup
 
 
+def _warn_orphan_labels(pairs, labels_dir: str) -> None:
+    """A GeoJSON in a labels folder whose image is not there: named in a warning (it is unused)."""
+    stems: dict = {}
+    for image, _ in pairs:
+        stems.setdefault((image.parent.parent / labels_dir, image.parent), set()).add(image.stem)
+    for (folder, images), known in stems.items():
+        if folder.is_dir():
+            orphans = sorted(p for p in folder.glob("*.geojson") if p.stem not in known)
+            if orphans:
+                log.warning("%d label file(s) in %s without an image, e.g. %s (no %s.<ext> in %s): not used",
+                            len(orphans), folder, orphans[0], orphans[0].stem, images)
+
+
 def load_mask_folder(data_cfg):
     """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
     from ...config import resolve_task
-    from ..labels import MaskLabels, binary_mask_lookup, check_same_grid, mask_values
+    from ..labels import MaskLabels, VectorLabels, binary_mask_lookup, check_same_grid, mask_values
     from ..raster import open_raster
     from ..sources import Scene
-    from . import check_band_count, split_scenes
+    from . import check_band_count, split_scenes, target_spec
 
     root = Path(data_cfg.root)
     task = resolve_task(data_cfg)
     multilabel = task == "multilabel"
-    lookup = None if multilabel else mask_lookup(data_cfg)
+    targets = target_spec(data_cfg)
+    lookup = None if multilabel or targets.multi else mask_lookup(data_cfg)
+    labels_dir = data_cfg.options.get("labels_dir", "labels")
 
     def scenes_of(pairs):
         scenes = []
         for image_path, mask_path in pairs:
             info = open_raster(image_path, data_cfg.bands)
             check_band_count(info, data_cfg)
+            label_file = image_path.parent.parent / labels_dir / f"{image_path.stem}.geojson"
+            vectors = None
+            if targets.multi and not label_file.is_file():
+                raise MaskFolderError(
+                    f"data.options.targets {list(targets.channels)} needs the polygons of image {image_path}: "
+                    f"{label_file} not found"
+                )
+            if label_file.is_file() and (info.crs or targets.multi) and task != "multiclass":
+                vectors = VectorLabels.from_file(label_file, info)
+            if targets.multi:
+                scenes.append(Scene(info, targets.wrap(vectors), name=image_path.stem, vectors=vectors))
+                continue
             mask_info = open_raster(mask_path)
             check_same_grid(info, mask_info)
             channels = len(data_cfg.classes) if multilabel else 1
@@ -168,7 +203,9 @@ def load_mask_folder(data_cfg):
             if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
                 file_lookup = binary_mask_lookup(mask_values(mask_path), data_cfg.ignore_index, str(mask_path),
                                                  mask_info.nodata)
-            scenes.append(Scene(info, MaskLabels(mask_info, file_lookup, channels), name=image_path.stem))
+            scenes.append(Scene(info, MaskLabels(mask_info, file_lookup, channels), name=image_path.stem,
+                                vectors=vectors if task == "binary" else None))
+        _warn_orphan_labels(pairs, labels_dir)
         return scenes
 
     if (root / "train").is_dir() and (root / "val").is_dir():

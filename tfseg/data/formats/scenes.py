@@ -5,6 +5,8 @@ Layout: ``root/train/*.tif`` and ``root/val/*.tif`` (or only ``root/*.tif``, spl
 ``data.val_fraction``), labels in ``data.options.labels`` (default ``root/labels.geojson``).
 With ``data.label_attribute`` the attribute gives the class index, or a class name from
 ``data.classes`` (mapped to its index); without it every polygon is class 1 (binary).
+``data.options.targets`` (``footprint``, ``boundary``, ``contact``; see the spacenet format)
+turns binary footprints into instance-aware multi-label target channels.
 
 Example:
     >>> train, val = load_scenes_format(cfg.data)
@@ -28,14 +30,22 @@ def class_values(data_cfg):
 
 
 def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> list[Scene]:
-    """Every GeoTIFF in ``folder`` with the polygons of ``vector_file`` (any CRS) as labels."""
-    from . import DataFormatError, check_band_count
+    """Every GeoTIFF in ``folder`` with the polygons of ``vector_file`` (any CRS) as labels
+    (footprints, or the ``data.options.targets`` channels)."""
+    from . import DataFormatError, check_band_count, target_spec
 
     if not folder.is_dir():
         raise DataFormatError(f"data directory for split '{split}' not found: {folder}")
     files = _raster_files(folder)
     if not files:
         raise DataFormatError(f"no GeoTIFF (.tif/.tiff) scenes in {folder}")
+    targets = target_spec(data_cfg)
+    if targets.multi and data_cfg.label_attribute:
+        raise DataFormatError(
+            f"config keys 'data.options.targets' {list(targets.channels)} and 'data.label_attribute' "
+            f"({data_cfg.label_attribute!r}) exclude each other: building target channels are made from "
+            "binary footprints"
+        )
     features, crs = read_vector_file(vector_file)  # read once, placed on every scene's grid
     values = class_values(data_cfg)
     scenes = []
@@ -46,8 +56,10 @@ def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> 
             features, crs, info, class_attribute=data_cfg.label_attribute,
             class_values=values, require_overlap=False, source=str(vector_file),
         )
-        scenes.append(Scene(info, labels, name=path.stem))
+        scenes.append(Scene(info, labels, name=path.stem, vectors=labels))
     _check_labels_overlap(scenes, vector_file)
+    for scene in scenes:
+        scene.labels = targets.wrap(scene.labels)
     return scenes
 
 

@@ -10,7 +10,8 @@
 - ``targets``: ``[footprint]`` (default, binary) or any of ``footprint``, ``boundary``,
   ``contact`` as multi-label channels (``data.task: multilabel``, one class name per target),
   like the SpaceNet/solaris multi-channel masks; ``boundary_width`` (px, default 3) and
-  ``contact_spacing`` (px, default 10).
+  ``contact_spacing`` (px, default 10). The same option works for ``scenes`` and ``mask_folder``
+  (see :func:`tfseg.data.formats.target_spec`).
 
 GeoJSON (EPSG:4326) is reprojected onto each raster's grid; an empty GeoJSON means no buildings.
 Chips are split into train/val by ``data.val_fraction`` (seeded).
@@ -24,7 +25,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..labels import BuildingTargets, VectorLabels
+from ..labels import VectorLabels
 from ..raster import open_raster
 from ..sources import Scene
 
@@ -39,8 +40,7 @@ def aoi_folders(root: Path) -> list[Path]:
 
 
 def load_spacenet(data_cfg):
-    from ...config import resolve_task
-    from . import DataFormatError, check_band_count, split_scenes
+    from . import DataFormatError, check_band_count, split_scenes, target_spec
 
     options = data_cfg.options
     product = options.get("product", "RGB-PanSharpen")
@@ -48,17 +48,7 @@ def load_spacenet(data_cfg):
         raise DataFormatError(
             f"config key 'data.options.product': expected one of {list(PRODUCTS)}, got {product!r}"
         )
-    targets = list(options.get("targets", ["footprint"]))
-    multi = targets != ["footprint"]
-    if multi and resolve_task(data_cfg) != "multilabel":
-        raise DataFormatError(
-            f"config key 'data.task': targets {targets} are multi-label channels; "
-            "set data.task: multilabel"
-        )
-    if multi and len(data_cfg.classes) != len(targets):
-        raise DataFormatError(
-            f"config key 'data.classes': expected one class name per target {targets}, got {data_cfg.classes}"
-        )
+    targets = target_spec(data_cfg)
     root = Path(data_cfg.root)
     aois = aoi_folders(root)
     if not aois:
@@ -81,13 +71,8 @@ def load_spacenet(data_cfg):
                 raise FileNotFoundError(f"label file not found for image {path}: {geojson}")
             info = open_raster(path, data_cfg.bands)
             check_band_count(info, data_cfg)
-            labels = VectorLabels.from_file(geojson, info)
-            if multi:
-                labels = BuildingTargets(
-                    labels, targets, int(options.get("boundary_width", 3)),
-                    int(options.get("contact_spacing", 10)),
-                )
-            scenes.append(Scene(info, labels, name=match.group(1)))
+            vectors = VectorLabels.from_file(geojson, info)
+            scenes.append(Scene(info, targets.wrap(vectors), name=match.group(1), vectors=vectors))
     if not scenes:
         raise DataFormatError(f"no {product} GeoTIFFs under {root}")
     return split_scenes(scenes, data_cfg)
