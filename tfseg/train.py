@@ -38,6 +38,7 @@ import numpy as np
 from . import config as config_lib
 from .compare import best_row, read_history
 from .data.formats import load_scenes
+from .data.class_index import load_or_compute
 from .data.pipeline import build_dataset
 from .data.raster import compute_normalization
 from .export import export_saved_model
@@ -389,6 +390,12 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     )
     if chief:
         norm.save(norm_file)
+    # class-frequency index of the training labels (balanced sampling, oversampling, auto weights)
+    class_index = None
+    if cfg.data.sampling == "balanced" or cfg.data.oversample_class >= 0 or cfg.train.class_weights == "auto":
+        class_index = load_or_compute(run_path / "class_index.npz", train_scenes, cfg.data, write=chief)
+        log.info("class frequencies of the training labels: %s", ", ".join(
+            f"{name} {v['frequency']:.4f}" for name, v in class_index.summary().items()))
 
     backup_dir = run_path / "backup"
     previous = TrainingState.load(backup_dir) if resuming else None
@@ -404,7 +411,8 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     bands = train_scenes[0].info.num_bands
     # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
     train_seed = cfg.data.seed + 7919 * initial_epoch
-    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch)
+    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
+                             class_index=class_index)
     val_ds = build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=global_batch)
     if cfg.train.strategy == "multi_worker":
         train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
