@@ -53,3 +53,42 @@ def test_quick_pipeline_on_dubai(tmp_path, capsys):
     colours = {tuple(c) for c in np.asarray(figure).reshape(-1, 3)[::7]}
     assert (0x8429F6 >> 16, (0x8429F6 >> 8) & 255, 0x8429F6 & 255) in colours  # land, in the truth panel
     assert (run_dir / "landcover_figure.png").stat().st_size < 300_000
+
+
+def test_recipe_table_goes_between_the_markers(tmp_path, capsys):
+    from pipelines import landcover_recipes
+
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nbefore\n\n<!-- recipes:begin -->\nold table\n<!-- recipes:end -->\n\nafter\n")
+    landcover_recipes.write_into(doc, "| new |\n")
+    assert doc.read_text() == "# Results\n\nbefore\n\n<!-- recipes:begin -->\n| new |\n<!-- recipes:end -->\n\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("text\n")
+    landcover_recipes.write_into(plain, "| t |\n")
+    assert plain.read_text() == "text\n\n<!-- recipes:begin -->\n| t |\n<!-- recipes:end -->\n"
+    assert landcover_recipes.main(["--recipes", "unet,nope", "--run-dir", str(tmp_path / "r"), "--quick"]) == 2
+    assert "unknown recipe(s) ['nope']" in capsys.readouterr().err
+    assert set(landcover_recipes.landcover.RECIPES) >= {"unet", "unet-resnet34", "unet-balanced"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DUBAI.is_dir(), reason=f"real Dubai land-cover sample not found at {DUBAI}")
+def test_quick_recipe_comparison_on_dubai(tmp_path):
+    from pipelines import landcover_recipes
+
+    run_dir, doc = tmp_path / "recipes", tmp_path / "results.md"
+    doc.write_text("intro\n")
+    assert landcover_recipes.main(["--quick", "--recipes", "unet,unet-balanced", "--max-minutes", "5",
+                                   "--run-dir", str(run_dir), "--data-root", str(DUBAI), "--doc", str(doc)]) == 0
+    text = (run_dir / "recipes.md").read_text()
+    assert "train.max_minutes=5.0" in text and text in doc.read_text()
+    for recipe in ("unet", "unet-balanced"):
+        summary = json.loads((run_dir / recipe / "pipeline.json").read_text())
+        assert summary["recipe"] == recipe and summary["train"]["max_minutes"] == 5.0
+        real = [summary["metrics"]["per_class_iou"][c] for c in CLASSES[:5]]
+        assert summary["metrics"]["miou_real"] == pytest.approx(sum(real) / 5, abs=1e-4)
+        assert f"| `{recipe}` | **{summary['metrics']['miou_real']:.3f}** |" in text
+    balanced = json.loads((run_dir / "unet-balanced" / "pipeline.json").read_text())
+    assert set(balanced["class_weights"]) == set(CLASSES)  # auto weights, reported
+    assert (run_dir / "unet-balanced" / "class_index.npz").is_file()
+    assert json.loads((run_dir / "unet" / "pipeline.json").read_text())["class_weights"] is None

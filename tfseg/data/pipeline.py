@@ -264,7 +264,7 @@ class _RandomSampler:
         dtypes = {native_dtype(s.info) for s in scenes}
         self.dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
         self.index, self.probabilities, self.oversample = None, None, -1
-        balanced = getattr(data_cfg, "sampling", "uniform") == "balanced"
+        balanced = data_cfg.sampling == "balanced"
         if not balanced and data_cfg.oversample_class < 0:
             return
         self.index = class_index if class_index is not None else compute_class_index(scenes, data_cfg)
@@ -280,7 +280,7 @@ class _RandomSampler:
                 name = self.index.categories[target] if target < len(self.index.categories) else "?"
                 log.warning("data.oversample_class %d (%s) never occurs in the training labels: no window is "
                             "centred on it (the windows it would have had are drawn by data.sampling=%s)",
-                            target, name, getattr(data_cfg, "sampling", "uniform"))
+                            target, name, data_cfg.sampling)
             else:
                 self.oversample = target
 
