@@ -62,7 +62,7 @@ def test_index_counts_cells_and_round_trip(tmp_path):
     # every cell drawn for the rare class lies on the square
     rng = np.random.default_rng(1)
     for _ in range(50):
-        col0, row0, col1, row1 = index.draw_pixel(1, RARE, rng)
+        col0, row0, col1, row1 = index.draw_cell(1, RARE, rng)
         assert (masks[1][row0:row1, col0:col1] == RARE).any()
     index.save(tmp_path / "class_index.npz")
     back = ClassIndex.load(tmp_path / "class_index.npz")

@@ -75,7 +75,7 @@ class ClassIndex:
                 "from the run directory to recompute it"
             )
 
-    def draw_pixel(self, scene: int, category: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    def draw_cell(self, scene: int, category: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """A cell holding ``category`` in ``scene``, drawn in proportion to its count: returns
         ``(col0, row0, col1, row1)`` of the cell (clipped to the scene)."""
         cumulative = self.cumulative[scene][category]

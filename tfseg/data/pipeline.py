@@ -288,7 +288,7 @@ class _RandomSampler:
         """A window centred on a pixel of ``category`` (None when the drawn cell holds none of
         it in the labels the pipeline reads, e.g. nodata in a cached scene)."""
         scene_index = int(rng.choice(len(self.scenes), p=self.scene_probabilities[:, category]))
-        col0, row0, col1, row1 = self.index.draw_pixel(scene_index, category, rng)
+        col0, row0, col1, row1 = self.index.draw_cell(scene_index, category, rng)
         planes = label_planes(self.scenes[scene_index], Window(col0, row0, col1 - col0, row1 - row0))
         hits = np.flatnonzero(category_mask(planes, category, self.multilabel))
         if not hits.size:
