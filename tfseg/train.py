@@ -662,7 +662,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
         "schedule_epochs": round(schedule.total_steps / steps, 3) if isinstance(schedule, ResizableSchedule) else None,
     }
     if weights:
-        result["class_weights"] = dict(zip(weight_names(cfg.data, task), weights))
+        result["class_weights"] = dict(zip(weight_names(cfg.data, task, len(weights)), map(float, weights)))
     if class_index is not None:
         result["class_frequencies"] = {k: v["frequency"] for k, v in class_index.summary().items()}
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -683,25 +683,28 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
 
 
-def weight_names(data_cfg, task: str) -> list:
-    """What each entry of ``train.class_weights`` weighs (binary: background, then the class)."""
-    return ["background", data_cfg.classes[0]] if task == "binary" else list(data_cfg.classes)
+def weight_names(data_cfg, task: str, count: int) -> list:
+    """What each of the ``count`` entries of ``train.class_weights`` weighs (binary: background,
+    then the class; a single binary weight is the class's)."""
+    if task == "binary":
+        return ["background", data_cfg.classes[0]] if count == 2 else [data_cfg.classes[0]]
+    return list(data_cfg.classes)
 
 
 def resolve_class_weights(cfg, class_index) -> list:
     """``train.class_weights`` as given, or computed from the class index for ``auto``
-    (``train.class_weights_method``, capped at ``train.class_weights_max``); logged either way."""
-    weights = cfg.train.class_weights
-    if weights != "auto":
-        return list(weights)
-    weights, absent = class_weights(class_index, cfg.train.class_weights_method, cfg.train.class_weights_max)
-    for name in absent:
-        log.warning("train.class_weights=auto: class %r never occurs in the training labels; its weight is capped "
-                    "at train.class_weights_max=%g", name, cfg.train.class_weights_max)
-    task = config_lib.resolve_task(cfg.data)
-    log.info("class weights (%s): %s", cfg.train.class_weights_method,
-             ", ".join(f"{n} {w:.3f}" for n, w in zip(weight_names(cfg.data, task), weights)))
-    return weights
+    (``train.class_weights_method``, capped at ``train.class_weights_max``); logged when any."""
+    weights, how = cfg.train.class_weights, "train.class_weights"
+    if weights == "auto":
+        weights, absent = class_weights(class_index, cfg.train.class_weights_method, cfg.train.class_weights_max)
+        how = f"auto, {cfg.train.class_weights_method}"
+        for name in absent:
+            log.warning("train.class_weights=auto: class %r never occurs in the training labels; its weight is "
+                        "capped at train.class_weights_max=%g", name, cfg.train.class_weights_max)
+    if weights:
+        names = weight_names(cfg.data, config_lib.resolve_task(cfg.data), len(weights))
+        log.info("class weights (%s): %s", how, ", ".join(f"{n} {float(w):.3f}" for n, w in zip(names, weights)))
+    return list(weights)
 
 
 def _scaled_lr(train_cfg, replicas: int):
