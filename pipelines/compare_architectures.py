@@ -1,12 +1,18 @@
-"""The classic architecture study: FCN-8 vs UNet vs EfficientNet-FPN on the same data and budget.
+"""The architecture study: FCN-8 vs UNet vs EfficientNet-FPN vs UNet++ vs DeepLabV3+ on the same data and budget.
 
 ``python pipelines/compare_architectures.py [--output DIR] [--quick] [--data-root DIR]
 [--config YAML] [--set KEY=VALUE ...] [--models MODELS.yaml]``
 
 Every model is trained with the same data, epochs, steps, batch, optimizer and seed (the base
-config plus ``--set``), each into ``DIR/runs/<label>``; then ``tfseg.compare`` writes the report
-to ``DIR/report`` (comparison.md/.csv, curves_*.png, index.html). Starting the pipeline again
-resumes unfinished runs and skips finished ones.
+config plus ``--set``), each into ``DIR/runs/<label>`` and logged to MLflow (experiment
+``--experiment``, default the name of DIR; store: ``tracking.mlflow``, by default the local SQLite
+database ``DIR/runs/mlflow.db``); then ``tfseg.compare`` writes the report to ``DIR/report``
+(comparison.md/.csv, curves_*.png, index.html) from the MLflow runs. A run MLflow did not record
+(MLflow off, or its server unreachable) is read from its run directory instead, with a warning.
+Each trained model's parameters and training GFLOP per image at the tile size
+(``tfseg.bench.train.profile_model``) go to ``DIR/report/models.md`` / ``models.json``.
+Starting the pipeline again resumes unfinished runs and skips finished ones. See the same runs
+interactively with ``mlflow ui --backend-store-uri sqlite:///DIR/runs/mlflow.db``.
 
 The models are data: a YAML/JSON list of ``{label, overrides}`` (``--models``), default
 :data:`DEFAULT_MODELS`. Default data: the embedded synthetic dataset with a small budget;
@@ -36,11 +42,15 @@ from tfseg import config as config_lib  # noqa: E402
 
 log = logging.getLogger("tfseg.pipelines.compare_architectures")
 
-# encoder_weights stays "" (random init) so that the three models get the same treatment offline
+# encoder_weights stays "" (random init) so that the models get the same treatment offline; the
+# atrous rates fit the 128-256 px tiles (rates must stay below tile / 16)
 DEFAULT_MODELS = [
     {"label": "fcn8", "overrides": ["model.name=fcn8"]},
     {"label": "unet", "overrides": ["model.name=unet"]},
     {"label": "efficientnet-fpn", "overrides": ["model.name=fpn", "model.backbone=efficientnetb0"]},
+    {"label": "unetpp", "overrides": ["model.name=unetpp"]},
+    {"label": "resnet34-deeplabv3plus", "overrides": ["model.name=deeplabv3plus", "model.backbone=resnet34",
+                                                      "model.options={atrous_rates: [2, 4, 6]}"]},
 ]
 
 # the shared budget (on top of configs/default.yaml)
@@ -71,11 +81,12 @@ def load_models(path) -> list:
     return data
 
 
-def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "") -> list:
+def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "",
+         experiment: str = "architectures") -> list:
     """``[(label, Config)]`` for every model, validated before anything trains."""
     from tfseg.models import BUILDERS
 
-    base = list(BUDGET) + (list(QUICK) if quick else [])
+    base = list(BUDGET) + (list(QUICK) if quick else []) + [f"tracking.mlflow.experiment={experiment}"]
     if data_root:
         base.append(f"data.root={data_root}")
     planned = []
@@ -94,15 +105,15 @@ def plan(models: list, config=None, shared=(), quick: bool = False, data_root: s
 
 
 def run(models: list, output, config=None, shared=(), quick: bool = False, data_root: str = "",
-        metric: str = "val_iou", verbose: int = 0) -> list:
+        metric: str = "val_iou", verbose: int = 0, experiment: str = "") -> list:
     """Train every model (resuming/skipping finished runs) and write the comparison report."""
     import keras
 
     from tfseg.train import train
 
     output = Path(output)
-    planned = plan(models, config, shared, quick, data_root)
-    run_dirs = []
+    planned = plan(models, config, shared, quick, data_root, experiment or output.resolve().name)
+    run_dirs, profiles = [], []
     for label, cfg in planned:
         run_dir = output / "runs" / label
         state = run_dir / "backup" / "state.json"
@@ -115,7 +126,67 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
             result = train(cfg, run_dir, verbose=verbose)
             log.info("%s: val iou %.4f in %.0fs", label, result["val"]["iou"], result["train_seconds"])
         run_dirs.append(run_dir)
-    return compare_lib.compare(run_dirs, output / "report", metric=metric)
+        profiles.append(profile_run(label, run_dir, cfg.data.window_size))
+    rows = report(planned, run_dirs, output / "report", metric)
+    write_profiles(profiles, rows, output / "report", metric)
+    return rows
+
+
+def report(planned: list, run_dirs: list, target, metric: str) -> list:
+    """The comparison report from the MLflow runs of the study (run directories for runs MLflow
+    did not record)."""
+    from tfseg import tracking_mlflow
+
+    uri, run_ids, local = "", [], []
+    for (label, cfg), run_dir in zip(planned, run_dirs):
+        resolved = tracking_mlflow.resolve(cfg, run_dir)
+        record = run_dir / tracking_mlflow.RUN_FILE
+        logged = json.loads(record.read_text()) if record.is_file() else {}
+        if resolved and logged.get("tracking_uri") == resolved[0] and uri in ("", resolved[0]):
+            uri = resolved[0]
+            run_ids.append(logged["run_id"])
+        else:
+            if resolved:
+                log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", label,
+                            tracking_mlflow.display_uri(resolved[0]))
+            local.append(run_dir)
+    if uri:
+        log.info("report from MLflow (%s): %d runs", tracking_mlflow.display_uri(uri), len(run_ids))
+    return compare_lib.compare(local, target, metric=metric, mlflow_uri=uri, run_ids=run_ids)
+
+
+def profile_run(label: str, run_dir: Path, tile: int) -> dict:
+    """Parameters and training GFLOP/image of the trained model in ``run_dir`` (cached in
+    ``run_dir/profile.json``)."""
+    import keras
+
+    from tfseg.bench.train import profile_model
+
+    cached = run_dir / "profile.json"
+    if cached.is_file():
+        return {"label": label, **json.loads(cached.read_text())}
+    keras.backend.clear_session()
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    result = profile_model(model, tile)
+    cached.write_text(json.dumps(result, indent=2))
+    return {"label": label, **result}
+
+
+def write_profiles(profiles: list, rows: list, report: Path, metric: str) -> str:
+    """``report/models.md`` and ``models.json``: label, params, training GFLOP/image, best ``metric``."""
+    best = {r["run"]: r for r in rows}
+    lines = [f"| model | parameters | training GFLOP/image | best {metric} | train s |", "|---|---|---|---|---|"]
+    for p in profiles:
+        row = best.get(p["label"], {})
+        value = row.get(metric, "")
+        lines.append(f"| {p['label']} | {p['params']:,} | {p['train_gflops_per_img']:.1f} "
+                     f"({p['tile']}x{p['tile']}x{p['bands']}) | {compare_lib._fmt(value)} | "
+                     f"{compare_lib._fmt(row.get('train_seconds', ''), 'train_seconds')} |")
+    text = "\n".join(lines) + "\n"
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "models.md").write_text(text)
+    (report / "models.json").write_text(json.dumps(profiles, indent=2))
+    return text
 
 
 def main(argv=None) -> int:
@@ -123,21 +194,24 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="reports/architectures", help="output directory (runs/ and report/)")
     parser.add_argument("--config", help="base YAML config (default: configs/default.yaml)")
     config_lib.add_overrides_argument(parser, "overrides applied to every model (same data and budget)")
-    parser.add_argument("--models", help="YAML/JSON list of {label, overrides} (default: fcn8, unet, efficientnet-fpn)")
+    parser.add_argument("--models", help="YAML/JSON list of {label, overrides} (default: fcn8, unet, efficientnet-fpn, "
+                                         "unetpp, resnet34-deeplabv3plus)")
     parser.add_argument("--quick", action="store_true", help="a few-minutes version (small scenes, 3 epochs)")
     parser.add_argument("--data-root", default="", help="data.root for every model")
     parser.add_argument("--metric", default="val_iou", help="ranking metric of the report")
+    parser.add_argument("--experiment", default="", help="MLflow experiment (default: the name of --output)")
     parser.add_argument("--verbose", action="store_true", help="Keras progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         models = load_models(args.models) if args.models else DEFAULT_MODELS
         rows = run(models, args.output, args.config, args.overrides, args.quick, args.data_root, args.metric,
-                   verbose=1 if args.verbose else 0)
+                   verbose=1 if args.verbose else 0, experiment=args.experiment)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(compare_lib.to_markdown(rows, args.metric, "min" if args.metric.endswith("loss") else "max"))
+    print((Path(args.output) / "report" / "models.md").read_text())
     print(f"report: {Path(args.output) / 'report' / 'index.html'}")
     return 0
 

@@ -11,7 +11,7 @@ from tfseg import config as config_module
 from tfseg.data.class_index import (ClassIndex, class_weights, compute_class_index, sampling_probabilities)
 from tfseg.data.labels import MaskLabels, PixelPolygonLabels
 from tfseg.data.pipeline import build_dataset
-from tfseg.data.raster import compute_normalization, open_raster
+from tfseg.data.raster import open_raster
 from tfseg.data.sources import Scene
 
 from .data.fixtures import write_geotiff
@@ -45,8 +45,7 @@ def _cfg(**data):
 
 
 def _centre_share(scenes, cfg, windows=400):
-    norm = compute_normalization([s.info for s in scenes])
-    ds = build_dataset(scenes, norm, cfg, training=True)
+    ds = build_dataset(scenes, cfg, training=True)
     centres = np.concatenate([y.numpy()[:, WINDOW // 2, WINDOW // 2, 0]
                               for _, y in ds.take(windows // cfg.batch_size)])
     return np.array([(centres == c).mean() for c in range(3)])
@@ -89,10 +88,9 @@ def test_balanced_sampling_moves_the_rare_class_share_to_its_target(tmp_path):
     assert uniform[RARE] < shares[0] < shares[1]
     assert sampling_probabilities(index, 1.0) == pytest.approx([1 / 3] * 3)
     # deterministic per (seed, window index)
-    norm = compute_normalization([s.info for s in scenes])
     cfg = _cfg(sampling="balanced", batch_size=4)
-    first = [y.numpy() for _, y in build_dataset(scenes, norm, cfg, training=True).take(2)]
-    again = [y.numpy() for _, y in build_dataset(scenes, norm, cfg, training=True, class_index=index).take(2)]
+    first = [y.numpy() for _, y in build_dataset(scenes, cfg, training=True).take(2)]
+    again = [y.numpy() for _, y in build_dataset(scenes, cfg, training=True, class_index=index).take(2)]
     np.testing.assert_array_equal(first, again)
 
 
@@ -103,8 +101,7 @@ def test_oversample_class_centres_its_share_of_windows(tmp_path, caplog):
     # a class that never occurs: a warning naming it, the windows are drawn uniformly
     cfg = _cfg(classes=["ground", "field", "rare", "absent"], oversample_class=3, oversample_fraction=1.0)
     with caplog.at_level(logging.WARNING, logger="tfseg.data"):
-        norm = compute_normalization([s.info for s in scenes])
-        next(iter(build_dataset(scenes, norm, cfg, training=True)))
+        next(iter(build_dataset(scenes, cfg, training=True)))
     assert "oversample_class 3 (absent) never occurs" in caplog.text
 
 
@@ -118,8 +115,7 @@ def test_binary_and_multilabel_balanced(tmp_path):
     cfg = _cfg(classes=["rare"], sampling="balanced", balance_alpha=1.0, batch_size=50)
     index = compute_class_index(binary, cfg)
     assert index.categories == ["background", "rare"]
-    norm = compute_normalization([s.info for s in binary])
-    y = np.concatenate([b.numpy() for _, b in build_dataset(binary, norm, cfg, training=True).take(4)])
+    y = np.concatenate([b.numpy() for _, b in build_dataset(binary, cfg, training=True).take(4)])
     assert 0.35 < (y[:, WINDOW // 2, WINDOW // 2, 0] == 1).mean() < 0.65
     # multilabel: two channels (polygons in pixel coordinates), plus 'none'
     from shapely.geometry import box
@@ -130,8 +126,7 @@ def test_binary_and_multilabel_balanced(tmp_path):
     index = compute_class_index(multi, cfg)
     assert index.categories == ["rare", "field", "none"]
     np.testing.assert_array_equal(index.counts[0], [400, 100 * SIZE, 100 * SIZE - 400])
-    norm = compute_normalization([s.info for s in multi])
-    y = np.concatenate([b.numpy() for _, b in build_dataset(multi, norm, cfg, training=True).take(5)])
+    y = np.concatenate([b.numpy() for _, b in build_dataset(multi, cfg, training=True).take(5)])
     centre = y[:, WINDOW // 2, WINDOW // 2]
     assert 0.2 < centre[:, 0].mean() < 0.47  # 1/3 expected (uniform: 1 %)
     assert y.shape[-1] == 2

@@ -7,7 +7,7 @@ import pytest
 
 import keras
 
-from tests._model_cases import BANDS, CASES, SLOW
+from tests._model_cases import BANDS, CASES, SLOW, size_multiple
 from tfseg.models import BUILDERS, build_model
 from tfseg.models.blocks import BilinearUpsample2x
 
@@ -38,7 +38,7 @@ def _all_layers(model):
 
 
 def test_registry_has_every_architecture():
-    assert set(BUILDERS) == {"unet", "fcn8", "fpn", "sm"}
+    assert set(BUILDERS) == {"unet", "unetpp", "fcn8", "fpn", "deeplabv3plus", "sm"}
     with pytest.raises(ValueError, match="available"):
         build_model("deeplab", input_shape=(64, 64, 3))
 
@@ -59,7 +59,7 @@ def test_build_serialize_and_trace_dynamic(case, tmp_path):
     assert probs.shape == (2, height, width, 3)
     assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)  # softmax head
-    expected_multiple = 2 ** CASES[case][1]["depth"] if case.startswith("unet_plain") else 32
+    expected_multiple = size_multiple(case)
     assert model_multiple(model) == expected_multiple
     assert not any(isinstance(l, keras.layers.UpSampling2D) and l.interpolation != "nearest"
                    for l in _all_layers(model))
@@ -85,6 +85,9 @@ def test_build_serialize_and_trace_dynamic(case, tmp_path):
 STEP_CASES = [(case, PRECISIONS[i % 3]) for i, case in enumerate(sorted(CASES))]
 STEP_CASES += [("unet_plain", p) for p in PRECISIONS if ("unet_plain", p) not in STEP_CASES]
 STEP_CASES += [("unet_resnet34", p) for p in PRECISIONS if ("unet_resnet34", p) not in STEP_CASES]
+# UNet++ and DeepLabV3+ under both mixed-precision policies
+STEP_CASES += [(c, p) for c in ("unetpp_plain_ds", "deeplabv3plus_vgg16") for p in PRECISIONS[1:]
+               if (c, p) not in STEP_CASES]
 STEP_CASES = [pytest.param(c, p, marks=pytest.mark.slow) if c in SLOW else (c, p) for c, p in STEP_CASES]
 
 

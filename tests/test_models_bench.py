@@ -36,3 +36,16 @@ def test_train_bench_smoke(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result) == {"tfseg_img_per_s", "sm_img_per_s", "ratio", "ratio_xla"}
     assert result["tfseg_img_per_s"] > 0 and result["sm_img_per_s"] > 0 and result["ratio_xla"] is None
+
+
+def test_train_bench_profiles_a_named_config(capsys):
+    from tfseg.models import build_model
+
+    overrides = ["model.name=unetpp", "model.depth=2", "model.filters=4", "data.window_size=64"]
+    assert bench.main(["train", "--profile", "--json", "--bands", "4", "--set", *overrides]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = build_model("unetpp", input_shape=(None, None, 4), classes=1, depth=2, filters=4).count_params()
+    assert result["model"] == "unetpp" and result["params"] == expected
+    assert result["tile"] == 64 and result["bands"] == 4 and result["train_gflops_per_img"] > 0
+    assert bench.main(["train", "--profile", "--set", "model.name=deeplabv3plus", "data.window_size=64"]) == 2
+    assert "model.options.atrous_rates" in capsys.readouterr().err

@@ -31,18 +31,25 @@ def test_colour_table_uses_the_dataset_palette():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DUBAI.is_dir(), reason=f"real Dubai land-cover sample not found at {DUBAI}")
-def test_quick_pipeline_on_dubai(tmp_path, capsys):
+def test_quick_balanced_recipe_on_dubai(tmp_path, capsys):
+    """One quick run (the CI-sized one) of the balanced recipe under a budget shorter than its one
+    epoch: the whole pipeline, the recipe's sampling/weights, the budget fields and its table row
+    (comparing recipes for real is ``pipelines/landcover_recipes.py``, not a test)."""
     from PIL import Image
 
-    from pipelines import landcover
+    from pipelines import landcover, landcover_recipes
+    from tfseg.model_card import load_model_card
 
     run_dir = tmp_path / "run"
-    assert landcover.main(["--quick", "--run-dir", str(run_dir), "--data-root", str(DUBAI)]) == 0
+    assert landcover.main(["--quick", "--recipe", "unet-balanced", "--run-dir", str(run_dir), "--data-root",
+                           str(DUBAI), "--set", "train.max_minutes=0.05"]) == 0
     printed = printed_json(capsys.readouterr().out)
     summary = json.loads((run_dir / "pipeline.json").read_text())
     assert summary["metrics"] == printed
     assert set(printed["per_class_iou"]) == set(CLASSES)
     assert 0.0 <= printed["miou"] <= 1.0
+    real = [printed["per_class_iou"][c] for c in CLASSES[:5]]
+    assert printed["miou_real"] == pytest.approx(sum(real) / 5, abs=1e-4)
     # held-out images are never trained on; the split is the seeded one of tfseg.train (~20 %)
     assert printed["heldout_images"] == landcover.QUICK_EVAL_IMAGES
     assert summary["train_images"] + round(54 * 0.2) == 54
@@ -53,6 +60,18 @@ def test_quick_pipeline_on_dubai(tmp_path, capsys):
     colours = {tuple(c) for c in np.asarray(figure).reshape(-1, 3)[::7]}
     assert (0x8429F6 >> 16, (0x8429F6 >> 8) & 255, 0x8429F6 & 255) in colours  # land, in the truth panel
     assert (run_dir / "landcover_figure.png").stat().st_size < 300_000
+    # the recipe: balanced windows from the stored class index, automatic weights reported and on the card
+    assert summary["recipe"] == "unet-balanced"
+    assert (run_dir / "class_index.npz").is_file()
+    assert set(summary["class_weights"]) == set(CLASSES)
+    card = load_model_card(run_dir / "models" / "landcover" / "1")
+    assert card.class_weights == pytest.approx([summary["class_weights"][c] for c in CLASSES])
+    # the budget: shorter than the one quick epoch, so that epoch is run and the budget named as the reason
+    assert summary["train"]["max_minutes"] == 0.05 and summary["train"]["epochs"] == 1
+    assert summary["train"]["stop_reason"] == "max_minutes"
+    text = landcover_recipes.table([summary], 0.05)
+    assert "train.max_minutes=0.05" in text
+    assert f"| `unet-balanced` | **{printed['miou_real']:.3f}** |" in text and "| 1 (max_minutes) |" in text
 
 
 def test_recipe_table_goes_between_the_markers(tmp_path, capsys):
@@ -69,26 +88,3 @@ def test_recipe_table_goes_between_the_markers(tmp_path, capsys):
     assert landcover_recipes.main(["--recipes", "unet,nope", "--run-dir", str(tmp_path / "r"), "--quick"]) == 2
     assert "unknown recipe(s) ['nope']" in capsys.readouterr().err
     assert set(landcover_recipes.landcover.RECIPES) >= {"unet", "unet-resnet34", "unet-balanced"}
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not DUBAI.is_dir(), reason=f"real Dubai land-cover sample not found at {DUBAI}")
-def test_quick_recipe_comparison_on_dubai(tmp_path):
-    from pipelines import landcover_recipes
-
-    run_dir, doc = tmp_path / "recipes", tmp_path / "results.md"
-    doc.write_text("intro\n")
-    assert landcover_recipes.main(["--quick", "--recipes", "unet,unet-balanced", "--max-minutes", "5",
-                                   "--run-dir", str(run_dir), "--data-root", str(DUBAI), "--doc", str(doc)]) == 0
-    text = (run_dir / "recipes.md").read_text()
-    assert "train.max_minutes=5.0" in text and text in doc.read_text()
-    for recipe in ("unet", "unet-balanced"):
-        summary = json.loads((run_dir / recipe / "pipeline.json").read_text())
-        assert summary["recipe"] == recipe and summary["train"]["max_minutes"] == 5.0
-        real = [summary["metrics"]["per_class_iou"][c] for c in CLASSES[:5]]
-        assert summary["metrics"]["miou_real"] == pytest.approx(sum(real) / 5, abs=1e-4)
-        assert f"| `{recipe}` | **{summary['metrics']['miou_real']:.3f}** |" in text
-    balanced = json.loads((run_dir / "unet-balanced" / "pipeline.json").read_text())
-    assert set(balanced["class_weights"]) == set(CLASSES)  # auto weights, reported
-    assert (run_dir / "unet-balanced" / "class_index.npz").is_file()
-    assert json.loads((run_dir / "unet" / "pipeline.json").read_text())["class_weights"] is None

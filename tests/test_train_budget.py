@@ -17,7 +17,7 @@ import pytest
 from tfseg import config as config_lib
 from tfseg import train as train_lib
 from tfseg.data.class_index import ClassIndex, class_weights
-from tfseg.data.raster import Normalization
+from tfseg.model_card import load_model_card
 
 from .budget_support import EpochTakes, FakeClock
 from .data.fixtures import tiny_synthetic_overrides
@@ -56,12 +56,15 @@ def test_budget_stops_after_the_epoch_it_runs_out_and_the_schedule_spans_the_epo
     state = json.loads((tmp_path / "run" / "backup" / "state.json").read_text())
     assert state["epoch_seconds"] == [90.0, 50.0, 50.0, 50.0]
     assert state["schedule"]["total_steps"] == 4 * STEPS
-    # train.class_weights=auto: from the class index stored in the run, reported and exported
+    # train.class_weights=auto: from the class index stored in the run, reported and on the model card
     index = ClassIndex.load(tmp_path / "run" / "class_index.npz")
     weights, _ = class_weights(index, "median_frequency")
     assert metrics["class_weights"] == dict(zip(["background", "building"], weights))
     assert set(metrics["class_frequencies"]) == {"background", "building"}
-    assert train_lib._export_metadata(cfg, Normalization.load(tmp_path / "run" / "normalization.json"), result, 3)["class_weights"] == metrics["class_weights"]
+    card = load_model_card(tmp_path / "run")
+    assert card.class_weights == pytest.approx(list(weights))
+    assert card.class_frequencies == metrics["class_frequencies"]
+    assert load_model_card(tmp_path / "run" / "model.keras").class_weights == card.class_weights
 
 
 def test_budget_shorter_than_one_epoch_warns_and_stops(tmp_path, caplog):

@@ -92,8 +92,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"  # unet | fcn8 | fpn | sm
-    backbone: str = ""  # "" = plain; resnet34 | resnet50 | efficientnetb0..b7 | vgg16
+    name: str = "unet"  # unet | unetpp | fcn8 | fpn | deeplabv3plus | sm
+    backbone: str = ""  # "" = plain; resnet34 | resnet50 | efficientnetb0..b7 | vgg16 | hub:<preset dir>
     encoder_weights: str = ""  # "" | imagenet | path to a weights file
     encoder_freeze: bool = False
     depth: int = 4
@@ -159,10 +159,19 @@ class NeptuneConfig:
 
 
 @dataclass
+class MlflowConfig:
+    mode: str = "auto"  # auto | local | server | off (see tfseg.tracking_mlflow)
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db
+    experiment: str = ""  # "" = tracking.name
+    log_model: bool = True  # log the SavedModel directory (export/) as an artifact
+
+
+@dataclass
 class TrackingConfig:
     name: str = "default"
     tags: list = field(default_factory=list)
     neptune: NeptuneConfig = field(default_factory=NeptuneConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -189,7 +198,7 @@ CHOICES = {
     "data.task": ["auto", "binary", "multiclass", "multilabel"],
     "data.ignore_colours": ["ignore", "error"],
     "data.sampling": ["uniform", "balanced"],
-    "model.name": ["unet", "fcn8", "fpn", "sm"],
+    "model.name": ["unet", "unetpp", "fcn8", "fpn", "deeplabv3plus", "sm"],
     # "" = plain UNet / the architecture's default; model.name=sm accepts segmentation-models' names
     "model.backbone": ["", "resnet34", "resnet50", "vgg16"] + [f"efficientnetb{i}" for i in range(8)],
     "model.dropout_position": ["bottleneck", "encoder", "decoder", "all"],
@@ -205,7 +214,11 @@ CHOICES = {
     "train.lr_scaling": ["none", "linear", "sqrt"],
     "train.class_weights_method": ["median_frequency", "inverse_sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
+    "tracking.mlflow.mode": ["auto", "local", "server", "off"],
 }
+
+# model.backbone "hub:<local preset directory>" (keras-hub backbones) works with these
+HUB_ARCHITECTURES = ["unet", "fpn", "deeplabv3plus"]
 
 # key -> (min, max); None = unbounded on that side
 RANGES = {
@@ -373,6 +386,11 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         if key == "model.backbone" and cfg.model.name == "sm":
             continue  # checked against segmentation-models' own list when the model is built
+        if key == "model.backbone" and str(flat[key]).startswith("hub:"):
+            if cfg.model.name not in HUB_ARCHITECTURES:
+                raise ConfigError(f"config key 'model.backbone': keras-hub backbones ({flat[key]!r}) work with "
+                                  f"model.name {HUB_ARCHITECTURES}, got model.name={cfg.model.name!r}")
+            continue  # the preset directory is checked when the model is built
         if flat[key] not in allowed:
             raise ConfigError(
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
@@ -391,7 +409,14 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.eval_overlap': expected less than data.window_size "
             f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
         )
-    _validate_model(cfg.model)
+    _validate_model(cfg.model, cfg.data.window_size)
+    if cfg.tracking.mlflow.uri:
+        from .tracking_mlflow import MlflowConfigError, check_uri
+
+        try:
+            check_uri(cfg.tracking.mlflow.uri, "config key 'tracking.mlflow.uri'")
+        except MlflowConfigError as exc:
+            raise ConfigError(str(exc)) from None
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
     if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
@@ -448,7 +473,7 @@ def _validate_class_weights(weights) -> None:
         )
 
 
-def _validate_model(model) -> None:
+def _validate_model(model, window_size: int) -> None:
     if model.stem == "residual" and not (model.name == "unet" and model.backbone):
         raise ConfigError(f"config key 'model.stem': 'residual' needs model.name=unet with a model.backbone, "
                           f"got model.name={model.name!r}, model.backbone={model.backbone!r}")
@@ -457,6 +482,43 @@ def _validate_model(model) -> None:
     if model.name == "unet" and model.backbone and model.decoder_filters and len(model.decoder_filters) not in (4, 5):
         raise ConfigError(f"config key 'model.decoder_filters': unet with a backbone expects 4 or 5 decoder block "
                           f"widths, got {model.decoder_filters!r}")
+    options = model.options
+    if model.name == "unetpp" and not isinstance(options.get("deep_supervision", False), bool):
+        raise ConfigError(f"config key 'model.options.deep_supervision': expected true or false, got "
+                          f"{options['deep_supervision']!r}")
+    if model.name == "deeplabv3plus":
+        output_stride = options.get("output_stride", 16)
+        if output_stride not in (8, 16) or isinstance(output_stride, bool):
+            raise ConfigError(f"config key 'model.options.output_stride': expected 8 or 16, got {output_stride!r}")
+        rates = options.get("atrous_rates", DEFAULT_ATROUS_RATES[output_stride])
+        try:
+            check_atrous_rates(rates, output_stride, window_size)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+# DeepLabV3+ atrous rates by output stride (the paper's; doubled at output stride 8)
+DEFAULT_ATROUS_RATES = {16: [6, 12, 18], 8: [12, 24, 36]}
+
+
+def check_atrous_rates(rates, output_stride: int, tile, key: str = "data.window_size") -> None:
+    """Raise a ValueError when DeepLabV3+'s atrous ``rates`` are not positive integers, or when a
+    rate reaches the feature map at ``output_stride`` of a ``tile``-pixel input (a 3x3 atrous
+    convolution whose rate is not smaller than the map sees only zero padding off its centre).
+    The message names ``model.options.atrous_rates``, ``key`` and the smallest tile that works.
+    ``tile`` None (any size) skips the size check."""
+    if (not isinstance(rates, (list, tuple)) or not rates
+            or any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in rates)):
+        raise ValueError(f"model.options.atrous_rates: expected a list of positive integers, got {rates!r}")
+    if tile is None:
+        return
+    size = tile // output_stride
+    if max(rates) >= size:
+        smallest = -(-(max(rates) + 1) * output_stride // 32) * 32
+        raise ValueError(
+            f"model.options.atrous_rates {list(rates)}: rate {max(rates)} is not smaller than the "
+            f"{size}x{size} feature map that {key}={tile} gives at output stride {output_stride}; the smallest "
+            f"tile that works is {smallest} (or lower the rates below {size})")
 
 
 def resolve_task(data_cfg) -> str:

@@ -9,7 +9,8 @@ Run again with the same command (same ``--run-dir`` and config) after a crash, a
 power loss, it resumes from the last completed epoch and ends with ``train.epochs`` epochs in
 ``history.csv``; every checkpoint is written atomically. ``train.strategy``: ``default``,
 ``mirrored`` (all local GPUs) or ``multi_worker`` (``TF_CONFIG``; the chief writes the run
-directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``.
+directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``; MLflow:
+``tracking.mlflow.mode`` (:mod:`tfseg.tracking_mlflow`).
 
 Example:
     python -m tfseg.train --run-dir runs/unet --set train.epochs=20 train.schedule=onecycle
@@ -29,7 +30,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import tfseg
 from tfseg._tf import tensorflow as tf
 
 import keras
@@ -39,15 +39,17 @@ from . import config as config_lib
 from .compare import best_row, read_history
 from .data.formats import load_scenes
 from .data.class_index import class_weights, load_or_compute
-from .data.pipeline import build_dataset
+from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
-from .models import build_model
-from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
-                       save_model_atomic, save_weights_atomic, write_json, zip_directory)
+from .model_card import CARD_FILE, ModelCard, embed_card
+from .models import PhotometricAugment, Preprocess, build_model
+from . import tracking_mlflow
+from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
+                       remove_stale_temporaries, save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
 
@@ -210,15 +212,17 @@ class LearningRateLogger(keras.callbacks.Callback):
 class EpochFigure(keras.callbacks.Callback):
     """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
 
-    def __init__(self, dataset, folder, norm, num_tiles: int = 4, threshold: float = 0.5, ignore_index: int = 255):
+    def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold: float = 0.5,
+                 ignore_index: int = 255):
         super().__init__()
-        self.dataset, self.folder, self.norm = dataset, Path(folder), norm
+        self.dataset, self.folder, self.band_names = dataset, Path(folder), band_names
         self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
 
     def on_epoch_end(self, epoch, logs=None):
         if self.num_tiles:
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png", self.norm,
+            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png",
+                                   self.band_names,
                                    self.num_tiles, self.threshold, self.ignore_index)
 
 
@@ -237,6 +241,33 @@ def model_kwargs(model_cfg, task: str = "auto") -> dict:
 
 def num_outputs(data_cfg) -> int:
     return 1 if len(data_cfg.classes) == 1 else len(data_cfg.classes)
+
+
+def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = None):
+    """The model of a config: the architecture behind its preprocessing layer (``norm``, raw
+    ``nodata``) and, when ``data.augment`` asks for brightness/contrast, the training-only
+    photometric layer (seeded with ``seed``, default ``train.seed``). Takes raw pixels."""
+    task = config_lib.resolve_task(cfg.data)
+    aug = cfg.data.augment
+    augment = None
+    if aug.brightness or aug.contrast:
+        augment = PhotometricAugment(aug.brightness, aug.contrast, seed=cfg.train.seed if seed is None else seed,
+                                     name="photometric")
+    return build_model(cfg.model.name, preprocessing=Preprocess.from_normalization(norm, nodata), augment=augment,
+                       input_shape=(None, None, num_bands), classes=num_outputs(cfg.data),
+                       **model_kwargs(cfg.model, task))
+
+
+def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict] = None,
+                    class_weights: Optional[list] = None, class_index=None) -> ModelCard:
+    """The card of a run: everything downstream needs, from the config, statistics and model
+    (with the loss's class weights and the class frequencies of ``class_index``, when any)."""
+    return ModelCard.for_model(
+        model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
+        task=config_lib.resolve_task(cfg.data), threshold=float(cfg.train.threshold),
+        tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
+        backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index, class_weights=class_weights,
+        class_frequencies=None if class_index is None else {k: v["frequency"] for k, v in class_index.summary().items()})
 
 
 # ------------------------------------------------------------------------------------------
@@ -512,6 +543,8 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
         raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
                          "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
+    if chief:
+        tracking_mlflow.resolve(cfg, Path(run_dir) if run_dir else default_run_dir(cfg))  # bad URI: error now
     train_scenes, val_scenes = load_scenes(cfg.data)
     if chief:
         run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
@@ -520,13 +553,12 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     precision = resolve_precision(cfg.train.precision)
     keras.mixed_precision.set_global_policy(precision)
 
-    norm_file = run_path / "normalization.json"
     band_names = cfg.data.band_names or _band_names(train_scenes)
     norm = compute_normalization(
         [s.info for s in train_scenes], cfg.data.normalization, cfg.data.percentiles, band_names=band_names
     )
-    if chief:
-        norm.save(norm_file)
+    band_dtype = dataset_dtype(train_scenes)
+    nodata = dataset_nodata(train_scenes, band_dtype)  # the model's no-data value, used for every split
     # class-frequency index of the training labels (balanced sampling, oversampling, auto weights)
     class_index = None
     if cfg.data.sampling == "balanced" or cfg.data.oversample_class >= 0 or cfg.train.class_weights == "auto":
@@ -548,9 +580,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     bands = train_scenes[0].info.num_bands
     # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
     train_seed = cfg.data.seed + 7919 * initial_epoch
-    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
-                             class_index=class_index)
-    val_ds = build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=global_batch)
+    train_ds = build_dataset(train_scenes, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
+                             nodata=nodata, class_index=class_index)
+    val_ds = build_dataset(val_scenes, cfg.data, training=False, batch_size=global_batch, nodata=nodata)
     if cfg.train.strategy == "multi_worker":
         train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
@@ -558,8 +590,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     weights = resolve_class_weights(cfg, class_index)
 
     with strategy.scope():
-        model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes,
-                            **model_kwargs(cfg.model, task))
+        model = build_config_model(cfg, bands, norm, nodata, seed=cfg.train.seed + initial_epoch)
         loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
                         class_weights=weights or None)
         schedule = make_schedule(train_cfg, steps)
@@ -569,6 +600,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
             metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
             jit_compile=cfg.train.jit_compile,
         )
+    card = make_model_card(cfg, norm, model, band_dtype, nodata, class_weights=weights, class_index=class_index)
+    if chief:
+        card.save(run_path / CARD_FILE)  # before training: a run stopped early can still be used
     best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
     checkpoint = BestModelCheckpoint(best_file, cfg.train.monitor, cfg.train.monitor_mode)
     callbacks = [
@@ -586,7 +620,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
 
         callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
-        callbacks.append(EpochFigure(val_ds, run_path / "figures", norm, cfg.train.num_figure_tiles,
+        callbacks.append(EpochFigure(val_ds, run_path / "figures", card.band_names, cfg.train.num_figure_tiles,
                                      cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
@@ -604,7 +638,10 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     state = TrainingState(backup_dir, tracked, previous, write=chief, schedule=schedule, clock=clock)
     if cfg.train.max_minutes:
         callbacks.append(TimeBudget(cfg.train.max_minutes, state, steps, cfg.train.epochs))
-    callbacks.append(state)  # last: saves the resume state after every other callback's epoch end
+    callbacks.append(state)  # saves the resume state after every other callback's epoch end...
+    mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run_path, _dataset_name(cfg), precision) if chief else None
+    if mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
+        callbacks += mlflow_tracker.callbacks()
     budget_used = bool(previous and cfg.train.max_minutes and
                        float(previous.get("train_seconds", 0)) >= cfg.train.max_minutes * 60)
 
@@ -638,7 +675,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
     # for nodata; nodata pixels carry the ignore label and count for nothing)
     final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
-    final_ds = build_dataset(val_scenes, norm, final_data, training=False, batch_size=global_batch)
+    final_ds = build_dataset(val_scenes, final_data, training=False, batch_size=global_batch, nodata=nodata)
     scores = best.evaluate(final_ds, verbose=0, return_dict=True)
     val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
     history_path = run_path / "history.csv"
@@ -663,16 +700,18 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     }
     if weights:
         result["class_weights"] = dict(zip(weight_names(cfg.data, task, len(weights)), map(float, weights)))
-    if class_index is not None:
-        result["class_frequencies"] = {k: v["frequency"] for k, v in class_index.summary().items()}
+    if card.class_frequencies is not None:
+        result["class_frequencies"] = dict(card.class_frequencies)
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     write_json(run_path / "metrics.json", result)
-    save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
+    card = dataclasses.replace(card, metrics=val)
+    card.save(run_path / CARD_FILE)
+    embed_card(best_file, card)
+    save_prediction_figure(best, val_ds, run_path / "predictions.png", card.band_names, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index)
     archive = None
     if cfg.export.enabled:
-        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
-        export_saved_model(best, norm, run_path / "export", export_meta, threshold=cfg.train.threshold)
+        export_saved_model(best, run_path / "export", card)
         if tracker is not None and cfg.tracking.neptune.upload_model:
             archive = zip_directory(run_path / "export", run_path / ".neptune" / "artifacts" / "saved_model.zip")
     if tracker is not None:
@@ -680,6 +719,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
         tracker.log_final(result, files, archive)
         tracker.stop()
+    if mlflow_tracker is not None:
+        mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
+        mlflow_tracker.stop()
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
 
 
@@ -781,22 +823,6 @@ def _band_names(scenes) -> list:
     from .data.raster import band_names
 
     return band_names(scenes[0].info)
-
-
-def _export_metadata(cfg, norm, result, bands) -> dict:
-    return {
-        "tfseg_version": tfseg.__version__,
-        "model": cfg.model.name,
-        "backbone": cfg.model.backbone,
-        "classes": list(cfg.data.classes),
-        "palette": dict(cfg.data.palette),
-        "band_names": list(norm.band_names),
-        "num_bands": bands,
-        "tile_size": cfg.data.window_size,
-        "recommended_overlap": cfg.export.recommended_overlap,
-        "metrics": result["val"],
-        **({"class_weights": result["class_weights"]} if "class_weights" in result else {}),
-    }
 
 
 # ------------------------------------------------------------------------------------------

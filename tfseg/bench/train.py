@@ -1,10 +1,17 @@
 """``python -m tfseg.bench train [--json]``: training throughput of tfseg ``unet`` + ``resnet34``
 against segmentation-models' ``Unet('resnet34')``: same batch, size, data, loss and optimizer,
 float32 on this machine, after warm-up, measured in the same run (rounds interleaved so machine
-noise hits both alike), without and with XLA ``jit_compile``.
+noise hits both alike), without and with XLA ``jit_compile``. tfseg's model carries its
+preprocessing (raw uint16 tiles in, normalized in the step, as training runs it);
+segmentation-models gets the same tiles normalized beforehand (float32, 2x the bytes).
 
 Last line with ``--json``: ``{"tfseg_img_per_s", "sm_img_per_s", "ratio", "ratio_xla"}`` where
 ``ratio = tfseg / sm`` without XLA and ``ratio_xla = tfseg / sm`` with XLA for both.
+
+``--profile [--config YAML] [--set KEY=VALUE ...]`` instead profiles the model a config names
+(no timing, no segmentation-models): parameters and training GFLOP per image (3 x the forward
+FLOPs of TensorFlow's graph profiler) at ``data.window_size`` with ``--bands`` bands; last line
+with ``--json``: ``{"model", "backbone", "params", "train_gflops_per_img", "tile", "bands"}``.
 """
 from __future__ import annotations
 
@@ -28,25 +35,65 @@ def _parser():
     parser.add_argument("--upsampling", default="nearest", choices=["nearest", "bilinear", "transpose"],
                         help="tfseg decoder upsampling (segmentation-models' Unet uses nearest)")
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile measurements")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the model of --config/--set (parameters, training GFLOP/image) instead of timing")
+    parser.add_argument("--config", help="with --profile: the YAML config naming the model (default: configs/default.yaml)")
+    from tfseg import config as config_lib
+
+    config_lib.add_overrides_argument(parser, "with --profile: config overrides, e.g. --set model.name=unetpp")
     return parser
+
+
+NORM_MEAN, NORM_STD = 1000.0, 300.0
+
+
+def profile_model(model, size: int) -> dict:
+    """Parameters and training GFLOP per ``size`` x ``size`` image (3 x forward FLOPs) of a built model."""
+    from .gpu import forward_flops
+
+    bands = int(model.input_shape[-1])
+    return {"params": int(model.count_params()),
+            "train_gflops_per_img": 3.0 * forward_flops(model, (1, size, size, bands)) / 1e9,
+            "tile": int(size), "bands": bands}
+
+
+def profile_config(cfg, bands: int = 3) -> dict:
+    """:func:`profile_model` of the model ``cfg`` describes (random init), at ``data.window_size``."""
+    import keras
+
+    from tfseg import config as config_lib
+    from tfseg.models import build_model
+    from tfseg.train import model_kwargs, num_outputs
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=num_outputs(cfg.data),
+                        **model_kwargs(cfg.model, config_lib.resolve_task(cfg.data)))
+    return {"model": cfg.model.name, "backbone": cfg.model.backbone,
+            **profile_model(model, cfg.data.window_size)}
 
 
 def _models(args, jit_compile):
     import keras
 
     from tfseg.losses import get_loss
-    from tfseg.models import build_model
+    from tfseg.models import Preprocess, build_model
     from tfseg.models.sm_adapter import import_segmentation_models
 
     sm = import_segmentation_models()
     shape = (args.size, args.size, args.bands)
+    preprocess = Preprocess([NORM_MEAN] * args.bands, [NORM_STD] * args.bands, nodata=0.0)
     tfseg_model = build_model("unet", input_shape=shape, classes=1, backbone="resnet34",
-                              upsampling=args.upsampling)
+                              upsampling=args.upsampling, preprocessing=preprocess)
     sm_model = sm.Unet("resnet34", encoder_weights=None, input_shape=shape, classes=1, activation="sigmoid")
     for model in (tfseg_model, sm_model):
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("bce_dice", 1, 255),
                       jit_compile=jit_compile)
     return {"tfseg": tfseg_model, "sm": sm_model}
+
+
+def _inputs(name, raw):
+    """tfseg: the raw tiles; segmentation-models: normalized on the host beforehand."""
+    return raw if name == "tfseg" else ((raw.astype("float32") - NORM_MEAN) / NORM_STD)
 
 
 def _step_time(model, images, labels, steps):
@@ -64,16 +111,17 @@ def measure(args, jit_compile: bool) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(args.batch_size, args.size, args.size, args.bands)).astype("float32")
-    labels = (rng.random((args.batch_size, args.size, args.size, 1)) < 0.3).astype("float32")
+    raw = rng.normal(NORM_MEAN, NORM_STD, (args.batch_size, args.size, args.size, args.bands)).clip(1, 4000)
+    raw = raw.astype("uint16")
+    labels = (rng.random((args.batch_size, args.size, args.size, 1)) < 0.3).astype("uint8")
     models = _models(args, jit_compile)
-    for model in models.values():  # compile + warm-up
+    for name, model in models.items():  # compile + warm-up
         for _ in range(1 + args.warmup):
-            model.train_on_batch(images, labels)
+            model.train_on_batch(_inputs(name, raw), labels)
     times = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
-            times[name].append(_step_time(model, images, labels, args.steps))
+            times[name].append(_step_time(model, _inputs(name, raw), labels, args.steps))
     result = {name: {"img_per_s": args.batch_size / statistics.median(t), "params": models[name].count_params()}
               for name, t in times.items()}
     if not jit_compile:  # FLOPs are the same network's either way: profiled once, for the plain run
@@ -87,6 +135,8 @@ def measure(args, jit_compile: bool) -> dict:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.profile:
+        return _profile_main(args)
     os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
     import keras
 
@@ -128,6 +178,23 @@ def main(argv=None) -> int:
         print(json.dumps({"tfseg_img_per_s": round(plain["tfseg"]["img_per_s"], 3),
                           "sm_img_per_s": round(plain["sm"]["img_per_s"], 3),
                           "ratio": round(ratio, 4), "ratio_xla": None if ratio_xla is None else round(ratio_xla, 4)}))
+    return 0
+
+
+def _profile_main(args) -> int:
+    from tfseg._tf import tensorflow as _tf  # noqa: F401  (quiet TensorFlow start-up)
+    from tfseg import config as config_lib
+
+    try:
+        cfg = config_lib.load(args.config, args.overrides)
+        result = profile_config(cfg, args.bands)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result['model']} {result['backbone'] or '(plain)'}, {result['tile']}x{result['tile']}x{result['bands']}: "
+          f"{result['params']:,} parameters, {result['train_gflops_per_img']:.2f} training GFLOP/image")
+    if args.json:
+        print(json.dumps({**result, "train_gflops_per_img": round(result["train_gflops_per_img"], 4)}))
     return 0
 
 

@@ -80,13 +80,26 @@ ENCODERS = {
 BACKBONES = sorted(ENCODERS)
 
 
+def backbone_label(backbone: str) -> str:
+    """A model-name-safe label of ``backbone`` (``hub:/x/resnet_50`` -> ``hub_resnet_50``)."""
+    if backbone.startswith("hub:"):
+        return "hub_" + "".join(c if c.isalnum() else "_" for c in Path(backbone[4:].rstrip("/")).name)
+    return backbone
+
+
 def keras_cache_dir() -> Path:
     """Where Keras (and image-classifiers) cache downloaded weights: $KERAS_HOME/models or ~/.keras/models."""
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(base) / "models"
 
 
-def check_backbone(backbone: str) -> EncoderSpec:
+def check_backbone(backbone: str, hub: bool = False, architecture: str = "") -> EncoderSpec | None:
+    """The built-in encoder's spec; ``hub:<dir>`` keras-hub backbones (None) where ``hub``."""
+    if backbone.startswith("hub:"):
+        if not hub:
+            raise ValueError(f"model.backbone: keras-hub backbones ({backbone!r}) work with model.name unet, fpn and "
+                             f"deeplabv3plus, not {architecture or 'this architecture'}")
+        return None
     if backbone not in ENCODERS:
         raise ValueError(f"model.backbone: {backbone!r} is not available; available: {BACKBONES}")
     return ENCODERS[backbone]
@@ -177,6 +190,41 @@ def _identity_normalization(layer):
         layer.mean, layer.variance = np.zeros_like(layer.mean), np.ones_like(layer.variance)
 
 
+def dilate_encoder(model: keras.Model, output_stride: int) -> keras.Model:
+    """A clone of the functional ``model`` whose resolution stops at ``output_stride``: every
+    downsampling layer that would go past it gets stride 1, and every convolution after it a
+    dilation of (its original input stride / output_stride), the DeepLab recipe (the first
+    convolution of a dilated stage keeps the previous rate, the others double it). Weight shapes
+    are unchanged, so pretrained weights load as for the undilated encoder."""
+    stride, changes = {}, {}
+    for layer in model.layers:  # topological order
+        parents = [p.operation.name for node in layer._inbound_nodes[:1] for p in node.parent_nodes]
+        in_stride = max((stride[p] for p in parents), default=1)
+        step = int(tuple(getattr(layer, "strides", None) or (1, 1))[0])
+        stride[layer.name] = in_stride * step
+        change = {}
+        if step > 1 and in_stride * step > output_stride:
+            change["strides"] = 1
+        rate = in_stride // output_stride if in_stride > output_stride else 1
+        kernel = tuple(getattr(layer, "kernel_size", None) or (1, 1))
+        if rate > 1 and max(kernel) > 1 and hasattr(layer, "dilation_rate"):
+            change["dilation_rate"] = rate
+        if change:
+            change["padding"] = "same"  # stride 1 (dilated): output size = input size
+            changes[layer.name] = change
+    for layer in model.layers:  # explicit padding in front of a layer that now pads itself
+        consumers = [node.operation.name for node in layer._outbound_nodes]
+        if isinstance(layer, layers.ZeroPadding2D) and consumers and all(c in changes for c in consumers):
+            changes[layer.name] = {"padding": 0}
+
+    def clone(layer):
+        config = layer.get_config()
+        config.update(changes.get(layer.name, {}))
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 # ------------------------------------------------------------------------------------------
 # Weights
 # ------------------------------------------------------------------------------------------
@@ -229,14 +277,23 @@ def load_encoder_weights(encoder: keras.Model, backbone: str, path: Path, bands:
         source_bands = bands
     if backbone.startswith("efficientnet"):
         _neutralize_efficientnet_preprocessing(twin)
-    twin_layers = {layer.name: layer for layer in twin.layers}
-    twin_weighted = [layer for layer in twin.layers if layer.weights]
-    for index, layer in enumerate(l for l in encoder.layers if l.weights):
+    copy_adapted_weights(twin, encoder, source_bands, bands, f"model.encoder_weights: {path}")
+
+
+def copy_adapted_weights(source_model: keras.Model, target_model: keras.Model, source_bands: int, bands: int,
+                         what: str) -> None:
+    """Copy weights layer by layer (matched by name, else by position and type) from
+    ``source_model`` (built for ``source_bands`` inputs) into ``target_model`` (``bands`` inputs),
+    adapting first-convolution kernels (:func:`adapt_first_conv`) and per-band input statistics.
+    ``what`` names the source in errors."""
+    twin_layers = {layer.name: layer for layer in source_model.layers}
+    twin_weighted = [layer for layer in source_model.layers if layer.weights]
+    for index, layer in enumerate(l for l in target_model.layers if l.weights):
         source = twin_layers.get(layer.name)
         if source is None and index < len(twin_weighted) and type(twin_weighted[index]) is type(layer):
             source = twin_weighted[index]  # auto-named layers (keras' EfficientNet "normalization_N")
         if source is None:
-            raise ValueError(f"model.encoder_weights: {path} has no weights for encoder layer {layer.name!r}")
+            raise ValueError(f"{what} has no weights for encoder layer {layer.name!r}")
         values = []
         for target, value in zip(layer.weights, source.get_weights()):
             if tuple(target.shape) != value.shape:
@@ -246,7 +303,7 @@ def load_encoder_weights(encoder: keras.Model, backbone: str, path: Path, bands:
                     value = value[[i % source_bands for i in range(bands)]]
                 if tuple(target.shape) != value.shape:
                     raise ValueError(
-                        f"model.encoder_weights: {path}: layer {layer.name!r} weight {target.name!r} has shape "
+                        f"{what}: layer {layer.name!r} weight {target.name!r} has shape "
                         f"{value.shape}, the encoder expects {tuple(target.shape)}"
                     )
             values.append(value)
@@ -267,17 +324,36 @@ def _load_into(model: keras.Model, path: Path) -> None:
 # Encoder
 # ------------------------------------------------------------------------------------------
 def build_encoder(backbone: str, inputs, encoder_weights: str = "", encoder_freeze: bool = False,
-                  input_scale=None, strides=(2, 4, 8, 16, 32), fcn: bool = False):
+                  input_scale=None, strides=(2, 4, 8, 16, 32), fcn: bool = False, output_stride: int = 32):
     """Apply the ``backbone`` encoder to ``inputs``; returns ``({stride: feature}, encoder_model)``.
+
+    ``output_stride`` 16 or 8 dilates the stages past that stride (:func:`dilate_encoder`, as
+    DeepLab does): the features keep their nominal stride keys (``features[32]`` is then at
+    stride ``output_stride``).
 
     The encoder is one nested model named ``encoder_<backbone>`` (so ``encoder_freeze`` freezes it
     as a unit; frozen BatchNorm layers then run in inference mode). With pretrained weights the
     standardized input bands are first mapped to the range the weights expect
     (``input_scale=(scale, offset)``; ``model.options.input_scale`` overrides it).
     """
+    if backbone.startswith("hub:"):
+        from .hub import build_hub_encoder
+
+        if encoder_weights:
+            raise ValueError(f"model.encoder_weights: a keras-hub backbone ({backbone!r}) loads its weights from its "
+                             f"preset directory; leave model.encoder_weights empty, got {encoder_weights!r}")
+        if output_stride != 32 or fcn:
+            raise ValueError("model.backbone: keras-hub backbones are not dilated; use the pyramid level at the "
+                             "output stride")
+        required = [s for s in strides if s != 2]  # CNN pyramids usually start at stride 4
+        return build_hub_encoder(backbone, inputs, encoder_freeze, input_scale, strides, required)
     spec = check_backbone(backbone)
     bands = int(inputs.shape[-1])
     base = _base_model(backbone, (None, None, bands))
+    if output_stride != 32:
+        base = dilate_encoder(base, output_stride)
+        if backbone.startswith("efficientnet"):
+            _neutralize_efficientnet_preprocessing(base)
     taps = {**spec.features, **(spec.fcn_features if fcn else {})}
     names = [taps[s] for s in strides]
     encoder = keras.Model(base.input, [base.get_layer(n).output for n in names], name=f"encoder_{backbone}")

@@ -23,7 +23,7 @@ def build_fcn8(input_shape=(None, None, 3), classes: int = 1, backbone: str = "v
     ModelConfig fields (depth, filters, batch_norm, upsampling, stem, ...) do not apply and are
     ignored. ``options``: ``input_scale``."""
     backbone = backbone or "vgg16"
-    check_backbone(backbone)
+    check_backbone(backbone, architecture="fcn8")
     input_scale = options.pop("input_scale", None)
     reject_options(options, "fcn8", ignored={"depth", "filters", "batch_norm", "dropout_position", "upsampling", "stem"})
     check_input_shape(input_shape, 32, f"fcn8 with backbone {backbone!r}")

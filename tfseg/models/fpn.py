@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .backbones import build_encoder, check_backbone
+from .backbones import backbone_label, build_encoder, check_backbone
 from .blocks import SegmentationModel, check_input_shape, conv_bn_relu, output_head, reject_options
 
 
@@ -21,7 +21,7 @@ def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "ef
     ``options``: ``aggregation`` (``concat`` default, or ``sum``), ``input_scale``. Other
     ModelConfig fields (depth, filters, upsampling, stem, ...) do not apply and are ignored."""
     backbone = backbone or "efficientnetb0"
-    check_backbone(backbone)
+    check_backbone(backbone, hub=True)
     input_scale = options.pop("input_scale", None)
     aggregation = options.pop("aggregation", "concat")
     reject_options(options, "fpn", ignored={"depth", "filters", "dropout_position", "upsampling", "stem"})
@@ -53,4 +53,4 @@ def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "ef
         x = layers.SpatialDropout2D(dropout, name="fpn_drop")(x)
     x = conv_bn_relu(x, seg_filters, 3, batch_norm, name="fpn_final")
     outputs = output_head(x, classes, activation, upsample=4)
-    return SegmentationModel(inputs, outputs, name=name or f"fpn_{backbone}", tfseg_multiple=32)
+    return SegmentationModel(inputs, outputs, name=name or f"fpn_{backbone_label(backbone)}", tfseg_multiple=32)

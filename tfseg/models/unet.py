@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .backbones import build_encoder, check_backbone
+from .backbones import backbone_label, build_encoder, check_backbone
 from .blocks import (BilinearUpsample2x, SegmentationModel, check_input_shape, conv_block, output_head,
                      reject_options, residual_double_conv, upsample2x)
 
@@ -43,12 +43,13 @@ def build_unet(
     ``all``). ``upsampling``: ``bilinear``/``nearest`` (upsample + conv) or ``transpose``
     (Conv2DTranspose). The head is float32 whatever the mixed-precision policy.
 
-    With ``backbone`` (see :data:`tfseg.models.backbones.BACKBONES`), see :func:`build_backbone_unet`.
+    With ``backbone`` (see :data:`tfseg.models.backbones.BACKBONES`, or ``hub:<preset dir>``, see
+    :mod:`tfseg.models.hub`), see :func:`build_backbone_unet`.
     """
     if backbone:
         return build_backbone_unet(
             input_shape, classes, backbone, encoder_weights, encoder_freeze, decoder_filters, batch_norm,
-            dropout, upsampling, activation, stem, name or f"unet_{backbone}", **options)
+            dropout, upsampling, activation, stem, name or f"unet_{backbone_label(backbone)}", **options)
     reject_options(options, "unet")
     check_input_shape(input_shape, 2**depth, f"a plain UNet of depth {depth}")
     if stem != "plain":
@@ -93,7 +94,7 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
     solutions). ``options``: ``input_scale`` (float or [scale, offset]) overrides the encoder's
     input mapping.
     """
-    check_backbone(backbone)
+    check_backbone(backbone, hub=True)
     input_scale = options.pop("input_scale", None)
     reject_options(options, "unet")
     check_input_shape(input_shape, 32, f"unet with backbone {backbone!r}")
@@ -104,19 +105,19 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
         raise ValueError(f"model.stem: expected 'plain' or 'residual', got {stem!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale)
-    skips = [features[16], features[8], features[4], features[2]]
+    skips = [features.get(s) for s in (16, 8, 4, 2)]  # keras-hub pyramids may start at stride 4
     if stem == "residual":
         skips.append(residual_double_conv(inputs, decoder_filters[-1], batch_norm, name="stem"))
     x = features[32]
     for index, width in enumerate(decoder_filters):
         x = upsample2x(x, upsampling, width, batch_norm, name=f"decoder{index}_up")
-        if index < len(skips):
+        if index < len(skips) and skips[index] is not None:
             x = layers.Concatenate(name=f"decoder{index}_concat")([x, skips[index]])
         if dropout and index == 0:
             x = layers.SpatialDropout2D(dropout, name="decoder_drop")(x)
         x = conv_block(x, width, batch_norm, 0.0, name=f"decoder{index}")
     # 3x3 head as in segmentation-models (Keras) and segmentation_models_pytorch
     outputs = output_head(x, classes, activation, upsample=2 if len(decoder_filters) == 4 else 1, kernel_size=3)
-    return SegmentationModel(inputs, outputs, name=name or f"unet_{backbone}", tfseg_multiple=32)
+    return SegmentationModel(inputs, outputs, name=name or f"unet_{backbone_label(backbone)}", tfseg_multiple=32)
 
 
