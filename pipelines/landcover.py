@@ -1,7 +1,7 @@
 """Land cover from colour-coded masks: the Dubai aerial imagery (6 classes) end to end.
 
 ``python pipelines/landcover.py [--run-dir runs/landcover_dubai] [--data-root DIR] [--quick]
-[--config YAML] [--set KEY=VALUE ...]``
+[--recipe NAME] [--config YAML] [--set KEY=VALUE ...]``
 
 1. data: ``configs/landcover_dubai.yaml`` on ``../shared/data/dubai_landcover`` (``Tile N/images/*.jpg``
    + ``Tile N/masks/*.png``, RGB or palette PNGs decoded with the dataset's palette; black and any
@@ -17,7 +17,10 @@
    and ``RUN_DIR/landcover_figure.png``: input | truth | prediction in the dataset's colours.
 
 Writes ``RUN_DIR/pipeline.json`` (metrics, wall time, load average, held-out images) and prints
-the metrics. ``--quick``: 1 tiny epoch and two evaluation images (a smoke test, minutes).
+the metrics (``miou_real``: mean IoU over the five real classes, without ``unlabeled``).
+``--quick``: 1 tiny epoch and two evaluation images (a smoke test, minutes). ``--recipe``: one
+of :data:`RECIPES` (config overrides applied before ``--set``); ``pipelines/landcover_recipes.py``
+compares them at the same ``train.max_minutes``.
 
 Example:
     python pipelines/landcover.py --run-dir runs/landcover_dubai
@@ -40,6 +43,17 @@ QUICK = ["train.epochs=1", "data.train_windows_per_epoch=16", "data.batch_size=4
 QUICK_EVAL_IMAGES = 2
 FIGURE_IMAGES = 3
 EVAL_OVERLAP = 64  # whole-image evaluation: overlap of the sliding window (blended)
+REAL_CLASSES = ["building", "land", "road", "vegetation", "water"]  # 'unlabeled' is not land cover
+SLIM_RESNET34 = ["model.backbone=resnet34", "model.encoder_weights=", "model.decoder_filters=[64,32,16,16,8]"]
+BALANCED = ["data.sampling=balanced", "data.balance_alpha=0.5", "train.class_weights=auto",
+            "train.class_weights_method=inverse_sqrt"]
+# the land-cover recipes compared in docs/results_landcover.md (same data, split and time budget)
+RECIPES = {
+    "unet": [],  # the config as committed: plain UNet d4/16, uniform windows, no class weights
+    "unet-resnet34": SLIM_RESNET34,  # UNet on ResNet-34 (random init) with the slim decoder
+    "unet-balanced": BALANCED,  # UNet d4/16 + balanced windows + automatic class weights
+    "unet-resnet34-balanced": SLIM_RESNET34 + BALANCED,
+}
 
 
 def heldout_pairs(cfg) -> tuple[list, list]:
@@ -124,7 +138,11 @@ def run(args) -> dict:
     root = Path(args.data_root) if args.data_root else common.shared_data("dubai_landcover")
     common.require_dir(root, "Dubai land-cover data", "expected 'Tile N/images' + 'Tile N/masks'; "
                        "pass --data-root or set TFSEG_SHARED_DATA")
-    overrides = [f"data.root={root}"] + (QUICK if args.quick else []) + list(args.overrides)
+    recipe = getattr(args, "recipe", "") or ""
+    if recipe and recipe not in RECIPES:
+        raise common.PipelineError(f"--recipe {recipe!r}: expected one of {sorted(RECIPES)}")
+    overrides = ([f"data.root={root}"] + (RECIPES[recipe] if recipe else []) + (QUICK if args.quick else [])
+                 + list(args.overrides))
     cfg = common.load_config(args.config or CONFIG, overrides)
     run_dir = Path(args.run_dir)
 
@@ -148,6 +166,7 @@ def run(args) -> dict:
 
     metrics = {
         "miou": round(scores["miou"], 4),
+        "miou_real": round(sum(scores["per_class"][c]["iou"] for c in REAL_CLASSES) / len(REAL_CLASSES), 4),
         "per_class_iou": {k: round(v["iou"], 4) for k, v in scores["per_class"].items()},
         "per_class_f1": {k: round(v["f1"], 4) for k, v in scores["per_class"].items()},
         "mean_f1": round(scores["f1"], 4),
@@ -155,10 +174,13 @@ def run(args) -> dict:
         "tile_val_iou": round(result["val"]["iou"], 4),
     }
     summary = {
-        "pipeline": "landcover", "quick": bool(args.quick), "data_root": str(root), "run_dir": str(run_dir),
+        "pipeline": "landcover", "recipe": recipe or None, "quick": bool(args.quick), "data_root": str(root),
+        "run_dir": str(run_dir),
         "train_images": len(train_pairs), "heldout": [_unique(p[0]) for p in eval_pairs],
         "metrics": metrics, "evaluation": scores, "train": {k: result[k] for k in (
-            "epochs", "steps_per_epoch", "global_batch_size", "train_seconds", "wall_seconds", "best_epoch", "params")},
+            "epochs", "steps_per_epoch", "global_batch_size", "train_seconds", "wall_seconds", "best_epoch", "params",
+            "max_minutes", "stop_reason", "schedule_epochs") if k in result},
+        "class_weights": result.get("class_weights"),
         "eval_seconds": round(eval_seconds, 1), "wall_seconds": round(time.monotonic() - start, 1),
         "load_average_start": load_start, "load_average_end": common.load_average(),
         "export": str(export_dir), "figure": str(figure),
@@ -170,6 +192,7 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     p = common.parser("python pipelines/landcover.py", __doc__.split("\n")[0], "runs/landcover_dubai",
                       "dataset folder (default: ../shared/data/dubai_landcover)")
+    p.add_argument("--recipe", default="", choices=[""] + sorted(RECIPES), help="a land-cover recipe (overrides)")
     return common.run_main(run, p.parse_args(argv))
 
 

@@ -23,7 +23,7 @@ from tfseg.model_card import (CARD_FILE, LegacyArtifactError, ModelCard, ModelCa
 
 FIELDS = ["classes", "colours", "task", "threshold", "band_names", "band_dtype", "num_bands", "nodata",
           "ignore_index", "normalization", "tile_size", "recommended_overlap", "size_multiple", "model",
-          "backbone", "metrics", "tfseg_version", "operating_point"]
+          "backbone", "metrics", "tfseg_version", "operating_point", "class_weights", "class_frequencies"]
 CONFIG = "data:\n  classes: [building]\n  window_size: 64\n"
 
 
@@ -40,6 +40,11 @@ def test_card_fields_round_trip_and_every_location(run, tmp_path):
     assert card == ModelCard.from_dict(card.to_dict()) and isinstance(card.normalization, Normalization)
     assert card.tile_size == 64 and card.band_dtype == "uint16" and card.nodata == 0.0 and card.task == "binary"
     assert card.recommended_overlap == 32 and card.size_multiple == 1 and card.operating_point is None
+    assert card.class_weights is None and card.class_frequencies is None  # unweighted loss, no class index
+    older = {k: v for k, v in data.items() if k not in ("class_weights", "class_frequencies")}
+    assert ModelCard.from_dict(older) == card  # a card written before the optional fields still loads
+    weighted = ModelCard.from_dict({**data, "class_weights": [0.5, 2], "class_frequencies": {"building": 0.2}})
+    assert weighted.class_weights == [0.5, 2] and ModelCard.from_dict(weighted.to_dict()) == weighted
     assert load_model_card(run / "model.keras") == card  # beside the .keras file
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -73,6 +78,9 @@ def test_card_fields_round_trip_and_every_location(run, tmp_path):
     (lambda d: d["normalization"].update(mean=[1.0]), "normalization.mean"),
     (lambda d: d.update(colours={"roof": "#ffffff"}), "colours"),
     (lambda d: d.update(window=64), "window"),
+    (lambda d: d.update(class_weights=[1.0, -1.0]), "class_weights"),
+    (lambda d: d.update(class_weights=[1.0, 2.0, 3.0]), "class_weights"),  # binary: 1 or 2 weights
+    (lambda d: d.update(class_frequencies={"building": 2}), "class_frequencies"),
 ])
 def test_missing_or_wrong_field_names_the_field_and_the_file(run, tmp_path, change, field):
     data = json.loads((run / CARD_FILE).read_text())

@@ -31,18 +31,25 @@ def test_colour_table_uses_the_dataset_palette():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DUBAI.is_dir(), reason=f"real Dubai land-cover sample not found at {DUBAI}")
-def test_quick_pipeline_on_dubai(tmp_path, capsys):
+def test_quick_balanced_recipe_on_dubai(tmp_path, capsys):
+    """One quick run (the CI-sized one) of the balanced recipe under a budget shorter than its one
+    epoch: the whole pipeline, the recipe's sampling/weights, the budget fields and its table row
+    (comparing recipes for real is ``pipelines/landcover_recipes.py``, not a test)."""
     from PIL import Image
 
-    from pipelines import landcover
+    from pipelines import landcover, landcover_recipes
+    from tfseg.model_card import load_model_card
 
     run_dir = tmp_path / "run"
-    assert landcover.main(["--quick", "--run-dir", str(run_dir), "--data-root", str(DUBAI)]) == 0
+    assert landcover.main(["--quick", "--recipe", "unet-balanced", "--run-dir", str(run_dir), "--data-root",
+                           str(DUBAI), "--set", "train.max_minutes=0.05"]) == 0
     printed = printed_json(capsys.readouterr().out)
     summary = json.loads((run_dir / "pipeline.json").read_text())
     assert summary["metrics"] == printed
     assert set(printed["per_class_iou"]) == set(CLASSES)
     assert 0.0 <= printed["miou"] <= 1.0
+    real = [printed["per_class_iou"][c] for c in CLASSES[:5]]
+    assert printed["miou_real"] == pytest.approx(sum(real) / 5, abs=1e-4)
     # held-out images are never trained on; the split is the seeded one of tfseg.train (~20 %)
     assert printed["heldout_images"] == landcover.QUICK_EVAL_IMAGES
     assert summary["train_images"] + round(54 * 0.2) == 54
@@ -53,3 +60,31 @@ def test_quick_pipeline_on_dubai(tmp_path, capsys):
     colours = {tuple(c) for c in np.asarray(figure).reshape(-1, 3)[::7]}
     assert (0x8429F6 >> 16, (0x8429F6 >> 8) & 255, 0x8429F6 & 255) in colours  # land, in the truth panel
     assert (run_dir / "landcover_figure.png").stat().st_size < 300_000
+    # the recipe: balanced windows from the stored class index, automatic weights reported and on the card
+    assert summary["recipe"] == "unet-balanced"
+    assert (run_dir / "class_index.npz").is_file()
+    assert set(summary["class_weights"]) == set(CLASSES)
+    card = load_model_card(run_dir / "models" / "landcover" / "1")
+    assert card.class_weights == pytest.approx([summary["class_weights"][c] for c in CLASSES])
+    # the budget: shorter than the one quick epoch, so that epoch is run and the budget named as the reason
+    assert summary["train"]["max_minutes"] == 0.05 and summary["train"]["epochs"] == 1
+    assert summary["train"]["stop_reason"] == "max_minutes"
+    text = landcover_recipes.table([summary], 0.05)
+    assert "train.max_minutes=0.05" in text
+    assert f"| `unet-balanced` | **{printed['miou_real']:.3f}** |" in text and "| 1 (max_minutes) |" in text
+
+
+def test_recipe_table_goes_between_the_markers(tmp_path, capsys):
+    from pipelines import landcover_recipes
+
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nbefore\n\n<!-- recipes:begin -->\nold table\n<!-- recipes:end -->\n\nafter\n")
+    landcover_recipes.write_into(doc, "| new |\n")
+    assert doc.read_text() == "# Results\n\nbefore\n\n<!-- recipes:begin -->\n| new |\n<!-- recipes:end -->\n\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("text\n")
+    landcover_recipes.write_into(plain, "| t |\n")
+    assert plain.read_text() == "text\n\n<!-- recipes:begin -->\n| t |\n<!-- recipes:end -->\n"
+    assert landcover_recipes.main(["--recipes", "unet,nope", "--run-dir", str(tmp_path / "r"), "--quick"]) == 2
+    assert "unknown recipe(s) ['nope']" in capsys.readouterr().err
+    assert set(landcover_recipes.landcover.RECIPES) >= {"unet", "unet-resnet34", "unet-balanced"}

@@ -69,7 +69,11 @@ class DataConfig:
     train_windows_per_epoch: int = 256
     batch_size: int = 8
     max_nodata_fraction: float = 0.5
-    oversample_class: int = -1  # class index whose tiles are oversampled; -1 = off
+    # training windows: uniform placement, or balanced: centre class drawn from the class index
+    # (each pixel weighs frequency(class) ** -balance_alpha: 0 = uniform ... 1 = classes equally often)
+    sampling: str = "uniform"
+    balance_alpha: float = 0.5
+    oversample_class: int = -1  # class index a share of windows is centred on; -1 = off
     oversample_fraction: float = 0.0
     normalization: str = "meanstd"  # meanstd | percentile
     percentiles: list = field(default_factory=lambda: [2.0, 98.0])
@@ -117,7 +121,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     loss: str = "bce_dice"
     loss_weights: dict = field(default_factory=dict)
-    class_weights: list = field(default_factory=list)
+    class_weights: Any = field(default_factory=list)  # [w, ...] per class, or "auto" (from the class index)
+    class_weights_method: str = "median_frequency"  # auto weights: median_frequency | inverse_sqrt
+    class_weights_max: float = 10.0  # auto weights are capped here (the median class weighs 1)
+    max_minutes: float = 0.0  # training time budget (0 = off): stops after the epoch in which it runs out
     monitor: str = "val_iou"
     monitor_mode: str = "max"
     early_stopping_patience: int = 0  # 0 = off
@@ -190,6 +197,7 @@ CHOICES = {
     "data.normalization": ["meanstd", "percentile"],
     "data.task": ["auto", "binary", "multiclass", "multilabel"],
     "data.ignore_colours": ["ignore", "error"],
+    "data.sampling": ["uniform", "balanced"],
     "model.name": ["unet", "unetpp", "fcn8", "fpn", "deeplabv3plus", "sm"],
     # "" = plain UNet / the architecture's default; model.name=sm accepts segmentation-models' names
     "model.backbone": ["", "resnet34", "resnet50", "vgg16"] + [f"efficientnetb{i}" for i in range(8)],
@@ -204,6 +212,7 @@ CHOICES = {
     "train.precision": ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     "train.strategy": ["default", "mirrored", "multi_worker"],
     "train.lr_scaling": ["none", "linear", "sqrt"],
+    "train.class_weights_method": ["median_frequency", "inverse_sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
     "tracking.mlflow.mode": ["auto", "local", "server", "off"],
 }
@@ -219,6 +228,7 @@ RANGES = {
     "data.batch_size": (1, 4096),
     "data.max_nodata_fraction": (0.0, 1.0),
     "data.oversample_fraction": (0.0, 1.0),
+    "data.balance_alpha": (0.0, 1.0),
     "data.val_fraction": (0.0, 0.9),
     "data.ignore_index": (0, 255),
     "data.num_bands": (0, None),
@@ -242,6 +252,8 @@ RANGES = {
     "train.reduce_lr_factor": (0.0, 0.999),
     "train.min_learning_rate": (0.0, 10.0),
     "train.threshold": (0.0, 1.0),
+    "train.class_weights_max": (1.0, None),
+    "train.max_minutes": (0.0, None),
     "train.num_figure_tiles": (0, 64),
     "export.recommended_overlap": (0, None),
 }
@@ -435,12 +447,30 @@ def validate(cfg: Config) -> Config:
             f"config key 'train.lr_scaling': {cfg.train.lr_scaling!r} scales the learning rate with the "
             "global batch, which only grows with the replicas when train.batch_per_replica is true"
         )
+    _validate_class_weights(cfg.train.class_weights)
+    if cfg.train.max_minutes and cfg.train.strategy == "multi_worker":
+        raise ConfigError(
+            "config key 'train.max_minutes': not supported with train.strategy=multi_worker (each worker "
+            "measures its own time and they could disagree on the last epoch); use train.epochs"
+        )
     for i, band in enumerate(cfg.data.bands):
         if not isinstance(band, int) or isinstance(band, bool) or band < 1:
             raise ConfigError(
                 f"config key 'data.bands[{i}]': expected a 1-based band index (int >= 1), got {band!r}"
             )
     return cfg
+
+
+def _validate_class_weights(weights) -> None:
+    if weights == "auto":
+        return
+    if not isinstance(weights, list) or any(
+        isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights
+    ):
+        raise ConfigError(
+            f"config key 'train.class_weights': expected a list of non-negative numbers (one per class) or "
+            f"'auto', got {weights!r}"
+        )
 
 
 def _validate_model(model, window_size: int) -> None:

@@ -70,6 +70,12 @@ class ModelCard:
     whose bands all equal it, and NaN in float imagery, becomes 0 after normalization); it is
     ``None`` only for float imagery without a nodata value (NaN marks missing pixels then).
     ``operating_point`` holds post-processing chosen on validation (e.g. object thresholds).
+    ``class_weights`` are the loss weights training used (``train.class_weights``, given or
+    ``auto``), one per class in ``classes`` order (binary: ``[background, class]``, or one
+    weight for the class); ``None`` when the loss was unweighted. ``class_frequencies`` maps
+    each category of the training labels (binary adds ``background``, multi-label ``none``)
+    to its share of the labelled training pixels, when training computed the class index.
+    Both are optional: cards written without them still load.
     """
 
     classes: list
@@ -90,6 +96,8 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     tfseg_version: str = ""
     operating_point: Optional[dict] = None
+    class_weights: Optional[list] = None
+    class_frequencies: Optional[dict] = None
 
     def __post_init__(self):
         self.validate()
@@ -98,7 +106,8 @@ class ModelCard:
     def for_model(cls, model, normalization: Normalization, band_dtype, nodata: Optional[float], classes=None,
                   palette: Optional[dict] = None, task: Optional[str] = None, threshold: Union[float, list] = 0.5,
                   tile_size: int = 256, recommended_overlap: int = 32, model_name: str = "", backbone: str = "",
-                  metrics: Optional[dict] = None, ignore_index: int = 255) -> "ModelCard":
+                  metrics: Optional[dict] = None, ignore_index: int = 255, class_weights: Optional[list] = None,
+                  class_frequencies: Optional[dict] = None) -> "ModelCard":
         """The card of a raw-pixel ``model`` (bands, outputs and size multiple read from it).
         ``classes`` default to ``foreground`` / ``class<i>``; ``task`` to binary for one output
         channel, else multiclass (softmax) or multilabel (sigmoid)."""
@@ -116,7 +125,9 @@ class ModelCard:
             band_dtype=np.dtype(band_dtype).name, num_bands=bands, nodata=nodata, ignore_index=ignore_index,
             normalization=normalization, tile_size=int(tile_size),
             recommended_overlap=int(min(recommended_overlap, tile_size // 2)), size_multiple=model_multiple(model),
-            model=model_name or model.name, backbone=backbone, metrics=dict(metrics or {}), tfseg_version=__version__)
+            model=model_name or model.name, backbone=backbone, metrics=dict(metrics or {}), tfseg_version=__version__,
+            class_weights=None if not class_weights else [float(w) for w in class_weights],
+            class_frequencies=None if class_frequencies is None else dict(class_frequencies))
 
     # -- serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -272,6 +283,15 @@ class ModelCard:
             fail("metrics", "an object of metric name -> number")
         if self.operating_point is not None and not isinstance(self.operating_point, dict):
             fail("operating_point", "an object or null")
+        if self.class_weights is not None:
+            counts = [1, 2] if self.task == "binary" else [len(self.classes)]
+            if not isinstance(self.class_weights, list) or len(self.class_weights) not in counts or not all(
+                    _is_number(w) and math.isfinite(w) and w >= 0 for w in self.class_weights):
+                fail("class_weights", f"null or {' or '.join(map(str, counts))} finite non-negative numbers "
+                                      f"(one per class of {self.classes})")
+        if self.class_frequencies is not None and (not isinstance(self.class_frequencies, dict) or not all(
+                isinstance(k, str) and _is_number(v) and 0 <= v <= 1 for k, v in self.class_frequencies.items())):
+            fail("class_frequencies", "null or an object of category name -> share of training pixels in [0, 1]")
 
 
 def check_normalization(norm: Normalization, num_bands: int) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 from . import config as config_lib
 from .compare import best_row, read_history
 from .data.formats import load_scenes
+from .data.class_index import class_weights, load_or_compute
 from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
 from .export import export_saved_model
@@ -74,19 +75,64 @@ def resolve_precision(name: str) -> str:
     return "mixed_bfloat16" if major >= 8 else "mixed_float16"
 
 
-@keras.saving.register_keras_serializable(package="tfseg")
-class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """One-cycle policy: cosine warm-up from ``max_lr/div`` to ``max_lr``, then cosine annealing
-    to ``max_lr/final_div``."""
+class ResizableSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule whose length can be changed during training (``train.max_minutes`` lays it out
+    for the epochs the time budget allows): total and warm-up steps live in non-trainable
+    variables, which the compiled train step reads at every step.
 
-    def __init__(self, max_lr, total_steps, pct_start=0.3, div=25.0, final_div=1e4):
-        self.max_lr, self.total_steps, self.pct_start = max_lr, total_steps, pct_start
-        self.div, self.final_div = div, final_div
+    ``resize(total_steps, step)`` moves the end; the warm-up is kept once it is over and, while it
+    runs, never ends before ``step`` (the learning rate is never cut off in the middle of it).
+    """
+
+    def __init__(self, total_steps, warmup_steps):
+        self._total = keras.Variable(float(max(1, total_steps)), dtype="float32", trainable=False,
+                                     name="schedule_total_steps")
+        self._warmup = keras.Variable(float(warmup_steps), dtype="float32", trainable=False,
+                                      name="schedule_warmup_steps")
+
+    @property
+    def total_steps(self) -> float:
+        return float(keras.ops.convert_to_numpy(self._total))
+
+    @property
+    def warmup_steps(self) -> float:
+        return float(keras.ops.convert_to_numpy(self._warmup))
+
+    def wanted_warmup(self, total_steps: float) -> float:
+        raise NotImplementedError
+
+    def resize(self, total_steps: float, step: int) -> None:
+        total = float(max(1, total_steps, step))
+        warmup = self.warmup_steps
+        if step < warmup:  # still warming up: the new length, but not ending before now
+            warmup = max(self.wanted_warmup(total), float(step))
+        self._total.assign(total)
+        self._warmup.assign(warmup)
+
+    def state(self) -> dict:
+        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def restore(self, state: dict) -> None:
+        self._total.assign(float(state["total_steps"]))
+        self._warmup.assign(float(state["warmup_steps"]))
+
+
+@keras.saving.register_keras_serializable(package="tfseg")
+class OneCycle(ResizableSchedule):
+    """One-cycle policy: cosine warm-up from ``max_lr/div`` to ``max_lr`` over ``pct_start`` of
+    the steps, then cosine annealing to ``max_lr/final_div``."""
+
+    def __init__(self, max_lr, total_steps, pct_start=0.3, div=25.0, final_div=1e4, warmup_steps=None):
+        self.max_lr, self.pct_start, self.div, self.final_div = max_lr, pct_start, div, final_div
+        super().__init__(total_steps, self.wanted_warmup(total_steps) if warmup_steps is None else warmup_steps)
+
+    def wanted_warmup(self, total_steps):
+        return max(1.0, total_steps * self.pct_start)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        up = max(1.0, self.total_steps * self.pct_start)
-        down = max(1.0, self.total_steps - up)
+        up = keras.ops.maximum(1.0, self._warmup)
+        down = keras.ops.maximum(1.0, self._total - up)
         start, peak, end = self.max_lr / self.div, self.max_lr, self.max_lr / self.final_div
         t_up = keras.ops.clip(step / up, 0.0, 1.0)
         t_down = keras.ops.clip((step - up) / down, 0.0, 1.0)
@@ -96,28 +142,54 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"max_lr": self.max_lr, "total_steps": self.total_steps, "pct_start": self.pct_start,
-                "div": self.div, "final_div": self.final_div}
+                "div": self.div, "final_div": self.final_div, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="tfseg")
+class WarmupCosine(ResizableSchedule):
+    """Keras ``CosineDecay`` with linear warm-up (from ``learning_rate/100`` over
+    ``warmup_steps``, none when 0), then cosine decay to ``alpha * learning_rate`` at
+    ``total_steps``; resizable. Under a budget the warm-up is at most half the steps."""
+
+    def __init__(self, learning_rate, total_steps, warmup_steps=0, alpha=0.01, target_warmup_steps=None):
+        self.learning_rate, self.alpha = learning_rate, alpha
+        self.target_warmup_steps = float(warmup_steps if target_warmup_steps is None else target_warmup_steps)
+        super().__init__(total_steps, warmup_steps)
+
+    def wanted_warmup(self, total_steps):
+        return min(self.target_warmup_steps, total_steps / 2)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self._warmup
+        peak = self.learning_rate
+        start = peak / 100 if self.target_warmup_steps else peak
+        t = keras.ops.clip((step - warm) / keras.ops.maximum(1.0, self._total - warm), 0.0, 1.0)
+        decay = peak * ((1 - self.alpha) * 0.5 * (1 + keras.ops.cos(np.pi * t)) + self.alpha)
+        rising = start + (peak - start) * step / keras.ops.maximum(warm, 1.0)
+        return keras.ops.where(step < warm, rising, decay)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "alpha": self.alpha,
+                "target_warmup_steps": self.target_warmup_steps}
 
 
 def make_schedule(train_cfg, steps_per_epoch: int):
+    """``constant`` (a float), ``cosine`` (:class:`WarmupCosine`) or ``onecycle`` (:class:`OneCycle`),
+    laid out for ``train.epochs``; ``train.max_minutes`` resizes the last two during training."""
     total = max(1, train_cfg.epochs * steps_per_epoch)
     lr = train_cfg.learning_rate
     if train_cfg.schedule == "constant":
         return lr
     if train_cfg.schedule == "onecycle":
         return OneCycle(lr, total)
-    warmup = int(train_cfg.warmup_epochs * steps_per_epoch)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=lr if warmup == 0 else lr / 100,
-        decay_steps=max(1, total - warmup),
-        alpha=0.01,
-        warmup_target=lr if warmup else None,
-        warmup_steps=warmup,
-    )
+    return WarmupCosine(lr, total, warmup_steps=int(train_cfg.warmup_epochs * steps_per_epoch))
 
 
-def make_optimizer(train_cfg, steps_per_epoch: int):
-    schedule = make_schedule(train_cfg, steps_per_epoch)
+def make_optimizer(train_cfg, steps_per_epoch: int, schedule=None):
+    """The optimizer of ``train.optimizer`` on ``schedule`` (default: :func:`make_schedule`)."""
+    schedule = make_schedule(train_cfg, steps_per_epoch) if schedule is None else schedule
     clip = {"clipnorm": train_cfg.clipnorm} if train_cfg.clipnorm else {}
     if train_cfg.optimizer == "adam":
         return keras.optimizers.Adam(schedule, **clip)
@@ -187,13 +259,16 @@ def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = 
                        **model_kwargs(cfg.model, task))
 
 
-def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict] = None) -> ModelCard:
-    """The card of a run: everything downstream needs, from the config, statistics and model."""
+def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict] = None,
+                    class_weights: Optional[list] = None, class_index=None) -> ModelCard:
+    """The card of a run: everything downstream needs, from the config, statistics and model
+    (with the loss's class weights and the class frequencies of ``class_index``, when any)."""
     return ModelCard.for_model(
         model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
         task=config_lib.resolve_task(cfg.data), threshold=float(cfg.train.threshold),
         tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
-        backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index)
+        backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index, class_weights=class_weights,
+        class_frequencies=None if class_index is None else {k: v["frequency"] for k, v in class_index.summary().items()})
 
 
 # ------------------------------------------------------------------------------------------
@@ -276,13 +351,21 @@ class TrainingState(keras.callbacks.Callback):
 
     STATE = "state.json"
 
-    def __init__(self, backup_dir, tracked: dict, previous: Optional[dict] = None, write: bool = True):
+    def __init__(self, backup_dir, tracked: dict, previous: Optional[dict] = None, write: bool = True,
+                 schedule=None, clock=None):
         super().__init__()
         self.backup_dir, self.tracked, self.write = Path(backup_dir), tracked, write
         self.previous = previous or {}
         self.seconds = float(self.previous.get("train_seconds", 0.0))
+        self.epoch_seconds = list(self.previous.get("epoch_seconds", []))
         self.resumes = int(self.previous["resumes"]) + 1 if previous else 0
+        self.schedule = schedule if isinstance(schedule, ResizableSchedule) else None
+        self.clock = clock or time.monotonic
+        self.stop_reason = None  # set by whoever stops training early (see train())
         self._epoch_start = None
+        self._epoch_closed = None
+        if self.schedule is not None and "schedule" in self.previous:
+            self.schedule.restore(self.previous["schedule"])
 
     @classmethod
     def load(cls, backup_dir) -> Optional[dict]:
@@ -309,11 +392,19 @@ class TrainingState(keras.callbacks.Callback):
                     setattr(callback, attr, value)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.time()
+        self._epoch_start, self._epoch_closed = self.clock(), None
+
+    def close_epoch(self) -> float:
+        """Seconds of the epoch now ending (training + validation + the callbacks before this
+        call), added to ``seconds`` once; callbacks that need the time call it first."""
+        if self._epoch_closed is None and self._epoch_start is not None:
+            self._epoch_closed = self.clock() - self._epoch_start
+            self.seconds += self._epoch_closed
+            self.epoch_seconds.append(round(self._epoch_closed, 3))
+        return self._epoch_closed or 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._epoch_start is not None:
-            self.seconds += time.time() - self._epoch_start
+        self.close_epoch()
         self.save(epoch + 1)
 
     def save(self, epochs_done: int) -> None:
@@ -332,6 +423,7 @@ class TrainingState(keras.callbacks.Callback):
             "epoch": epochs_done,
             "weights": name,
             "train_seconds": round(self.seconds, 3),
+            "epoch_seconds": self.epoch_seconds,
             "complete": False,
             "resumes": self.resumes,
             "callbacks": {
@@ -340,6 +432,8 @@ class TrainingState(keras.callbacks.Callback):
                 for key, cb in self.tracked.items()
             },
         }
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.state()
         write_json(self.backup_dir / self.STATE, state)
         for old in self.backup_dir.glob("epoch-*.weights.h5"):
             if old.name != name:
@@ -348,8 +442,51 @@ class TrainingState(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         # reached train.epochs or stopped early: a later start only re-evaluates and re-exports
         path = self.backup_dir / self.STATE
+        if self.stop_reason is None:
+            early = self.tracked.get("early_stopping")
+            self.stop_reason = "early_stopping" if early is not None and early.stopped_epoch > 0 else "epochs"
         if self.write and path.is_file():
-            write_json(path, dict(json.loads(path.read_text()), complete=True))
+            write_json(path, dict(json.loads(path.read_text()), complete=True, stop_reason=self.stop_reason))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """``train.max_minutes``: training stops at the end of the epoch in which the budget runs out
+    (time of every process of the run, from ``TrainingState``), and after every epoch the
+    schedule is laid out again for the epochs the budget allows: the elapsed time plus the mean
+    epoch time of this process (its first epoch, which includes tracing, only until there are
+    others) times the epochs still to come, never more than ``train.epochs``.
+
+    Comes right before ``TrainingState``, so the saved resume state holds the new layout.
+    """
+
+    def __init__(self, max_minutes: float, state: "TrainingState", steps_per_epoch: int, max_epochs: int):
+        super().__init__()
+        self.budget = float(max_minutes) * 60.0
+        self.state, self.steps, self.max_epochs = state, steps_per_epoch, max_epochs
+        self.times: list = []  # this process's epochs
+        self.planned_epochs = max_epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self.state.close_epoch()
+        self.times.append(seconds)
+        done, elapsed = epoch + 1, self.state.seconds
+        if elapsed >= self.budget:
+            if done == 1:
+                log.warning("train.max_minutes=%g (%.0f s) is shorter than one epoch: one epoch is run (it took "
+                            "%.1f s)", self.budget / 60, self.budget, seconds)
+            log.info("time budget of %g min used (%.0f s over %d epochs): training stops", self.budget / 60,
+                     elapsed, done)
+            self.model.stop_training = True
+            self.state.stop_reason = "max_minutes"
+            return
+        estimate = float(np.mean(self.times[1:] if len(self.times) > 1 else self.times))
+        planned = min(self.max_epochs, done + max(1, int(np.ceil((self.budget - elapsed) / max(estimate, 1e-9)))))
+        if planned != self.planned_epochs:
+            log.info("time budget: %.0f of %.0f s used, ~%.1f s per epoch: schedule laid out for %d epochs",
+                     elapsed, self.budget, estimate, planned)
+        self.planned_epochs = planned
+        if self.state.schedule is not None:
+            self.state.schedule.resize(planned * self.steps, done * self.steps)
 
 
 def _plain(value, check: bool = False):
@@ -381,21 +518,25 @@ def trim_history(path: Path, rows: int) -> None:
 # ------------------------------------------------------------------------------------------
 # Training
 # ------------------------------------------------------------------------------------------
-def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1) -> dict:
+def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1, callbacks=None, clock=None) -> dict:
     """Train ``cfg`` into a run directory; returns the final metrics dict (also metrics.json).
 
     Started again on the same run directory with the same config it resumes from the last
     completed epoch (``RUN_DIR/backup``); a finished run is only re-evaluated/re-exported.
+    ``callbacks``: extra Keras callbacks, run after tfseg's own and before the time budget and
+    the resume state. ``clock``: a zero-argument function returning seconds (default
+    ``time.monotonic``) that times the epochs for ``train_seconds`` and ``train.max_minutes``;
+    tests pass a fake one (advanced by one of ``callbacks``) to make epochs take a known time.
     """
     with warnings.catch_warnings():
         # Keras warns "Your input ran out of data" at the end of every validation pass: the
         # evaluation grid is finite with an unknown length (nodata filter); the training stream is
         # endless, so the warning never means lost training steps here
         warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
-        return _train(cfg, run_dir, overwrite, verbose)
+        return _train(cfg, run_dir, overwrite, verbose, list(callbacks or []), clock)
 
 
-def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
+def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, clock) -> dict:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     strategy = make_strategy(cfg.train.strategy)
     chief = is_chief(strategy)
@@ -419,6 +560,12 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     )
     band_dtype = dataset_dtype(train_scenes)
     nodata = dataset_nodata(train_scenes, band_dtype)  # the model's no-data value, used for every split
+    # class-frequency index of the training labels (balanced sampling, oversampling, auto weights)
+    class_index = None
+    if cfg.data.sampling == "balanced" or cfg.data.oversample_class >= 0 or cfg.train.class_weights == "auto":
+        class_index = load_or_compute(run_path / "class_index.npz", train_scenes, cfg.data, write=chief)
+        log.info("class frequencies of the training labels: %s", ", ".join(
+            f"{name} {v['frequency']:.4f}" for name, v in class_index.summary().items()))
 
     backup_dir = run_path / "backup"
     previous = TrainingState.load(backup_dir) if resuming else None
@@ -435,24 +582,26 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
     train_seed = cfg.data.seed + 7919 * initial_epoch
     train_ds = build_dataset(train_scenes, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
-                             nodata=nodata)
+                             nodata=nodata, class_index=class_index)
     val_ds = build_dataset(val_scenes, cfg.data, training=False, batch_size=global_batch, nodata=nodata)
     if cfg.train.strategy == "multi_worker":
         train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
     train_cfg = _scaled_lr(cfg.train, replicas)
+    weights = resolve_class_weights(cfg, class_index)
 
     with strategy.scope():
         model = build_config_model(cfg, bands, norm, nodata, seed=cfg.train.seed + initial_epoch)
         loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
-                        class_weights=cfg.train.class_weights or None)
+                        class_weights=weights or None)
+        schedule = make_schedule(train_cfg, steps)
         model.compile(
-            optimizer=make_optimizer(train_cfg, steps),
+            optimizer=make_optimizer(train_cfg, steps, schedule),
             loss=loss,
             metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
             jit_compile=cfg.train.jit_compile,
         )
-    card = make_model_card(cfg, norm, model, band_dtype, nodata)
+    card = make_model_card(cfg, norm, model, band_dtype, nodata, class_weights=weights, class_index=class_index)
     if chief:
         card.save(run_path / CARD_FILE)  # before training: a run stopped early can still be used
     best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
@@ -488,19 +637,25 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     tracker = NeptuneTracker.start(cfg, run_path, _dataset_name(cfg)) if chief else None
     if tracker is not None:
         callbacks += tracker.callbacks()
-    state = TrainingState(backup_dir, tracked, previous, write=chief)
+    callbacks += extra_callbacks
+    state = TrainingState(backup_dir, tracked, previous, write=chief, schedule=schedule, clock=clock)
+    if cfg.train.max_minutes:
+        callbacks.append(TimeBudget(cfg.train.max_minutes, state, steps, cfg.train.epochs))
     callbacks.append(state)  # saves the resume state after every other callback's epoch end...
     mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run_path, _dataset_name(cfg), precision) if chief else None
     if mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
         callbacks += mlflow_tracker.callbacks()
+    budget_used = bool(previous and cfg.train.max_minutes and
+                       float(previous.get("train_seconds", 0)) >= cfg.train.max_minutes * 60)
 
     if previous:
         with strategy.scope():
             state.restore_weights(model)
         log.info("resuming %s from epoch %d of %d", run_path, initial_epoch, cfg.train.epochs)
-    if previous and previous.get("complete"):
+    if previous and (previous.get("complete") or budget_used):
         log.info("%s: training already complete (%d epochs); evaluating and exporting again", run_path,
                  initial_epoch)
+        state.stop_reason = previous.get("stop_reason") or ("max_minutes" if budget_used else "epochs")
     else:
         with _fit_scope(model, strategy, cfg.train.strategy):
             model.fit(
@@ -542,7 +697,14 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         "replicas": replicas,
         "global_batch_size": global_batch,
         "steps_per_epoch": steps,
+        "max_minutes": cfg.train.max_minutes or None,
+        "stop_reason": state.stop_reason,
+        "schedule_epochs": round(schedule.total_steps / steps, 3) if isinstance(schedule, ResizableSchedule) else None,
     }
+    if weights:
+        result["class_weights"] = dict(zip(weight_names(cfg.data, task, len(weights)), map(float, weights)))
+    if card.class_frequencies is not None:
+        result["class_frequencies"] = dict(card.class_frequencies)
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     card = dataclasses.replace(card, metrics=val)
     if cfg.train.object_f1 and val_scenes:
@@ -614,6 +776,30 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     log.info("operating point (object F1 %.4f on %d validation scenes, %d grid points, %.0f s): %s",
              point["object_f1"], len(val_scenes), len(rows), time.time() - started, point)
     return point
+
+
+def weight_names(data_cfg, task: str, count: int) -> list:
+    """What each of the ``count`` entries of ``train.class_weights`` weighs (binary: background,
+    then the class; a single binary weight is the class's)."""
+    if task == "binary":
+        return ["background", data_cfg.classes[0]] if count == 2 else [data_cfg.classes[0]]
+    return list(data_cfg.classes)
+
+
+def resolve_class_weights(cfg, class_index) -> list:
+    """``train.class_weights`` as given, or computed from the class index for ``auto``
+    (``train.class_weights_method``, capped at ``train.class_weights_max``); logged when any."""
+    weights, how = cfg.train.class_weights, "train.class_weights"
+    if weights == "auto":
+        weights, absent = class_weights(class_index, cfg.train.class_weights_method, cfg.train.class_weights_max)
+        how = f"auto, {cfg.train.class_weights_method}"
+        for name in absent:
+            log.warning("train.class_weights=auto: class %r never occurs in the training labels; its weight is "
+                        "capped at train.class_weights_max=%g", name, cfg.train.class_weights_max)
+    if weights:
+        names = weight_names(cfg.data, config_lib.resolve_task(cfg.data), len(weights))
+        log.info("class weights (%s): %s", how, ", ".join(f"{n} {float(w):.3f}" for n, w in zip(names, weights)))
+    return list(weights)
 
 
 def _scaled_lr(train_cfg, replicas: int):
@@ -740,6 +926,8 @@ def main(argv=None) -> int:
         print(f"worker done: {result['epochs']} epochs, {result['steps']} steps (the chief writes {result['run_dir']})")
         return 0
     val = result["val"]
+    if result.get("class_weights"):
+        print("class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in result["class_weights"].items()))
     print(
         f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']:.4f} "
         f"f1={val['f1']:.4f} precision={val['precision']:.4f} recall={val['recall']:.4f}  run: {result['run_dir']}"

@@ -36,6 +36,7 @@ import tensorflow as tf
 from rasterio.windows import Window
 
 from .augment import augment_pair, dihedral_into, draw_dihedral
+from .class_index import category_mask, compute_class_index, label_planes, sampling_probabilities
 from .labels import MaskLabels, RasterizedLabels
 from .raster import RasterInfo, native_dtype, read_window_interleaved, read_window_view
 from .sources import Scene
@@ -295,25 +296,61 @@ def read_tile(scene, window, ignore_index: int, fill=0):
     return image, (label[..., 0] if num_label_channels(scene) == 1 else label)
 
 
-def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
-    if multilabel:
-        return target < mask.shape[-1] and bool((mask[..., target] == 1).any())
-    return bool((mask == target).any())
-
-
 class _RandomSampler:
     """Window ``i`` of the training stream, drawn deterministically from ``(seed, i)``.
 
+    ``data.sampling: uniform`` places windows uniformly (scenes in proportion to their area);
+    ``balanced`` first draws the class of the window's centre pixel from the class index
+    (:func:`tfseg.data.class_index.sampling_probabilities`, ``data.balance_alpha``), then a scene
+    and a cell holding that class in proportion to its pixels, then one of its pixels, and
+    centres the window there (shifted to stay inside the scene near its edges).
+    ``data.oversample_class`` is the special case of one class: a share
+    ``data.oversample_fraction`` of the windows is centred on a pixel of that class.
     Windows above ``max_nodata_fraction`` are redrawn (up to 50 times; a scene region that is
-    nearly all nodata then yields an all-ignore tile, which contributes nothing to the loss);
-    with oversampling, a share of windows is redrawn until it contains ``oversample_class``.
+    nearly all nodata then yields an all-ignore tile, which contributes nothing to the loss).
     """
 
-    def __init__(self, scenes, data_cfg, seed, multilabel, dtype, fill):
+    def __init__(self, scenes, data_cfg, seed, multilabel, dtype, fill, class_index=None):
         self.scenes, self.cfg, self.seed = scenes, data_cfg, seed
         self.sizes = [s.size for s in scenes]
         self.multilabel = multilabel
         self.dtype, self.pixel_fill = dtype, fill
+        self.index, self.probabilities, self.oversample = None, None, -1
+        balanced = data_cfg.sampling == "balanced"
+        if not balanced and data_cfg.oversample_class < 0:
+            return
+        self.index = class_index if class_index is not None else compute_class_index(scenes, data_cfg)
+        self.index.check_scenes(scenes)
+        totals = self.index.totals
+        # P(scene | centre category), per category (0 where the category is absent)
+        self.scene_probabilities = self.index.counts / np.maximum(totals, 1)
+        if balanced:
+            self.probabilities = sampling_probabilities(self.index, data_cfg.balance_alpha)
+        if data_cfg.oversample_class >= 0:
+            target = data_cfg.oversample_class
+            if target >= len(self.index.categories) or totals[target] == 0:
+                name = self.index.categories[target] if target < len(self.index.categories) else "?"
+                log.warning("data.oversample_class %d (%s) never occurs in the training labels: no window is "
+                            "centred on it (the windows it would have had are drawn by data.sampling=%s)",
+                            target, name, data_cfg.sampling)
+            else:
+                self.oversample = target
+
+    def _centred_window(self, category: int, rng):
+        """A window centred on a pixel of ``category`` (None when the drawn cell holds none of
+        it in the labels the pipeline reads, e.g. nodata in a cached scene)."""
+        scene_index = int(rng.choice(len(self.scenes), p=self.scene_probabilities[:, category]))
+        col0, row0, col1, row1 = self.index.draw_cell(scene_index, category, rng)
+        planes = label_planes(self.scenes[scene_index], Window(col0, row0, col1 - col0, row1 - row0))
+        hits = np.flatnonzero(category_mask(planes, category, self.multilabel))
+        if not hits.size:
+            return None
+        row, col = divmod(int(hits[rng.integers(hits.size)]), col1 - col0)
+        size = self.cfg.window_size
+        width, height = self.sizes[scene_index]
+        col = min(max(col0 + col - size // 2, 0), max(width - size, 0))
+        row = min(max(row0 + row - size // 2, 0), max(height - size, 0))
+        return scene_index, Window(col, row, size, size)
 
     def fill(self, index, image_out, mask_out) -> None:
         """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1)."""
@@ -322,20 +359,27 @@ class _RandomSampler:
         # rot90/flips while the tile is copied (with scale: after the resize, in tf)
         flips = None if cfg.augment.scale or not (cfg.augment.flip or cfg.augment.rot90) else cfg.augment
         dihedral = draw_dihedral(flips, self.seed, index) if flips is not None else (0, False, False)
-        want_class = cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction
-        for attempt in range(50):
-            scene_index, window = random_window(self.sizes, cfg.window_size, rng)
+        centre = None
+        if cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction and self.oversample >= 0:
+            centre = self.oversample
+        elif self.probabilities is not None:
+            centre = int(rng.choice(len(self.probabilities), p=self.probabilities))
+        read = False
+        for _ in range(50):
+            drawn = random_window(self.sizes, cfg.window_size, rng) if centre is None else self._centred_window(centre, rng)
+            if drawn is None:
+                continue
+            scene_index, window = drawn
             ignored = _read_raw_tile_into(
                 self.scenes[scene_index], window, cfg.ignore_index, image_out, mask_out, dihedral, self.pixel_fill
             )
-            if ignored > cfg.max_nodata_fraction:
-                if attempt == 49:
-                    mask_out[..., :-1] = cfg.ignore_index
-                continue
-            if want_class and attempt >= 20:
-                break
-            if not want_class or _has_class(mask_out[..., :-1], cfg.oversample_class, self.multilabel):
-                break
+            read = True
+            if ignored <= cfg.max_nodata_fraction:
+                return
+        if not read:
+            image_out[...] = self.pixel_fill
+            mask_out[..., -1] = 0
+        mask_out[..., :-1] = cfg.ignore_index
 
     def __call__(self, index):
         size, scene = self.cfg.window_size, self.scenes[0]
@@ -353,6 +397,7 @@ def build_dataset(
     batch_size: Optional[int] = None,
     drop_remainder: bool = False,
     nodata="auto",
+    class_index=None,
 ) -> tf.data.Dataset:
     """Batches of ``(image, label)``: image (B, S, S, C) in the source dtype
     (:func:`dataset_dtype`), label uint8 (B, S, S, K).
@@ -363,6 +408,8 @@ def build_dataset(
     for multilabel. Invalid image pixels (nodata, NaN, padding beyond scenes smaller than the
     window) hold ``nodata`` (the model card's value; ``"auto"``: :func:`dataset_nodata` of
     ``scenes``; ``None``: NaN, float imagery only), their labels ``ignore_index``.
+    ``class_index`` (:func:`tfseg.data.class_index.compute_class_index` of ``scenes``) drives
+    balanced sampling and ``oversample_class``; computed here when needed and not given.
     """
     from ..config import resolve_task
 
@@ -421,7 +468,7 @@ def build_dataset(
     if training and not aug.scale:
         # whole batches per numpy call: batch b holds windows b*B .. b*B+B-1 (same windows as
         # one per call), with far less per-element tf.data overhead
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill)
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill, class_index)
 
         def sample_batch(b):  # each tile written straight into the batch buffers
             image = np.empty((batch, size, size, bands), raw_dtype)
@@ -439,7 +486,7 @@ def build_dataset(
         ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=parallel, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
     if training:
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill)
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill, class_index)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
             lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),
