@@ -39,6 +39,10 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 COMMON_MASK_SUFFIXES = ("", ".mask", "_mask", "-mask", "_label", "_labels", "_gt")
 
 
+# data.options of this format (and of colour_mask, which pairs files the same way): name -> type
+OPTIONS = {"images_dir": str, "masks_dir": str, "mask_suffix": str, "image_pattern": str, "mask_pattern": str}
+
+
 class MaskFolderError(ValueError):
     """Images and masks cannot be paired; the message names the file or folder."""
 

@@ -18,6 +18,10 @@ from ..raster import open_raster
 from ..sources import Scene
 
 
+# data.options of this format: name -> type
+OPTIONS = {"labels": str, "class_names": bool}
+
+
 def _raster_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
 

@@ -54,6 +54,9 @@ ROOFS = [
 ]
 
 
+OPTIONS: dict = {}  # data.options of this format: none (see data.synthetic)
+
+
 def _smooth_noise(rng, shape, scale):
     """Low-frequency noise in [0, 1]: random values at 1/scale resolution, upsampled."""
     small = rng.random((max(2, shape[0] // scale), max(2, shape[1] // scale))).astype(np.float32)
