@@ -265,3 +265,48 @@ def test_scenes_labels_overlapping_no_scene_are_an_error(tmp_path):
     (tmp_path / "labels.geojson").write_text(json.dumps(doc))
     with pytest.raises(LabelError, match="labels.geojson.*overlap none"):
         load_scenes(data_cfg(format="scenes", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize(("task", "classes", "value", "expected"), [
+    ("multiclass", ["a", "b", "c"], 5, r"value 5 is out of range \(expected class indices 0..2 or 255 = ignore\)"),
+    ("binary", ["a"], 300, r"a binary mask must hold .*found values \[0, 1, 300\]"),
+    ("multiclass", ["a", "b"], 300, r"value 300 is out of range"),
+    ("multilabel", ["a", "b"], 2, r"\(band 2\): value 2 is out of range \(expected 0/1 per class band"),
+])
+def test_mask_values_out_of_range_name_file_and_value(tmp_path, task, classes, value, expected):
+    """Never clipped onto 255 or silently ignored: a value that is no class stops the load."""
+    channels = len(classes) if task == "multilabel" else 1
+    mask = np.zeros((channels, 40, 40), np.uint16 if value > 255 else np.uint8)
+    mask[:, 5:20, 5:20] = 1
+    mask[channels - 1, 0, 0] = value
+    write_geotiff(tmp_path / "images" / "tile.tif", np.ones((3, 40, 40), np.uint8))
+    write_geotiff(tmp_path / "masks" / "tile.tif", mask)
+    with pytest.raises(LabelError, match=r"mask .*masks/tile.tif.*" + expected):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), classes=classes, task=task, val_fraction=0.0))
+
+
+def test_16bit_mask_nodata_above_255_is_ignored_not_clipped(tmp_path):
+    mask = np.zeros((40, 40), np.uint16)
+    mask[5:20, 5:20] = 2
+    mask[:2] = 65535
+    write_geotiff(tmp_path / "images" / "tile.tif", np.ones((3, 40, 40), np.uint8))
+    write_geotiff(tmp_path / "masks" / "tile.tif", mask, nodata=65535)
+    (scene,) = load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), classes=["a", "b", "c"],
+                                    val_fraction=0.0))[0]
+    label = full_label(scene)
+    assert (label[:2] == 255).all() and (label[5:20, 5:20] == 2).all() and (label[2:5] == 0).all()
+
+
+def test_features_without_geometry_are_counted_in_a_warning(tmp_path, caplog):
+    import json
+
+    make_scenes(tmp_path)
+    doc = json.loads((tmp_path / "labels.geojson").read_text())
+    doc["features"] += [{"type": "Feature", "properties": {"id": 9}, "geometry": None}] * 3
+    (tmp_path / "labels.geojson").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        train, val = load_scenes(data_cfg(format="scenes", root=str(tmp_path)))
+    messages = [r.getMessage() for r in caplog.records if "no geometry" in r.getMessage()]
+    assert len(messages) == 2  # read once per split folder (train/, val/)
+    assert all("3 of 5 feature(s) have no geometry and were dropped" in m for m in messages)
+    assert len(train[0].labels.geometries) == 2

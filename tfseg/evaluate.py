@@ -30,7 +30,7 @@ import numpy as np
 
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks
-from .data.labels import binary_mask_lookup
+from .data.labels import apply_lookup, binary_mask_lookup, class_mask_lookup
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
@@ -65,14 +65,12 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
             data = src.read()
             nodata = src.nodata
     mask = data[0]
+    values = set(np.unique(mask).tolist())
     if predictor.binary:
-        lookup = binary_mask_lookup(np.unique(mask), ignore_index, str(path), nodata)
-        return lookup[mask.astype(np.uint8)]
-    out = mask.astype(np.int64)
-    out[(out >= predictor.num_classes) & (out != ignore_index)] = ignore_index
-    if nodata is not None and not np.isnan(nodata) and not 0 <= nodata < predictor.num_classes:
-        out[mask == nodata] = ignore_index  # a nodata tag that is not a class value
-    return out.astype(np.uint8)
+        lookup = binary_mask_lookup(values, ignore_index, str(path), nodata)
+    else:  # a value that is no class is an error naming the file, as in training
+        lookup = class_mask_lookup(values, predictor.num_classes, ignore_index, str(path), nodata)
+    return apply_lookup(mask, lookup, nodata, ignore_index)
 
 
 def _is_colour_image(path: Path) -> bool:

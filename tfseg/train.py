@@ -223,13 +223,12 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None:
-            log.warning("checkpoint: metric %r not in the epoch logs (available: %s); saving the latest model",
-                        self.monitor, sorted(logs or {}))
-        elif not self.improved(float(value)):
+        if value is None:  # checkpointing the latest epoch instead would hide a typo for a whole run
+            raise ValueError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
+                             f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
+        if not self.improved(float(value)):
             return
-        else:
-            self.best = float(value)
+        self.best = float(value)
         save_model_atomic(self.model, self.filepath)
 
 

@@ -12,8 +12,9 @@ Dataset layout for ``data.format: mask_folder`` (e.g. ``kampala_buildings/train`
 ``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``), searched
 recursively so ``root/<area>/images`` works too; ``root/train/...`` + ``root/val/...`` are used as
 the split when both exist, otherwise scenes are split by ``data.val_fraction`` (seeded). Binary
-masks may be {0,1} or {0,255} (other values -> ignore); multi-class masks hold class indices
-(values >= number of classes -> ignore). Masks must be on the image's grid (same size; same
+masks hold {0,1} (255 = ignore) or {0,255}; multi-class masks hold class indices (``data.ignore_index``
+= ignore); multi-label masks one 0/1 band per class. The file's nodata is ignored; any other value
+(a class index >= the number of classes, 300 in a 16-bit mask) is an error naming file and value. Masks must be on the image's grid (same size; same
 georeferencing when both are GeoTIFFs): a mismatch raises an error naming both files.
 
 Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``.
@@ -130,22 +131,27 @@ def find_pairs(data_cfg, split: str = "") -> list[tuple[Path, Path]]:
     return _pairs_under(root, data_cfg.options)
 
 
-def mask_lookup(data_cfg) -> np.ndarray:
-    """Raw mask value -> label: binary {0,1}/{0,255}; multi-class indices; others -> ignore."""
-    from ...config import resolve_task
-    from ..labels import binary_lookup
+def file_lookup(mask_path, mask_info, task: str, num_classes: int, ignore_index: int):
+    """The raw value -> label table of one mask file (``None`` for multi-label: values as they
+    are), after checking every value it holds: a value that is no class (or > 255) is an error
+    naming the file and the value, never clipped or silently ignored."""
+    from ..labels import binary_mask_lookup, check_multilabel_values, class_mask_lookup, mask_values
 
-    if resolve_task(data_cfg) == "binary":
-        return binary_lookup(data_cfg.ignore_index)
-    lookup = np.full(256, data_cfg.ignore_index, np.uint8)
-    lookup[: len(data_cfg.classes)] = np.arange(len(data_cfg.classes))
-    return lookup
+    source, nodata = str(mask_path), mask_info.nodata
+    if task == "multilabel":
+        for band in range(1, num_classes + 1):
+            check_multilabel_values(mask_values(mask_path, band), ignore_index, f"{source} (band {band})", nodata)
+        return None
+    values = mask_values(mask_path)
+    if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
+        return binary_mask_lookup(values, ignore_index, source, nodata)
+    return class_mask_lookup(values, num_classes, ignore_index, source, nodata)
 
 
 def load_mask_folder(data_cfg):
     """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
     from ...config import resolve_task
-    from ..labels import MaskLabels, binary_mask_lookup, check_same_grid, mask_values
+    from ..labels import MaskLabels, check_same_grid
     from ..raster import open_raster
     from ..sources import Scene
     from . import check_band_count, split_scenes
@@ -153,7 +159,6 @@ def load_mask_folder(data_cfg):
     root = Path(data_cfg.root)
     task = resolve_task(data_cfg)
     multilabel = task == "multilabel"
-    lookup = None if multilabel else mask_lookup(data_cfg)
 
     def scenes_of(pairs):
         scenes = []
@@ -168,11 +173,8 @@ def load_mask_folder(data_cfg):
                     f"mask {mask_path} has {mask_info.count} band(s); multilabel with "
                     f"{channels} classes needs one band per class"
                 )
-            file_lookup = lookup
-            if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
-                file_lookup = binary_mask_lookup(mask_values(mask_path), data_cfg.ignore_index, str(mask_path),
-                                                 mask_info.nodata)
-            scenes.append(Scene(info, MaskLabels(mask_info, file_lookup, channels), name=image_path.stem))
+            lookup = file_lookup(mask_path, mask_info, task, len(data_cfg.classes), data_cfg.ignore_index)
+            scenes.append(Scene(info, MaskLabels(mask_info, lookup, channels), name=image_path.stem))
         return scenes
 
     if (root / "train").is_dir() and (root / "val").is_dir():
