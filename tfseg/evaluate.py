@@ -1,8 +1,9 @@
 """Evaluation: pixel metrics of a model on image/mask pairs, and object (polygon) scores.
 
 ``python -m tfseg.evaluate pixels --model MODEL --images GLOB_OR_DIR --masks GLOB_OR_DIR [--json]``
-    Images and masks are paired by file stem (a mask suffix such as ``.mask`` / ``_mask`` is
-    stripped); each whole image is predicted with the same sliding-window engine as
+    Images and masks are paired by name (:mod:`tfseg.data.pairing`: ``--image-pattern
+    '{id}_sat.jpg' --mask-pattern '{id}_mask.png'``, ``--mask-suffix .mask``, or the common namings
+    detected); each whole image is predicted with the same sliding-window engine as
     ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "num_images"}``;
     multi-class adds ``"miou"`` and ``"per_class": {name: {"iou", "f1", "precision", "recall"}}``
     (top-level scores are then macro means over the classes present in truth or prediction).
@@ -29,11 +30,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
-from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks
+from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
 from .data.labels import apply_lookup, binary_mask_lookup, class_mask_lookup
+from .data.pairing import IMAGE_SUFFIXES
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
 
 
 def _list_files(spec: str, what: str) -> list:
@@ -110,12 +110,13 @@ def scores_from_matrix(matrix: np.ndarray) -> list:
 
 
 def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_size: int = 0, overlap: int = -1,
-                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None) -> dict:
+                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None, image_pattern: str = "",
+                    mask_pattern: str = "") -> dict:
     """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks."""
     from .data.raster import open_raster
 
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
-    pairs = pair_images_and_masks(images, masks, mask_suffix)
+    pairs = pair_images_and_masks(images, masks, mask_suffix, image_pattern=image_pattern, mask_pattern=mask_pattern)
     num_labels = max(2, predictor.num_classes)
     matrix = np.zeros((num_labels, num_labels), np.int64)
     tile, overlap = predictor.tiling(tile_size, overlap)
@@ -161,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     pixels.add_argument("--model", required=True, help="run directory, .keras file or SavedModel directory")
     pixels.add_argument("--images", required=True, help="folder or glob of images")
     pixels.add_argument("--masks", required=True, help="folder or glob of masks (paired by stem)")
-    pixels.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. .mask (default: common ones)")
+    pixels.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. .mask (default: detected)")
+    pixels.add_argument("--image-pattern", default="", help="image file names, e.g. '{id}_sat.jpg' or 'img_{id}.tif'")
+    pixels.add_argument("--mask-pattern", default="", help="mask file names, e.g. '{id}_mask.png' or 'mask_{id}.tif' "
+                        "(default: the common namings are detected)")
     pixels.add_argument("--tile-size", type=int, default=0)
     pixels.add_argument("--overlap", type=int, default=-1)
     pixels.add_argument("--batch-size", type=int, default=4)
@@ -188,7 +192,8 @@ def main(argv=None) -> int:
             from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
 
             result = evaluate_pixels(args.model, _list_files(args.images, "images"), _list_files(args.masks, "masks"),
-                                     args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix)
+                                     args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix,
+                                     args.image_pattern, args.mask_pattern)
         elif args.command == "spacenet":
             result = score_spacenet(args.truth, args.proposals)
         else:

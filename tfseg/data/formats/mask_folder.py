@@ -1,23 +1,28 @@
-"""Image files and mask files paired by stem: ``X.tif`` <-> ``X<mask_suffix>.tif``.
+"""Image files and mask files paired by name (:mod:`tfseg.data.pairing`).
 
 Public helper (also used by ``tfseg.evaluate pixels``):
 
-- ``pair_images_and_masks(images, masks, mask_suffix="", strict=True) -> [(image, mask), ...]``:
-  ``images``/``masks`` are folders or lists of files (GeoTIFF, PNG or JPEG). The stem of a mask
-  minus ``mask_suffix`` (e.g. ``.mask`` for ``X.mask.tif``) must equal the image's stem. An image
-  without a mask raises ``MaskFolderError`` naming it (``strict=False`` skips it with a warning);
-  masks without an image are reported in a warning.
+- ``pair_images_and_masks(images, masks, mask_suffix=None, strict=True, image_pattern="",
+  mask_pattern="") -> [(image, mask), ...]``: ``images``/``masks`` are folders or lists of files
+  (GeoTIFF, PNG or JPEG), paired by :func:`tfseg.data.pairing.pair_files`: name patterns
+  (``"{id}_sat.jpg"`` <-> ``"{id}_mask.png"``), a mask suffix (``.mask`` for ``X.mask.tif``;
+  ``""`` = same stem) or, when none is given, the common naming detected. An image without a mask
+  raises ``MaskFolderError`` listing them with their count (``strict=False`` skips them with a
+  warning); masks without an image are listed in a warning.
 
 Dataset layout for ``data.format: mask_folder`` (e.g. ``kampala_buildings/train``):
-``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``), searched
-recursively so ``root/<area>/images`` works too; ``root/train/...`` + ``root/val/...`` are used as
-the split when both exist, otherwise scenes are split by ``data.val_fraction`` (seeded). Binary
+``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``; one folder for
+both works with patterns, ``.`` = the root itself), searched recursively so ``root/<area>/images`` works too; ``root/train/...``
++ ``root/val/...`` are used as the split when both exist, otherwise scenes are split by
+``data.val_fraction`` (seeded). Binary
 masks hold {0,1} (255 = ignore) or {0,255}; multi-class masks hold class indices (``data.ignore_index``
 = ignore); multi-label masks one 0/1 band per class. The file's nodata is ignored; any other value
-(a class index >= the number of classes, 300 in a 16-bit mask) is an error naming file and value. Masks must be on the image's grid (same size; same
-georeferencing when both are GeoTIFFs): a mismatch raises an error naming both files.
+(a class index >= the number of classes, 300 in a 16-bit mask) is an error naming file and value.
+Masks must be on the image's grid (same size; same georeferencing when both are GeoTIFFs): a
+mismatch raises an error naming both files.
 
-Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``.
+Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``, ``image_pattern``,
+``mask_pattern``.
 
 Example:
     >>> pairs = pair_images_and_masks("train/images", "train/masks", mask_suffix=".mask")
@@ -26,97 +31,36 @@ Example:
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Optional
 
-import numpy as np
-
-log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
-
-
-COMMON_MASK_SUFFIXES = ("", ".mask", "_mask", "-mask", "_label", "_labels", "_gt")
-
+from ..pairing import PairingError, pair_files
 
 # data.options of this format (and of colour_mask, which pairs files the same way): name -> type
 OPTIONS = {"images_dir": str, "masks_dir": str, "mask_suffix": str, "image_pattern": str, "mask_pattern": str}
 
-
-class MaskFolderError(ValueError):
-    """Images and masks cannot be paired; the message names the file or folder."""
+MaskFolderError = PairingError  # images and masks cannot be paired; the message names the files
 
 
-def _files(where: Union[str, Path, Iterable]) -> list[Path]:
-    if isinstance(where, (str, Path)):
-        folder = Path(where)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"folder not found: {folder}")
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(Path(p) for p in where)
-
-
-def detect_mask_suffix(image_files, mask_files) -> str:
-    """The suffix of :data:`COMMON_MASK_SUFFIXES` under which the most mask stems match images."""
-    image_stems = {Path(p).stem for p in image_files}
-
-    def matches(suffix):
-        stems = [Path(m).stem for m in mask_files]
-        return sum(1 for s in stems if s.endswith(suffix) and s[: len(s) - len(suffix)] in image_stems)
-
-    return max(COMMON_MASK_SUFFIXES, key=matches)
-
-
-def pair_images_and_masks(images, masks, mask_suffix="", strict: bool = True) -> list[tuple[Path, Path]]:
-    """Pairs ``(image, mask)`` matched by stem (see the module docstring).
-
-    ``mask_suffix=None`` detects the suffix (``X.tif`` <-> ``X.mask.tif``, ``X_mask.png``, ...).
-    """
-    image_files, mask_files = _files(images), _files(masks)
-    if mask_suffix is None:
-        mask_suffix = detect_mask_suffix(image_files, mask_files)
-    by_stem: dict[str, Path] = {}
-    for mask in mask_files:
-        stem = mask.stem
-        if mask_suffix:
-            if not stem.endswith(mask_suffix):
-                continue
-            stem = stem[: -len(mask_suffix)]
-        if stem in by_stem:
-            raise MaskFolderError(f"two masks for image stem {stem!r}: {by_stem[stem]} and {mask}")
-        by_stem[stem] = mask
-    pairs, missing = [], []
-    for image in image_files:
-        mask = by_stem.pop(image.stem, None)
-        if mask is None:
-            missing.append(image)
-        else:
-            pairs.append((image, mask))
-    if missing:
-        where = masks if isinstance(masks, (str, Path)) else "the mask list"
-        message = (
-            f"no mask for image {missing[0]} (expected {missing[0].stem}{mask_suffix}.<ext> in {where})"
-            + (f" and {len(missing) - 1} more image(s)" if len(missing) > 1 else "")
-        )
-        if strict:
-            raise MaskFolderError(message)
-        log.warning("%s: skipped", message)
-    if by_stem:
-        log.warning("%d mask(s) without an image, e.g. %s", len(by_stem), next(iter(by_stem.values())))
-    return pairs
+def pair_images_and_masks(images, masks, mask_suffix: Optional[str] = None, strict: bool = True,
+                          image_pattern: str = "", mask_pattern: str = "") -> list[tuple[Path, Path]]:
+    """Pairs ``(image, mask)`` (see the module docstring)."""
+    return pair_files(images, masks, image_pattern, mask_pattern, mask_suffix, strict).pairs
 
 
 def _pairs_under(root: Path, options: dict) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = options.get("images_dir", "images"), options.get("masks_dir", "masks")
-    suffix = options.get("mask_suffix", "")
-    folders = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == images_dir)
+    if images_dir == ".":  # images (and, with masks_dir ".", masks) directly in the root
+        folders = [root]
+    else:
+        folders = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == images_dir)
     pairs = []
     for folder in folders:
-        masks = folder.parent / masks_dir
+        masks = folder if masks_dir in (images_dir, ".") else folder.parent / masks_dir
         if not masks.is_dir():
             raise MaskFolderError(f"image folder {folder} has no sibling mask folder {masks}")
-        pairs += pair_images_and_masks(folder, masks, suffix)
+        pairs += pair_images_and_masks(folder, masks, options.get("mask_suffix"), True,
+                                       options.get("image_pattern", ""), options.get("mask_pattern", ""))
     if not pairs:
         raise MaskFolderError(
             f"no image/mask pairs under {root} (looked for '{images_dir}/' folders with a sibling "
