@@ -4,9 +4,11 @@
     Images and masks are paired by name (:mod:`tfseg.data.pairing`: ``--image-pattern
     '{id}_sat.jpg' --mask-pattern '{id}_mask.png'``, ``--mask-suffix .mask``, or the common namings
     detected); each whole image is predicted with the same sliding-window engine as
-    ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "num_images"}``;
-    multi-class adds ``"miou"`` and ``"per_class": {name: {"iou", "f1", "precision", "recall"}}``
-    (top-level scores are then macro means over the classes present in truth or prediction).
+    ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "accuracy", "miou",
+    "num_images"}`` (the foreground's scores; ``miou`` over background and foreground);
+    multi-class adds ``"per_class": {name: {"iou", "f1", "precision", "recall"}}`` (``null`` for
+    a class absent from truth and prediction) and top-level scores are means over the classes
+    present in truth or prediction: the definitions of :mod:`tfseg.metrics`, as in training.
 
 ``python -m tfseg.evaluate spacenet --truth TRUTH.csv --proposals PROPOSALS.csv [--json]``
     The SpaceNet building score (see :mod:`tfseg.scoring`).
@@ -34,6 +36,7 @@ from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # 
 from .data.labels import apply_lookup, binary_mask_lookup, class_mask_lookup
 from .data.pairing import IMAGE_SUFFIXES
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
+from .metrics import confusion_matrix_numpy, scores_from_matrix
 
 
 def _list_files(spec: str, what: str) -> list:
@@ -87,63 +90,39 @@ def _is_colour_image(path: Path) -> bool:
             return src.count >= 3
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_labels: int, valid: np.ndarray) -> np.ndarray:
-    index = truth[valid].astype(np.int64) * num_labels + pred[valid].astype(np.int64)
-    return np.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
-
-
-def scores_from_matrix(matrix: np.ndarray) -> list:
-    """Per-class (iou, f1, precision, recall, present) from a confusion matrix."""
-    tp = np.diag(matrix).astype(np.float64)
-    fp = matrix.sum(axis=0) - tp
-    fn = matrix.sum(axis=1) - tp
-
-    def ratio(a, b):
-        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    return [
-        {"iou": float(i), "f1": float(f), "precision": float(p), "recall": float(r), "present": bool(s)}
-        for i, f, p, r, s in zip(ratio(tp, tp + fp + fn), ratio(2 * tp, 2 * tp + fp + fn), precision, recall,
-                                 (tp + fp + fn) > 0)
-    ]
+def _task(predictor: Predictor) -> str:
+    if predictor.binary:
+        return "binary"
+    return "multilabel" if predictor.task == "multilabel" else "multiclass"
 
 
 def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_size: int = 0, overlap: int = -1,
                     batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None, image_pattern: str = "",
                     mask_pattern: str = "") -> dict:
-    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks."""
+    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks, by the
+    definitions of :mod:`tfseg.metrics` (the ignore index and classes are the run's)."""
     from .data.raster import open_raster
 
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     pairs = pair_images_and_masks(images, masks, mask_suffix, image_pattern=image_pattern, mask_pattern=mask_pattern)
-    num_labels = max(2, predictor.num_classes)
-    matrix = np.zeros((num_labels, num_labels), np.int64)
+    task, ignore = _task(predictor), predictor.ignore_index
+    matrix = None
     tile, overlap = predictor.tiling(tile_size, overlap)
     for image_path, mask_path in pairs:
         info = open_raster(image_path)
-        truth = _read_mask(mask_path, predictor)
-        if truth.shape != (info.height, info.width):
+        truth = _read_mask(mask_path, predictor, ignore)
+        if truth.shape[:2] != (info.height, info.width):
             raise ValueError(f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but image {image_path} is "
                              f"{info.width}x{info.height}")
         sink = ArraySink(info.height, info.width, predictor.num_classes)
         run_sliding_window(predictor, [Job(RasterSource(info), sink, str(image_path))], tile, overlap, batch_size, tta)
         pred = predictor.to_classes(sink.probs)
-        valid = sink.valid & (truth != 255)
-        matrix += confusion_matrix(truth, pred, num_labels, valid)
-    per_class = scores_from_matrix(matrix)
-    if predictor.binary:
-        fg = per_class[1]
-        return {"iou": fg["iou"], "f1": fg["f1"], "precision": fg["precision"], "recall": fg["recall"],
-                "num_images": len(pairs)}
-    present = [c for c in per_class if c["present"]] or per_class
-    result = {k: float(np.mean([c[k] for c in present])) for k in ("iou", "f1", "precision", "recall")}
-    result["miou"] = result["iou"]
+        valid = sink.valid & (truth != ignore)
+        counts = confusion_matrix_numpy(truth, pred, valid, predictor.num_classes, task)
+        matrix = counts if matrix is None else matrix + counts
+    result = scores_from_matrix(matrix, task, predictor.class_names if task == "binary" else
+                                predictor.class_names[:predictor.num_classes])
     result["num_images"] = len(pairs)
-    result["per_class"] = {
-        name: {k: c[k] for k in ("iou", "f1", "precision", "recall")}
-        for name, c in zip(predictor.class_names, per_class)
-    }
     return result
 
 
@@ -204,10 +183,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
     elif args.command == "pixels":
-        for key in ("iou", "f1", "precision", "recall"):
-            print(f"{key:10s} {result[key]:.4f}")
+        def number(value):
+            return "n/a (absent)" if value is None else f"{value:.4f}"
+
+        for key in ("iou", "f1", "precision", "recall", "miou"):
+            print(f"{key:10s} {number(result[key])}")
         for name, s in result.get("per_class", {}).items():
-            print(f"  {name:20s} iou {s['iou']:.4f}  f1 {s['f1']:.4f}")
+            print(f"  {name:20s} iou {number(s['iou'])}  f1 (dice) {number(s['f1'])}")
         print(f"images     {result['num_images']}")
     else:
         _print_object_scores(result)

@@ -52,6 +52,7 @@ class Predictor:
     classes: list = field(default_factory=list)
     palette: dict = field(default_factory=dict)
     task: str = "auto"  # binary | multiclass | multilabel | auto
+    ignore_index: int = 255  # the label value of the run's ignored pixels (data.ignore_index)
     tile_size: int = 256
     recommended_overlap: int = 32
     source: str = ""
@@ -135,6 +136,7 @@ class SavedModelPredictor(Predictor):
             classes=list(meta.get("classes") or []),
             palette=dict(meta.get("palette") or {}),
             task=str(meta.get("task", "auto")),
+            ignore_index=int(meta.get("ignore_index", 255)),
             tile_size=int(meta.get("tile_size") or 256),
             recommended_overlap=int(meta.get("recommended_overlap") or 32),
             source=str(path),
@@ -160,7 +162,7 @@ def read_savedmodel_metadata(path, loaded=None) -> dict:
 
 
 def _run_settings(run_dir: Path) -> dict:
-    """threshold / classes / palette / task / tile size from a run's config.yaml (if any)."""
+    """threshold / classes / palette / task / ignore index / tile size from a run's config.yaml (if any)."""
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():
         return {}
@@ -177,6 +179,8 @@ def _run_settings(run_dir: Path) -> dict:
         out["palette"] = dict(data["palette"])
     if data.get("task"):
         out["task"] = str(data["task"])
+    if "ignore_index" in data:
+        out["ignore_index"] = int(data["ignore_index"])
     if data.get("window_size"):
         out["tile_size"] = int(data["window_size"])
     if "recommended_overlap" in export:

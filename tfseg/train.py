@@ -226,6 +226,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if value is None:  # checkpointing the latest epoch instead would hide a typo for a whole run
             raise ValueError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
                              f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
+        if not np.isfinite(float(value)) and self.best is None and not self.filepath.is_file():
+            # NaN = undefined (e.g. IoU of a class absent from truth and prediction): keep a model
+            # to evaluate, and say so; a later defined value replaces it
+            log.warning("checkpoint: %s is undefined (%s) at epoch %d; saving this epoch's model until a defined "
+                        "value is logged", self.monitor, value, epoch + 1)
+            save_model_atomic(self.model, self.filepath)
+            return
         if not self.improved(float(value)):
             return
         self.best = float(value)
@@ -486,7 +493,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
     final_ds = build_dataset(val_scenes, norm, final_data, training=False, batch_size=global_batch)
     scores = best.evaluate(final_ds, verbose=0, return_dict=True)
-    val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
+    # NaN = undefined (no class present in truth or prediction): null in metrics.json
+    val = {k: (None if np.isnan(scores[k]) else float(scores[k])) for k in ("iou", "f1", "precision", "recall",
+                                                                           "accuracy")}
     history_path = run_path / "history.csv"
     final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}
     result = {
@@ -604,6 +613,7 @@ def _export_metadata(cfg, norm, result, bands) -> dict:
         "model": cfg.model.name,
         "backbone": cfg.model.backbone,
         "classes": list(cfg.data.classes),
+        "ignore_index": cfg.data.ignore_index,
         "palette": dict(cfg.data.palette),
         "band_names": list(norm.band_names),
         "num_bands": bands,
@@ -660,10 +670,10 @@ def main(argv=None) -> int:
     if not result["chief"]:
         print(f"worker done: {result['epochs']} epochs, {result['steps']} steps (the chief writes {result['run_dir']})")
         return 0
-    val = result["val"]
+    val = {k: "n/a" if v is None else f"{v:.4f}" for k, v in result["val"].items()}
     print(
-        f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']:.4f} "
-        f"f1={val['f1']:.4f} precision={val['precision']:.4f} recall={val['recall']:.4f}  run: {result['run_dir']}"
+        f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']} "
+        f"f1={val['f1']} precision={val['precision']} recall={val['recall']}  run: {result['run_dir']}"
     )
     return 0
 

@@ -28,7 +28,7 @@ from .augment import augment_pair, dihedral_into, draw_dihedral, photometric_fla
 from .labels import MaskLabels, RasterizedLabels
 from .raster import Normalization, RasterInfo, native_dtype, read_window_interleaved, read_window_view
 from .sources import Scene
-from .tiling import grid_windows, random_window
+from .tiling import grid_windows_owned, random_window
 
 
 def _normalize(image: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
@@ -302,7 +302,8 @@ def build_dataset(
     """Batches of ``(image, label)``: image float32 (B, S, S, C), label float32 (B, S, S, K).
 
     Training streams an endless sequence of random windows; evaluation a finite grid over every
-    scene with ``data.eval_overlap``. K = 1 (class indices, ``ignore_index`` on nodata) for
+    scene with ``data.eval_overlap``, whose labels are ``ignore_index`` where a neighbour tile
+    owns the overlap (split at its middle), so metrics and loss count every pixel once. K = 1 (class indices, ``ignore_index`` on nodata) for
     binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
     for multilabel. Scenes smaller than the window are padded (image 0, label ignore).
     """
@@ -387,12 +388,20 @@ def build_dataset(
         )
         ds = ds.batch(batch, drop_remainder=drop_remainder)
     else:
-        windows = [(k, w) for k, s in enumerate(scenes) for w in grid_windows(*s.size, size, cfg.eval_overlap)]
+        windows = [(k, w, owned) for k, s in enumerate(scenes)
+                   for w, owned in grid_windows_owned(*s.size, size, cfg.eval_overlap)]
 
         def read(i):
-            k, window = windows[int(i)]
+            k, window, (r0, r1, c0, c1) = windows[int(i)]
             image, mask, ignored = _read_raw_tile(scenes[k], window, ignore)
             image, mask = as_raw(image, mask)
+            # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
+            # (the label only: the model still sees the whole tile, the valid mask is unchanged)
+            owned = np.zeros(mask.shape[:2], bool)
+            owned[r0:r1, c0:c1] = True
+            if not owned.all():
+                mask = mask.copy()
+                mask[~owned, :-1] = ignore
             return image, mask, np.bool_(ignored <= max_ignored)
 
         ds = tf.data.Dataset.range(len(windows))
