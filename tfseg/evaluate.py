@@ -6,7 +6,8 @@
     detected); each whole image is predicted with the same sliding-window engine as
     ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "accuracy", "miou",
     "num_images"}`` (the foreground's scores; ``miou`` over background and foreground);
-    multi-class adds ``"per_class": {name: {"iou", "f1", "precision", "recall"}}`` (``null`` for
+    multi-class and multi-label (K-band 0/1 masks, one per class) add ``"per_class": {name:
+    {"iou", "f1", "precision", "recall"}}`` (f1 = Dice; ``null`` for
     a class absent from truth and prediction) and top-level scores are means over the classes
     present in truth or prediction: the definitions of :mod:`tfseg.metrics`, as in training.
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
-from .data.labels import apply_lookup, binary_mask_lookup, class_mask_lookup
+from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
 from .data.pairing import IMAGE_SUFFIXES
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
 from .metrics import confusion_matrix_numpy, scores_from_matrix
@@ -52,11 +53,12 @@ def _list_files(spec: str, what: str) -> list:
 
 def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.ndarray:
     """Class indices (uint8, ``ignore_index`` = ignored) from a {0,1}/{0,255} binary mask, a class
-    index mask, or a colour mask (RGB or palette PNG) decoded with the model's palette."""
+    index mask, or a colour mask (RGB or palette PNG) decoded with the model's palette; for a
+    multi-label model (H, W, K) 0/1 masks from a K-band mask."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    if predictor.palette and _is_colour_image(path):
+    if predictor.palette and not predictor.multilabel and _is_colour_image(path):
         rgb = read_colour_mask(path)
         labels, _ = decode_colour_mask(rgb, predictor.palette, ignore_index, classes=predictor.class_names,
                                        source=str(path))
@@ -67,6 +69,15 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
         with rasterio.open(path) as src:
             data = src.read()
             nodata = src.nodata
+    if predictor.multilabel:  # one 0/1 band per class (like mask_folder's multilabel masks)
+        if data.shape[0] < predictor.num_classes:
+            raise ValueError(f"mask {path}: {data.shape[0]} band(s), the multi-label model has "
+                             f"{predictor.num_classes} classes (one 0/1 band per class expected)")
+        bands = []
+        for k in range(predictor.num_classes):
+            check_multilabel_values(set(np.unique(data[k]).tolist()), ignore_index, f"{path} (band {k + 1})", nodata)
+            bands.append(apply_lookup(data[k], None, nodata, ignore_index))
+        return np.stack(bands, axis=-1)
     mask = data[0]
     values = set(np.unique(mask).tolist())
     if predictor.binary:
@@ -117,7 +128,7 @@ def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_s
         sink = ArraySink(info.height, info.width, predictor.num_classes)
         run_sliding_window(predictor, [Job(RasterSource(info), sink, str(image_path))], tile, overlap, batch_size, tta)
         pred = predictor.to_classes(sink.probs)
-        valid = sink.valid & (truth != ignore)
+        valid = (sink.valid[..., None] if truth.ndim == 3 else sink.valid) & (truth != ignore)
         counts = confusion_matrix_numpy(truth, pred, valid, predictor.num_classes, task)
         matrix = counts if matrix is None else matrix + counts
     result = scores_from_matrix(matrix, task, predictor.class_names if task == "binary" else

@@ -22,6 +22,8 @@ metadata            (none)                                     ``{"metadata": JS
 
 Outputs: ``probabilities`` float32 [N, H, W, K] and ``classes`` int32 [N, H, W] (argmax, or
 ``probability >= threshold`` for a one-channel binary model; the threshold is in the metadata).
+A multi-label model (K > 1 sigmoid outputs) has ``masks`` int32 [N, H, W, K] instead of
+``classes``: 1 where ``probability >= threshold`` of that class (``threshold`` one per class).
 
 Example:
     >>> export_saved_model(model, norm, "models/tfseg/1", metadata={"classes": ["building"]})
@@ -107,12 +109,30 @@ def reflect_pad_to_multiple(images, multiple: int):
     return tf.gather(images, _reflect_indices(width, padded_w), axis=2)
 
 
-def make_serving_fn(model: keras.Model, norm: Normalization, multiple: int, threshold: float = 0.5):
-    """A tf function: raw [N, H, W, C] (any real dtype) -> probabilities and class map of the same H, W."""
+def is_multilabel(model: keras.Model) -> bool:
+    """Several independent sigmoid outputs (e.g. Dstl's 10 overlapping classes)."""
+    return int(model.output_shape[-1]) > 1 and _final_activation(model) == "sigmoid"
+
+
+def class_thresholds(threshold, channels: int) -> list:
+    """One threshold per class from a float (all classes) or a list of ``channels`` floats."""
+    values = [float(v) for v in threshold] if isinstance(threshold, (list, tuple)) else [float(threshold)]
+    if len(values) == 1:
+        values *= channels
+    if len(values) != channels:
+        raise ExportError(f"threshold: expected one value or {channels} (one per class), got {threshold!r}")
+    return values
+
+
+def make_serving_fn(model: keras.Model, norm: Normalization, multiple: int, threshold=0.5):
+    """A tf function: raw [N, H, W, C] (any real dtype) -> probabilities and class map of the same
+    H, W; for a multi-label model probabilities and per-class 0/1 ``masks`` [N, H, W, K] instead."""
     offset = tf.constant(norm.offset, tf.float32)
     scale = tf.constant(norm.scale, tf.float32)
     clip = norm.clip
     binary = model.output_shape[-1] == 1
+    multilabel = is_multilabel(model)
+    thresholds = tf.constant(class_thresholds(threshold, int(model.output_shape[-1])), tf.float32)
     bands = model.input_shape[-1]
 
     def serve(images):
@@ -124,6 +144,8 @@ def make_serving_fn(model: keras.Model, norm: Normalization, multiple: int, thre
             images = tf.clip_by_value(images, clip[0], clip[1])
         x = reflect_pad_to_multiple((images - offset) / scale, multiple)
         probs = tf.cast(model(x, training=False), tf.float32)[:, :height, :width, :]
+        if multilabel:  # overlapping classes: an argmax would drop all but one per pixel
+            return {"probabilities": probs, "masks": tf.cast(probs >= thresholds, tf.int32)}
         if binary:
             classes = tf.cast(probs[..., 0] >= threshold, tf.int32)
         else:
@@ -191,17 +213,18 @@ def build_metadata(model: keras.Model, norm: Normalization, metadata: Optional[d
         "num_bands": bands,
         "band_names": band_names,
         "size_multiple": multiple,
-        "threshold": float(threshold),
+        "threshold": class_thresholds(threshold, channels) if is_multilabel(model) else float(threshold),
         "normalization": dict(norm.__dict__),
         "classes": classes,
         "palette": palette,
         "class_colours": colours,
         "class_map": class_map,
         "num_classes": len(class_map),
-        "task": "binary" if binary else ("multilabel" if _final_activation(model) == "sigmoid" else "multiclass"),
+        "task": "binary" if binary else ("multilabel" if is_multilabel(model) else "multiclass"),
         "signatures": signatures,
         "outputs": {"probabilities": {"dtype": "float32", "shape": [None, None, None, channels]},
-                    "classes": {"dtype": "int32", "shape": [None, None, None]}},
+                    **({"masks": {"dtype": "int32", "shape": [None, None, None, channels]}} if is_multilabel(model)
+                       else {"classes": {"dtype": "int32", "shape": [None, None, None]}})},
         "tfseg_version": tfseg.__version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -354,7 +377,7 @@ def load_run_model(path) -> tuple[keras.Model, Normalization, dict]:
     return model, norm, run_metrics
 
 
-def run_metadata(path) -> tuple[dict, float]:
+def run_metadata(path) -> tuple[dict, object]:
     """Metadata and threshold for exporting a run: from the run's own export, else its config."""
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent
@@ -363,7 +386,7 @@ def run_metadata(path) -> tuple[dict, float]:
     if asset.is_file():
         meta = json.loads(asset.read_text())
     config_file = run_dir / "config.yaml"
-    threshold = float(meta.get("threshold", 0.5))
+    threshold = meta.get("threshold", 0.5)  # a list (one per class) for a multi-label export
     if config_file.is_file():
         from . import config as config_lib
 

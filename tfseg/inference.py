@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from rasterio.windows import Window
@@ -48,7 +48,7 @@ class Predictor:
     num_classes: int  # output channels (1 = binary sigmoid)
     norm: Normalization
     size_multiple: int = 1
-    threshold: float = 0.5
+    threshold: Union[float, list] = 0.5  # multilabel: one per class, or one for all
     classes: list = field(default_factory=list)
     palette: dict = field(default_factory=dict)
     task: str = "auto"  # binary | multiclass | multilabel | auto
@@ -60,6 +60,21 @@ class Predictor:
     @property
     def binary(self) -> bool:
         return self.num_classes == 1
+
+    @property
+    def multilabel(self) -> bool:
+        """Independent sigmoid channels (e.g. Dstl): per-class masks, never an argmax."""
+        return self.task == "multilabel" and self.num_classes > 1
+
+    def thresholds(self, threshold=None) -> np.ndarray:
+        """The per-class thresholds (K,) of a multilabel model (``threshold`` overrides)."""
+        value = self.threshold if threshold is None else threshold
+        values = np.asarray(value, np.float32).reshape(-1)
+        if values.size == 1:
+            values = np.repeat(values, self.num_classes)
+        if values.shape != (self.num_classes,):
+            raise ValueError(f"threshold: expected one value or {self.num_classes} (one per class), got {value!r}")
+        return values
 
     @property
     def class_names(self) -> list:
@@ -75,9 +90,12 @@ class Predictor:
     def __call__(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to_classes(self, probs: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    def to_classes(self, probs: np.ndarray, threshold=None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
-        unless ``threshold`` is given) or argmax."""
+        unless ``threshold`` is given) or argmax; multilabel: ``[..., K]`` 0/1 masks, each class
+        with its own threshold."""
+        if self.multilabel:
+            return (probs >= self.thresholds(threshold)).astype(np.uint8)
         if self.binary:
             return (probs[..., 0] >= (self.threshold if threshold is None else threshold)).astype(np.uint8)
         return np.argmax(probs, axis=-1).astype(np.uint8)
@@ -132,7 +150,7 @@ class SavedModelPredictor(Predictor):
             num_classes=num_classes,
             norm=norm,
             size_multiple=int(meta.get("size_multiple", 1)),
-            threshold=float(meta.get("threshold", 0.5)),
+            threshold=_threshold(meta.get("threshold", 0.5)),
             classes=list(meta.get("classes") or []),
             palette=dict(meta.get("palette") or {}),
             task=str(meta.get("task", "auto")),
@@ -149,6 +167,10 @@ class SavedModelPredictor(Predictor):
         if probs.shape[-1] != self.num_classes:  # metadata listed classes but model is binary
             self.num_classes = probs.shape[-1]
         return probs
+
+
+def _threshold(value):
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
 def read_savedmodel_metadata(path, loaded=None) -> dict:
@@ -172,7 +194,7 @@ def _run_settings(run_dir: Path) -> dict:
     data, train, export = tree.get("data", {}) or {}, tree.get("train", {}) or {}, tree.get("export", {}) or {}
     out = {}
     if "threshold" in train:
-        out["threshold"] = float(train["threshold"])
+        out["threshold"] = _threshold(train["threshold"])
     if data.get("classes"):
         out["classes"] = list(data["classes"])
     if data.get("palette"):

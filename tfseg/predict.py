@@ -6,9 +6,10 @@ batches, blended with a smooth weight window and written strip by strip into til
 GeoTIFFs, so memory is bounded by a strip of tiles whatever the scene height.
 
 Outputs per scene (in DIR): ``<stem>_prob.tif`` (probabilities, float16 or uint8 scaled by 254,
-nodata NaN / 255), ``<stem>_class.tif`` (uint8 classes, nodata 255, palette colour table),
+nodata NaN / 255), ``<stem>_class.tif`` (uint8 classes, nodata 255, palette colour table; a
+multi-label model: one 0/1 band per class, each with its own threshold, as classes overlap),
 ``<stem>_polygons.geojson`` (objects after speckle removal, hole filling and simplification, in
-the scene CRS or EPSG:4326), ``<stem>_overlay.png`` (preview); with ``--spacenet-csv`` one
+the scene CRS or EPSG:4326; ``class`` property = the class index), ``<stem>_overlay.png`` (preview); with ``--spacenet-csv`` one
 ``ImageId,BuildingId,PolygonWKT_Pix,Confidence`` CSV for all scenes; ``summary.json``.
 
 Example:
@@ -59,8 +60,8 @@ class PredictOptions:
     tta: int = 1
     probabilities: str = "float16"  # float16 | uint8 | none
     classes: bool = True
-    polygons: Optional[bool] = None  # None = on for binary models
-    polygon_classes: list = field(default_factory=list)  # class indexes; [] = all but 0
+    polygons: Optional[bool] = None  # None = on for binary and multi-label models
+    polygon_classes: list = field(default_factory=list)  # class indexes; [] = all but 0 (multi-label: all)
     epsg4326: bool = False
     overlay: bool = True
     spacenet_csv: str = ""  # path; "" = off
@@ -157,7 +158,12 @@ class GeoTiffSink:
                         self._prob.set_band_description(band, f"p({name})")
                     if self.prob_dtype == "uint8":
                         self._prob.scales = (1 / 254.0,) * k
-                if self.class_path is not None:
+                if self.class_path is not None and self.predictor.multilabel:  # one 0/1 band per class
+                    self._class = rasterio.open(self._target(self.class_path), "w",
+                                                **self._profile(dtype="uint8", count=k, nodata=CLASS_NODATA, predictor=2))
+                    for band, name in enumerate(names[:k], start=1):
+                        self._class.set_band_description(band, name)
+                elif self.class_path is not None:
                     self._class = rasterio.open(self._target(self.class_path), "w",
                                                 **self._profile(dtype="uint8", count=1, nodata=CLASS_NODATA, predictor=2))
                     self._class.set_band_description(1, "class")
@@ -171,18 +177,7 @@ class GeoTiffSink:
         return str(path.with_suffix(".tmp.tif")) if self.cog else str(path)
 
     def _colormap(self) -> dict:
-        palette = self.predictor.palette or {}
-        names = self.predictor.class_names
-        default = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
-        cmap = {}
-        for index, name in enumerate(names):
-            colour = palette.get(name)
-            if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
-                rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-            else:
-                rgb = default[index % len(default)]
-            cmap[index] = (*rgb, 255)
+        cmap = class_colours(self.predictor)
         cmap[CLASS_NODATA] = (0, 0, 0, 0)
         return cmap
 
@@ -203,11 +198,14 @@ class GeoTiffSink:
             self._prob.write(np.moveaxis(data, -1, 0), window=window)
         classes = self.predictor.to_classes(probs, self.threshold)
         classes[invalid] = CLASS_NODATA
-        counts = np.bincount(classes[valid].ravel(), minlength=self.class_counts.size)
-        self.class_counts += counts[: self.class_counts.size]
+        if self.predictor.multilabel:  # (H, W, K) masks: positives per class
+            self.class_counts += (classes[valid] == 1).sum(axis=0)
+        else:
+            counts = np.bincount(classes[valid].ravel(), minlength=self.class_counts.size)
+            self.class_counts += counts[: self.class_counts.size]
         self.valid_pixels += int(valid.sum())
         if self._class is not None:
-            self._class.write(classes[None], window=window)
+            self._class.write(np.moveaxis(classes, -1, 0) if classes.ndim == 3 else classes[None], window=window)
 
     def close(self) -> None:
         for handle, path in ((self._prob, self.prob_path), (self._class, self.class_path)):
@@ -216,6 +214,25 @@ class GeoTiffSink:
             handle.close()
             if self.cog:
                 _to_cog(Path(self._target(path)), path, nearest=handle is self._class)
+
+
+DEFAULT_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+def class_colours(predictor: Predictor) -> dict:
+    """``{class index: (r, g, b, 255)}`` from the model's palette, else a default cycle (a
+    multi-label model's classes skip the black of background)."""
+    palette = predictor.palette or {}
+    cmap = {}
+    for index, name in enumerate(predictor.class_names):
+        colour = palette.get(name)
+        if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
+            rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = DEFAULT_COLOURS[(index + (1 if predictor.multilabel else 0)) % len(DEFAULT_COLOURS)]
+        cmap[index] = (*rgb, 255)
+    return cmap
 
 
 def _to_cog(tmp: Path, final: Path, nearest: bool) -> None:
@@ -254,10 +271,19 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
     rgb = (rgb * 255).astype(np.uint8)
+    overlay = rgb.astype(np.float32)
     with rasterio.open(class_path) as csrc:
+        if predictor.multilabel:  # each class drawn where its band is 1 (overlaps blend them all)
+            masks = csrc.read(out_shape=(csrc.count, out_h, out_w), resampling=Resampling.nearest)
+            colours = class_colours(predictor)
+            for k in range(masks.shape[0]):
+                hit = masks[k] == 1
+                overlay[hit] = 0.55 * overlay[hit] + 0.45 * np.asarray(colours[k][:3], np.float32)
+            overlay[masks[0] == CLASS_NODATA] *= 0.3
+            Image.fromarray(overlay.astype(np.uint8)).save(out_path)
+            return Path(out_path)
         classes = csrc.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
         cmap = csrc.colormap(1) if csrc.count else {}
-    overlay = rgb.astype(np.float32)
     for value, colour in cmap.items():
         if value in (0, CLASS_NODATA):
             continue
@@ -325,7 +351,7 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
     if len(set(stems)) != len(stems):
         raise OutputError(f"--input: two scenes share a file stem ({sorted(s for s in stems if stems.count(s) > 1)[0]}); "
                           f"their outputs would overwrite each other in {output}")
-    want_polygons = options.polygons if options.polygons is not None else predictor.binary
+    want_polygons = options.polygons if options.polygons is not None else (predictor.binary or predictor.multilabel)
     want_polygons = want_polygons or bool(options.spacenet_csv)
     need_classes = options.classes or want_polygons or options.overlay
     threshold = predictor.threshold if options.threshold is None else options.threshold
@@ -345,7 +371,7 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
     post_started = time.perf_counter()
     scenes, csv_rows = [], {}
     polygon_classes = options.polygon_classes or (
-        [1] if predictor.binary else list(range(1, predictor.num_classes)))
+        [1] if predictor.binary else list(range(0 if predictor.multilabel else 1, predictor.num_classes)))
     for info, stem, sink in zip(infos, stems, sinks):
         entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs}
         transform = info.affine if info.crs else None
@@ -363,7 +389,9 @@ def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) ->
         if want_polygons:
             prob_bands = {v: (1 if predictor.binary else v + 1) for v in polygon_classes}
             records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
-                                        pixel_area_m2=area, class_probability_band=prob_bands)
+                                        pixel_area_m2=area, class_probability_band=prob_bands,
+                                        class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
+                                        else None)
             geojson = output / f"{stem}_polygons.geojson"
             write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
             entry["polygons"] = str(geojson)

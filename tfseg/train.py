@@ -43,7 +43,7 @@ from .data.raster import compute_normalization
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
-from .metrics import segmentation_metrics
+from .metrics import ConfusionMatrixMetric, segmentation_metrics
 from .models import build_model
 from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
                        save_model_atomic, save_weights_atomic, write_json, zip_directory)
@@ -138,16 +138,18 @@ class LearningRateLogger(keras.callbacks.Callback):
 class EpochFigure(keras.callbacks.Callback):
     """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
 
-    def __init__(self, dataset, folder, norm, num_tiles: int = 4, threshold: float = 0.5, ignore_index: int = 255):
+    def __init__(self, dataset, folder, norm, num_tiles: int = 4, threshold: float = 0.5, ignore_index: int = 255,
+                 multilabel: bool = False):
         super().__init__()
         self.dataset, self.folder, self.norm = dataset, Path(folder), norm
         self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
+        self.multilabel = multilabel
 
     def on_epoch_end(self, epoch, logs=None):
         if self.num_tiles:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png", self.norm,
-                                   self.num_tiles, self.threshold, self.ignore_index)
+                                   self.num_tiles, self.threshold, self.ignore_index, multilabel=self.multilabel)
 
 
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
@@ -200,6 +202,18 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def worker_rank(strategy) -> int:
+    """This worker's index among all workers (0 outside multi-worker training; the ``chief``
+    task, when the cluster has one, is 0 and ``worker`` i is i + 1)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if has_chief else 0)
+
+
 def is_chief(strategy) -> bool:
     """The worker that writes the run directory (always true outside multi-worker training)."""
     return bool(strategy.extended.should_checkpoint)
@@ -237,6 +251,25 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         save_model_atomic(self.model, self.filepath)
+
+
+class SummedValidationMetrics(keras.callbacks.Callback):
+    """Distributed runs: rewrite the ``val_*`` confusion-matrix metrics of the epoch logs from the
+    matrices **summed** over all replicas and workers (Keras logs the mean of the per-replica
+    scores, which differs from the score of the whole validation set). Every worker reads the
+    summed matrices together (one all-reduce per metric), so every worker logs the same values.
+    Must come first in the callback list (the checkpoint, CSV and trackers read the logs)."""
+
+    def __init__(self, metrics, strategy):
+        super().__init__()
+        self.metrics, self.strategy = [m for m in metrics if isinstance(m, ConfusionMatrixMetric)], strategy
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not any(f"val_{m.name}" in logs for m in self.metrics):
+            return
+        with self.strategy.scope():  # cross-replica context: a sync-on-read variable reads as the SUM
+            for metric in self.metrics:
+                logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
 
 
 class TrainingState(keras.callbacks.Callback):
@@ -408,12 +441,14 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     classes = num_outputs(cfg.data)
     task = config_lib.resolve_task(cfg.data)
     bands = train_scenes[0].info.num_bands
-    # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
-    train_seed = cfg.data.seed + 7919 * initial_epoch
+    # a resumed run continues with fresh windows (the stream is indexed from 0 in every process);
+    # each worker draws its own deterministic stream (its rank in the seed) instead of every worker
+    # reading the whole stream and keeping its share
+    train_seed = cfg.data.seed + 7919 * initial_epoch + 104729 * worker_rank(strategy)
     train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch)
     val_ds = build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=global_batch)
     if cfg.train.strategy == "multi_worker":
-        train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
+        train_ds, val_ds = _shard_off(train_ds), _shard_by_data(val_ds)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
     train_cfg = _scaled_lr(cfg.train, replicas)
 
@@ -422,10 +457,11 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
                             **model_kwargs(cfg.model, task))
         loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
                         class_weights=cfg.train.class_weights or None)
+        metrics = segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes)
         model.compile(
             optimizer=make_optimizer(train_cfg, steps),
             loss=loss,
-            metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
+            metrics=metrics,
             jit_compile=cfg.train.jit_compile,
         )
     best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
@@ -440,13 +476,15 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
             keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=initial_epoch > 0),
         ]
     tracked = {"checkpoint": checkpoint}
+    if replicas > 1:  # first: the summed-matrix scores replace Keras' mean over replicas in the logs
+        callbacks.insert(0, SummedValidationMetrics(metrics, strategy))
     if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
         from .object_metrics import ObjectF1Callback
 
         callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
         callbacks.append(EpochFigure(val_ds, run_path / "figures", norm, cfg.train.num_figure_tiles,
-                                     cfg.train.threshold, cfg.data.ignore_index))
+                                     cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel"))
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)
@@ -516,7 +554,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     write_json(run_path / "metrics.json", result)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
-                           cfg.train.threshold, cfg.data.ignore_index)
+                           cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel")
     archive = None
     if cfg.export.enabled:
         export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
@@ -549,7 +587,8 @@ def _fit_scope(model, strategy, name: str):
     For multi_worker, fit inside the strategy scope with the model's pinned strategy cleared: Keras
     then takes the strategy from the scope and builds while tracing the first step. Also works
     around Keras reducing scalar step outputs along axis 0 (see ``reduce_per_replica`` below).
-    Each worker's logged metrics are the mean over the replicas of their local metric values."""
+    The confusion-matrix metrics are then rewritten from the summed matrices
+    (:class:`SummedValidationMetrics`)."""
     if name != "multi_worker":
         yield
         return
@@ -579,7 +618,7 @@ def _fit_scope(model, strategy, name: str):
 
 
 def _shard_by_data(ds):
-    """Multi-worker: shard by element (the endless window stream has no files to shard)."""
+    """Multi-worker validation: each grid batch goes to one worker (no files to shard)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
