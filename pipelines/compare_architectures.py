@@ -4,9 +4,13 @@
 [--config YAML] [--set KEY=VALUE ...] [--models MODELS.yaml]``
 
 Every model is trained with the same data, epochs, steps, batch, optimizer and seed (the base
-config plus ``--set``), each into ``DIR/runs/<label>``; then ``tfseg.compare`` writes the report
-to ``DIR/report`` (comparison.md/.csv, curves_*.png, index.html). Starting the pipeline again
-resumes unfinished runs and skips finished ones.
+config plus ``--set``), each into ``DIR/runs/<label>`` and logged to MLflow (experiment
+``--experiment``, default the name of DIR; store: ``tracking.mlflow``, by default the local SQLite
+database ``DIR/runs/mlflow.db``); then ``tfseg.compare`` writes the report to ``DIR/report``
+(comparison.md/.csv, curves_*.png, index.html) from the MLflow runs. A run MLflow did not record
+(MLflow off, or its server unreachable) is read from its run directory instead, with a warning.
+Starting the pipeline again resumes unfinished runs and skips finished ones. See the same runs
+interactively with ``mlflow ui --backend-store-uri sqlite:///DIR/runs/mlflow.db``.
 
 The models are data: a YAML/JSON list of ``{label, overrides}`` (``--models``), default
 :data:`DEFAULT_MODELS`. Default data: the embedded synthetic dataset with a small budget;
@@ -71,11 +75,12 @@ def load_models(path) -> list:
     return data
 
 
-def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "") -> list:
+def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "",
+         experiment: str = "architectures") -> list:
     """``[(label, Config)]`` for every model, validated before anything trains."""
     from tfseg.models import BUILDERS
 
-    base = list(BUDGET) + (list(QUICK) if quick else [])
+    base = list(BUDGET) + (list(QUICK) if quick else []) + [f"tracking.mlflow.experiment={experiment}"]
     if data_root:
         base.append(f"data.root={data_root}")
     planned = []
@@ -94,14 +99,14 @@ def plan(models: list, config=None, shared=(), quick: bool = False, data_root: s
 
 
 def run(models: list, output, config=None, shared=(), quick: bool = False, data_root: str = "",
-        metric: str = "val_iou", verbose: int = 0) -> list:
+        metric: str = "val_iou", verbose: int = 0, experiment: str = "") -> list:
     """Train every model (resuming/skipping finished runs) and write the comparison report."""
     import keras
 
     from tfseg.train import train
 
     output = Path(output)
-    planned = plan(models, config, shared, quick, data_root)
+    planned = plan(models, config, shared, quick, data_root, experiment or output.resolve().name)
     run_dirs = []
     for label, cfg in planned:
         run_dir = output / "runs" / label
@@ -115,7 +120,30 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
             result = train(cfg, run_dir, verbose=verbose)
             log.info("%s: val iou %.4f in %.0fs", label, result["val"]["iou"], result["train_seconds"])
         run_dirs.append(run_dir)
-    return compare_lib.compare(run_dirs, output / "report", metric=metric)
+    return report(planned, run_dirs, output / "report", metric)
+
+
+def report(planned: list, run_dirs: list, target, metric: str) -> list:
+    """The comparison report from the MLflow runs of the study (run directories for runs MLflow
+    did not record)."""
+    from tfseg import tracking_mlflow
+
+    uri, run_ids, local = "", [], []
+    for (label, cfg), run_dir in zip(planned, run_dirs):
+        resolved = tracking_mlflow.resolve(cfg, run_dir)
+        record = run_dir / tracking_mlflow.RUN_FILE
+        logged = json.loads(record.read_text()) if record.is_file() else {}
+        if resolved and logged.get("tracking_uri") == resolved[0] and uri in ("", resolved[0]):
+            uri = resolved[0]
+            run_ids.append(logged["run_id"])
+        else:
+            if resolved:
+                log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", label,
+                            tracking_mlflow.display_uri(resolved[0]))
+            local.append(run_dir)
+    if uri:
+        log.info("report from MLflow (%s): %d runs", tracking_mlflow.display_uri(uri), len(run_ids))
+    return compare_lib.compare(local, target, metric=metric, mlflow_uri=uri, run_ids=run_ids)
 
 
 def main(argv=None) -> int:
@@ -127,13 +155,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few-minutes version (small scenes, 3 epochs)")
     parser.add_argument("--data-root", default="", help="data.root for every model")
     parser.add_argument("--metric", default="val_iou", help="ranking metric of the report")
+    parser.add_argument("--experiment", default="", help="MLflow experiment (default: the name of --output)")
     parser.add_argument("--verbose", action="store_true", help="Keras progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         models = load_models(args.models) if args.models else DEFAULT_MODELS
         rows = run(models, args.output, args.config, args.overrides, args.quick, args.data_root, args.metric,
-                   verbose=1 if args.verbose else 0)
+                   verbose=1 if args.verbose else 0, experiment=args.experiment)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -135,7 +135,7 @@ def run(args) -> dict:
     images = common.link_view([p[0] for p in eval_pairs], run_dir / "heldout" / "images", _unique)
     masks = common.link_view([p[1] for p in eval_pairs], run_dir / "heldout" / "masks", _unique)
     t0 = time.monotonic()
-    scores = evaluate_pixels(run_dir, images, masks, tile_size=cfg.data.window_size,
+    scores = evaluate_pixels(run_dir, images, masks,  # tile size: the run's model card
                              overlap=EVAL_OVERLAP if not args.quick else 0)
     eval_seconds = time.monotonic() - t0
 

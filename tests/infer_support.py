@@ -33,8 +33,36 @@ def write_tif(path, array, crs=UTM, transform=None, nodata=None, pixel_size=PIXE
     return path
 
 
-def save_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = ""):
-    """A run-like directory: model.keras + normalization.json (+ optional config.yaml text)."""
+def save_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = "", band_dtype="uint16", nodata=0.0):
+    """A run-like directory: ``model`` (taking normalized inputs) behind its preprocessing layer
+    (meanstd ``mean``/``std``, raw ``nodata``) as model.keras, and its model_card.json with the
+    classes / palette / window size / threshold of the ``config`` YAML text (also written as
+    config.yaml when given)."""
+    import yaml
+
+    from tfseg.data.raster import Normalization
+    from tfseg.model_card import ModelCard
+    from tfseg.models import Preprocess, with_preprocessing
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    norm = Normalization("meanstd", [mean] * bands, [std] * bands, [0.0] * bands, [255.0] * bands)
+    model = with_preprocessing(model, Preprocess.from_normalization(norm, nodata))
+    model.save(run_dir / "model.keras")
+    tree = yaml.safe_load(config) or {} if config else {}
+    data, train = tree.get("data", {}) or {}, tree.get("train", {}) or {}
+    ModelCard.for_model(model, norm, band_dtype, nodata, classes=data.get("classes"), palette=data.get("palette"),
+                        task=data.get("task"), threshold=train.get("threshold", 0.5),
+                        tile_size=int(data.get("window_size", 256)), ignore_index=int(data.get("ignore_index", 255)),
+                        ).save(run_dir / "model_card.json")
+    if config:
+        (run_dir / "config.yaml").write_text(config)
+    return run_dir
+
+
+def save_legacy_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = ""):
+    """A run directory as tfseg wrote it before the model card: model.keras taking normalized
+    inputs (no preprocessing layer) + normalization.json (+ config.yaml)."""
     from tfseg.data.raster import Normalization
 
     run_dir = Path(run_dir)
@@ -83,3 +111,16 @@ def building_scene(height=300, width=400, boxes=((20, 30, 80, 90), (150, 200, 23
         image[:, r0:r1, c0:c1] = rng.integers(high - 20, high + 20, (bands, r1 - r0, c1 - c0))
         mask[r0:r1, c0:c1] = 1
     return image, mask
+
+
+def keras_predictor(model, mean=100.0, std=50.0, bands=3, band_dtype="uint16", nodata=0.0, **card):
+    """A KerasPredictor for ``model`` (taking normalized inputs) behind a meanstd preprocessing
+    layer, with its model card (``card``: more ModelCard.for_model arguments)."""
+    from tfseg.data.raster import Normalization
+    from tfseg.inference import KerasPredictor
+    from tfseg.model_card import ModelCard
+    from tfseg.models import Preprocess, with_preprocessing
+
+    norm = Normalization("meanstd", [mean] * bands, [std] * bands, [0.0] * bands, [255.0] * bands)
+    model = with_preprocessing(model, Preprocess.from_normalization(norm, nodata))
+    return KerasPredictor(model, ModelCard.for_model(model, norm, band_dtype, nodata, **card))

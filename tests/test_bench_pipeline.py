@@ -11,8 +11,12 @@ def test_bench_pipeline_json_keys(tmp_path, capsys):
                  "--cache-dir", str(tmp_path)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
-    assert set(result) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio"}
+    assert set(result) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio", "bytes_per_tile"}
+    sizes = result.pop("bytes_per_tile")
     assert all(v > 0 for v in result.values())
+    # source-dtype tiles: the baseline's image bytes (3 x 256² uint8, 8 x 256² uint16: 622592 on average)
+    # plus one uint8 label byte per pixel on the pipeline side
+    assert sizes == {"raw_read": 622592.0, "pipeline": 622592.0 + 256 * 256}
     assert abs(result["ratio"] - result["pipeline_tiles_per_s"] / result["raw_read_tiles_per_s"]) < 0.01
     assert (tmp_path / "rgb_uint8_512.tif").is_file() and (tmp_path / "mul_uint16_512.tif").is_file()
 
@@ -27,4 +31,5 @@ def test_bench_pipeline_breakdown_prints_every_stage(tmp_path, capsys):
     for row, scene in zip(lines[header + 1 : header + 3], ("rgb_uint8", "mul_uint16")):
         name, *values = row.split()
         assert name == scene and len(values) == len(stages) and all(float(v) > 0 for v in values)
-    assert set(json.loads(lines[-1])) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio"}
+    assert set(json.loads(lines[-1])) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio",
+                                          "bytes_per_tile"}

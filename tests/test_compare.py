@@ -96,18 +96,38 @@ def test_compare_bad_arguments(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_architectures_pipeline_with_unet_variants(tmp_path):
+def test_compare_architectures_pipeline_with_unet_variants(tmp_path, monkeypatch):
     from pipelines import compare_architectures as pipeline
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    fetched = []  # what the report was built from: the real fetch, recorded
+
+    def fetch_and_record(*args, **kwargs):
+        runs, skipped = real_fetch(*args, **kwargs)
+        fetched.append(((args, kwargs), [r["run"] for r in runs]))
+        return runs, skipped
+
+    real_fetch = compare_lib.fetch_mlflow_runs
+    monkeypatch.setattr(compare_lib, "fetch_mlflow_runs", fetch_and_record)
 
     models_file = tmp_path / "models.yaml"
     models_file.write_text(
         "- label: unet-narrow\n  overrides: [model.filters=4]\n"
         "- label: unet-wide\n  overrides: [model.filters=8]\n")
     shared = tiny_synthetic_overrides(tmp_path / "data") + [
-        "export.enabled=false", "tracking.neptune.mode=off", "train.epochs=2"]
+        "export.enabled=false", "tracking.neptune.mode=off", "train.epochs=2", "tracking.mlflow.mode=auto"]
     out = tmp_path / "study"
     code = pipeline.main(["--models", str(models_file), "--output", str(out), "--set", *shared])
     assert code == 0
+    # both runs logged to the local MLflow store of the study, and the report read from it
+    assert (out / "runs" / "mlflow.db").is_file()
+    assert len(fetched) == 1 and sorted(fetched[0][1]) == ["unet-narrow", "unet-wide"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'runs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("study")
+    assert sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id])) == [
+        "unet-narrow", "unet-wide"]
     with open(out / "report" / "comparison.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(r["run"] for r in rows) == ["unet-narrow", "unet-wide"]
@@ -121,8 +141,84 @@ def test_compare_architectures_pipeline_with_unet_variants(tmp_path):
     # the same budget for both: identical data/train config except the model overrides
     cfgs = [config_lib.load(out / "runs" / name / "config.yaml") for name in ("unet-narrow", "unet-wide")]
     assert set(config_lib.diff(*cfgs)) == {"model.filters", "tracking.name"}
+    assert {c.tracking.mlflow.experiment for c in cfgs} == {"study"}
     # a model that does not exist is refused before anything trains
     bad = tmp_path / "bad.yaml"
     bad.write_text("- label: deeplab\n  overrides: [model.name=deeplab]\n")
     assert pipeline.main(["--models", str(bad), "--output", str(tmp_path / "bad"), "--set", *shared]) == 2
     assert not (tmp_path / "bad" / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# The report in a real browser (headless Chromium from the Debian packages; .ci/run installs it)
+# ------------------------------------------------------------------------------------------
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+PROBE = """<script>window.addEventListener("load", () => document.body.setAttribute("data-probe", JSON.stringify({
+  headers: [...document.querySelectorAll("thead th")].map(c => c.textContent),
+  rows: [...document.querySelectorAll("tbody tr")].map(r => [...r.cells].map(c => c.textContent)),
+  images: [...document.images].map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth, h: i.naturalHeight}))
+})));</script>"""
+
+
+def _browser():
+    import os
+    import shutil
+
+    for name in BROWSERS:
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no headless browser ({', '.join(BROWSERS)}) in CI: .ci/run installs the Debian chromium package")
+    pytest.skip(f"no headless browser found ({', '.join(BROWSERS)}); apt-get install chromium")
+
+
+def _chromium(browser, *args, timeout=120):
+    import subprocess
+
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--hide-scrollbars", "--virtual-time-budget=5000", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    import html as html_lib
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    browser = _browser()
+    runs = [_write_run(tmp_path / "a", ious=(0.1, 0.3, 0.2)), _write_run(tmp_path / "b", ious=(0.2, 0.25, 0.5)),
+            _write_run(tmp_path / "c", ious=(0.05, 0.1))]
+    out = tmp_path / "report"
+    assert compare_lib.main([*map(str, runs), "--output", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    probe_page = out / "probe.html"  # the report plus a script that records what the browser laid out
+    probe_page.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom = _chromium(browser, "--dump-dom", probe_page.as_uri())
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    probe = json.loads(html_lib.unescape(found.group(1)))
+    with open(out / "comparison.csv", newline="") as handle:
+        expected = list(csv.DictReader(handle))
+    assert probe["headers"] == list(expected[0])
+    assert [r[0] for r in probe["rows"]] == ["b", "a", "c"]
+    assert [float(r[probe["headers"].index("val_iou")]) for r in probe["rows"]] == [0.5, 0.3, 0.1]
+    assert [i["alt"] for i in probe["images"]] == ["curves_val_iou", "curves_loss", "curves_val_loss"]
+    for image in probe["images"]:  # decoded by the browser: 7 x 4.2 in at 100 dpi
+        assert image["complete"] and (image["w"], image["h"]) == (700, 420), image
+
+    shot = out / "screenshot.png"
+    _chromium(browser, "--window-size=1200,1000", f"--screenshot={shot}", (out / "index.html").as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1000, 1200)
+
+    def share(rgb, tol=12):
+        return float((np.abs(pixels - np.array(rgb)).max(axis=-1) <= tol).mean())
+
+    assert share((238, 238, 238), 0) > 0.002  # the table header background (#eee)
+    for colour in ((31, 119, 180), (255, 127, 14)):  # the first two curves (matplotlib C0, C1)
+        assert share(colour) > 0.0005, colour
+    assert 0.5 < share((255, 255, 255), 0) < 0.98  # a page with content, not blank

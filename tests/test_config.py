@@ -8,7 +8,7 @@ def test_default_config_loads_and_validates():
     cfg = config_lib.load()
     assert cfg.data.format == "synthetic"
     assert cfg.model.name == "unet"
-    assert cfg.data.window_size == 256
+    assert cfg.data.window_size == 128  # configs/default.yaml: sized for a 2-core CPU
 
 
 def test_overrides_convert_types():
@@ -124,3 +124,19 @@ def test_format_options_are_checked_with_a_suggestion():
     cfg = config_lib.load(None, ["data.options.products=[M]"])  # a dstl option on the synthetic format
     with pytest.raises(ConfigError, match=r"not an option of data.format 'synthetic' \(allowed: tile_overlap\)"):
         check_options(cfg.data)
+
+
+def test_train_threshold_one_per_class_for_multilabel_only():
+    ml = ["data.task=multilabel", "data.classes=[a, b, c]"]
+    cfg = config_lib.load(None, [*ml, "train.threshold=[0.5, 0.3, 0.7]"])
+    assert cfg.train.threshold == [0.5, 0.3, 0.7]
+    assert config_lib.load(None, [*ml, "train.threshold=0.4"]).train.threshold == 0.4
+    with pytest.raises(ConfigError, match=r"'train.threshold': a list needs data.task=multilabel and one value per "
+                                          r"class \(3: \['a', 'b', 'c'\]\), got \[0.5, 0.3\]"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, 0.3]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold': a list needs data.task=multilabel"):
+        config_lib.load(None, ["data.classes=[a, b]", "train.threshold=[0.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold': expected a value in \[0.0, 1.0\], got \[0.5, 1.5, 0.5\]"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, 1.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold\[1\]': expected float, got str 'x'"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, x, 0.5]"])

@@ -47,34 +47,34 @@ def scenes_root(tmp_path_factory):
 def test_binary_pipeline_shapes_deterministic_and_cache_equals_stream(scenes_root):
     cfg = data_cfg(format="scenes", root=str(scenes_root), augment={"brightness": 0.1, "contrast": 0.1})
     train, val = load_scenes(cfg)
-    norm = compute_normalization([s.info for s in train], cfg.normalization, cfg.percentiles)
-    a = first_batches(build_dataset(train, norm, cfg, training=True))
-    b = first_batches(build_dataset(train, norm, cfg, training=True))
-    c = first_batches(build_dataset(train, norm, dataclasses.replace(cfg, cache=True), training=True))
-    d = first_batches(build_dataset(train, norm, dataclasses.replace(cfg, label_cache_mpix=0), training=True))
-    other = first_batches(build_dataset(train, norm, cfg, training=True, seed=7))
+    a = first_batches(build_dataset(train, cfg, training=True))
+    b = first_batches(build_dataset(train, cfg, training=True))
+    c = first_batches(build_dataset(train, dataclasses.replace(cfg, cache=True), training=True))
+    d = first_batches(build_dataset(train, dataclasses.replace(cfg, label_cache_mpix=0), training=True))
+    other = first_batches(build_dataset(train, cfg, training=True, seed=7))
     x, y = a[0]
-    assert x.shape == (2, 32, 32, 4) and x.dtype == np.float32 and y.shape == (2, 32, 32, 1)
-    assert set(np.unique(y)) <= {0.0, 1.0}
+    # what was read: uint16 pixels (no host float work; brightness/contrast run in the model), uint8 labels
+    assert x.shape == (2, 32, 32, 4) and x.dtype == np.uint16 and y.shape == (2, 32, 32, 1) and y.dtype == np.uint8
+    assert set(np.unique(y)) <= {0, 1}
     for first, second in [(a, b), (a, c), (a, d)]:
         for (x1, y1), (x2, y2) in zip(first, second):
-            np.testing.assert_allclose(x1, x2, rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(x1, x2)
             np.testing.assert_array_equal(y1, y2)
     assert not np.allclose(a[0][0], other[0][0])
     # evaluation: a finite grid, 96 px scene / 32 px windows = 9 tiles
-    tiles = sum(x.shape[0] for x, _ in build_dataset(val, norm, cfg, training=False))
+    tiles = sum(x.shape[0] for x, _ in build_dataset(val, cfg, training=False))
     assert tiles == 9
 
 
-def test_normalization_applied_in_the_pipeline_matches_numpy(scenes_root, tmp_path):
+def test_eval_pipeline_tile_is_the_raw_read(scenes_root, tmp_path):
     cfg = data_cfg(format="scenes", root=str(scenes_root), normalization="percentile", augment={"flip": False, "rot90": False})
     train, val = load_scenes(cfg)
     norm = compute_normalization([s.info for s in train], "percentile", [2, 98])
     norm.save(tmp_path / "normalization.json")
     assert Normalization.load(tmp_path / "normalization.json") == norm
-    x, y = next(iter(build_dataset(val, norm, cfg, training=False)))
-    image, label = read_tile(val[0], Window(0, 0, 32, 32), norm, 255)
-    np.testing.assert_allclose(x[0].numpy(), image, rtol=1e-5, atol=1e-5)
+    x, y = next(iter(build_dataset(val, cfg, training=False)))
+    image, label = read_tile(val[0], Window(0, 0, 32, 32), 255)
+    np.testing.assert_array_equal(x[0].numpy(), image)
     np.testing.assert_array_equal(y[0, ..., 0].numpy(), label)
 
 
@@ -87,11 +87,11 @@ def test_augmentation_moves_image_and_label_together(tmp_path):
     write_geotiff(tmp_path / "masks" / "a.tif", mask)
     write_geotiff(tmp_path / "images" / "b.tif", image)
     write_geotiff(tmp_path / "masks" / "b.tif", mask)
-    norm = Normalization("meanstd", [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0])
     for augment in ({"flip": True, "rot90": True}, {"flip": True, "rot90": True, "scale": [0.75, 1.5]}):
         cfg = data_cfg(format="mask_folder", root=str(tmp_path), augment=augment, batch_size=4)
         train, _ = load_scenes(cfg)
-        for x, y in first_batches(build_dataset(train, norm, cfg, training=True), 4):
+        for x, y in first_batches(build_dataset(train, cfg, training=True), 4):
+            assert x.dtype == np.uint16 and y.dtype == np.uint8  # the scale path resamples in float, returns uint16
             label = y[..., 0]
             known = label != 255
             assert known.mean() > 0.5
@@ -100,11 +100,12 @@ def test_augmentation_moves_image_and_label_together(tmp_path):
                 assert agree > 0.93, agree
             else:
                 assert agree == 1.0
-            assert (x[..., 0][~known] == 0).all()  # padding from scale-down: image 0, label ignore
+            assert (x[~known] == 0).all()  # padding from scale-down: image = nodata value (0), label ignore
 
 
 def test_nodata_and_nan_are_ignored_and_windows_above_nodata_fraction_skipped(tmp_path):
-    data = np.full((1, 64, 64), 5.0, np.float32)
+    data = np.full((1, 64, 64), 4.0, np.float32)
+    data[0, 1::2] = 6.0  # mean 5 (a constant band could not be normalized)
     data[0, :, 40:] = np.nan  # NaN in float imagery = nodata
     write_geotiff(tmp_path / "train" / "a.tif", data)
     write_geotiff(tmp_path / "val" / "a.tif", data)
@@ -114,13 +115,16 @@ def test_nodata_and_nan_are_ignored_and_windows_above_nodata_fraction_skipped(tm
     train, val = load_scenes(cfg)
     norm = compute_normalization([s.info for s in train])
     assert norm.mean == [5.0]  # NaN pixels excluded from the statistics
-    image, label = read_tile(train[0], Window(32, 0, 32, 32), norm, 255)
-    assert (label[:, 8:] == 255).all() and (label[:, :8] == 1).all() and not np.isnan(image).any()
+    image, label = read_tile(train[0], Window(32, 0, 32, 32), 255, fill=float("nan"))
+    assert (label[:, 8:] == 255).all() and (label[:, :8] == 1).all()
+    # float imagery without a nodata value: missing pixels stay NaN (the model zeroes them)
+    assert np.isnan(image[:, 8:]).all() and np.isin(image[:, :8], [4.0, 6.0]).all()
     # eval grid: windows at col 0 (0 % nodata) and col 32 (75 % nodata, skipped) per row
-    tiles = sum(x.shape[0] for x, _ in build_dataset(val, norm, cfg, training=False))
+    tiles = sum(x.shape[0] for x, _ in build_dataset(val, cfg, training=False))
     assert tiles == 2
-    for x, y in first_batches(build_dataset(train, norm, cfg, training=True), 4):
-        assert ((y == 255).mean(axis=(1, 2, 3)) <= 0.5).all()
+    for x, y in first_batches(build_dataset(train, cfg, training=True), 4):
+        assert x.dtype == np.float32 and ((y == 255).mean(axis=(1, 2, 3)) <= 0.5).all()
+        assert (np.isnan(x).all(axis=-1) == (y[..., 0] == 255)).all()  # nodata pixels: NaN image, ignore label
 
 
 def test_multilabel_dstl_pipeline_ignores_every_channel(tmp_path):
@@ -131,14 +135,14 @@ def test_multilabel_dstl_pipeline_ignores_every_channel(tmp_path):
     norm = compute_normalization([s.info for s in train])
     assert len(norm.mean) == 20
     for cache in (False, True):
-        batches = list(build_dataset(train, norm, dataclasses.replace(cfg, cache=cache), training=False))
+        batches = list(build_dataset(train, dataclasses.replace(cfg, cache=cache), training=False))
         y = np.concatenate([b[1].numpy() for b in batches])
         assert y.shape == (1, 96, 96, 10)  # 90 px scene in one 96 px window, padded
         ignored = (y == 255)
         assert (ignored.all(axis=-1) == ignored.any(axis=-1)).all()  # all channels or none
-        assert ignored.any() and set(np.unique(y[~ignored])) == {0.0, 1.0}
+        assert ignored.any() and set(np.unique(y[~ignored])) == {0, 1}
         assert y[..., 1:][~ignored[..., 1:]].max() == 0  # only class 1 has polygons
-    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    x, y = next(iter(build_dataset(train, cfg, training=True)))
     assert x.shape == (2, 96, 96, 20) and y.shape == (2, 96, 96, 10)
 
 
@@ -147,8 +151,7 @@ def test_oversampling_a_class(tmp_path):
     cfg = data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"},
                    val_fraction=0.0, oversample_class=1, oversample_fraction=1.0, batch_size=8)
     train, _ = load_scenes(cfg)
-    norm = compute_normalization([s.info for s in train])
-    _, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    _, y = next(iter(build_dataset(train, cfg, training=True)))
     assert ((y.numpy() == 1).any(axis=(1, 2, 3))).all()
 
 
@@ -247,13 +250,12 @@ def test_images_smaller_than_the_window_are_padded_not_skipped(tmp_path):
     cfg = data_cfg(format="mask_folder", root=str(tmp_path), options={"mask_suffix": ".mask"},
                    window_size=96, max_nodata_fraction=0.5, val_fraction=0.34)
     train, val = load_scenes(cfg)
-    norm = compute_normalization([s.info for s in train])
-    batches = list(build_dataset(val, norm, cfg, training=False))
+    batches = list(build_dataset(val, cfg, training=False))
     y = np.concatenate([b[1].numpy() for b in batches])
     assert y.shape == (len(val), 96, 96, 1)
     np.testing.assert_array_equal(y[0, :48, :48, 0], masks[val[0].name])
     assert (y[0, 48:] == 255).all()
-    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
+    x, y = next(iter(build_dataset(train, cfg, training=True)))
     assert x.shape == (2, 96, 96, 3) and ((y.numpy() != 255).sum(axis=(1, 2, 3)) == 48 * 48).all()
 
 

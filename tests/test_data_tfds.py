@@ -13,7 +13,6 @@ import pytest
 from tfseg import config as config_module
 from tfseg.data.formats import load_scenes
 from tfseg.data.pipeline import build_dataset
-from tfseg.data.raster import compute_normalization
 
 from .data.formats import make_mask_folder
 
@@ -65,9 +64,8 @@ def test_builder_generator_and_tfds_load(manual_dir, tmp_path):
     }}).data
     train, val = load_scenes(cfg)
     assert (len(train), len(val)) == (8, 4)
-    norm = compute_normalization([s.info for s in train])
-    x, y = next(iter(build_dataset(train, norm, cfg, training=True)))
-    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 32, 32, 1)
+    x, y = next(iter(build_dataset(train, cfg, training=True)))
+    assert x.shape == (4, 32, 32, 3) and y.shape == (4, 32, 32, 1) and y.dtype == np.uint8
 
 
 def test_beam_directrunner_tiles_the_archive(manual_dir, tmp_path):

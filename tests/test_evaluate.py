@@ -100,12 +100,12 @@ def test_object_f1_callback_logs(oracle_run):
     from tfseg.export import load_run_model
     from tfseg.object_metrics import ObjectF1Callback
 
-    model, norm, _ = load_run_model(oracle_run)
+    model, _ = load_run_model(oracle_run)
     tiles, labels = [], []
     for seed in range(4):
         image, mask = building_scene(64, 64, boxes=((5, 5, 25, 30), (40, 30, 60, 60)), seed=seed)
-        tiles.append(norm.apply(image.transpose(1, 2, 0).astype(np.float32)))
-        label = mask.astype(np.float32)
+        tiles.append(image.transpose(1, 2, 0))  # raw uint16, as the pipeline emits them
+        label = mask.astype(np.uint8)
         if seed == 3:
             label[40:60, 30:60] = 0  # one truth building removed: the prediction is a false positive
             label[:2] = 255  # ignored rows
@@ -136,7 +136,7 @@ def test_train_with_object_f1(tmp_path):
     assert "val_object_f1" in header
 
 
-def test_pixels_on_real_kampala_chips(oracle_run, capsys):
+def test_pixels_on_real_kampala_chips(tmp_path, capsys):
     """Real mask-folder layout (OAM-x-y-z.tif + OAM-x-y-z.mask.tif, EPSG:4326 chips): pairing by
     stem and whole-chip sliding-window prediction run; the oracle's scores are just checked for
     consistency (F1 from precision and recall)."""
@@ -144,6 +144,9 @@ def test_pixels_on_real_kampala_chips(oracle_run, capsys):
     images = root / "kampala_buildings" / "train" / "images"
     if not images.is_dir():
         pytest.skip("shared sample data (../shared/data/kampala_buildings) not available")
+    # the chips are 8-bit RGB: an oracle whose card says uint8 (a uint16 one is refused)
+    oracle_run = save_run(oracle_model(), tmp_path / "oracle8", config="data:\n  classes: [building]\n",
+                          band_dtype="uint8")
     assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images / "OAM-1238448-10465[23]*.tif"),
                           "--masks", str(images.parent / "masks"), "--tile-size", "128", "--overlap", "32",
                           "--json"]) == 0

@@ -1,4 +1,4 @@
-"""SavedModel export: parity with the Keras model, every signature, metadata, CLI, TFLite."""
+"""SavedModel export: parity with the Keras model, every signature, the model card, CLI, TFLite."""
 from __future__ import annotations
 
 import io
@@ -18,20 +18,28 @@ from PIL import Image
 
 from tfseg import export as export_lib
 from tfseg.data.raster import Normalization
-from tfseg.export import (METADATA_ASSET, ExportError, export_saved_model, export_tflite, load_run_model,
-                          main, read_metadata, reflect_pad_to_multiple)
-from tfseg.models import build_model
+from tfseg.export import (ExportError, export_saved_model, export_tflite, load_run_model, main,
+                          reflect_pad_to_multiple)
+from tfseg.model_card import CARD_FILE, LegacyArtifactError, ModelCard, load_model_card
+from tfseg.models import Preprocess, build_model, with_preprocessing
 
 CLASSES = ["water", "trees", "buildings"]
 PALETTE = {"water": "#0000ff", "trees": "#00aa00"}  # buildings: default colour
 
 
 def reference(model, norm, images, multiple):
-    """The in-memory Keras model on raw images, with numpy normalization and reflect padding."""
+    """The architecture (normalized inputs) on raw images normalized in numpy, reflect padded:
+    what the exported raw-pixel model must return."""
     x = norm.apply(images.astype(np.float32))
     height, width = x.shape[1:3]
     pad = [(0, 0), (0, -height % multiple), (0, -width % multiple), (0, 0)]
     return np.asarray(model(np.pad(x, pad, mode="reflect"), training=False))[:, :height, :width]
+
+
+def raw_pixels(model, norm, band_dtype="uint8", nodata=0.0, **card):
+    """``model`` behind its preprocessing layer, and its model card."""
+    wrapped = with_preprocessing(model, Preprocess.from_normalization(norm, nodata))
+    return wrapped, ModelCard.for_model(wrapped, norm, band_dtype, nodata, **card)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +49,9 @@ def multiclass(tmp_path_factory):
     norm = Normalization("meanstd", [100.0, 120.0, 90.0], [30.0, 40.0, 20.0], [0.0] * 3, [255.0] * 3,
                          ["red", "green", "blue"])
     out = tmp_path_factory.mktemp("export") / "models" / "landcover" / "1"
-    meta = {"classes": CLASSES, "palette": PALETTE, "band_dtype": "uint8", "tile_size": 256,
-            "recommended_overlap": 32, "model": "unet", "backbone": "", "metrics": {"iou": 0.5}}
-    export_saved_model(model, norm, out, meta)
+    wrapped, card = raw_pixels(model, norm, classes=CLASSES, palette=PALETTE, tile_size=256, recommended_overlap=32,
+                               metrics={"iou": 0.5})
+    export_saved_model(wrapped, out, card)
     return model, norm, out, tf.saved_model.load(str(out))
 
 
@@ -53,7 +61,8 @@ def binary(tmp_path_factory):
     model = build_model("unet", input_shape=(None, None, 1), classes=1, depth=2, filters=4)
     norm = Normalization("percentile", [], [], [200.0], [3800.0], ["pan"])
     out = tmp_path_factory.mktemp("export") / "bin"
-    export_saved_model(model, norm, out, {"classes": ["building"], "band_dtype": "uint16"}, threshold=0.42)
+    wrapped, card = raw_pixels(model, norm, "uint16", classes=["building"], threshold=0.42)
+    export_saved_model(wrapped, out, card)
     return model, norm, out, tf.saved_model.load(str(out))
 
 
@@ -132,54 +141,60 @@ def test_bytes_signature_rejects_wrong_band_count_and_garbage(multiclass):
         loaded.signatures["serving_bytes"](image_bytes=tf.constant([b"not an image"]))
 
 
-def test_metadata_signature_and_asset_describe_the_model(multiclass, binary):
+def test_metadata_signature_and_asset_are_the_model_card(multiclass, binary):
     _, _, out, loaded = multiclass
-    meta = json.loads(loaded.signatures["metadata"]()["metadata"].numpy())
-    assert meta == json.loads((out / "assets" / METADATA_ASSET).read_text()) == read_metadata(out)
-    assert meta["num_bands"] == 3 and meta["band_names"] == ["red", "green", "blue"]
-    assert meta["band_dtype"] == "uint8"
-    assert meta["normalization"]["mean"] == [100.0, 120.0, 90.0]
-    assert meta["classes"] == CLASSES and meta["task"] == "multiclass"
-    assert meta["class_colours"]["water"] == "#0000ff" and meta["class_colours"]["buildings"].startswith("#")
-    assert [c["value"] for c in meta["class_map"]] == [0, 1, 2]
-    assert meta["tile_size"] == 256 and meta["recommended_overlap"] == 32 and meta["size_multiple"] == 4
-    assert meta["metrics"] == {"iou": 0.5} and meta["tfseg_version"]
-    assert set(meta["signatures"]) == {"serving_default", "serving_uint8", "serving_int32", "serving_bytes"}
-    assert set(loaded.signatures) == set(meta["signatures"]) | {"metadata"}
+    text = loaded.signatures["metadata"]()["metadata"].numpy().decode()
+    assert text == (out / "assets" / CARD_FILE).read_text()
+    card = load_model_card(out)
+    assert card == ModelCard.from_dict(json.loads(text))
+    assert card.num_bands == 3 and card.band_names == ["red", "green", "blue"]
+    assert card.band_dtype == "uint8" and card.nodata == 0.0
+    assert card.normalization.mean == [100.0, 120.0, 90.0]
+    assert card.classes == CLASSES and card.task == "multiclass"
+    assert card.colours["water"] == "#0000ff" and card.colours["buildings"].startswith("#")
+    assert card.tile_size == 256 and card.recommended_overlap == 32 and card.size_multiple == 4
+    assert card.metrics == {"iou": 0.5} and card.tfseg_version
+    assert set(loaded.signatures) == {"serving_default", "serving_uint8", "serving_int32", "serving_bytes",
+                                      "metadata"}
 
-    bin_meta = read_metadata(binary[2])
-    assert bin_meta["threshold"] == pytest.approx(0.42) and bin_meta["task"] == "binary"
-    assert bin_meta["class_map"][1]["name"] == "building" and bin_meta["band_dtype"] == "uint16"
+    bin_card = load_model_card(binary[2])
+    assert bin_card.threshold == pytest.approx(0.42) and bin_card.task == "binary"
+    assert bin_card.classes == ["building"] and bin_card.band_dtype == "uint16"
     assert not list(out.parent.glob("*.partial"))  # written beside and renamed into place
 
 
-def test_many_band_model_has_no_bytes_signature(tmp_path):
+def test_many_band_model_has_no_bytes_signature_and_mismatches_are_refused(tmp_path):
     model = build_model("unet", input_shape=(None, None, 6), classes=1, depth=2, filters=2)
     norm = Normalization("meanstd", [0.0] * 6, [1.0] * 6, [], [], [])
-    export_saved_model(model, norm, tmp_path / "m")
-    assert "serving_bytes" not in read_metadata(tmp_path / "m")["signatures"]
-    with pytest.raises(ExportError, match="normalization has 2 bands"):
-        export_saved_model(model, Normalization("meanstd", [0.0] * 2, [1.0] * 2, [], [], []), tmp_path / "x")
+    wrapped, card = raw_pixels(model, norm, "float32", None)
+    export_saved_model(wrapped, tmp_path / "m", card)
+    assert "serving_bytes" not in tf.saved_model.load(str(tmp_path / "m")).signatures
+    other, other_card = raw_pixels(build_model("unet", input_shape=(None, None, 2), classes=1, depth=2, filters=2),
+                                   Normalization("meanstd", [0.0] * 2, [1.0] * 2, [], [], []), "float32", None)
+    with pytest.raises(ExportError, match="takes 6 band.*says 2"):
+        export_saved_model(wrapped, tmp_path / "x", other_card)
+    with pytest.raises(LegacyArtifactError, match="no preprocessing layer"):
+        export_saved_model(model, tmp_path / "y", card)  # the bare architecture: normalized inputs
 
 
 def _run_dir(root: Path, model, norm) -> Path:
+    """A run directory: the raw-pixel model, its card (classes, palette, tile size, overlap,
+    metrics of a run) and a config.yaml that says something else (nobody re-reads it)."""
     run = root / "run"
     run.mkdir()
-    model.save(run / "model.keras")
-    norm.save(run / "normalization.json")
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "data": {"classes": CLASSES, "palette": PALETTE, "window_size": 128},
-        "model": {"name": "unet", "depth": 2, "filters": 4},
-        "train": {"threshold": 0.5}, "export": {"recommended_overlap": 16}}))
-    (run / "metrics.json").write_text(json.dumps({"val": {"iou": 0.61, "f1": 0.7}}))
+    wrapped, card = raw_pixels(model, norm, classes=CLASSES, palette=PALETTE, tile_size=128, recommended_overlap=16,
+                               metrics={"iou": 0.61, "f1": 0.7})
+    wrapped.save(run / "model.keras")
+    card.save(run / CARD_FILE)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"classes": ["x", "y", "z"], "window_size": 512}}))
     return run
 
 
 def test_cli_exports_a_run_directory_for_tf_serving(multiclass, tmp_path, capsys):
     model, norm, _, _ = multiclass
     run = _run_dir(tmp_path, model, norm)
-    loaded_model, loaded_norm, run_metrics = load_run_model(run)
-    assert loaded_norm == norm and run_metrics["val"]["iou"] == 0.61
+    loaded_model, card = load_run_model(run)
+    assert card.normalization == norm and card.metrics["iou"] == 0.61
     out = tmp_path / "models" / "landcover" / "3"
     # the real command in a fresh interpreter (nothing pre-imported: custom layers must register)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep
@@ -188,9 +203,10 @@ def test_cli_exports_a_run_directory_for_tf_serving(multiclass, tmp_path, capsys
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "saved_model.pb").is_file() and "SavedModel written" in done.stdout
-    meta = read_metadata(out)
-    assert meta["classes"] == CLASSES and meta["tile_size"] == 128 and meta["recommended_overlap"] == 16
-    assert meta["metrics"] == {"iou": 0.61, "f1": 0.7} and meta["class_colours"]["trees"] == "#00aa00"
+    exported = load_model_card(out)
+    assert exported == card  # the run's card, unchanged
+    assert exported.classes == CLASSES and exported.tile_size == 128 and exported.recommended_overlap == 16
+    assert exported.metrics == {"iou": 0.61, "f1": 0.7} and exported.colours["trees"] == "#00aa00"
     images = np.random.default_rng(7).uniform(0, 255, (1, 30, 30, 3)).astype(np.float32)
     probs = tf.saved_model.load(str(out)).signatures["serving_default"](images=tf.constant(images))["probabilities"]
     np.testing.assert_allclose(probs.numpy(), reference(model, norm, images, 4), atol=1e-5)
@@ -214,7 +230,7 @@ def test_tflite_plain_unet_converts_and_matches(multiclass, tmp_path):
     run = _run_dir(tmp_path, model, norm)
     assert main(["--model", str(run), "--output", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     file = tmp_path / "lite" / "model.tflite"
-    assert json.loads((file.parent / METADATA_ASSET).read_text())["format"] == "tflite"
+    assert load_model_card(file.parent / CARD_FILE).classes == CLASSES
     assert export_lib.read_tflite_ops(file) == "builtins"
     interpreter = tf.lite.Interpreter(model_path=str(file))
     runner = interpreter.get_signature_runner("serving_default")
@@ -225,12 +241,11 @@ def test_tflite_plain_unet_converts_and_matches(multiclass, tmp_path):
 
 
 def test_export_module_keeps_train_contract():
-    """train.py calls export_saved_model(best, norm, path, metadata, threshold=...)."""
+    """train.py calls export_saved_model(best, path, card)."""
     import inspect
 
-    params = list(inspect.signature(export_lib.export_saved_model).parameters)
-    assert params[:5] == ["model", "norm", "output", "metadata", "threshold"]
-    assert callable(export_tflite)
+    assert list(inspect.signature(export_lib.export_saved_model).parameters) == ["model", "output", "card"]
+    assert list(inspect.signature(export_tflite).parameters) == ["model", "output", "card"]
 
 
 @pytest.mark.filterwarnings("ignore:.*Interpreter is deprecated")
@@ -238,7 +253,8 @@ def test_tflite_transpose_unet_uses_builtin_ops_only(tmp_path):
     keras.utils.set_random_seed(4)
     model = build_model("unet", input_shape=(None, None, 2), classes=1, depth=2, filters=4, upsampling="transpose")
     norm = Normalization("meanstd", [10.0, 20.0], [3.0, 4.0], [], [], [])
-    file = export_tflite(model, norm, tmp_path / "t.tflite", {"classes": ["building"]}, threshold=0.3)
+    wrapped, card = raw_pixels(model, norm, "float32", None, classes=["building"], threshold=0.3)
+    file = export_tflite(wrapped, tmp_path / "t.tflite", card)
     assert export_lib.read_tflite_ops(file) == "builtins"
     runner = tf.lite.Interpreter(model_path=str(file)).get_signature_runner("serving_default")
     images = np.random.default_rng(9).uniform(0, 40, (1, 22, 15, 2)).astype(np.float32)
@@ -256,17 +272,19 @@ def test_trained_run_exports_its_band_dtype_and_re_exports_for_serving(tmp_path)
     run = tmp_path / "run"
     assert train.main(["--quiet", "--run-dir", str(run), "--set", *tiny_synthetic_overrides(tmp_path / "data"),
                        "train.epochs=1"]) == 0
-    meta = read_metadata(run / "export")
-    assert meta["band_dtype"] == "uint16"  # the synthetic scenes are 16-bit GeoTIFFs
-    assert meta["num_bands"] == 4 and meta["tile_size"] == 64 and set(meta["metrics"]) >= {"iou", "f1"}
+    card = load_model_card(run / "export")
+    assert card == load_model_card(run) == load_model_card(run / "model.keras")  # written once, read anywhere
+    assert card.band_dtype == "uint16"  # the synthetic scenes are 16-bit GeoTIFFs
+    assert card.num_bands == 4 and card.tile_size == 64 and set(card.metrics) >= {"iou", "f1"}
     out = tmp_path / "models" / "buildings" / "1"
     assert main(["--model", str(run), "--output", str(out), "--threshold", "0.35"]) == 0
-    again = read_metadata(out)
-    assert again["band_dtype"] == "uint16" and again["threshold"] == 0.35 and again["metrics"] == meta["metrics"]
-    model, norm, _ = load_run_model(run)
+    again = load_model_card(out)
+    assert again.band_dtype == "uint16" and again.threshold == 0.35 and again.metrics == card.metrics
+    model, card = load_run_model(run)
     raw = np.random.default_rng(10).integers(200, 3000, (1, 50, 70, 4)).astype(np.int32)
     out_sig = tf.saved_model.load(str(out)).signatures["serving_int32"](images=tf.constant(raw))
-    expected = reference(model, norm, raw, export_lib.model_multiple(model))
+    expected = np.asarray(model.predict_on_batch(np.pad(raw, [(0, 0), (0, 2), (0, 2), (0, 0)], mode="reflect")))
+    expected = expected[:, :50, :70]
     np.testing.assert_allclose(out_sig["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(out_sig["classes"].numpy(), (expected[..., 0] >= 0.35).astype(np.int32))
 
@@ -274,4 +292,5 @@ def test_trained_run_exports_its_band_dtype_and_re_exports_for_serving(tmp_path)
 def test_multilabel_head_is_described_as_such(tmp_path):
     model = build_model("unet", input_shape=(None, None, 2), classes=3, depth=2, filters=2, activation="sigmoid")
     norm = Normalization("meanstd", [0.0, 0.0], [1.0, 1.0], [], [], [])
-    assert read_metadata(export_saved_model(model, norm, tmp_path / "m"))["task"] == "multilabel"
+    wrapped, card = raw_pixels(model, norm, "float32", None)
+    assert load_model_card(export_saved_model(wrapped, tmp_path / "m", card)).task == "multilabel"

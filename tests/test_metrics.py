@@ -156,3 +156,21 @@ def test_absent_class_is_nan_and_left_out_of_means_in_training_and_evaluation():
     report = scores_from_matrix(confusion_matrix_numpy(np.zeros((4, 4), int), np.zeros((4, 4), int),
                                                        np.ones((4, 4), bool), 1, "binary"), "binary", ["b"])
     assert report["iou"] is None and report["miou"] == 1.0
+
+
+def test_multilabel_per_class_thresholds():
+    rng = np.random.default_rng(3)
+    thresholds = [0.2, 0.5, 0.8]
+    batches = _random_batches(rng, 3, "multilabel")
+    got = _run(segmentation_metrics(3, IGNORE, thresholds, task="multilabel", class_names=["a", "b", "c"]), batches)
+    truth = np.concatenate([b[0].reshape(-1, 3) for b in batches])
+    pred = np.concatenate([(b[1] >= np.asarray(thresholds, np.float32)).reshape(-1, 3) for b in batches])
+    for c in range(3):
+        scores, _ = _reference(truth[:, c], pred[:, c].astype(int), 2)
+        assert got[f"iou_{'abc'[c]}"] == pytest.approx(scores["iou"][1], abs=1e-5)
+    metric = ConfusionMatrixMetric("iou", 3, IGNORE, thresholds, task="multilabel")
+    assert ConfusionMatrixMetric.from_config(metric.get_config()).threshold == thresholds
+    with pytest.raises(ValueError, match=r"a list needs task multilabel and 3 values"):
+        ConfusionMatrixMetric("iou", 3, IGNORE, [0.5, 0.5], task="multilabel")
+    with pytest.raises(ValueError, match=r"a list needs task multilabel"):
+        ConfusionMatrixMetric("iou", 1, IGNORE, [0.5], task="binary")

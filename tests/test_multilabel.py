@@ -10,7 +10,6 @@ import rasterio
 
 from tests.infer_support import save_run, write_tif
 from tfseg import evaluate, predict
-from tfseg.data.raster import Normalization
 
 CLASSES = ["building", "road", "tree"]
 # overlapping boxes (row0, col0, row1, col1): class k is bright in band k
@@ -46,21 +45,34 @@ def run(tmp_path_factory):
 
 
 def test_export_outputs_per_class_masks_not_an_argmax(tmp_path, run):
+    import dataclasses
+
     import tensorflow as tf
 
-    from tfseg.export import export_saved_model
+    from tfseg.export import export_saved_model, load_run_model
+    from tfseg.model_card import load_model_card
 
     image, truth = _fixture()
-    norm = Normalization.load(run / "normalization.json")
-    model = _band_k_is_class_k_model()
-    out = export_saved_model(model, norm, tmp_path / "export", {"classes": CLASSES}, threshold=[0.5, 0.4, 0.6])
+    model, card = load_run_model(run)
+    assert card.task == "multilabel"
+    card = dataclasses.replace(card, threshold=[0.5, 0.4, 0.6])
+    out = export_saved_model(model, tmp_path / "export", card)
     signature = tf.saved_model.load(str(out)).signatures["serving_default"]
     result = signature(images=tf.constant(np.moveaxis(image, 0, -1)[None].astype(np.float32)))
     assert "classes" not in result and result["masks"].shape == (1, 72, 80, 3)
     np.testing.assert_array_equal(result["masks"].numpy()[0], np.moveaxis(truth, 0, -1))
-    meta = json.loads((out / "assets" / "tfseg_metadata.json").read_text())
-    assert meta["task"] == "multilabel" and meta["threshold"] == [0.5, 0.4, 0.6]
-    assert set(meta["outputs"]) == {"probabilities", "masks"}
+    exported = load_model_card(out)
+    assert exported.task == "multilabel" and exported.threshold == [0.5, 0.4, 0.6]
+    # per-class thresholds are applied class by class: a threshold above every probability of
+    # one class empties that class only
+    probs = result["probabilities"].numpy()[0]
+    high = float(probs[..., 1].max()) + 1e-3
+    if high <= 1.0:
+        out = export_saved_model(model, tmp_path / "export2", dataclasses.replace(card, threshold=[0.5, high, 0.5]))
+        masks = tf.saved_model.load(str(out)).signatures["serving_default"](
+            images=tf.constant(np.moveaxis(image, 0, -1)[None].astype(np.float32)))["masks"].numpy()[0]
+        assert masks[..., 1].sum() == 0
+        np.testing.assert_array_equal(masks[..., [0, 2]], np.moveaxis(truth, 0, -1)[..., [0, 2]])
 
 
 def test_predict_and_evaluate_recover_each_class(tmp_path, run):
@@ -103,3 +115,18 @@ def test_multilabel_figure_draws_overlapping_classes(tmp_path):
     np.testing.assert_allclose(rgb[0, 0], (0.5, 0.5, 0.0))
     np.testing.assert_allclose(rgb[0, 1], (0.0, 0.0, 1.0))
     assert (rgb[1, 1] == 0.5).all() and (rgb[0, 2] == 0).all()
+
+
+def test_predict_uses_the_cards_per_class_thresholds(tmp_path):
+    """train.threshold [0.5, 1.0, 0.5] in the card: road (never >= 1.0) is empty, the others kept."""
+    config = ("data:\n  classes: [building, road, tree]\n  task: multilabel\n  window_size: 32\n"
+              "train:\n  threshold: [0.5, 1.0, 0.5]\n")
+    run = save_run(_band_k_is_class_k_model(), tmp_path / "run", config=config)
+    image, truth = _fixture()
+    scene = write_tif(tmp_path / "scenes" / "s.tif", image)
+    predict.predict_scenes(run, [scene], tmp_path / "out", predict.PredictOptions(
+        tile_size=32, overlap=8, progress=False, overlay=False))
+    with rasterio.open(tmp_path / "out" / "s_class.tif") as src:
+        masks = src.read()
+    assert masks[1].sum() == 0
+    np.testing.assert_array_equal(masks[[0, 2]], truth[[0, 2]])

@@ -53,7 +53,7 @@ def test_quick_pipeline_unet20(tmp_path, capsys):
     assert sum(v["val_pixels"] for v in printed["per_class"].values()) > 0
     saved = run_dir / "models" / "dstl" / "1"
     assert (saved / "saved_model.pb").is_file()
-    meta = json.loads((saved / "assets" / "tfseg_metadata.json").read_text())
+    meta = json.loads((saved / "assets" / "model_card.json").read_text())
     assert meta["task"] == "multilabel" and meta["num_bands"] == 20
     probs = list((run_dir / "predict").glob("*_prob.tif"))
     assert len(probs) == 1

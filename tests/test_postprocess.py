@@ -12,7 +12,9 @@ from shapely.geometry import box, shape
 from tests.infer_support import ORIGIN, PIXEL, UTM, write_tif
 from tfseg.postprocess import (
     PolygonOptions,
+    PolygonRecord,
     fill_holes_mask,
+    merge_geojson,
     pixel_area_m2,
     polygonize_array,
     polygonize_raster,
@@ -170,3 +172,29 @@ def test_round_trip_on_real_spacenet_labels(tmp_path):
     out = write_geojson(tmp_path / "found.geojson", records, transform, crs.to_string())
     result = score_geojson(labels, out)
     assert result["overall"]["F1Score"] >= 0.99, result["overall"]
+
+
+def test_merge_geojson_one_crs_kept_mixed_reprojected_pixels_excluded(tmp_path):
+    from rasterio.transform import from_origin
+
+    t = from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL)
+    rec = [PolygonRecord(box(10, 10, 30, 20), 1, 0.9)]
+    a = write_geojson(tmp_path / "a.geojson", rec, t, UTM)
+    b = write_geojson(tmp_path / "b.geojson", rec + rec, t, UTM)
+    c = write_geojson(tmp_path / "c.geojson", rec, t, "EPSG:32637")
+    pixels = write_geojson(tmp_path / "p.geojson", rec)
+    same = merge_geojson([(a, "a", UTM), (b, "b", UTM)], tmp_path / "same.geojson")
+    doc = json.loads((tmp_path / "same.geojson").read_text())
+    assert same == {"count": 3, "crs": "urn:ogc:def:crs:EPSG::32636", "excluded": []}
+    assert doc["crs"]["properties"]["name"].endswith("32636") and [f["id"] for f in doc["features"]] == [0, 1, 2]
+    assert [f["properties"]["image_id"] for f in doc["features"]] == ["a", "b", "b"]
+    assert shape(doc["features"][0]["geometry"]).equals(shape(json.loads(a.read_text())["features"][0]["geometry"]))
+    mixed = merge_geojson([(a, "a", UTM), (c, "c", "EPSG:32637"), (pixels, "p", None)], tmp_path / "mixed.geojson")
+    doc = json.loads((tmp_path / "mixed.geojson").read_text())
+    assert mixed == {"count": 2, "crs": "urn:ogc:def:crs:EPSG::4326", "excluded": [str(pixels)]}
+    assert "crs" not in doc  # RFC 7946: WGS84 lon/lat
+    lon0, lat0 = shape(doc["features"][0]["geometry"]).centroid.coords[0]
+    lon1, _ = shape(doc["features"][1]["geometry"]).centroid.coords[0]
+    assert 30 < lon0 < 36 and 36 < lon1 < 42 and -1 < lat0 < 1  # zones 36N and 37N near the equator
+    only_pixels = merge_geojson([(pixels, "p", None)], tmp_path / "pixels.geojson")
+    assert only_pixels["crs"] == "pixel" and only_pixels["count"] == 1

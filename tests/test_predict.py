@@ -8,14 +8,13 @@ import pytest
 import rasterio
 from shapely.geometry import box, shape
 
-from tests.infer_support import building_scene, conv_model, oracle_model, save_run, write_tif
+from tests.infer_support import building_scene, conv_model, keras_predictor, oracle_model, save_run, write_tif
 from tfseg import predict
-from tfseg.data.raster import Normalization, open_raster
+from tfseg.data.raster import open_raster
 from tfseg.inference import (
     ArraySink,
     ArraySource,
     Job,
-    KerasPredictor,
     RasterSource,
     load_predictor,
     positions,
@@ -26,9 +25,6 @@ from tfseg.inference import (
 )
 from tfseg.models import build_model
 from tfseg.scoring import score_spacenet
-
-NORM = Normalization("meanstd", [100.0] * 3, [50.0] * 3, [0.0] * 3, [255.0] * 3)
-
 
 @pytest.fixture(scope="module")
 def oracle_run(tmp_path_factory):
@@ -58,7 +54,7 @@ def test_blend_weights_partition_of_unity():
 def test_conv_model_sliding_equals_one_piece():
     """A conv-only model (receptive field 5 px) is translation-equivariant, so with a zero-weight
     margin >= its half receptive field the blended windows reproduce the one-piece prediction."""
-    predictor = KerasPredictor(conv_model(), NORM)
+    predictor = keras_predictor(conv_model())
     rng = np.random.default_rng(0)
     image = rng.normal(100, 50, (150, 170, 3)).astype(np.float32)
     valid = np.ones((150, 170), bool)
@@ -78,7 +74,7 @@ def test_unet_sliding_equals_one_piece_away_from_nodata(tmp_path, scene):
 
     keras.utils.set_random_seed(1)
     model = build_model("unet", input_shape=(None, None, 3), classes=1, depth=2, filters=4)
-    predictor = KerasPredictor(model, NORM)
+    predictor = keras_predictor(model)
     info = open_raster(scene[0])
     sink = ArraySink(info.height, info.width, 1)
     stats = run_sliding_window(predictor, [Job(RasterSource(info), sink, "scene")], tile_size=128, overlap=64,
@@ -161,8 +157,8 @@ def test_tta_and_savedmodel_paths_agree(tmp_path, oracle_run):
     base, _ = predict_array(keras_pred, image, tile_size=64, overlap=16)
     tta8, _ = predict_array(keras_pred, image, tile_size=64, overlap=16, tta=8)
     np.testing.assert_allclose(tta8, base, atol=1e-5)
-    model, norm, _ = load_run_model(oracle_run)
-    export_saved_model(model, norm, tmp_path / "export", {"classes": ["building"], "tile_size": 64})
+    model, card = load_run_model(oracle_run)
+    export_saved_model(model, tmp_path / "export", card)
     saved = load_predictor(tmp_path / "export")
     assert saved.num_bands == 3 and saved.num_classes == 1 and saved.tile_size == 64
     via_saved, _ = predict_array(saved, image, tile_size=64, overlap=16)
@@ -192,7 +188,10 @@ def test_band_count_mismatch_names_both(tmp_path, oracle_run):
     path = write_tif(tmp_path / "four_bands.tif", image)
     with pytest.raises(ValueError, match=r"four_bands.tif.*4 band.*3 band"):
         predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(progress=False))
-    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(tmp_path / "o2")]) == 2
+    # a scene failure is reported (summary.json, exit code 1) after the other scenes ran
+    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(tmp_path / "o2")]) == 1
+    failures = json.loads((tmp_path / "o2" / "summary.json").read_text())["failures"]
+    assert [f["input"] for f in failures] == [str(path)] and "4 band(s)" in failures[0]["error"]
 
 
 def test_not_georeferenced_input_warns_and_uses_pixels(tmp_path, oracle_run):

@@ -20,7 +20,8 @@ from PIL import Image
 from tfseg.bench.serve import start_server, stop_server
 from tfseg.data.raster import Normalization
 from tfseg.export import export_saved_model
-from tfseg.models import build_model
+from tfseg.model_card import ModelCard
+from tfseg.models import Preprocess, build_model, with_preprocessing
 from tfseg.serve import main as serve_main
 
 NAME = "landcover"
@@ -39,7 +40,11 @@ CLASSES = ["water", "trees", "buildings"]
 
 
 def reference(model, norm, images, multiple=4):
-    x = norm.apply(np.asarray(images, np.float32))
+    """The architecture (normalized inputs) on numpy-normalized pixels: what the exported model,
+    preprocessing inside, must return for raw ones (pixels 0 in every band are nodata -> 0)."""
+    images = np.asarray(images, np.float32)
+    x = norm.apply(images)
+    x[(images == 0).all(-1)] = 0.0
     height, width = x.shape[1:3]
     pad = [(0, 0), (0, -height % multiple), (0, -width % multiple), (0, 0)]
     return np.asarray(model(np.pad(x, pad, mode="reflect"), training=False))[:, :height, :width]
@@ -71,7 +76,9 @@ def server(tmp_path_factory):
     model = build_model("unet", input_shape=(None, None, 3), classes=3, depth=2, filters=4)
     norm = Normalization("meanstd", [100.0, 120.0, 90.0], [30.0, 40.0, 20.0], [], [], ["r", "g", "b"])
     base = root / "models" / NAME
-    export_saved_model(model, norm, base / "1", {"classes": CLASSES, "band_dtype": "uint8", "tile_size": 64})
+    raw_model = with_preprocessing(model, Preprocess.from_normalization(norm, nodata=0.0))
+    export_saved_model(raw_model, base / "1", ModelCard.for_model(raw_model, norm, "uint8", 0.0, classes=CLASSES,
+                                                                  tile_size=64))
     process, port = _start(base, root / "serve.log")
     try:
         yield Client(port), model, norm, base

@@ -20,8 +20,8 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_run_directory_is_complete(tiny_run):
-    for name in ("config.yaml", "normalization.json", "history.csv", "model.keras", "metrics.json",
-                 "predictions.png", "export/saved_model.pb"):
+    for name in ("config.yaml", "model_card.json", "history.csv", "model.keras", "metrics.json",
+                 "predictions.png", "export/saved_model.pb", "export/assets/model_card.json"):
         assert (tiny_run / name).is_file(), name
     assert any((tiny_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event files"
     metrics = json.loads((tiny_run / "metrics.json").read_text())
@@ -36,18 +36,25 @@ def test_run_directory_is_complete(tiny_run):
 
 @pytest.mark.slow
 def test_saved_model_matches_keras_model(tiny_run):
+    """Both take raw pixels (the preprocessing layer is the model's first layer); the card
+    written by training describes both."""
     import keras
     import tensorflow as tf
 
-    from tfseg.data.raster import Normalization
+    from tfseg.model_card import load_model_card
+    from tfseg.models import find_preprocess
 
     model = keras.saving.load_model(tiny_run / "model.keras", compile=False)
-    norm = Normalization.load(tiny_run / "normalization.json")
+    card = load_model_card(tiny_run)
+    assert card == load_model_card(tiny_run / "export")
+    assert card.metrics == json.loads((tiny_run / "metrics.json").read_text())["val"]
+    np.testing.assert_allclose(find_preprocess(model).offset, card.normalization.mean, rtol=1e-6)
+    assert card.band_dtype == "uint16"
     loaded = tf.saved_model.load(str(tiny_run / "export"))
     rng = np.random.default_rng(0)
-    raw = rng.uniform(200, 3000, (2, 64, 64, 4)).astype(np.float32)
-    expected = np.asarray(model(norm.apply(raw).astype(np.float32), training=False))
-    got = loaded.signatures["serving_default"](images=tf.constant(raw))["probabilities"].numpy()
+    raw = rng.integers(200, 3000, (2, 64, 64, 4)).astype(np.uint16)
+    expected = np.asarray(model(raw, training=False))
+    got = loaded.signatures["serving_default"](images=tf.constant(raw, tf.float32))["probabilities"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 

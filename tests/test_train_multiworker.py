@@ -88,17 +88,18 @@ def _assert_logged_validation_equals_single_process(run_dir, overrides):
     from tfseg.compare import best_row, read_history
     from tfseg.data.formats import load_scenes
     from tfseg.data.pipeline import build_dataset
-    from tfseg.data.raster import Normalization
     from tfseg.losses import get_loss
     from tfseg.metrics import segmentation_metrics
 
     cfg = config_lib.load(None, overrides)
     _, val_scenes = load_scenes(cfg.data)
-    norm = Normalization.load(run_dir / "normalization.json")
+    from tfseg.model_card import load_model_card
+
+    card = load_model_card(run_dir)
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     model.compile(loss=get_loss(cfg.train.loss, 1, cfg.data.ignore_index, task="binary"), metrics=segmentation_metrics(1, cfg.data.ignore_index, cfg.train.threshold, "binary",
                                                           cfg.data.classes))
-    scores = model.evaluate(build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=4), verbose=0,
+    scores = model.evaluate(build_dataset(val_scenes, cfg.data, training=False, batch_size=4, nodata=card.nodata), verbose=0,
                             return_dict=True)
     best = best_row(read_history(run_dir / "history.csv"), "val_iou", "max")
     differ = {kind: (float(best[f"val_{kind}"]), float(scores[kind])) for kind in

@@ -1,13 +1,17 @@
 """Compare training runs: a table (markdown + CSV), overlaid learning curves (PNG), an HTML page.
 
 ``python -m tfseg.compare RUN_DIR [RUN_DIR ...] --output DIR [--metric val_iou] [--mode max]``
+``python -m tfseg.compare --mlflow-uri URI [--experiment NAME] [--run-id ID ...] [RUN_DIR ...] --output DIR``
 ``python -m tfseg.compare --neptune-project WORKSPACE/PROJECT [--neptune-runs ID ...] --output DIR``
 
 Each run directory contributes its key config (``config.yaml``: model, backbone, loss,
 precision), ``metrics.json`` (params, train time, epochs) and the best epoch of ``history.csv``
 on the chosen metric (its validation metrics). Directories that are not runs are named in a
-warning and skipped. With ``--neptune-project`` the same table is built from runs fetched from a
-Neptune server (``NEPTUNE_API_TOKEN``) that were logged by tfseg.
+warning and skipped. With ``--mlflow-uri`` (a tracking server ``http://HOST:PORT`` or a store such
+as ``runs/mlflow.db``) the runs tfseg logged to MLflow are read the same way (params, ``final/...``
+metrics, per-epoch metric histories) and can be mixed with run directories in one report. With
+``--neptune-project`` the same table is built from runs fetched from a Neptune server
+(``NEPTUNE_API_TOKEN``) that were logged by tfseg.
 
 Writes ``DIR/comparison.md``, ``DIR/comparison.csv``, ``DIR/curves_<metric>.png`` (one per
 plotted metric) and ``DIR/index.html``.
@@ -163,6 +167,7 @@ def plot_curves(runs: list, metric: str, target: Path) -> Optional[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     series = [(r["run"], [h["epoch"] + 1 for h in r["history"] if metric in h],
                [h[metric] for h in r["history"] if metric in h]) for r in runs]
@@ -172,6 +177,7 @@ def plot_curves(runs: list, metric: str, target: Path) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for name, epochs, values in series:
         ax.plot(epochs, values, marker="o", markersize=3, label=name)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole epochs
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch")
@@ -200,10 +206,10 @@ def to_html(rows: list, metric: str, mode: str, plots: list, skipped: list) -> s
 <html><head><meta charset="utf-8"><title>tfseg run comparison</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}
-figure{{display:inline-block;margin:1em}}</style></head><body>
+figure{{display:inline-block;margin:1em}}.scroll{{overflow-x:auto}}</style></head><body>
 <h1>tfseg run comparison</h1>
 <p>Sorted by best <code>{html.escape(metric)}</code> ({'higher' if mode == 'max' else 'lower'} is better).</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 <h2>Learning curves</h2>{images}{skipped_html}
 </body></html>
 """
@@ -227,8 +233,10 @@ def write_report(runs: list, output, metric: str = "val_iou", mode: str = "max",
     return rows
 
 
-def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = None) -> list:
-    """Compare local run directories (non-runs are warned about and skipped)."""
+def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = None, mlflow_uri: str = "",
+            experiment: str = "", run_ids=()) -> list:
+    """Compare local run directories (non-runs are warned about and skipped) and, with
+    ``mlflow_uri``, the tfseg runs of an MLflow store or server (see :func:`fetch_mlflow_runs`)."""
     mode = mode or ("min" if metric.endswith("loss") else "max")
     runs, skipped, labels = [], [], _labels([Path(p) for p in run_dirs])
     for path, label in zip([Path(p) for p in run_dirs], labels):
@@ -238,6 +246,11 @@ def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = Non
             skipped.append((path, reason))
             continue
         runs.append(read_run(path, label))
+    if mlflow_uri:
+        fetched, skipped_mlflow = fetch_mlflow_runs(mlflow_uri, experiment, run_ids)
+        runs += fetched
+        skipped += skipped_mlflow
+        _unique_labels(runs)
     return write_report(runs, output, metric, mode, skipped)
 
 
@@ -292,6 +305,105 @@ def fetch_neptune_runs(project: str, run_ids=(), tag: str = "") -> list:
 
 
 # ------------------------------------------------------------------------------------------
+# MLflow
+# ------------------------------------------------------------------------------------------
+def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list, list]:
+    """``(runs, skipped)``: tfseg runs of an MLflow store/server in the shape of :func:`read_run`.
+
+    ``experiment`` (a name) restricts to one experiment (default: every experiment); ``run_ids``
+    to those runs. Raises :class:`CompareError` for a bad/unreachable URI, an unknown experiment
+    (listing the existing ones) or a run id that is not there (naming it).
+    """
+    from . import tracking_mlflow
+
+    try:
+        uri = tracking_mlflow.check_uri(uri, "--mlflow-uri")
+    except tracking_mlflow.MlflowConfigError as exc:
+        raise CompareError(str(exc)) from None
+    shown = tracking_mlflow.display_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise CompareError(f"--mlflow-uri {shown}: no MLflow database at {uri[len('sqlite:///'):]}")
+    problem = tracking_mlflow.check_server(uri)
+    if problem:
+        raise CompareError(f"--mlflow-uri {shown}: {problem}")
+    from mlflow.exceptions import MlflowException
+
+    client = tracking_mlflow.client_for(uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    experiment_ids = list(experiments)
+    if experiment:
+        match = [i for i, name in experiments.items() if name == experiment]
+        if not match:
+            raise CompareError(f"--experiment {experiment!r}: no such experiment in {shown}; existing "
+                               f"experiments: {sorted(experiments.values())}")
+        experiment_ids = match
+    if run_ids:
+        found = []
+        for run_id in run_ids:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise CompareError(f"--run-id {run_id}: no such run in {shown}") from None
+            if experiment and run.info.experiment_id not in experiment_ids:
+                raise CompareError(f"--run-id {run_id}: the run is in experiment "
+                                   f"{experiments.get(run.info.experiment_id)!r}, not {experiment!r}")
+            found.append(run)
+    else:
+        found = client.search_runs(experiment_ids, order_by=["attributes.start_time ASC"], max_results=50000)
+    runs, skipped = [], []
+    for run in found:
+        where = f"mlflow:{run.info.run_id}"
+        if "tfseg.run_dir" not in run.data.tags:
+            log.warning("skipping MLflow run %s (%s): not logged by tfseg", run.info.run_id, run.info.run_name)
+            skipped.append((where, "not logged by tfseg (no tfseg.run_dir tag)"))
+            continue
+        runs.append(_mlflow_run(client, run, where))
+    if not runs and not skipped:
+        raise CompareError(f"--mlflow-uri {shown}: no runs" + (f" in experiment {experiment!r}" if experiment else ""))
+    return runs, skipped
+
+
+def _mlflow_run(client, run, where: str) -> dict:
+    from .tracking_mlflow import FINAL_PREFIX
+
+    history: dict = {}
+    for key in run.data.metrics:
+        if key.startswith(FINAL_PREFIX):
+            continue
+        latest: dict = {}
+        for m in client.get_metric_history(run.info.run_id, key):
+            if m.step not in latest or m.timestamp >= latest[m.step].timestamp:
+                latest[m.step] = m
+        for step, m in latest.items():
+            history.setdefault(step, {"epoch": float(step)})[key] = float(m.value)
+    params, tags, final = run.data.params, run.data.tags, run.data.metrics
+
+    def number(key, kind=float):
+        value = final.get(FINAL_PREFIX + key)
+        return kind(value) if value is not None else ""
+
+    epochs = number("epochs", int)
+    return {
+        "run": run.info.run_name or run.info.run_id, "path": where,
+        "model": params.get("model.name", tags.get("model", "")),
+        "backbone": params.get("model.backbone", "") or "plain",
+        "loss": params.get("train.loss", ""),
+        "precision": tags.get("precision", params.get("train.precision", "")),
+        "epochs": epochs if epochs != "" else len(history), "params": number("params", int),
+        "train_seconds": number("train_seconds"), "complete": FINAL_PREFIX + "epochs" in final,
+        "history": [history[k] for k in sorted(history)],
+    }
+
+
+def _unique_labels(runs: list) -> None:
+    """Add the source (path or MLflow run id) to run names that occur more than once."""
+    names = [r["run"] for r in runs]
+    for run in runs:
+        if names.count(run["run"]) > 1:
+            run["run"] = f"{run['run']} ({run['path']})"
+
+
+# ------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="report directory (created)")
     parser.add_argument("--metric", default="val_iou", help="history.csv column to rank by (default val_iou)")
     parser.add_argument("--mode", choices=["max", "min"], help="max/min is better (default: min for *loss)")
+    parser.add_argument("--mlflow-uri", metavar="URI",
+                        help="also compare the tfseg runs of this MLflow server or store (http://HOST:PORT, "
+                             "runs/mlflow.db, sqlite:///...)")
+    parser.add_argument("--experiment", default="", metavar="NAME", help="only this MLflow experiment")
+    parser.add_argument("--run-id", nargs="+", action="extend", default=[], metavar="ID", dest="run_ids",
+                        help="only these MLflow run ids")
     parser.add_argument("--neptune-project", help="fetch the runs from this Neptune project instead")
     parser.add_argument("--neptune-runs", nargs="+", default=[], metavar="ID", help="Neptune run ids (default: all)")
     parser.add_argument("--neptune-tag", default="", help="only Neptune runs with this tag")
@@ -313,10 +431,12 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.neptune_project and args.runs:
-        parser.error("give either RUN_DIR arguments or --neptune-project, not both")
-    if not args.neptune_project and not args.runs:
-        parser.error("give at least one RUN_DIR (or --neptune-project WORKSPACE/PROJECT)")
+    if args.neptune_project and (args.runs or args.mlflow_uri):
+        parser.error("give either RUN_DIR arguments/--mlflow-uri or --neptune-project, not both")
+    if (args.experiment or args.run_ids) and not args.mlflow_uri:
+        parser.error("--experiment and --run-id select MLflow runs: give --mlflow-uri URI too")
+    if not args.neptune_project and not args.runs and not args.mlflow_uri:
+        parser.error("give at least one RUN_DIR (or --mlflow-uri URI, or --neptune-project WORKSPACE/PROJECT)")
     if args.neptune_project and "/" not in args.neptune_project:
         parser.error(f"--neptune-project expects WORKSPACE/PROJECT, got {args.neptune_project!r}")
     mode = args.mode or ("min" if args.metric.endswith("loss") else "max")
@@ -341,7 +461,8 @@ def main(argv=None) -> int:
                                    f"{' '.join(str(exc).split())[:300]}") from None
             rows = write_report(runs, args.output, args.metric, mode)
         else:
-            rows = compare(args.runs, args.output, args.metric, mode)
+            rows = compare(args.runs, args.output, args.metric, mode, args.mlflow_uri or "", args.experiment,
+                           args.run_ids)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -132,7 +132,7 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: scale LR with the global batch (batch_per_replica)
     seed: int = 42
     deterministic: bool = False  # TF op determinism: bit-exact reruns (slower on GPU; some GPU ops lack it)
-    threshold: float = 0.5
+    threshold: Union[float, list[float]] = 0.5  # multilabel: one value, or one per class (data.classes order)
     num_figure_tiles: int = 4
     object_f1: bool = False
     epoch_figures: bool = False  # RUN_DIR/figures/epoch-NNNN.png (input | truth | prediction) every epoch
@@ -152,10 +152,19 @@ class NeptuneConfig:
 
 
 @dataclass
+class MlflowConfig:
+    mode: str = "auto"  # auto | local | server | off (see tfseg.tracking_mlflow)
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else the local store runs/mlflow.db
+    experiment: str = ""  # "" = tracking.name
+    log_model: bool = True  # log the SavedModel directory (export/) as an artifact
+
+
+@dataclass
 class TrackingConfig:
     name: str = "default"
     tags: list[str] = field(default_factory=list)
     neptune: NeptuneConfig = field(default_factory=NeptuneConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -196,6 +205,7 @@ CHOICES = {
     "train.strategy": ["default", "mirrored", "multi_worker"],
     "train.lr_scaling": ["none", "linear", "sqrt"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
+    "tracking.mlflow.mode": ["auto", "local", "server", "off"],
 }
 
 # key -> (min, max); None = unbounded on that side
@@ -248,6 +258,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, (list, tuple)):  # Union[float, list[float]]: the list member
+            listed = [a for a in args if a is list or typing.get_origin(a) is list]
+            if listed:
+                return _coerce(key, value, listed[0])
         return _coerce(key, value, args[0])
     if tp is bool:
         if isinstance(value, bool):
@@ -386,10 +400,11 @@ def validate(cfg: Config) -> Config:
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
             )
     for key, (low, high) in RANGES.items():
-        value = flat[key]
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {value!r}")
+        values = flat[key] if isinstance(flat[key], list) else [flat[key]]
+        for value in values:
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {flat[key]!r}")
     if cfg.data.window_size % 32:
         raise ConfigError(
             f"config key 'data.window_size': expected a multiple of 32, got {cfg.data.window_size}"
@@ -400,6 +415,13 @@ def validate(cfg: Config) -> Config:
             f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
         )
     _validate_model(cfg.model)
+    if cfg.tracking.mlflow.uri:
+        from .tracking_mlflow import MlflowConfigError, check_uri
+
+        try:
+            check_uri(cfg.tracking.mlflow.uri, "config key 'tracking.mlflow.uri'")
+        except MlflowConfigError as exc:
+            raise ConfigError(str(exc)) from None
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
     if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
@@ -407,6 +429,12 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.task': binary expects exactly one class in data.classes, "
             f"got {len(cfg.data.classes)}: {cfg.data.classes}"
         )
+    if isinstance(cfg.train.threshold, list) and (
+            resolve_task(cfg.data) != "multilabel" or len(cfg.train.threshold) != len(cfg.data.classes)):
+        raise ConfigError(
+            f"config key 'train.threshold': a list needs data.task=multilabel and one value per class "
+            f"({len(cfg.data.classes)}: {cfg.data.classes}), got {cfg.train.threshold!r} with data.task="
+            f"{cfg.data.task!r}")
     if len(cfg.data.percentiles) != 2 or not 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100:
         raise ConfigError(
             f"config key 'data.percentiles': expected [low, high] with 0 <= low < high <= 100, "

@@ -1,7 +1,7 @@
 """Figures: validation tiles as input | truth | prediction.
 
 Example:
-    >>> save_prediction_figure(model, val_ds, "predictions.png", norm, num_tiles=4)
+    >>> save_prediction_figure(model, val_ds, "predictions.png", card.band_names, num_tiles=4)
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ RGB_NAMES = ("red", "green", "blue")
 
 
 def display_rgb(image: np.ndarray, band_names=()) -> np.ndarray:
-    """An HxWx3 [0, 1] picture of a normalized multi-band tile (R, G, B when the bands are named)."""
+    """An HxWx3 [0, 1] picture of a raw multi-band tile (R, G, B when the bands are named),
+    stretched to its 2-98 % range (NaN no-data pixels black)."""
     names = [n.lower() for n in band_names]
     if all(n in names for n in RGB_NAMES):
         picked = image[..., [names.index(n) for n in RGB_NAMES]]
@@ -25,8 +26,10 @@ def display_rgb(image: np.ndarray, band_names=()) -> np.ndarray:
         picked = image[..., :3]
     else:
         picked = np.repeat(image[..., :1], 3, axis=-1)
-    low, high = np.percentile(picked, 2), np.percentile(picked, 98)
-    return np.clip((picked - low) / max(high - low, 1e-6), 0, 1)
+    picked = picked.astype(np.float32)
+    finite = picked[np.isfinite(picked)]
+    low, high = (np.percentile(finite, 2), np.percentile(finite, 98)) if finite.size else (0.0, 1.0)
+    return np.nan_to_num(np.clip((picked - low) / max(high - low, 1e-6), 0, 1))
 
 
 def colourize(labels: np.ndarray, colours, ignore_index: int = 255) -> np.ndarray:
@@ -48,10 +51,10 @@ def colourize_multilabel(masks: np.ndarray, colours, ignore_index: int = 255) ->
     return rgb
 
 
-def save_prediction_figure(model, dataset, path, norm, num_tiles: int = 4, threshold: float = 0.5,
+def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int = 4, threshold=0.5,
                            ignore_index: int = 255, colours=None, multilabel: bool = False) -> Path:
     """Predict the first tiles of ``dataset`` that contain labelled pixels and save a PNG grid
-    (``multilabel``: every class drawn, overlaps as mixed colours)."""
+    (``multilabel``: every class drawn, overlaps as mixed colours, ``threshold`` one per class)."""
     images, truths = [], []
     for batch_images, batch_masks in dataset:
         for image, mask in zip(batch_images.numpy(), batch_masks.numpy()):
@@ -75,7 +78,7 @@ def save_prediction_figure(model, dataset, path, norm, num_tiles: int = 4, thres
         colours = [(0.1, 0.1, 0.1), (1.0, 0.85, 0.1)] if probs.shape[-1] == 1 else plt.cm.tab10.colors
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
     for row, (image, truth, pred) in enumerate(zip(images, truths, preds)):
-        panels = (display_rgb(image, norm.band_names), paint(truth, colours, ignore_index),
+        panels = (display_rgb(image, band_names), paint(truth, colours, ignore_index),
                   paint(pred, colours, ignore_index))
         for col, (panel, title) in enumerate(zip(panels, ("input", "truth", "prediction"))):
             axes[row, col].imshow(panel, interpolation="nearest")

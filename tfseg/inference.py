@@ -1,9 +1,12 @@
 """Sliding-window inference engine shared by ``predict``, ``evaluate`` and the training callback.
 
 A model is wrapped as a :class:`Predictor`: ``predictor(raw)`` maps a raw-pixel batch
-``[N, H, W, C] float32`` to probabilities ``[N, H, W, K] float32``. Two implementations share all
-the tiling code: :class:`KerasPredictor` (a Keras model + :class:`Normalization`) and
-:class:`SavedModelPredictor` (the exported ``serving_default`` signature, normalization inside).
+``[N, H, W, C]`` (the scene's dtype, no-data pixels holding the model card's ``nodata``) to
+probabilities ``[N, H, W, K] float32``. Two implementations share all the tiling code:
+:class:`KerasPredictor` (a Keras model whose first layer is its preprocessing) and
+:class:`SavedModelPredictor` (the exported ``serving_default`` signature). Both describe
+themselves with the run's :class:`~tfseg.model_card.ModelCard`; a scene whose band count or
+dtype differs from the card is refused, a different nodata value is warned about.
 
 :func:`run_sliding_window` streams tiles from one or more sources (GeoTIFF scenes read window by
 window, or in-memory arrays) through the predictor in fixed-size batches, blends overlapping
@@ -17,18 +20,19 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from rasterio.windows import Window
 
-from .data.raster import Normalization, RasterInfo, read_window
+from .data.raster import RasterInfo, native_dtype, read_window_raw
+from .model_card import ModelCard, load_model_card
 
 TTA_VIEWS = (1, 2, 4, 8)
 
@@ -40,22 +44,25 @@ class ModelLoadError(ValueError):
 # ------------------------------------------------------------------------------------------
 # Predictors
 # ------------------------------------------------------------------------------------------
-@dataclass
-class Predictor:
-    """Raw pixels in, probabilities out, plus what the outputs need to know about the model."""
+class NodataWarning(UserWarning):
+    """A scene's nodata value differs from the one the model was trained with."""
 
-    num_bands: int
-    num_classes: int  # output channels (1 = binary sigmoid)
-    norm: Normalization
-    size_multiple: int = 1
-    threshold: Union[float, list] = 0.5  # multilabel: one per class, or one for all
-    classes: list = field(default_factory=list)
-    palette: dict = field(default_factory=dict)
-    task: str = "auto"  # binary | multiclass | multilabel | auto
-    ignore_index: int = 255  # the label value of the run's ignored pixels (data.ignore_index)
-    tile_size: int = 256
-    recommended_overlap: int = 32
-    source: str = ""
+
+class Predictor:
+    """Raw pixels in, probabilities out, described by the model's :class:`ModelCard`."""
+
+    def __init__(self, card: ModelCard, num_classes: int, source: str = ""):
+        self.card, self.num_classes, self.source = card, int(num_classes), source  # num_classes: output channels
+
+    num_bands = property(lambda self: self.card.num_bands)
+    size_multiple = property(lambda self: self.card.size_multiple)
+    classes = property(lambda self: list(self.card.classes))
+    palette = property(lambda self: dict(self.card.colours))
+    task = property(lambda self: self.card.task)
+    tile_size = property(lambda self: self.card.tile_size)
+    recommended_overlap = property(lambda self: self.card.recommended_overlap)
+    threshold = property(lambda self: self.card.thresholds()[0])
+    ignore_index = property(lambda self: self.card.ignore_index)  # the label value training ignored
 
     @property
     def binary(self) -> bool:
@@ -67,8 +74,8 @@ class Predictor:
         return self.task == "multilabel" and self.num_classes > 1
 
     def thresholds(self, threshold=None) -> np.ndarray:
-        """The per-class thresholds (K,) of a multilabel model (``threshold`` overrides)."""
-        value = self.threshold if threshold is None else threshold
+        """The per-class thresholds (K,): the card's, or ``threshold`` (one value or one per class)."""
+        value = self.card.thresholds() if threshold is None else threshold
         values = np.asarray(value, np.float32).reshape(-1)
         if values.size == 1:
             values = np.repeat(values, self.num_classes)
@@ -83,9 +90,10 @@ class Predictor:
         names = list(self.classes)
         return names + [f"class{i}" for i in range(len(names), self.num_classes)]
 
-    def fill_value(self) -> np.ndarray:
-        """Raw value written into nodata pixels: normalizes to 0, as in the training pipeline."""
-        return self.norm.offset.astype(np.float32)
+    def fill_value(self) -> float:
+        """Raw value written into no-data pixels: the card's nodata (NaN for float imagery
+        without one), which the model's preprocessing maps to 0, as in training."""
+        return self.card.fill_value()
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -106,21 +114,34 @@ class Predictor:
         tile = tile_size or self.tile_size
         return tile, (overlap if overlap >= 0 else min(self.recommended_overlap, tile // 2))
 
+    def check_source(self, source, name: str = "") -> None:
+        """Refuse a scene whose band count (or, for a raster file, dtype) differs from the model
+        card's; warn (:class:`NodataWarning`) about a different nodata value."""
+        name = name or getattr(source, "name", "scene")
+        model = f" (model {self.source})" if self.source else ""
+        info = getattr(source, "info", None)
+        if info is None:
+            if source.num_bands != self.num_bands:
+                raise ValueError(f"{name}: the scene has {source.num_bands} band(s) but the model{model} was "
+                                 f"trained on {self.num_bands} band(s)")
+            return
+        for message in self.card.check_scene(f"{name}{model}", info.num_bands, native_dtype(info), info.nodata):
+            warnings.warn(message, NodataWarning, stacklevel=3)
+
 
 class KerasPredictor(Predictor):
-    """A Keras model plus its :class:`Normalization` (normalization and padding done in numpy)."""
+    """A Keras model whose first layer is its preprocessing, plus its model card (padding to the
+    size multiple in numpy)."""
 
-    def __init__(self, model, norm: Normalization, **kwargs):
-        from .export import model_multiple
+    def __init__(self, model, card: ModelCard, source: str = ""):
+        from .export import check_model_card
 
-        kwargs.setdefault("size_multiple", model_multiple(model))
-        super().__init__(
-            num_bands=int(model.input_shape[-1]), num_classes=int(model.output_shape[-1]), norm=norm, **kwargs
-        )
+        check_model_card(model, card, source or model.name)
+        super().__init__(card, int(model.output_shape[-1]), source)
         self.model = model
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
-        x = self.norm.apply(np.asarray(raw, np.float32)).astype(np.float32)
+        x = np.asarray(raw)
         height, width = x.shape[1:3]
         m = self.size_multiple
         pad_h, pad_w = (-height) % m, (-width) % m
@@ -133,81 +154,20 @@ class KerasPredictor(Predictor):
 class SavedModelPredictor(Predictor):
     """The exported SavedModel's ``serving_default`` signature (raw pixels in)."""
 
-    def __init__(self, path, **kwargs):
+    def __init__(self, path):
         from ._tf import tensorflow as tf
 
         self._tf = tf
+        card = load_model_card(path)
         self.loaded = tf.saved_model.load(str(path))
-        meta = read_savedmodel_metadata(path, self.loaded)
         self.signature = self.loaded.signatures["serving_default"]
-        norm = Normalization(**meta["normalization"])
-        num_classes = len(meta.get("classes") or []) or 1
-        out_spec = self.signature.structured_outputs.get("probabilities")
-        if out_spec is not None and out_spec.shape.rank == 4 and out_spec.shape[-1] is not None:
-            num_classes = int(out_spec.shape[-1])
-        super().__init__(
-            num_bands=int(meta["num_bands"]),
-            num_classes=num_classes,
-            norm=norm,
-            size_multiple=int(meta.get("size_multiple", 1)),
-            threshold=_threshold(meta.get("threshold", 0.5)),
-            classes=list(meta.get("classes") or []),
-            palette=dict(meta.get("palette") or {}),
-            task=str(meta.get("task", "auto")),
-            ignore_index=int(meta.get("ignore_index", 255)),
-            tile_size=int(meta.get("tile_size") or 256),
-            recommended_overlap=int(meta.get("recommended_overlap") or 32),
-            source=str(path),
-            **kwargs,
-        )
+        out_spec = self.signature.structured_outputs["probabilities"]
+        num_classes = int(out_spec.shape[-1]) if out_spec.shape[-1] is not None else card.num_outputs
+        super().__init__(card, num_classes, str(path))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         out = self.signature(images=self._tf.constant(np.asarray(raw, np.float32)))
-        probs = out["probabilities"].numpy().astype(np.float32)
-        if probs.shape[-1] != self.num_classes:  # metadata listed classes but model is binary
-            self.num_classes = probs.shape[-1]
-        return probs
-
-
-def _threshold(value):
-    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
-
-
-def read_savedmodel_metadata(path, loaded=None) -> dict:
-    """The export metadata: ``assets/tfseg_metadata.json``, else the ``metadata`` signature."""
-    asset = Path(path) / "assets" / "tfseg_metadata.json"
-    if asset.is_file():
-        return json.loads(asset.read_text())
-    if loaded is not None and "metadata" in loaded.signatures:
-        return json.loads(loaded.signatures["metadata"]()["metadata"].numpy().decode())
-    raise ModelLoadError(f"SavedModel {path} has no assets/tfseg_metadata.json and no 'metadata' signature")
-
-
-def _run_settings(run_dir: Path) -> dict:
-    """threshold / classes / palette / task / ignore index / tile size from a run's config.yaml (if any)."""
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        return {}
-    import yaml
-
-    tree = yaml.safe_load(cfg_file.read_text()) or {}
-    data, train, export = tree.get("data", {}) or {}, tree.get("train", {}) or {}, tree.get("export", {}) or {}
-    out = {}
-    if "threshold" in train:
-        out["threshold"] = _threshold(train["threshold"])
-    if data.get("classes"):
-        out["classes"] = list(data["classes"])
-    if data.get("palette"):
-        out["palette"] = dict(data["palette"])
-    if data.get("task"):
-        out["task"] = str(data["task"])
-    if "ignore_index" in data:
-        out["ignore_index"] = int(data["ignore_index"])
-    if data.get("window_size"):
-        out["tile_size"] = int(data["window_size"])
-    if "recommended_overlap" in export:
-        out["recommended_overlap"] = int(export["recommended_overlap"])
-    return out
+        return out["probabilities"].numpy().astype(np.float32)
 
 
 def load_predictor(path) -> Predictor:
@@ -221,13 +181,11 @@ def load_predictor(path) -> Predictor:
     if path.is_dir() and not (path / "model.keras").is_file() and (path / "export" / "saved_model.pb").is_file():
         return SavedModelPredictor(path / "export")
     if (path.is_dir() and (path / "model.keras").is_file()) or path.suffix == ".keras":
-        from . import models  # noqa: F401  (registers custom layers such as BilinearUpsample2x)
         from .export import load_run_model
 
-        model, norm, _ = load_run_model(path)
-        run_dir = path if path.is_dir() else path.parent
-        return KerasPredictor(model, norm, source=str(path), **_run_settings(run_dir))
-    raise ModelLoadError(f"--model {path}: not a run directory (model.keras + normalization.json), "
+        model, card = load_run_model(path)
+        return KerasPredictor(model, card, source=str(path))
+    raise ModelLoadError(f"--model {path}: not a run directory (model.keras + model_card.json), "
                          "a .keras file or a SavedModel directory (saved_model.pb)")
 
 
@@ -310,27 +268,28 @@ def _overlaps(origins: list, tile: int, index: int) -> tuple[int, int]:
 # Sources and sinks
 # ------------------------------------------------------------------------------------------
 class ArraySource:
-    """An in-memory HxWxC raw image (+ optional HxW valid mask) read like a raster."""
+    """An in-memory HxWxC raw image (its own dtype; + optional HxW valid mask, default: pixels
+    without NaN) read like a raster."""
 
     def __init__(self, image: np.ndarray, valid: Optional[np.ndarray] = None, name: str = "array"):
-        image = np.asarray(image, np.float32)
+        image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., None]
         self.image = image
         self.height, self.width, self.num_bands = image.shape
         if valid is None:
-            valid = ~np.isnan(image).any(axis=-1)
+            valid = ~np.isnan(image).any(axis=-1) if image.dtype.kind == "f" else np.ones(image.shape[:2], bool)
         self.valid = np.asarray(valid, bool)
         self.name = name
 
     def read(self, row: int, col: int, height: int, width: int):
         r0, c0 = max(row, 0), max(col, 0)
         r1, c1 = min(row + height, self.height), min(col + width, self.width)
-        return np.nan_to_num(self.image[r0:r1, c0:c1]), self.valid[r0:r1, c0:c1]
+        return self.image[r0:r1, c0:c1], self.valid[r0:r1, c0:c1]
 
 
 class RasterSource:
-    """A raster file read window by window (tfseg.data.raster.read_window)."""
+    """A raster file read window by window in its own dtype (tfseg.data.raster.read_window_raw)."""
 
     def __init__(self, info: RasterInfo):
         self.info = info
@@ -340,7 +299,7 @@ class RasterSource:
     def read(self, row: int, col: int, height: int, width: int):
         r0, c0 = max(row, 0), max(col, 0)
         r1, c1 = min(row + height, self.height), min(col + width, self.width)
-        return read_window(self.info, Window(c0, r0, c1 - c0, r1 - r0))
+        return read_window_raw(self.info, Window(c0, r0, c1 - c0, r1 - r0))
 
 
 def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
@@ -352,15 +311,17 @@ def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
     return np.where(index >= length, period - index, index)
 
 
-def _read_tile(source, row: int, col: int, tile_h: int, tile_w: int, fill: np.ndarray):
-    """Raw tile (nodata filled) and its valid mask. Past the scene edges the tile is the scene
+def _read_tile(source, row: int, col: int, tile_h: int, tile_w: int, fill: float):
+    """Raw tile (its own dtype, float32 when ``fill`` is NaN and it is not float; no-data
+    pixels = ``fill``) and its valid mask. Past the scene edges the tile is the scene
     mirrored about its edge (as ``np.pad(mode="reflect")`` of the whole scene would be), so a
     tile sees the same context as the scene predicted in one piece."""
     rows = reflect_index(np.arange(row, row + tile_h), source.height)
     cols = reflect_index(np.arange(col, col + tile_w), source.width)
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
     image, valid = source.read(r0, c0, r1 - r0, c1 - c0)
-    image = np.array(image, np.float32, copy=True)
+    dtype = image.dtype if image.dtype.kind == "f" or not math.isnan(fill) else np.dtype(np.float32)
+    image = np.array(image, dtype, copy=True)
     if not valid.all():
         image[~valid] = fill
     inside_rows, inside_cols = row + tile_h <= source.height, col + tile_w <= source.width
@@ -454,12 +415,7 @@ def run_sliding_window(
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: expected >= 1")
     for job in jobs:
-        if job.source.num_bands != predictor.num_bands:
-            model = f"model {predictor.source}" if predictor.source else "model"
-            raise ValueError(
-                f"{job.name or job.source.name}: the scene has {job.source.num_bands} band(s) but the "
-                f"{model} was trained on {predictor.num_bands} band(s)"
-            )
+        predictor.check_source(job.source, job.name or job.source.name)
     tile_h, tile_w, stride, margin = plan_tiles(
         predictor, [j.source.height for j in jobs], [j.source.width for j in jobs], tile_size, overlap, margin)
     multiple = max(1, predictor.size_multiple)

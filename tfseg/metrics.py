@@ -49,7 +49,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     workers (``SUM`` aggregation of the variable), and the score is computed from the sum.
     """
 
-    def __init__(self, kind: str = "iou", classes: int = 1, ignore_index: int = 255, threshold: float = 0.5,
+    def __init__(self, kind: str = "iou", classes: int = 1, ignore_index: int = 255, threshold=0.5,
                  class_id=None, task=None, average: str = "auto", name=None, **kwargs):
         if kind not in KINDS:
             raise ValueError(f"metric kind {kind!r} is not available; available: {KINDS}")
@@ -62,7 +62,14 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             raise ValueError(f"metric class_id {class_id} out of range for {classes} classes")
         super().__init__(name=name or kind, **kwargs)
         self.kind, self.classes, self.ignore_index = kind, int(classes), int(ignore_index)
-        self.threshold, self.class_id, self.task, self.average = float(threshold), class_id, task, average
+        if isinstance(threshold, (list, tuple)):  # one per class: multilabel only
+            if task != "multilabel" or len(threshold) != int(classes):
+                raise ValueError(f"threshold: a list needs task multilabel and {classes} values (one per class), "
+                                 f"got {list(threshold)!r} for task {task}")
+            threshold = [float(t) for t in threshold]
+        else:
+            threshold = float(threshold)
+        self.threshold, self.class_id, self.task, self.average = threshold, class_id, task, average
         if task == "multilabel":
             shape = (self.classes, 2, 2)
         else:
@@ -83,7 +90,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             valid = ops.broadcast_to(valid, ops.shape(y_pred))
             y_true = ops.broadcast_to(y_true, ops.shape(y_pred))
             truth = ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)) > 0.5, "int32")
-            pred = ops.cast(y_pred >= self.threshold, "int32")
+            pred = ops.cast(y_pred >= ops.convert_to_tensor(self.threshold, "float32"), "int32")
             channel = ops.broadcast_to(ops.arange(self.classes, dtype="int32"), ops.shape(truth))
             index = ops.reshape(channel * 4 + truth * 2 + pred, (-1,))
             weights = ops.reshape(ops.cast(valid, "float32"), (-1,))
@@ -211,7 +218,7 @@ def _metric_suffix(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_").lower() or "class"
 
 
-def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold: float = 0.5, task=None,
+def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold=0.5, task=None,
                          class_names=None, per_class_kinds=("iou", "f1")):
     """The standard set ``iou, f1, precision, recall, accuracy`` (binary: positive class;
     multiclass / multilabel: mean over classes). With ``class_names`` (several classes), also

@@ -340,6 +340,50 @@ def _crs_name(crs) -> str:
     return f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else crs.to_wkt()
 
 
+def merge_geojson(parts: Sequence, path) -> dict:
+    """Merge per-scene GeoJSON files into one FeatureCollection, streamed feature by feature.
+
+    ``parts``: ``(geojson_path, image_id, crs)`` per scene, ``crs`` the file's CRS (None: pixel
+    coordinates). Each feature gets an ``image_id`` property (the scene's stem, as
+    ``evaluate polygons`` groups by it) and a running feature id. Scenes sharing one CRS are
+    merged in it; scenes in several CRSs are reprojected to EPSG:4326 (RFC 7946). Pixel-coordinate
+    scenes cannot be placed beside georeferenced ones: they are then left out and listed.
+    Returns ``{"count", "crs", "excluded"}``.
+    """
+    from shapely.geometry import mapping, shape
+
+    georef = [p for p in parts if p[2]]
+    excluded = [str(p[0]) for p in parts if not p[2]] if georef else []
+    parts = georef or list(parts)
+    crss = {_crs_name(p[2]) if p[2] else None for p in parts}
+    if len(crss) > 1:
+        dst = "EPSG:4326"
+    else:
+        dst = parts[0][2] if parts else None
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    count = 0
+    with tmp.open("w") as out:
+        out.write('{"type": "FeatureCollection", ')
+        if dst is None:
+            out.write('"crs": {"type": "name", "properties": {"name": "pixel"}}, ')
+        elif _crs_name(dst) != _crs_name("EPSG:4326"):
+            out.write(json.dumps({"crs": {"type": "name", "properties": {"name": _crs_name(dst)}}})[1:-1] + ", ")
+        out.write('"features": [')
+        for file, image_id, crs in parts:
+            reproject = dst is not None and _crs_name(crs) != _crs_name(dst)
+            for feature in json.loads(Path(file).read_text()).get("features", []):
+                if reproject:
+                    feature["geometry"] = mapping(reproject_geometry(shape(feature["geometry"]), crs, dst))
+                feature["properties"] = {**(feature.get("properties") or {}), "image_id": image_id}
+                feature["id"] = count
+                out.write((", " if count else "") + json.dumps(feature))
+                count += 1
+        out.write("]}")
+    tmp.replace(path)
+    return {"count": count, "crs": _crs_name(dst) if dst else "pixel", "excluded": excluded}
+
+
 SPACENET_HEADER = ["ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence"]
 
 

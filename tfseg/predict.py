@@ -9,11 +9,19 @@ Outputs per scene (in DIR): ``<stem>_prob.tif`` (probabilities, float16 or uint8
 nodata NaN / 255), ``<stem>_class.tif`` (uint8 classes, nodata 255, palette colour table; a
 multi-label model: one 0/1 band per class, each with its own threshold, as classes overlap),
 ``<stem>_polygons.geojson`` (objects after speckle removal, hole filling and simplification, in
-the scene CRS or EPSG:4326; ``class`` property = the class index), ``<stem>_overlay.png`` (preview); with ``--spacenet-csv`` one
-``ImageId,BuildingId,PolygonWKT_Pix,Confidence`` CSV for all scenes; ``summary.json``.
+the scene CRS or EPSG:4326; ``class`` property = the class index), ``<stem>_overlay.png`` (preview), ``<stem>_proposals.csv`` (its
+SpaceNet rows, with ``--spacenet-csv``) and ``<stem>_done.json`` (written last: the scene is
+complete and is skipped on a rerun with the same model and options). For the run:
+``polygons.geojson`` (every scene's polygons), the ``--spacenet-csv`` CSV, ``summary.json``.
+
+Scenes are predicted one at a time by :func:`predict_scene`, in this process (``--runner local``)
+or by the workers of an Apache Beam pipeline (``--runner beam``, :mod:`tfseg.predict_beam`). A
+scene that fails is reported in ``summary.json`` and does not stop the others; the exit code is
+then 1 (2: bad arguments, nothing done).
 
 Example:
     python -m tfseg.predict --model runs/default --input scene.tif --output out/ --tta 4
+    python -m tfseg.predict --model runs/default --input 'scenes/*.tif' --output out/ --runner beam
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -34,7 +43,9 @@ import numpy as np
 from .data.raster import RasterError, open_raster
 from .inference import Job, Predictor, RasterSource, load_predictor, run_sliding_window
 from .postprocess import (
+    SPACENET_HEADER,
     PolygonOptions,
+    merge_geojson,
     pixel_area_m2,
     polygonize_raster,
     spacenet_image_id,
@@ -123,7 +134,7 @@ class GeoTiffSink:
         self.info, self.predictor = info, predictor
         self.prob_path, self.class_path = prob_path, class_path
         self.prob_dtype, self.cog = prob_dtype, cog
-        self.threshold = predictor.threshold if threshold is None else threshold
+        self.threshold = threshold  # None: the model card's (multilabel: one per class)
         self.block = _block_size(info.height, info.width)
         self._prob = self._class = None
         self.class_counts = np.zeros(max(2, predictor.num_classes), np.int64)
@@ -253,17 +264,23 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
     from PIL import Image
     from rasterio.enums import Resampling
 
-    from .data.raster import _handle
+    from rasterio.errors import NotGeoreferencedWarning
 
-    src = _handle(str(scene_path))
-    factor = max(1.0, max(src.width, src.height) / max_side)
-    out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
-    bands = [1, 2, 3] if src.count >= 3 else [1]
-    image = src.read(bands, out_shape=(len(bands), out_h, out_w), resampling=Resampling.nearest).astype(np.float32)
+    # opened and closed here (not the per-thread handle cache): a worker predicting thousands of
+    # scenes must not keep one open file per scene
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(str(scene_path)) as src:
+            factor = max(1.0, max(src.width, src.height) / max_side)
+            out_h, out_w = max(1, int(src.height / factor)), max(1, int(src.width / factor))
+            bands = [1, 2, 3] if src.count >= 3 else [1]
+            image = src.read(bands, out_shape=(len(bands), out_h, out_w),
+                             resampling=Resampling.nearest).astype(np.float32)
+            nodata = src.nodata
     image = np.moveaxis(image, 0, -1)
     ok = np.isfinite(image).all(-1)
-    if src.nodata is not None:
-        ok &= ~np.all(image == src.nodata, axis=-1)
+    if nodata is not None:
+        ok &= ~np.all(image == nodata, axis=-1)
     rgb = np.zeros_like(image)
     if ok.any():
         low, high = np.percentile(image[ok], [2, 98], axis=0)
@@ -317,118 +334,303 @@ class _Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOptions] = None) -> dict:
-    """Predict scenes (paths) with ``model`` (path or :class:`Predictor`) into ``output``.
-
-    Returns the summary (also written to ``output/summary.json``).
-    """
-    import rasterio
-
-    options = options or PredictOptions()
-    # rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in bytes (not MB)
-    with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb)) * 1024 * 1024):
-        return _predict_scenes(model, inputs, output, options)
+MARKER_SUFFIX = "_done.json"  # <stem>_done.json: written last, atomically, once a scene is complete
+SCENE_OUTPUT_SUFFIXES = ("_prob.tif", "_class.tif", "_prob.tmp.tif", "_class.tmp.tif", "_polygons.geojson",
+                         "_overlay.png", "_proposals.csv")
+MERGED_POLYGONS = "polygons.geojson"
+RUNNERS = ("local", "beam")
 
 
-def _predict_scenes(model, inputs: Sequence, output, options: PredictOptions) -> dict:
+class SceneFailures(ValueError):
+    """Some scenes failed; the others completed. ``summary`` is the run's summary (also in
+    ``summary.json``), the message names every failed scene and its error."""
+
+    def __init__(self, summary: dict, summary_path):
+        self.summary = summary
+        lines = [f"{f['input']}: {f['error']}" for f in summary["failures"]]
+        super().__init__(f"{len(lines)} of {summary['num_scenes']} scene(s) failed (details in {summary_path}):\n  "
+                         + "\n  ".join(lines))
+
+
+def validate_options(options: PredictOptions, predictor: Optional[Predictor] = None) -> None:
+    """Reject bad options before any scene is touched (so they are not reported once per scene).
+    Tile size and overlap are checked against the model when ``predictor`` is given."""
+    from .inference import plan_tiles, tta_views
+
     if options.probabilities not in ("float16", "uint8", "none"):
         raise ValueError(f"--probabilities: expected float16, uint8 or none, got {options.probabilities!r}")
-    output = check_writable(Path(output))
-    predictor = model if isinstance(model, Predictor) else load_predictor(model)
-    infos = []
-    for path in inputs:
-        info = open_raster(path)
-        if info.num_bands != predictor.num_bands:
-            raise RasterError(
-                f"{path}: the scene has {info.num_bands} band(s) but the model {predictor.source or ''} was trained "
-                f"on {predictor.num_bands} band(s)"
-            )
-        if not info.crs:
-            warnings.warn(f"{path}: not georeferenced (no CRS); outputs and polygons are in pixel coordinates",
-                          stacklevel=2)
-        infos.append(info)
-    stems = [Path(i.path).stem for i in infos]
+    if options.batch_size < 1:
+        raise ValueError(f"--batch-size {options.batch_size}: expected >= 1")
+    tta_views(options.tta)
+    if predictor is not None:
+        tile, overlap = predictor.tiling(options.tile_size, options.overlap)
+        plan_tiles(predictor, [tile], [tile], tile, overlap, options.margin)
+
+
+def check_scene_names(inputs: Sequence, output) -> None:
+    """Two inputs with the same file stem would overwrite each other's outputs: refuse them."""
+    stems = [Path(p).stem for p in inputs]
     if len(set(stems)) != len(stems):
         raise OutputError(f"--input: two scenes share a file stem ({sorted(s for s in stems if stems.count(s) > 1)[0]}); "
                           f"their outputs would overwrite each other in {output}")
+
+
+def scene_fingerprint(predictor: Predictor, options: PredictOptions) -> dict:
+    """What a scene's outputs depend on (model and options): a completion marker with another
+    fingerprint does not count as complete, so a rerun with other options redoes the scene."""
+    from dataclasses import asdict
+
+    settings = asdict(options)
+    for key in ("progress", "gdal_cache_mb"):  # do not change the outputs
+        settings.pop(key)
+    settings["spacenet_csv"] = bool(options.spacenet_csv)  # the per-scene rows, wherever the CSV goes
+    model = os.path.abspath(predictor.source) if predictor.source else ""  # runners may differ in working dir
+    return json.loads(json.dumps({"model": model, "model_files": model_files(predictor.source), "options": settings}))
+
+
+def model_files(source) -> list:
+    """``[name, size, mtime_ns]`` of the files a model is loaded from (a retrained or re-exported
+    model at the same path is another model)."""
+    if not source:
+        return []
+    path = Path(source)
+    if path.is_file():
+        files = [path, path.parent / "normalization.json", path.parent / "config.yaml"]
+    elif (path / "saved_model.pb").is_file():
+        files = [path / "saved_model.pb"] + sorted(q for q in path.rglob("*") if q.is_file()
+                                                   and q.parts[len(path.parts)] in ("variables", "assets"))
+    else:
+        files = [path / "model.keras", path / "normalization.json", path / "config.yaml"]
+    return [[str(f.relative_to(path.parent if path.is_file() else path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in files if f.is_file()]
+
+
+def completed_entry(output, stem: str, fingerprint: dict) -> Optional[dict]:
+    """The summary entry of a scene already complete in ``output`` (marker present, same model
+    and options, every listed output file present), else None."""
+    output = Path(output)
+    try:
+        record = json.loads((output / f"{stem}{MARKER_SUFFIX}").read_text())
+    except (OSError, ValueError):
+        return None
+    entry = record.get("entry") if isinstance(record, dict) else None
+    if record.get("fingerprint") != fingerprint or not isinstance(entry, dict):
+        return None
+    if not all((output / name).is_file() for name in entry.get("outputs", [])):
+        return None
+    return entry
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: readers see
+    the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def predict_scene(predictor: Predictor, path, output, options: PredictOptions,
+                  fingerprint: Optional[dict] = None) -> dict:
+    """Predict one scene into ``output`` (every output, then its completion marker), unless a
+    marker says it is complete already. Both runners (local and Beam) call this per scene.
+
+    Returns ``{"input", "status": "done" | "skipped" | "failed", "entry" | "error"}``. A scene's
+    own failure (unreadable or corrupt file, wrong band count, I/O error) is returned, with its
+    partial outputs removed, so it does not stop the other scenes.
+    """
+    output, path = Path(output), Path(path)
+    stem = path.stem
+    fingerprint = fingerprint or scene_fingerprint(predictor, options)
+    entry = completed_entry(output, stem, fingerprint)
+    if entry is not None:
+        return {"input": str(path), "status": "skipped", "entry": entry}
+    marker = output / f"{stem}{MARKER_SUFFIX}"
+    marker.unlink(missing_ok=True)
+    try:
+        entry = _predict_one(predictor, path, output, options)
+    except Exception as exc:  # noqa: BLE001 - one scene's failure must not stop thousands of others
+        for suffix in SCENE_OUTPUT_SUFFIXES:
+            (output / f"{stem}{suffix}").unlink(missing_ok=True)
+        return {"input": str(path), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    write_atomic(marker, json.dumps({"fingerprint": fingerprint, "entry": entry}, indent=1))
+    return {"input": str(path), "status": "done", "entry": entry}
+
+
+def _predict_one(predictor: Predictor, path: Path, output: Path, options: PredictOptions) -> dict:
+    started = time.time()
+    info = open_raster(path)
+    if info.num_bands != predictor.num_bands:
+        raise RasterError(
+            f"{path}: the scene has {info.num_bands} band(s) but the model {predictor.source or ''} was trained "
+            f"on {predictor.num_bands} band(s)"
+        )
+    if not info.crs:
+        warnings.warn(f"{path}: not georeferenced (no CRS); outputs and polygons are in pixel coordinates",
+                      stacklevel=3)
+    stem = path.stem
     want_polygons = options.polygons if options.polygons is not None else (predictor.binary or predictor.multilabel)
     want_polygons = want_polygons or bool(options.spacenet_csv)
     need_classes = options.classes or want_polygons or options.overlay
-    threshold = predictor.threshold if options.threshold is None else options.threshold
-    jobs, sinks = [], []
-    for info, stem in zip(infos, stems):
-        sink = GeoTiffSink(
-            info, predictor,
-            prob_path=None if options.probabilities == "none" else output / f"{stem}_prob.tif",
-            class_path=output / f"{stem}_class.tif" if need_classes else None,
-            prob_dtype=options.probabilities, threshold=threshold, cog=options.cog,
-        )
-        jobs.append(Job(RasterSource(info), sink, info.path))
-        sinks.append(sink)
+    sink = GeoTiffSink(
+        info, predictor,
+        prob_path=None if options.probabilities == "none" else output / f"{stem}_prob.tif",
+        class_path=output / f"{stem}_class.tif" if need_classes else None,
+        prob_dtype=options.probabilities, threshold=options.threshold, cog=options.cog,
+    )
     tile_size, overlap = predictor.tiling(options.tile_size, options.overlap)
-    stats = run_sliding_window(predictor, jobs, tile_size, overlap, options.batch_size, options.tta, options.margin,
-                               block_rows=min(s.block for s in sinks), progress=_Progress(options.progress))
+    stats = run_sliding_window(predictor, [Job(RasterSource(info), sink, info.path)], tile_size, overlap,
+                               options.batch_size, options.tta, options.margin, block_rows=sink.block,
+                               progress=_Progress(options.progress))
     post_started = time.perf_counter()
-    scenes, csv_rows = [], {}
     polygon_classes = options.polygon_classes or (
         [1] if predictor.binary else list(range(0 if predictor.multilabel else 1, predictor.num_classes)))
-    for info, stem, sink in zip(infos, stems, sinks):
-        entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs}
-        transform = info.affine if info.crs else None
-        area = pixel_area_m2(info.crs, info.affine, info.width, info.height)
-        entry["km2"] = round(info.width * info.height * area / 1e6, 6) if area else None
-        entry["valid_fraction"] = round(sink.valid_pixels / max(1, info.width * info.height), 6)
-        entry["class_fractions"] = {
-            name: round(float(c) / max(1, sink.valid_pixels), 6)
-            for name, c in zip(predictor.class_names, sink.class_counts)
-        }
-        if sink.prob_path:
-            entry["probabilities"] = str(sink.prob_path)
-        if sink.class_path and options.classes:
-            entry["classes"] = str(sink.class_path)
-        if want_polygons:
-            prob_bands = {v: (1 if predictor.binary else v + 1) for v in polygon_classes}
-            records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
-                                        pixel_area_m2=area, class_probability_band=prob_bands,
-                                        class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
-                                        else None)
-            geojson = output / f"{stem}_polygons.geojson"
-            write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
-            entry["polygons"] = str(geojson)
-            entry["num_polygons"] = len(records)
-            if options.spacenet_csv:
-                csv_rows[spacenet_image_id(info.path)] = [r for r in records if r.class_index == polygon_classes[0]]
-        if options.overlay:
-            overlay = output / f"{stem}_overlay.png"
-            write_overlay(info.path, sink.class_path, overlay, predictor)
-            entry["overlay"] = str(overlay)
-        if sink.class_path and not options.classes:
-            sink.class_path.unlink(missing_ok=True)
-        scenes.append(entry)
-    if options.spacenet_csv:
-        csv_path = Path(options.spacenet_csv)
-        if not csv_path.is_absolute() and csv_path.parent == Path("."):
-            csv_path = output / csv_path
-        write_spacenet_csv(csv_path, csv_rows)
-    km2 = [s["km2"] for s in scenes if s["km2"] is not None]
+    entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs}
+    transform = info.affine if info.crs else None
+    area = pixel_area_m2(info.crs, info.affine, info.width, info.height)
+    entry["km2"] = round(info.width * info.height * area / 1e6, 6) if area else None
+    entry["valid_fraction"] = round(sink.valid_pixels / max(1, info.width * info.height), 6)
+    entry["class_fractions"] = {
+        name: round(float(c) / max(1, sink.valid_pixels), 6)
+        for name, c in zip(predictor.class_names, sink.class_counts)
+    }
+    outputs = []
+    if sink.prob_path:
+        entry["probabilities"] = str(sink.prob_path)
+        outputs.append(sink.prob_path.name)
+    if sink.class_path and options.classes:
+        entry["classes"] = str(sink.class_path)
+        outputs.append(sink.class_path.name)
+    if want_polygons:
+        prob_bands = {v: (1 if predictor.binary else v + 1) for v in polygon_classes}
+        records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
+                                    pixel_area_m2=area, class_probability_band=prob_bands,
+                                    class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
+                                    else None)
+        geojson = output / f"{stem}_polygons.geojson"
+        write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
+        entry["polygons"] = str(geojson)
+        entry["num_polygons"] = len(records)
+        outputs.append(geojson.name)
+        if options.spacenet_csv:  # this scene's rows; the run's CSV concatenates them in input order
+            rows = output / f"{stem}_proposals.csv"
+            write_spacenet_csv(rows, {spacenet_image_id(info.path): [
+                r for r in records if r.class_index == polygon_classes[0]]})
+            outputs.append(rows.name)
+    if options.overlay:
+        overlay = output / f"{stem}_overlay.png"
+        write_overlay(info.path, sink.class_path, overlay, predictor)
+        entry["overlay"] = str(overlay)
+        outputs.append(overlay.name)
+    if sink.class_path and not options.classes:
+        sink.class_path.unlink(missing_ok=True)
+    entry.update(tiles=stats["tiles"], tile=stats["tile"], stride=stats["stride"], margin=stats["margin"],
+                 pixels=stats["pixels"], predict_seconds=round(stats["seconds"], 3),
+                 postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
+                 started=round(started, 3), finished=round(time.time(), 3))
+    return entry
+
+
+def spacenet_csv_path(options: PredictOptions, output) -> Path:
+    """``--spacenet-csv NAME``: a bare name goes into ``--output``; a path is used as given."""
+    csv_path = Path(options.spacenet_csv)
+    if not csv_path.is_absolute() and csv_path.parent == Path("."):
+        csv_path = Path(output) / csv_path
+    return csv_path
+
+
+def _shared(entries: list, key: str):
+    values = {json.dumps(e.get(key)) for e in entries}
+    return entries[0].get(key) if len(values) == 1 else None
+
+
+def summarize(inputs: Sequence, results: Sequence[dict], output, options: PredictOptions, model: str, runner: str,
+              started: float) -> dict:
+    """The final step of both runners: per-scene polygons merged into one GeoJSON (and the SpaceNet
+    CSV when asked), ``summary.json`` written. ``results`` (from :func:`predict_scene`, any order)
+    are reported in input order; ``started`` is the run's start (``time.time()``)."""
+    output = Path(output)
+    by_input = {r["input"]: r for r in results}
+    missing = [str(p) for p in inputs if str(p) not in by_input]
+    if missing:  # a runner that lost elements must not look like a complete run
+        raise RuntimeError(f"no result for {len(missing)} scene(s), e.g. {missing[0]}")
+    ordered = [by_input[str(p)] for p in inputs]
+    entries = [r["entry"] for r in ordered if r["status"] != "failed"]
+    predicted = [r["entry"] for r in ordered if r["status"] == "done"]
+    failures = [{"input": r["input"], "error": r["error"]} for r in ordered if r["status"] == "failed"]
+    seconds = max(time.time() - started, 1e-9)
+    km2 = [e["km2"] for e in entries if e["km2"] is not None]
+    predict_seconds = sum(e["predict_seconds"] for e in predicted)
+    tiles = sum(e["tiles"] for e in predicted)
     summary = {
-        "model": predictor.source,
-        "scenes": scenes,
-        "num_scenes": len(scenes),
-        "tiles": stats["tiles"],
-        "tile": stats["tile"],
-        "stride": stats["stride"],
-        "margin": stats["margin"],
+        "model": model,
+        "runner": runner,
+        "scenes": entries,
+        "num_scenes": len(ordered),
+        "completed": len(predicted),
+        "skipped": len(entries) - len(predicted),
+        "failed": len(failures),
+        "failures": failures,
+        "tiles": tiles,
+        "tile": _shared(entries, "tile") if entries else None,
+        "stride": _shared(entries, "stride") if entries else None,
+        "margin": _shared(entries, "margin") if entries else None,
         "tta": options.tta,
-        "predict_seconds": round(stats["seconds"], 3),
-        "postprocess_seconds": round(time.perf_counter() - post_started, 3),
-        "tiles_per_s": round(stats["tiles"] / max(stats["seconds"], 1e-9), 3),
-        "megapixels": round(stats["pixels"] / 1e6, 3),
+        "seconds": round(seconds, 3),
+        "scenes_per_s": round(len(predicted) / seconds, 4),
+        "predict_seconds": round(predict_seconds, 3),
+        "postprocess_seconds": round(sum(e["postprocess_seconds"] for e in predicted), 3),
+        "tiles_per_s": round(tiles / max(predict_seconds, 1e-9), 3),
+        "megapixels": round(sum(e["width"] * e["height"] for e in entries) / 1e6, 3),
         "km2": round(sum(km2), 6) if km2 else None,
     }
+    with_polygons = [e for e in entries if e.get("polygons")]
+    if with_polygons:
+        parts = [(e["polygons"], Path(e["input"]).stem, "EPSG:4326" if options.epsg4326 and e["crs"] else e["crs"])
+                 for e in with_polygons]
+        merged = merge_geojson(parts, output / MERGED_POLYGONS)
+        summary["polygons"] = str(output / MERGED_POLYGONS)
+        summary.update({f"polygons_{k}": v for k, v in merged.items()})
     if options.spacenet_csv:
+        csv_path = spacenet_csv_path(options, output)
+        tmp = csv_path.with_name(f".{csv_path.name}.partial")
+        with tmp.open("w", newline="") as merged_csv:
+            merged_csv.write(",".join(SPACENET_HEADER) + "\n")
+            for e in with_polygons:
+                with (output / f"{Path(e['input']).stem}_proposals.csv").open(newline="") as part:
+                    next(part)  # its header
+                    shutil.copyfileobj(part, merged_csv)
+        os.replace(tmp, csv_path)
         summary["spacenet_csv"] = str(csv_path)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(output / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOptions] = None) -> dict:
+    """Predict scenes (paths) with ``model`` (path or :class:`Predictor`) into ``output``, one
+    after another in this process (the ``local`` runner).
+
+    Scenes complete in ``output`` from an earlier run with the same model and options are
+    skipped. Returns the summary (also written to ``output/summary.json``); raises
+    :class:`SceneFailures` after the others completed when any scene failed.
+    """
+    import rasterio
+
+    started = time.time()
+    options = options or PredictOptions()
+    validate_options(options)
+    output = check_writable(Path(output))
+    check_scene_names(inputs, output)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
+    validate_options(options, predictor)
+    fingerprint = scene_fingerprint(predictor, options)
+    # rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in bytes (not MB)
+    with rasterio.Env(GDAL_CACHEMAX=max(8, int(options.gdal_cache_mb)) * 1024 * 1024):
+        results = [predict_scene(predictor, path, output, options, fingerprint) for path in inputs]
+    summary = summarize(inputs, results, output, options, predictor.source, "local", started)
+    if summary["failures"]:
+        raise SceneFailures(summary, output / "summary.json")
     return summary
 
 
@@ -462,6 +664,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write a SpaceNet proposals CSV (default name proposals.csv in --output)")
     parser.add_argument("--cog", action="store_true", help="rewrite rasters as Cloud-Optimized GeoTIFFs with overviews")
     parser.add_argument("--gdal-cache-mb", type=int, default=64, help="GDAL block cache size (MB)")
+    parser.add_argument("--runner", default="local", choices=RUNNERS,
+                        help="local: scenes one after another in this process; beam: an Apache Beam pipeline, "
+                             "one element per scene (see --beam-options)")
+    parser.add_argument("--beam-options", default="",
+                        help="Beam pipeline options, 'key=value,key=value' or '--key=value --key=value' (default: "
+                             "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=<cores>)")
+    parser.add_argument("--worker-threads", type=int, default=0,
+                        help="TensorFlow threads per Beam worker process (0: cores / direct_num_workers on the "
+                             "DirectRunner, TensorFlow's default elsewhere)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
@@ -469,19 +680,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
     options = PredictOptions(
         tile_size=args.tile_size, overlap=args.overlap, margin=args.margin, batch_size=args.batch_size, tta=args.tta,
         probabilities=args.probabilities, classes=not args.no_classes, polygons=args.polygons,
         polygon_classes=args.polygon_classes, epsg4326=args.epsg4326, overlay=not args.no_overlay,
-        spacenet_csv=args.spacenet_csv, cog=args.cog, threshold=args.threshold, progress=not args.quiet,
-        gdal_cache_mb=args.gdal_cache_mb,
+        spacenet_csv=args.spacenet_csv, cog=args.cog, threshold=args.threshold,
+        progress=not args.quiet and args.runner == "local", gdal_cache_mb=args.gdal_cache_mb,
         polygon=PolygonOptions(opening_px=args.opening, min_area_px=args.min_area, min_area_m2=args.min_area_m2,
                                fill_holes=not args.no_fill_holes, simplify_px=args.simplify),
     )
     try:
+        if args.worker_threads < 0:
+            raise ValueError(f"--worker-threads {args.worker_threads}: expected >= 0")
+        if args.beam_options and args.runner != "beam":
+            raise ValueError("--beam-options: only used with --runner beam")
         inputs = expand_inputs(args.input)
-        summary = predict_scenes(args.model, inputs, args.output, options)
+        if args.runner == "beam":
+            from .predict_beam import BeamPipelineError, run_beam  # the launcher never loads TensorFlow
+
+            try:
+                summary = run_beam(args.model, inputs, args.output, options, args.beam_options, args.worker_threads)
+            except BeamPipelineError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+        else:
+            from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
+
+            summary = predict_scenes(args.model, inputs, args.output, options)
+    except SceneFailures as exc:
+        summary = exc.summary
+        print(f"error: {exc}", file=sys.stderr)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -489,11 +717,15 @@ def main(argv=None) -> int:
         print(json.dumps(summary))
     else:
         km2 = f", {summary['km2']:.3f} km²" if summary["km2"] else ""
-        print(f"{summary['num_scenes']} scene(s), {summary['megapixels']:.1f} Mpx{km2}: {summary['tiles']} tiles in "
-              f"{summary['predict_seconds']:.1f} s ({summary['tiles_per_s']:.1f} tiles/s), "
-              f"post-processing {summary['postprocess_seconds']:.1f} s -> {args.output}")
-    return 0
+        print(f"{summary['num_scenes']} scene(s) ({summary['completed']} predicted, {summary['skipped']} already "
+              f"complete, {summary['failed']} failed), {summary['megapixels']:.1f} Mpx{km2}: {summary['tiles']} tiles, "
+              f"{summary['seconds']:.1f} s ({summary['scenes_per_s']:.2f} scenes/s) -> {args.output}")
+    return 1 if summary["failures"] else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the tfseg.predict module, not this __main__ copy: the Beam runner imports tfseg.predict, and
+    # its classes (SceneFailures, PredictOptions) must be the ones main() catches and pickles
+    from tfseg.predict import main as _main
+
+    sys.exit(_main())

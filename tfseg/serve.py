@@ -8,7 +8,7 @@ all`` serves every version) and new versions are picked up while running, like T
 
 Endpoints (exactly TF Serving's REST shapes):
     GET  /v1/models/NAME[/versions/N]             version status
-    GET  /v1/models/NAME[/versions/N]/metadata    signature defs (+ ``"tfseg"``: the model's metadata)
+    GET  /v1/models/NAME[/versions/N]/metadata    signature defs (+ ``"tfseg"``: the model card)
     POST /v1/models/NAME[/versions/N]:predict     {"signature_name"?, "instances": [...]} -> {"predictions": ...}
                                                   {"signature_name"?, "inputs": ...}      -> {"outputs": ...}
 Bytes inputs (``serving_bytes``) are sent as ``{"b64": "<base64 PNG/JPEG>"}``. Errors are
@@ -40,6 +40,8 @@ try:  # C JSON with native numpy serialization: 10-50x faster on image-sized pay
     import orjson
 except ImportError:  # pragma: no cover - orjson is a dependency; keep a working fallback
     orjson = None
+
+from .model_card import CARD_FILE, LEGACY_METADATA_FILE, load_model_card
 
 log = logging.getLogger("tfseg.serve")
 
@@ -151,7 +153,9 @@ def parse_body(body: bytes):
 # Models
 # ------------------------------------------------------------------------------------------
 class Servable:
-    """One loaded SavedModel version: its signatures, their input specs and the tfseg metadata."""
+    """One loaded SavedModel version: its signatures, their input specs and the tfseg model card
+    (``None`` for a SavedModel not exported by tfseg; an export from before the model card is
+    refused with how to re-export it)."""
 
     def __init__(self, name: str, version: int, path: Path):
         from ._tf import tensorflow as tf
@@ -160,8 +164,8 @@ class Servable:
         self.module = tf.saved_model.load(str(path))
         self.signatures = {k: v for k, v in self.module.signatures.items() if not k.startswith("__")}
         self.inputs = {k: dict(fn.structured_input_signature[1]) for k, fn in self.signatures.items()}
-        asset = self.path / "assets" / "tfseg_metadata.json"
-        self.metadata = json.loads(asset.read_text()) if asset.is_file() else {}
+        tfseg_export = any((self.path / "assets" / name).is_file() for name in (CARD_FILE, LEGACY_METADATA_FILE))
+        self.card = load_model_card(self.path) if tfseg_export else None
         self.signature_def = self._signature_def()
         self._warm_up()
 
@@ -183,7 +187,7 @@ class Servable:
         spec = self.inputs.get(DEFAULT_SIGNATURE, {}).get("images")
         if spec is None or spec.shape.rank != 4 or spec.shape[-1] is None:
             return
-        side = int(self.metadata.get("size_multiple") or 32)
+        side = self.card.size_multiple if self.card is not None else 32
         self.signatures[DEFAULT_SIGNATURE](images=tf.zeros([1, side, side, spec.shape[-1]], spec.dtype))
 
 
@@ -531,7 +535,7 @@ class ServingApp:
         return {
             "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
             "metadata": {"signature_def": {"signature_def": servable.signature_def},
-                         "tfseg": servable.metadata},
+                         "tfseg": servable.card.to_dict() if servable.card is not None else None},
         }
 
     def predict(self, servable: Servable, body: bytes) -> dict:

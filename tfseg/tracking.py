@@ -1,8 +1,10 @@
-"""Run directories (the local record of a run) and experiment tracking (Neptune).
+"""Run directories (the local record of a run) and experiment tracking (Neptune; MLflow is
+:mod:`tfseg.tracking_mlflow`).
 
-A run directory holds ``config.yaml``, ``normalization.json``, ``history.csv``, ``model.keras``
+A run directory holds ``config.yaml``, ``model_card.json``, ``history.csv``, ``model.keras``
 (best epoch), ``backup/`` (resume state), ``logs/`` (TensorBoard), ``metrics.json``,
-``predictions.png``, ``export/`` (SavedModel) and, with Neptune offline, ``.neptune/``.
+``predictions.png``, ``export/`` (SavedModel), ``mlflow_run.json`` (MLflow run id) and, with
+Neptune offline, ``.neptune/``.
 
 Every file a killed process could leave half-written is written atomically (temporary file in
 the same directory, then ``os.replace``).
@@ -43,8 +45,9 @@ from . import config as config_lib
 log = logging.getLogger("tfseg.tracking")
 
 # config keys that may differ when resuming a run (they do not change what is trained)
-RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "train.num_figure_tiles",
-                       "train.epoch_figures"}
+RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "tracking.mlflow.mode",
+                       "tracking.mlflow.uri", "tracking.mlflow.experiment", "tracking.mlflow.log_model",
+                       "train.num_figure_tiles", "train.epoch_figures"}
 
 
 class RunDirError(ValueError):

@@ -9,7 +9,8 @@ Run again with the same command (same ``--run-dir`` and config) after a crash, a
 power loss, it resumes from the last completed epoch and ends with ``train.epochs`` epochs in
 ``history.csv``; every checkpoint is written atomically. ``train.strategy``: ``default``,
 ``mirrored`` (all local GPUs) or ``multi_worker`` (``TF_CONFIG``; the chief writes the run
-directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``.
+directory). ``data.batch_size`` is the global batch. Neptune: ``tracking.neptune.mode``; MLflow:
+``tracking.mlflow.mode`` (:mod:`tfseg.tracking_mlflow`).
 
 Example:
     python -m tfseg.train --run-dir runs/unet --set train.epochs=20 train.schedule=onecycle
@@ -29,7 +30,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import tfseg
 from tfseg._tf import tensorflow as tf
 
 import keras
@@ -38,15 +38,17 @@ import numpy as np
 from . import config as config_lib
 from .compare import best_row, read_history
 from .data.formats import load_scenes
-from .data.pipeline import build_dataset
+from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
 from .metrics import ConfusionMatrixMetric, segmentation_metrics
-from .models import build_model
-from .tracking import (NeptuneTracker, atomic_write_text, prepare_run_dir, remove_stale_temporaries,
-                       save_model_atomic, save_weights_atomic, write_json, zip_directory)
+from .model_card import CARD_FILE, ModelCard, embed_card
+from .models import PhotometricAugment, Preprocess, build_model
+from . import tracking_mlflow
+from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
+                       remove_stale_temporaries, save_model_atomic, save_weights_atomic, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
 
@@ -138,18 +140,19 @@ class LearningRateLogger(keras.callbacks.Callback):
 class EpochFigure(keras.callbacks.Callback):
     """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
 
-    def __init__(self, dataset, folder, norm, num_tiles: int = 4, threshold: float = 0.5, ignore_index: int = 255,
-                 multilabel: bool = False):
+    def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold=0.5,
+                 ignore_index: int = 255, multilabel: bool = False):
         super().__init__()
-        self.dataset, self.folder, self.norm = dataset, Path(folder), norm
+        self.dataset, self.folder, self.band_names = dataset, Path(folder), band_names
         self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
         self.multilabel = multilabel
 
     def on_epoch_end(self, epoch, logs=None):
         if self.num_tiles:
             self.folder.mkdir(parents=True, exist_ok=True)
-            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png", self.norm,
-                                   self.num_tiles, self.threshold, self.ignore_index, multilabel=self.multilabel)
+            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png",
+                                   self.band_names, self.num_tiles, self.threshold, self.ignore_index,
+                                   multilabel=self.multilabel)
 
 
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
@@ -167,6 +170,30 @@ def model_kwargs(model_cfg, task: str = "auto") -> dict:
 
 def num_outputs(data_cfg) -> int:
     return 1 if len(data_cfg.classes) == 1 else len(data_cfg.classes)
+
+
+def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = None):
+    """The model of a config: the architecture behind its preprocessing layer (``norm``, raw
+    ``nodata``) and, when ``data.augment`` asks for brightness/contrast, the training-only
+    photometric layer (seeded with ``seed``, default ``train.seed``). Takes raw pixels."""
+    task = config_lib.resolve_task(cfg.data)
+    aug = cfg.data.augment
+    augment = None
+    if aug.brightness or aug.contrast:
+        augment = PhotometricAugment(aug.brightness, aug.contrast, seed=cfg.train.seed if seed is None else seed,
+                                     name="photometric")
+    return build_model(cfg.model.name, preprocessing=Preprocess.from_normalization(norm, nodata), augment=augment,
+                       input_shape=(None, None, num_bands), classes=num_outputs(cfg.data),
+                       **model_kwargs(cfg.model, task))
+
+
+def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict] = None) -> ModelCard:
+    """The card of a run: everything downstream needs, from the config, statistics and model."""
+    return ModelCard.for_model(
+        model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
+        task=config_lib.resolve_task(cfg.data), threshold=cfg.train.threshold,
+        tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
+        backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index)
 
 
 # ------------------------------------------------------------------------------------------
@@ -413,6 +440,8 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
         raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
                          "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
+    if chief:
+        tracking_mlflow.resolve(cfg, Path(run_dir) if run_dir else default_run_dir(cfg))  # bad URI: error now
     train_scenes, val_scenes = load_scenes(cfg.data)
     if chief:
         run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
@@ -421,13 +450,12 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     precision = resolve_precision(cfg.train.precision)
     keras.mixed_precision.set_global_policy(precision)
 
-    norm_file = run_path / "normalization.json"
     band_names = cfg.data.band_names or _band_names(train_scenes)
     norm = compute_normalization(
         [s.info for s in train_scenes], cfg.data.normalization, cfg.data.percentiles, band_names=band_names
     )
-    if chief:
-        norm.save(norm_file)
+    band_dtype = dataset_dtype(train_scenes)
+    nodata = dataset_nodata(train_scenes, band_dtype)  # the model's no-data value, used for every split
 
     backup_dir = run_path / "backup"
     previous = TrainingState.load(backup_dir) if resuming else None
@@ -445,16 +473,16 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     # each worker draws its own deterministic stream (its rank in the seed) instead of every worker
     # reading the whole stream and keeping its share
     train_seed = cfg.data.seed + 7919 * initial_epoch + 104729 * worker_rank(strategy)
-    train_ds = build_dataset(train_scenes, norm, cfg.data, training=True, seed=train_seed, batch_size=global_batch)
-    val_ds = build_dataset(val_scenes, norm, cfg.data, training=False, batch_size=global_batch)
+    train_ds = build_dataset(train_scenes, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
+                             nodata=nodata)
+    val_ds = build_dataset(val_scenes, cfg.data, training=False, batch_size=global_batch, nodata=nodata)
     if cfg.train.strategy == "multi_worker":
         train_ds, val_ds = _shard_off(train_ds), _shard_by_data(val_ds)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
     train_cfg = _scaled_lr(cfg.train, replicas)
 
     with strategy.scope():
-        model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=classes,
-                            **model_kwargs(cfg.model, task))
+        model = build_config_model(cfg, bands, norm, nodata, seed=cfg.train.seed + initial_epoch)
         loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
                         class_weights=cfg.train.class_weights or None)
         metrics = segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes)
@@ -464,6 +492,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
             metrics=metrics,
             jit_compile=cfg.train.jit_compile,
         )
+    card = make_model_card(cfg, norm, model, band_dtype, nodata)
+    if chief:
+        card.save(run_path / CARD_FILE)  # before training: a run stopped early can still be used
     best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
     checkpoint = BestModelCheckpoint(best_file, cfg.train.monitor, cfg.train.monitor_mode)
     callbacks = [
@@ -483,7 +514,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
 
         callbacks.insert(0, ObjectF1Callback(val_ds, cfg.train.threshold, cfg.data.ignore_index))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
-        callbacks.append(EpochFigure(val_ds, run_path / "figures", norm, cfg.train.num_figure_tiles,
+        callbacks.append(EpochFigure(val_ds, run_path / "figures", card.band_names, cfg.train.num_figure_tiles,
                                      cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel"))
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
@@ -498,7 +529,10 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     if tracker is not None:
         callbacks += tracker.callbacks()
     state = TrainingState(backup_dir, tracked, previous, write=chief)
-    callbacks.append(state)  # last: saves the resume state after every other callback's epoch end
+    callbacks.append(state)  # saves the resume state after every other callback's epoch end...
+    mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run_path, _dataset_name(cfg), precision) if chief else None
+    if mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
+        callbacks += mlflow_tracker.callbacks()
 
     if previous:
         with strategy.scope():
@@ -529,7 +563,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
     # for nodata; nodata pixels carry the ignore label and count for nothing)
     final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
-    final_ds = build_dataset(val_scenes, norm, final_data, training=False, batch_size=global_batch)
+    final_ds = build_dataset(val_scenes, final_data, training=False, batch_size=global_batch, nodata=nodata)
     scores = best.evaluate(final_ds, verbose=0, return_dict=True)
     # NaN = undefined (no class present in truth or prediction): null in metrics.json
     val = {k: (None if np.isnan(scores[k]) else float(scores[k])) for k in ("iou", "f1", "precision", "recall",
@@ -553,12 +587,14 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     }
     steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     write_json(run_path / "metrics.json", result)
-    save_prediction_figure(best, val_ds, run_path / "predictions.png", norm, cfg.train.num_figure_tiles,
+    card = dataclasses.replace(card, metrics=val)
+    card.save(run_path / CARD_FILE)
+    embed_card(best_file, card)
+    save_prediction_figure(best, val_ds, run_path / "predictions.png", card.band_names, cfg.train.num_figure_tiles,
                            cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel")
     archive = None
     if cfg.export.enabled:
-        export_meta = {**_export_metadata(cfg, norm, result, bands), "band_dtype": train_scenes[0].info.dtype}
-        export_saved_model(best, norm, run_path / "export", export_meta, threshold=cfg.train.threshold)
+        export_saved_model(best, run_path / "export", card)
         if tracker is not None and cfg.tracking.neptune.upload_model:
             archive = zip_directory(run_path / "export", run_path / ".neptune" / "artifacts" / "saved_model.zip")
     if tracker is not None:
@@ -566,6 +602,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
         tracker.log_final(result, files, archive)
         tracker.stop()
+    if mlflow_tracker is not None:
+        mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
+        mlflow_tracker.stop()
     return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
 
 
@@ -644,22 +683,6 @@ def _band_names(scenes) -> list:
     from .data.raster import band_names
 
     return band_names(scenes[0].info)
-
-
-def _export_metadata(cfg, norm, result, bands) -> dict:
-    return {
-        "tfseg_version": tfseg.__version__,
-        "model": cfg.model.name,
-        "backbone": cfg.model.backbone,
-        "classes": list(cfg.data.classes),
-        "ignore_index": cfg.data.ignore_index,
-        "palette": dict(cfg.data.palette),
-        "band_names": list(norm.band_names),
-        "num_bands": bands,
-        "tile_size": cfg.data.window_size,
-        "recommended_overlap": cfg.export.recommended_overlap,
-        "metrics": result["val"],
-    }
 
 
 # ------------------------------------------------------------------------------------------

@@ -69,4 +69,5 @@ def tiny_synthetic_overrides(root) -> list:
         "model.filters=4",
         "train.epochs=2",
         "train.num_figure_tiles=2",
+        "tracking.mlflow.mode=off",  # MLflow's own tests turn it on (a new SQLite store costs seconds)
     ]

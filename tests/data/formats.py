@@ -116,7 +116,9 @@ def make_dstl(root, image_id="6120_2_2", size=90):
                   transform=from_origin(0, 0, 1, 1))
     write_geotiff(root / "sixteen_band" / f"{image_id}_M.tif", _image(rng, 8, size // 3), crs=None,
                   transform=from_origin(0, 0, 3, 3))
-    a = np.stack([np.full((size // 9, size // 9), 100 * (b + 1), np.uint16) for b in range(8)])
+    side = size // 9  # SWIR: 100 * (b + 1) per band, +-1 in a checkerboard (no constant band)
+    checker = (np.add.outer(np.arange(side), np.arange(side)) % 2) * 2 - 1
+    a = np.stack([(100 * (b + 1) + checker).astype(np.uint16) for b in range(8)])
     write_geotiff(root / "sixteen_band" / f"{image_id}_A.tif", a, crs=None, transform=from_origin(0, 0, 9, 9))
     write_geotiff(root / "sixteen_band" / f"{image_id}_P.tif", _image(rng, 1, size), crs=None,
                   transform=from_origin(0, 0, 1, 1))

@@ -2,13 +2,24 @@
 
 1. Throughput, in this process, same model / tile / overlap / batch: ``tfseg.predict`` on a
    generated GeoTIFF scene (windowed reads, blending, GeoTIFF writes, polygons, overlay; wall
-   time of the whole call) vs bare ``model.predict`` on the same number of preloaded,
-   pre-normalized tiles. Both paths are warmed up first (tracing excluded from both).
+   time of the whole call) vs bare ``model.predict`` on the same number of preloaded raw tiles
+   (uint8; the model normalizes them in its first layer on both paths). Both paths are warmed
+   up first (tracing excluded from both).
 2. Memory: peak RSS (sampled every 20 ms) of a child process while it predicts a 4096² scene vs
    one predicting a 16384² scene (16x the pixels), same model and settings, model loaded and
    warmed up before; scenes are generated block by block.
+3. ``--beam`` (instead of 1 and 2): scenes/s of ``python -m tfseg.predict --runner beam`` on the
+   multi-processing DirectRunner with ``--workers`` processes vs ``--runner local`` on the same
+   ``--scenes`` generated scenes, each a fresh command. ``*_scenes_per_s``/``speedup``: while
+   predicting (first scene started to last scene finished, over all workers: start-up, model
+   loading and the final merge excluded, as they are amortized over thousands of scenes);
+   ``*_wall_scenes_per_s``/``wall_speedup``: the whole command, start to exit. Last line:
+   ``{"local_scenes_per_s", "beam_scenes_per_s", "speedup", "local_wall_scenes_per_s",
+   "beam_wall_scenes_per_s", "wall_speedup", "scenes", "workers", "worker_threads", "tiles",
+   "local_seconds", "beam_seconds", "local_span_seconds", "beam_span_seconds"}``.
+   Goal: speedup >= 1.6 with 2 workers on 2 cores.
 
-Last line with ``--json``:
+Last line with ``--json`` (1 and 2):
 ``{"e2e_tiles_per_s", "bare_tiles_per_s", "ratio", "rss_small_mb", "rss_large_mb", "rss_ratio"}``.
 Goals: ratio >= 0.85, rss_ratio <= 1.3.
 """
@@ -59,12 +70,14 @@ def make_run(run_dir: Path, depth: int, filters: int, bands: int = 3) -> Path:
     An untrained UNet labels noise, which would make polygonization cost unrepresentative. The
     model here is the full UNet followed by a 1x1 conv over [normalized bands, UNet output] whose
     weights make bright roofs buildings (plus a little of the UNet output): the UNet's compute cost
-    with building-like masks. All standard Keras layers, saved as model.keras.
+    with building-like masks. Behind the preprocessing layer (raw uint8 in), saved as model.keras
+    with its model card.
     """
     import keras
 
     from ..data.raster import Normalization
-    from ..models import build_model
+    from ..model_card import CARD_FILE, ModelCard
+    from ..models import Preprocess, build_model, with_preprocessing
 
     keras.utils.set_random_seed(0)
     unet = build_model("unet", input_shape=(None, None, bands), classes=1, depth=depth, filters=filters)
@@ -75,10 +88,11 @@ def make_run(run_dir: Path, depth: int, filters: int, bands: int = 3) -> Path:
     kernel[0, 0, :bands, 0] = 6.0 / bands
     kernel[0, 0, bands, 0] = 0.5
     head.set_weights([kernel, np.array([-6.0], np.float32)])
+    norm = Normalization("meanstd", [80.0] * bands, [40.0] * bands, [0.0] * bands, [255.0] * bands)
+    model = with_preprocessing(model, Preprocess.from_normalization(norm, nodata=0.0), name="bench_unet")
     run_dir.mkdir(parents=True, exist_ok=True)
     model.save(run_dir / "model.keras")
-    Normalization("meanstd", [80.0] * bands, [40.0] * bands, [0.0] * bands, [255.0] * bands).save(
-        run_dir / "normalization.json")
+    ModelCard.for_model(model, norm, "uint8", 0.0, classes=["building"]).save(run_dir / CARD_FILE)
     return run_dir
 
 
@@ -131,9 +145,10 @@ def child(run: str, scene: str, out: str, tile: int, overlap: int, batch: int) -
     from ..predict import PredictOptions, predict_scenes
 
     predictor = load_predictor(run)
-    predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.float32))  # warm-up: same shapes as the run
+    predictor(np.zeros((batch, tile, tile, predictor.num_bands), np.uint8))  # warm-up: same shapes as the run
     gc.collect()
     baseline = psutil.Process().memory_info().rss
+    shutil.rmtree(out, ignore_errors=True)  # a complete earlier output would be skipped
     started = time.perf_counter()
     with _RssSampler() as sampler:
         summary = predict_scenes(predictor, [Path(scene)], Path(out), PredictOptions(
@@ -154,7 +169,7 @@ def _run_child(run, scene, out, tile, overlap, batch) -> dict:
 
 
 def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: int, depth: int, filters: int) -> dict:
-    from ..data.raster import open_raster, read_window
+    from ..data.raster import open_raster, read_window_raw
     from ..inference import load_predictor
     from ..predict import PredictOptions, predict_scenes
     from rasterio.windows import Window
@@ -163,19 +178,20 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     scene = write_scene(workdir / "speed_scene.tif", scene_size)
     predictor = load_predictor(run)
     model = predictor.model
-    predictor(np.zeros((batch, tile, tile, 3), np.float32))  # warm-up (traces predict_on_batch)
+    predictor(np.zeros((batch, tile, tile, 3), np.uint8))  # warm-up (traces predict_on_batch)
+    shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
     started = time.perf_counter()
     summary = predict_scenes(predictor, [scene], workdir / "speed_out", PredictOptions(
         tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
     e2e_seconds = time.perf_counter() - started
     tiles = summary["tiles"]
-    # the same number of tiles, read and normalized beforehand
+    # the same number of tiles, read beforehand (raw, as predict feeds them)
     info = open_raster(scene)
     rng = np.random.default_rng(0)
-    preloaded = np.empty((tiles, tile, tile, 3), np.float32)
+    preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
     for k in range(tiles):
         r, c = rng.integers(0, scene_size - tile, 2)
-        preloaded[k] = predictor.norm.apply(read_window(info, Window(int(c), int(r), tile, tile))[0])
+        preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
     model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
     started = time.perf_counter()
     model.predict(preloaded, batch_size=batch, verbose=0)
@@ -183,6 +199,52 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     return {"tiles": tiles, "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
             "predict_seconds": summary["predict_seconds"], "postprocess_seconds": summary["postprocess_seconds"],
             "num_polygons": summary["scenes"][0].get("num_polygons")}
+
+
+def _predict_command(run, scenes, out, tile, overlap, batch, extra=()) -> tuple[float, dict]:
+    """``python -m tfseg.predict`` on ``scenes`` in a fresh process: (wall seconds, summary)."""
+    shutil.rmtree(out, ignore_errors=True)  # complete scenes of an earlier run would be skipped
+    cmd = [sys.executable, "-m", "tfseg.predict", "--model", str(run), "--input", *map(str, scenes),
+           "--output", str(out), "--tile-size", str(tile), "--overlap", str(overlap), "--batch-size", str(batch),
+           "--quiet", "--json", *extra]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, overlap: int, batch: int,
+          depth: int, filters: int) -> dict:
+    """The same ``scenes`` generated scenes predicted by ``--runner local`` (one process, scenes
+    one after another) and by ``--runner beam`` on the multi-processing DirectRunner with
+    ``workers`` worker processes; each is one fresh ``python -m tfseg.predict`` command, timed
+    from start to exit (start-up, model loading and the final merge included in both)."""
+    run = make_run(workdir / "run_scale", depth, filters)
+    (workdir / "scenes").mkdir(parents=True, exist_ok=True)
+    paths = [write_scene(workdir / "scenes" / f"scene{i}.tif", scene_size, seed=i) for i in range(scenes)]
+    local_seconds, local = _predict_command(run, paths, workdir / "scale_local", tile, overlap, batch)
+    beam_options = f"runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers={workers}"
+    beam_seconds, beam = _predict_command(run, paths, workdir / "scale_beam", tile, overlap, batch,
+                                          ["--runner", "beam", "--beam-options", beam_options])
+    for name, summary in (("local", local), ("beam", beam)):
+        if summary["completed"] != scenes:
+            raise RuntimeError(f"{name} runner predicted {summary['completed']} of {scenes} scenes: {summary['failures']}")
+    from ..predict_beam import cores
+
+    def span(summary):  # first scene started -> last scene finished, over all workers
+        return max(e["finished"] for e in summary["scenes"]) - min(e["started"] for e in summary["scenes"])
+
+    local_span, beam_span = span(local), span(beam)
+    return {"local_scenes_per_s": round(scenes / local_span, 4), "beam_scenes_per_s": round(scenes / beam_span, 4),
+            "speedup": round(local_span / beam_span, 4),
+            "local_wall_scenes_per_s": round(scenes / local_seconds, 4),
+            "beam_wall_scenes_per_s": round(scenes / beam_seconds, 4),
+            "wall_speedup": round(local_seconds / beam_seconds, 4), "scenes": scenes, "workers": workers,
+            "worker_threads": max(1, cores() // workers), "tiles": local["tiles"],
+            "local_seconds": round(local_seconds, 2), "beam_seconds": round(beam_seconds, 2),
+            "local_span_seconds": round(local_span, 2), "beam_span_seconds": round(beam_span, 2)}
 
 
 def main(argv=None) -> int:
@@ -200,8 +262,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rss-depth", type=int, default=2, help="UNet depth for the RSS runs (kept small: CPU time)")
     parser.add_argument("--rss-filters", type=int, default=4)
     parser.add_argument("--workdir", default="", help="keep generated files here (default: a temp dir, removed)")
+    parser.add_argument("--beam", action="store_true",
+                        help="instead: scenes/s of --runner beam (DirectRunner, --workers processes) vs --runner local")
+    parser.add_argument("--scenes", type=int, default=8, help="--beam: number of generated scenes")
+    parser.add_argument("--scale-scene-size", type=int, default=1024, help="--beam: side of each scene (pixels)")
+    parser.add_argument("--workers", type=int, default=2, help="--beam: Beam worker processes")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "SCENE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from .. import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
 
     if args.child:
         print(json.dumps(child(*args.child, args.tile_size, args.overlap, args.batch_size)))
@@ -209,6 +277,26 @@ def main(argv=None) -> int:
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tfseg_bench_infer_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.beam:
+        try:
+            result = scale(workdir, args.scenes, args.scale_scene_size, args.workers, args.tile_size, args.overlap,
+                           args.batch_size, args.depth, args.filters)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+        print(f"scale: {args.scenes} scenes of {args.scale_scene_size}², UNet depth {args.depth}/{args.filters} filters, "
+              f"tile {args.tile_size}, overlap {args.overlap}, batch {args.batch_size}, {result['tiles']} tiles")
+        print(f"  --runner local            {result['local_scenes_per_s']:8.3f} scenes/s while predicting "
+              f"({result['local_span_seconds']:.1f} s), {result['local_wall_scenes_per_s']:.3f} scenes/s command wall "
+              f"({result['local_seconds']:.1f} s)")
+        print(f"  --runner beam, {args.workers} workers  {result['beam_scenes_per_s']:8.3f} scenes/s while predicting "
+              f"({result['beam_span_seconds']:.1f} s), {result['beam_wall_scenes_per_s']:.3f} scenes/s command wall "
+              f"({result['beam_seconds']:.1f} s); {result['worker_threads']} TF thread(s) per worker")
+        print(f"  speedup {result['speedup']:.3f} while predicting (goal >= 1.6 on 2 cores), "
+              f"{result['wall_speedup']:.3f} including start-up")
+        if args.json:
+            print(json.dumps(result))
+        return 0
     try:
         speed = throughput(workdir, args.scene_size, args.tile_size, args.overlap, args.batch_size, args.depth,
                            args.filters)

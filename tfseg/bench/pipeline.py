@@ -6,7 +6,8 @@ tiles/s of
 
 - ``pipeline``: ``build_dataset(training=True)`` with the default data config (nodata check,
   flips + rot90): random 256x256 windows read from disk, vector labels (rasterized once per
-  scene), valid mask, normalization, batching;
+  scene), valid mask, batching; tiles in the source dtype, uint8 labels (normalization runs in
+  the model);
 - ``raw_read``: a bare loop reading random 256x256 windows with rasterio (one handle per
   thread) in a thread pool of the same parallelism;
 - ``cached``: the same pipeline with ``data.cache: true`` (scenes decoded into memory once;
@@ -18,8 +19,11 @@ baseline in ``--workers`` threads; the methods take turns in ``--rounds`` rounds
 drifting on a shared machine hits all three alike.
 
 ``ratio`` = pipeline / raw_read, ``cached_ratio`` = cached / raw_read; the JSON figures are over
-both scenes (total tiles / total seconds for each method). Last line with ``--json``:
-``{"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio"}``.
+both scenes (total tiles / total seconds for each method). ``bytes_per_tile``: bytes one tile
+occupies as delivered (pipeline: image + label of a batch / batch size; raw_read: the image
+array rasterio returns), averaged over the scenes. Last line with ``--json``:
+``{"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio", "bytes_per_tile":
+{"pipeline", "raw_read"}}``.
 """
 from __future__ import annotations
 
@@ -106,7 +110,7 @@ class RawReader:
         src = getattr(self.local, "src", None)
         if src is None:
             src = self.local.src = rasterio.open(self.path)
-        return src.read(window=Window(int(offset[0]), int(offset[1]), self.window, self.window)).shape
+        return src.read(window=Window(int(offset[0]), int(offset[1]), self.window, self.window)).nbytes
 
     def seconds(self, tiles: int) -> float:
         """Seconds for ``tiles`` reads (after a warm-up read per worker, not counted)."""
@@ -118,6 +122,12 @@ class RawReader:
 
     def close(self):
         self.pool.shutdown()
+
+
+def tile_bytes(dataset) -> float:
+    """Bytes per tile of one batch as the pipeline delivers it (image + label)."""
+    images, labels = next(iter(dataset))
+    return (images.numpy().nbytes + labels.numpy().nbytes) / int(images.shape[0])
 
 
 def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
@@ -134,15 +144,16 @@ def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
     return elapsed * tiles / (batches * batch_size)
 
 
-def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, window: int, tiles: int) -> dict:
+def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window: int, tiles: int) -> dict:
     """Single-thread milliseconds per tile of each stage, for reading where the time goes:
     the bare read, the per-tile sampling (window draw, read or crop, labels, nodata check,
     rotate/flip into the batch buffer) streamed and cached, and the whole pipeline (plus
-    normalization to float32 batches and tf.data) streamed and cached, on one thread."""
+    batching and tf.data) streamed and cached, on one thread."""
     import dataclasses
 
     from .._tf import tensorflow as tf
-    from ..data.pipeline import _RandomSampler, build_dataset, num_label_channels, prepare_labels
+    from ..data.pipeline import (_RandomSampler, build_dataset, dataset_dtype, dataset_nodata, fill_value,
+                                 num_label_channels, prepare_labels)
 
     out = {}
     reader = RawReader(path, size, window, 1)
@@ -155,7 +166,8 @@ def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, w
     # labels as build_dataset prepares them: rasterized once per scene (within label_cache_mpix)
     streamed = prepare_labels([scene], data_cfg.label_cache_mpix * 1_000_000)[0]
     for label, source, cfg in (("streamed", streamed, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
-        sampler = _RandomSampler([source], cfg, 0, False)
+        dtype = dataset_dtype([source])
+        sampler = _RandomSampler([source], cfg, 0, False, dtype, fill_value(dataset_nodata([source], dtype)))
         image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
         mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
         sampler.fill(0, image, mask)
@@ -163,7 +175,7 @@ def stage_breakdown(scene, cached_scene, norm, data_cfg, path: str, size: int, w
         for i in range(1, tiles + 1):
             sampler.fill(i, image, mask)
         out[f"{label}_sampling"] = (time.perf_counter() - start) / tiles * 1e3
-        dataset = build_dataset([source], norm, cfg, training=True).with_options(options)
+        dataset = build_dataset([source], cfg, training=True).with_options(options)
         out[f"{label}_pipeline"] = pipeline_seconds(dataset, cfg.batch_size, tiles) / tiles * 1e3
     return out
 
@@ -185,7 +197,7 @@ def main(argv=None) -> int:
     from .._tf import tensorflow as tf  # quiet TF start-up
     from ..config import DataConfig
     from ..data.labels import VectorLabels
-    from ..data.raster import compute_normalization, open_raster
+    from ..data.raster import open_raster
     from ..data.sources import Scene
 
     cache = Path(args.cache_dir)
@@ -198,10 +210,10 @@ def main(argv=None) -> int:
     # the default data config (nodata check at 0.5, flips + rot90), windows/batch/parallelism set
     base = DataConfig(window_size=args.window, batch_size=args.batch_size, num_parallel_calls=args.workers)
     rows, totals, breakdowns = [], {"pipeline": 0.0, "raw": 0.0, "cached": 0.0}, []
+    sizes = {"pipeline": [], "raw_read": []}
     for name, bands, dtype in SCENES:
         info = open_raster(paths[name])
         scene = Scene(info, VectorLabels.from_file(labels_path, info), name=name)
-        norm = compute_normalization([info])
         warm_page_cache(paths[name])
         from ..data.pipeline import build_dataset, cache_scene
 
@@ -214,9 +226,11 @@ def main(argv=None) -> int:
         options = tf.data.Options()
         options.threading.private_threadpool_size = args.workers
         options.threading.max_intra_op_parallelism = 1
-        streamed_ds = build_dataset([scene], norm, base, training=True).with_options(options)
-        cached_ds = build_dataset([cached_scene], norm, dataclasses.replace(base, cache=True),
+        streamed_ds = build_dataset([scene], base, training=True).with_options(options)
+        cached_ds = build_dataset([cached_scene], dataclasses.replace(base, cache=True),
                                   training=True).with_options(options)
+        sizes["pipeline"].append(tile_bytes(streamed_ds))
+        sizes["raw_read"].append(float(reader._read((0, 0))))
         # the methods take turns in rounds, so the load of a shared machine drifting during the
         # run hits all three alike; each round counts tiles / rounds tiles of each method
         seconds = {"raw": 0.0, "pipeline": 0.0, "cached": 0.0}
@@ -228,7 +242,7 @@ def main(argv=None) -> int:
             seconds["cached"] += pipeline_seconds(cached_ds, args.batch_size, per_round)
         reader.close()
         if args.breakdown:
-            breakdowns.append((name, stage_breakdown(scene, cached_scene, norm, base, str(paths[name]), args.size,
+            breakdowns.append((name, stage_breakdown(scene, cached_scene, base, str(paths[name]), args.size,
                                                      args.window, max(args.batch_size, args.tiles // 2))))
         del cached_ds, cached_scene
         counted = per_round * rounds
@@ -251,6 +265,7 @@ def main(argv=None) -> int:
         "raw_read_tiles_per_s": round(n / totals["raw"], 2),
         "ratio": round(totals["raw"] / totals["pipeline"], 3),
         "cached_ratio": round(totals["raw"] / totals["cached"], 3),
+        "bytes_per_tile": {key: round(float(np.mean(values)), 1) for key, values in sizes.items()},
     }
     print(f"all scenes: {result} (window {args.window}, batch {args.batch_size}, {args.workers} workers)")
     if args.json:

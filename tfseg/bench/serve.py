@@ -7,7 +7,7 @@ Exports a UNet (the default config's: depth 4, 16 filters, 4 bands, 1 class), st
   and alternated with the in-process call (so both sides see the same machine load),
   time from sending the request to having the whole response body (what a load generator
   measures; the client's own JSON decoding is reported in the table, not in these numbers);
-* ``inproc_p50_ms``: the in-process Keras call on the same tile (numpy normalization + model call);
+* ``inproc_p50_ms``: the in-process Keras call on the same tile (the model normalizes in its first layer);
 * table only: the exported signature called in-process (the graph the server runs, compiled,
   where the Keras call is eager), so the pure HTTP + JSON overhead is visible;
 * ``requests`` / ``errors``: ``--clients`` concurrent clients x ``--requests-per-client`` requests
@@ -127,21 +127,22 @@ def main(argv=None) -> int:
 
     from tfseg.data.raster import Normalization
     from tfseg.export import export_saved_model
-    from tfseg.models import build_model
+    from tfseg.model_card import ModelCard
+    from tfseg.models import Preprocess, build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model("unet", input_shape=(None, None, args.bands), classes=args.classes,
-                        depth=args.depth, filters=args.filters)
     norm = Normalization("meanstd", [1000.0] * args.bands, [300.0] * args.bands,
                          [0.0] * args.bands, [4000.0] * args.bands, [f"band{i + 1}" for i in range(args.bands)])
+    model = build_model("unet", input_shape=(None, None, args.bands), classes=args.classes,
+                        depth=args.depth, filters=args.filters,
+                        preprocessing=Preprocess.from_normalization(norm, nodata=0.0))
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 4000, (args.tile, args.tile, args.bands)).astype(np.float32)
     small = rng.integers(0, 4000, (args.concurrent_tile, args.concurrent_tile, args.bands)).astype(np.float32)
 
     with tempfile.TemporaryDirectory(prefix="tfseg-bench-serve-") as tmp:
         base = Path(tmp) / "models" / "bench"
-        export_saved_model(model, norm, base / "1", {"classes": [f"class{i}" for i in range(args.classes)],
-                                                     "band_dtype": "uint16"})
+        export_saved_model(model, base / "1", ModelCard.for_model(model, norm, "uint16", 0.0))
         process, port = start_server(base, "bench", Path(tmp) / "serve.log")
         # as in the server: keep the collector off TensorFlow's object graph while decoding replies
         gc.collect()
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"warm-up request failed ({status}): {reply[:300]!r}")
             batch = tile[None]
             for _ in range(3):
-                model(norm.apply(batch), training=False)
+                model(batch, training=False)
             # reference only (table): the exported signature called in-process, i.e. the same graph
             # the server runs, without HTTP/JSON; the Keras call above runs eagerly
             signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
                 orjson.loads(reply)
                 decode_ms.append((time.perf_counter() - start) * 1e3)
                 start = time.perf_counter()
-                np.asarray(model(norm.apply(batch), training=False))
+                np.asarray(model(batch, training=False))
                 inproc_ms.append((time.perf_counter() - start) * 1e3)
                 start = time.perf_counter()
                 signature(images=tf.constant(batch))["classes"].numpy()

@@ -1,9 +1,9 @@
 """Paired augmentation of image and label in tf ops, stateless and seeded per window.
 
 Geometric ops (random scale + crop, flips, rot90) move image and label together; the label is
-only ever resized nearest-neighbour and padded with the ignore index. Photometric ops
-(per-band brightness shift and contrast gain, in normalized units) touch valid pixels only.
-Evaluation never augments.
+only ever resized nearest-neighbour and padded with the ignore index. Photometric augmentation
+(per-band brightness / contrast on normalized pixels) is part of the model
+(:class:`tfseg.models.preprocessing.PhotometricAugment`, training only). Evaluation never augments.
 
 Example:
     >>> image, label = augment_pair(tf.constant(7, tf.int64), image, label, cfg.data.augment,
@@ -53,14 +53,6 @@ def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, 
     if aug.rot90:
         k = tf.random.stateless_uniform([], seeds[4], 0, 4, dtype=tf.int32)
         image, label = tf.image.rot90(image, k), tf.image.rot90(label, k)
-    if aug.brightness or aug.contrast:
-        bands = tf.shape(image)[-1]
-        shift = tf.random.stateless_uniform([bands], seeds[5], -aug.brightness, aug.brightness)
-        gain = 1.0 + tf.random.stateless_uniform(
-            [bands], tf.reverse(seeds[5], [0]), -aug.contrast, aug.contrast
-        )
-        valid = tf.cast(label[..., :1] != ignore_index, image.dtype)
-        image = (image * gain + shift) * valid + image * (1.0 - valid)
     image.set_shape([window_size, window_size, None])
     label.set_shape([window_size, window_size, None])
     return image, label
@@ -134,17 +126,3 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
         view = view[::-1]
     np.copyto(out, view, casting="unsafe")
     return out
-
-
-def photometric_flat(indices, flat, aug, seed: int):
-    """Per-sample, per-band brightness shift and contrast gain on a flat (B, N, C) normalized
-    batch, before the valid mask is applied (the caller zeroes invalid pixels afterwards).
-    Seeded by ``seed`` and the batch's first window index ``indices[0]`` (deterministic)."""
-    if not (aug.brightness or aug.contrast):
-        return flat
-    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(indices[0], tf.int64)])
-    seeds = tf.random.experimental.stateless_split(base, 2)
-    batch, bands = tf.shape(flat)[0], tf.shape(flat)[-1]
-    shift = tf.random.stateless_uniform([batch, 1, 1, bands], seeds[0], -aug.brightness, aug.brightness)
-    gain = 1.0 + tf.random.stateless_uniform([batch, 1, 1, bands], seeds[1], -aug.contrast, aug.contrast)
-    return flat * tf.reshape(gain, [batch, 1, bands]) + tf.reshape(shift, [batch, 1, bands])

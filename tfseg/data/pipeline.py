@@ -1,22 +1,33 @@
 """tf.data pipelines of tiles: random windows for training, a grid with overlap for evaluation.
 
-Windows are read (rasterio, one handle per thread) and normalized in a parallel ``map``; tiles
-above ``max_nodata_fraction`` are skipped; augmentation is paired tf ops on image and label.
-Everything is deterministic for a given seed (window ``i`` of the stream is drawn from
+The host moves bytes: windows are read (rasterio, one handle per thread) in a parallel ``map``
+and leave the pipeline in the source dtype (uint8, uint16, int16, float32 as stored; scenes of
+mixed dtypes promote to the smallest common one, ``numpy.result_type``). Casting, clipping,
+normalization and photometric augmentation happen in the model
+(:mod:`tfseg.models.preprocessing`). Tiles above ``max_nodata_fraction`` are skipped; geometric
+augmentation (flips, rot90, scale/crop) moves image and label together. Everything is
+deterministic for a given seed (window ``i`` of the stream is drawn from
 ``default_rng([seed, i])`` and augmented with stateless ops seeded by ``i``).
+
+No-data rule: every invalid image pixel (the source's nodata value in all bands, NaN in any
+band, masked, or padding beyond a small scene) holds the model card's ``nodata`` value
+(:func:`dataset_nodata`: the training scenes' nodata, else 0 for integer and NaN for float
+imagery), which the model's preprocessing layer maps to 0, exactly as at inference.
 
 Two modes: windows streamed from disk (default), or ``data.cache: true``: every scene decoded
 once into memory (image in its own dtype, valid mask, rasterized labels) and windows sliced.
 
-Labels: binary / multiclass -> (B, S, S, 1) class indices; multilabel -> (B, S, S, K) 0/1; in
-both, ``data.ignore_index`` (every channel) where the image is nodata or outside the scene.
+Labels (uint8): binary / multiclass -> (B, S, S, 1) class indices; multilabel -> (B, S, S, K)
+0/1; in both, ``data.ignore_index`` (every channel) where the image is nodata or outside the scene.
 
 Example:
-    >>> train = build_dataset(train_scenes, norm, cfg.data, training=True)
-    >>> images, masks = next(iter(train))   # (B, 256, 256, C) float32, (B, 256, 256, 1) float32
+    >>> train = build_dataset(train_scenes, cfg.data, training=True)
+    >>> images, masks = next(iter(train))   # (B, 256, 256, C) uint16, (B, 256, 256, 1) uint8
 """
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -24,17 +35,46 @@ import numpy as np
 import tensorflow as tf
 from rasterio.windows import Window
 
-from .augment import augment_pair, dihedral_into, draw_dihedral, photometric_flat
+from .augment import augment_pair, dihedral_into, draw_dihedral
 from .labels import MaskLabels, RasterizedLabels
-from .raster import Normalization, RasterInfo, native_dtype, read_window_interleaved, read_window_view
+from .raster import RasterInfo, native_dtype, read_window_interleaved, read_window_view
 from .sources import Scene
 from .tiling import grid_windows_owned, random_window
 
+log = logging.getLogger("tfseg.data")
 
-def _normalize(image: np.ndarray, valid: np.ndarray, norm: Normalization) -> np.ndarray:
-    out = norm.apply(image).astype(np.float32)
-    out[~valid] = 0.0
-    return out
+
+def dataset_dtype(scenes) -> np.dtype:
+    """The dtype tiles of ``scenes`` leave the pipeline in: the smallest dtype all the scenes'
+    pixels fit (``numpy.result_type``: uint8 + uint16 -> uint16, uint16 + int16 -> int32)."""
+    return np.result_type(*[native_dtype(s.info) for s in scenes])
+
+
+def _declared_nodata(info) -> Optional[float]:
+    nodata = info.nodata
+    return None if nodata is None or math.isnan(nodata) else float(nodata)
+
+
+def dataset_nodata(scenes, dtype=None) -> Optional[float]:
+    """The raw no-data value of a training set (the model card's ``nodata``): the first scene's
+    declared nodata, else 0 for integer and ``None`` (NaN) for float imagery. Scenes that
+    declare a different value get a warning naming the file and both values (their no-data
+    pixels are still found with their own value and written as this one)."""
+    dtype = np.dtype(dtype if dtype is not None else dataset_dtype(scenes))
+    nodata = _declared_nodata(scenes[0].info)
+    if nodata is None and dtype.kind in "ui":
+        nodata = 0.0
+    for scene in scenes[1:]:
+        own = _declared_nodata(scene.info)
+        if own is not None and own != nodata:
+            log.warning("%s: nodata value %s differs from the training scenes' %s (%s); its no-data "
+                        "pixels are written as %s", scene.info.path, own, nodata, scenes[0].info.path, nodata)
+    return nodata
+
+
+def fill_value(nodata: Optional[float]) -> float:
+    """The raw value invalid pixels hold: ``nodata``, or NaN (float imagery without one)."""
+    return float("nan") if nodata is None else float(nodata)
 
 
 def num_label_channels(scene) -> int:
@@ -44,8 +84,8 @@ def num_label_channels(scene) -> int:
 
 @dataclass
 class CachedScene:
-    """A scene decoded into memory, pixel-interleaved: ``image`` HxWxC (source dtype, nodata ->
-    0) and ``mask`` HxWx(K+1) uint8: K label channels (ignore where invalid) then the valid-pixel
+    """A scene decoded into memory, pixel-interleaved: ``image`` HxWxC (source dtype, invalid
+    pixels -> ``fill``) and ``mask`` HxWx(K+1) uint8: K label channels (ignore where invalid) then the valid-pixel
     mask. A training window is then one strided crop + one rotate/flip into the batch buffer
     (OpenCV on the interleaved pixels), no per-band work. ``info`` is the source's."""
 
@@ -55,6 +95,7 @@ class CachedScene:
     name: str = ""
     labels: object = None
     ignored_table: np.ndarray = None  # (H+1)x(W+1) summed-area table of ignored label pixels
+    fill: float = 0.0  # the raw value of invalid (and padding) pixels
 
     @property
     def size(self) -> tuple[int, int]:
@@ -78,9 +119,13 @@ class CachedScene:
         return np.moveaxis(self.mask[..., :-1], -1, 0)
 
 
-def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> CachedScene:
-    """Decode ``scene`` once (in row blocks, so no float/band-sequential copy of the whole scene)."""
+def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024, fill: float = 0.0) -> CachedScene:
+    """Decode ``scene`` once (in row blocks, so no float/band-sequential copy of the whole scene);
+    invalid pixels hold ``fill``."""
     if isinstance(scene, CachedScene):
+        if not _same_fill(scene.fill, fill):
+            raise ValueError(f"{scene.info.path}: cached with no-data fill {scene.fill}, but the dataset "
+                             f"needs {fill}")
         return scene
     info = scene.info
     dtype = native_dtype(info)
@@ -90,7 +135,7 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> Cach
     for row in range(0, info.height, block_rows):
         rows = min(block_rows, info.height - row)
         window = Window(0, row, info.width, rows)
-        block, ok = read_window_view(info, window)
+        block, ok = read_window_view(info, window, fill)
         image[row : row + rows] = block
         label = scene.labels.rasterize(window, info)
         label = label[..., None] if label.ndim == 2 else label
@@ -99,7 +144,11 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024) -> Cach
     table = np.zeros((info.height + 1, info.width + 1), np.uint32 if info.height * info.width < 2**32 else np.uint64)
     np.cumsum(mask[..., 0] == ignore_index, axis=0, dtype=table.dtype, out=table[1:, 1:])
     np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
-    return CachedScene(info, image, mask, scene.name, scene.labels, table)
+    return CachedScene(info, image, mask, scene.name, scene.labels, table, fill)
+
+
+def _same_fill(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def _slice(array: np.ndarray, window, fill, axes=(0, 1)) -> np.ndarray:
@@ -138,15 +187,15 @@ def _padded_mask(scene: CachedScene, window, ignore_index: int) -> np.ndarray:
     return view
 
 
-def _tile_views(scene, window, ignore_index: int):
-    """Image (S, S, C) in the source dtype (nodata -> 0), as an interleaved view of the cache or
-    as C band planes of a read; mask (S, S, K + 1) uint8 (labels with ignore where invalid,
+def _tile_views(scene, window, ignore_index: int, fill=0):
+    """Image (S, S, C) in the source dtype (invalid -> ``fill``), as an interleaved view of the
+    cache or as C band planes of a read; mask (S, S, K + 1) uint8 (labels with ignore where invalid,
     then the valid mask); and the ignored fraction of the label inside the scene's extent."""
     if isinstance(scene, CachedScene):
         inside = _inside_pixels(window, scene.size)
         ignored = scene.ignored_count(window) / inside if inside else 1.0
-        return _slice(scene.image, window, 0), _padded_mask(scene, window, ignore_index), ignored
-    image, valid = read_window_interleaved(scene.info, window)
+        return _slice(scene.image, window, scene.fill), _padded_mask(scene, window, ignore_index), ignored
+    image, valid = read_window_interleaved(scene.info, window, fill)
     labels = scene.labels
     channels = num_label_channels(scene)
     mask = np.empty((*valid.shape, channels + 1), np.uint8)
@@ -184,33 +233,38 @@ def ignored_fraction(label0: np.ndarray, window, size, ignore_index: int) -> flo
     return np.count_nonzero(part == ignore_index) / part.size
 
 
-def _read_raw_tile_into(scene, window, ignore_index: int, image_out, mask_out, dihedral=(0, False, False)):
-    """Write one window into ``image_out`` (S, S, C) (source dtype, nodata -> 0) and
+def _read_raw_tile_into(scene, window, ignore_index: int, image_out, mask_out, dihedral=(0, False, False),
+                        fill=0):
+    """Write one window into ``image_out`` (S, S, C) (source dtype, invalid -> ``fill``) and
     ``mask_out`` (S, S, K + 1) uint8 (labels, then valid), rotated/flipped by ``dihedral`` while
     copied: one copy per tile, straight into the batch buffer. Returns the ignored fraction."""
-    image, mask, ignored = _tile_views(scene, window, ignore_index)
+    own_fill = fill if fits_dtype(fill, native_dtype(scene.info)) else 0.0  # e.g. int16 nodata -9999, uint8 scene
+    image, mask, ignored = _tile_views(scene, window, ignore_index, own_fill)
     dihedral_into(image, *dihedral, image_out)
     dihedral_into(mask, *dihedral, mask_out)
+    if own_fill is not fill:
+        image_out[mask_out[..., -1] == 0] = fill
     return ignored
 
 
-def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0):
-    """Image (S, S, C) in the source dtype (nodata -> 0), label + valid (S, S, K + 1) uint8,
+def fits_dtype(value: float, dtype) -> bool:
+    """Whether ``value`` (a fill / nodata value) is stored exactly in ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return True
+    return not math.isnan(value) and float(value).is_integer() and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
+
+
+def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0, fill=0):
+    """Image (S, S, C) in the source dtype (invalid -> ``fill``), label + valid (S, S, K + 1) uint8,
     and the ignored fraction. With ``augment`` the tile is rotated/flipped (deterministically
     from ``seed``, ``index``) while it is copied: one copy per tile."""
     size = int(window.width), int(window.height)
     image = np.empty((size[1], size[0], scene.info.num_bands), native_dtype(scene.info))
     mask = np.empty((size[1], size[0], num_label_channels(scene) + 1), np.uint8)
     dihedral = draw_dihedral(augment, seed, index) if augment is not None else (0, False, False)
-    ignored = _read_raw_tile_into(scene, window, ignore_index, image, mask, dihedral)
+    ignored = _read_raw_tile_into(scene, window, ignore_index, image, mask, dihedral, fill)
     return image, mask, ignored
-
-
-def _read_tile_channels(scene, window, norm: Normalization, ignore_index: int):
-    """Normalized image (S, S, C) float32 and label (S, S, K) uint8 for one window."""
-    image, mask, _ = _read_raw_tile(scene, window, ignore_index)
-    valid = mask[..., -1] > 0
-    return _normalize(image.astype(np.float32), valid, norm), np.ascontiguousarray(mask[..., :-1])
 
 
 def prepare_labels(scenes, budget_pixels: int) -> list:
@@ -230,13 +284,15 @@ def prepare_labels(scenes, budget_pixels: int) -> list:
     return out
 
 
-def read_tile(scene, window, norm: Normalization, ignore_index: int):
-    """Normalized image (nodata -> 0) and uint8 label (nodata -> ignore) for one window.
+def read_tile(scene, window, ignore_index: int, fill=0):
+    """Raw image in the source dtype (invalid pixels -> ``fill``) and uint8 label (nodata ->
+    ignore) for one window, as the pipeline emits them.
 
     The label is HxW for class-index labels and HxWxK for multi-label ones.
     """
-    image, mask = _read_tile_channels(scene, window, norm, ignore_index)
-    return image, (mask[..., 0] if num_label_channels(scene) == 1 else mask)
+    image, mask, _ = _read_raw_tile(scene, window, ignore_index, fill=fill)
+    label = np.ascontiguousarray(mask[..., :-1])
+    return image, (label[..., 0] if num_label_channels(scene) == 1 else label)
 
 
 def _has_class(mask: np.ndarray, target: int, multilabel: bool) -> bool:
@@ -253,12 +309,11 @@ class _RandomSampler:
     with oversampling, a share of windows is redrawn until it contains ``oversample_class``.
     """
 
-    def __init__(self, scenes, data_cfg, seed, multilabel):
+    def __init__(self, scenes, data_cfg, seed, multilabel, dtype, fill):
         self.scenes, self.cfg, self.seed = scenes, data_cfg, seed
         self.sizes = [s.size for s in scenes]
         self.multilabel = multilabel
-        dtypes = {native_dtype(s.info) for s in scenes}
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+        self.dtype, self.pixel_fill = dtype, fill
 
     def fill(self, index, image_out, mask_out) -> None:
         """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1)."""
@@ -271,7 +326,7 @@ class _RandomSampler:
         for attempt in range(50):
             scene_index, window = random_window(self.sizes, cfg.window_size, rng)
             ignored = _read_raw_tile_into(
-                self.scenes[scene_index], window, cfg.ignore_index, image_out, mask_out, dihedral
+                self.scenes[scene_index], window, cfg.ignore_index, image_out, mask_out, dihedral, self.pixel_fill
             )
             if ignored > cfg.max_nodata_fraction:
                 if attempt == 49:
@@ -292,20 +347,23 @@ class _RandomSampler:
 
 def build_dataset(
     scenes: Sequence[Scene],
-    norm: Normalization,
     data_cfg,
     training: bool,
     seed: Optional[int] = None,
     batch_size: Optional[int] = None,
     drop_remainder: bool = False,
+    nodata="auto",
 ) -> tf.data.Dataset:
-    """Batches of ``(image, label)``: image float32 (B, S, S, C), label float32 (B, S, S, K).
+    """Batches of ``(image, label)``: image (B, S, S, C) in the source dtype
+    (:func:`dataset_dtype`), label uint8 (B, S, S, K).
 
     Training streams an endless sequence of random windows; evaluation a finite grid over every
     scene with ``data.eval_overlap``, whose labels are ``ignore_index`` where a neighbour tile
-    owns the overlap (split at its middle), so metrics and loss count every pixel once. K = 1 (class indices, ``ignore_index`` on nodata) for
-    binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
-    for multilabel. Scenes smaller than the window are padded (image 0, label ignore).
+    owns the overlap (split at its middle), so metrics and loss count every pixel once. K = 1
+    (class indices, ``ignore_index`` on nodata) for binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
+    for multilabel. Invalid image pixels (nodata, NaN, padding beyond scenes smaller than the
+    window) hold ``nodata`` (the model card's value; ``"auto"``: :func:`dataset_nodata` of
+    ``scenes``; ``None``: NaN, float imagery only), their labels ``ignore_index``.
     """
     from ..config import resolve_task
 
@@ -332,12 +390,20 @@ def build_dataset(
                 f"{scene.info.path}: {scene.info.num_bands} band(s), but {scenes[0].info.path} has "
                 f"{bands}; all scenes of a dataset must have the same bands"
             )
+    raw_dtype = dataset_dtype(scenes)
+    if isinstance(nodata, str):
+        if nodata != "auto":
+            raise ValueError(f"build_dataset: nodata must be a number, None or 'auto', got {nodata!r}")
+        nodata = dataset_nodata(scenes, raw_dtype)
+    fill = fill_value(nodata)
+    if not fits_dtype(fill, raw_dtype):
+        raise ValueError(f"build_dataset: no-data value {nodata} cannot be stored in the tiles' dtype "
+                         f"{raw_dtype} ({scenes[0].info.path})")
     if cfg.cache:
-        scenes = [cache_scene(s, ignore) for s in scenes]
+        # a fill the scene's own dtype cannot hold is written when the tile is copied
+        scenes = [cache_scene(s, ignore, fill=fill if fits_dtype(fill, native_dtype(s.info)) else 0.0) for s in scenes]
     else:
         scenes = prepare_labels(scenes, cfg.label_cache_mpix * 1_000_000)
-    dtypes = {native_dtype(s.info) for s in scenes}
-    raw_dtype = dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
     parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
     spec = (tf.as_dtype(raw_dtype), tf.uint8)
     max_ignored = cfg.max_nodata_fraction
@@ -356,24 +422,25 @@ def build_dataset(
     if training and not aug.scale:
         # whole batches per numpy call: batch b holds windows b*B .. b*B+B-1 (same windows as
         # one per call), with far less per-element tf.data overhead
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel)
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill)
 
         def sample_batch(b):  # each tile written straight into the batch buffers
             image = np.empty((batch, size, size, bands), raw_dtype)
             mask = np.empty((batch, size, size, channels + 1), np.uint8)
             for j in range(batch):
                 sampler.fill(int(b) * batch + j, image[j], mask[j])
-            return image, mask
+            return image, np.ascontiguousarray(mask[..., :-1])
 
         def batch_of(b):
             image, mask = tf.numpy_function(sample_batch, [b], spec, stateful=False)
             image.set_shape([batch, size, size, bands])
-            mask.set_shape([batch, size, size, channels + 1])
-            return tf.range(b * batch, (b + 1) * batch), image, mask
+            mask.set_shape([batch, size, size, channels])
+            return image, mask
 
         ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=parallel, deterministic=True)
-    elif training:
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    if training:
+        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill)
         ds = tf.data.Dataset.counter()
         ds = ds.map(
             lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),
@@ -381,62 +448,53 @@ def build_dataset(
             deterministic=True,
         ).map(set_shapes)
         ds = ds.map(  # per-tile resize + flips in tf (labels nearest), then batches
-            lambda i, image, mask: (i, *augment_pair(i, tf.cast(image, tf.float32), mask,
-                                                     _no_flips(aug), size, ignore, seed, valid_channel=True)),
+            lambda i, image, mask: _scale_and_flip(i, image, mask, aug, size, ignore, seed, fill),
             num_parallel_calls=parallel,
             deterministic=True,
         )
-        ds = ds.batch(batch, drop_remainder=drop_remainder)
-    else:
-        windows = [(k, w, owned) for k, s in enumerate(scenes)
-                   for w, owned in grid_windows_owned(*s.size, size, cfg.eval_overlap)]
+        return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    windows = [(k, w, owned) for k, s in enumerate(scenes)
+               for w, owned in grid_windows_owned(*s.size, size, cfg.eval_overlap)]
 
-        def read(i):
-            k, window, (r0, r1, c0, c1) = windows[int(i)]
-            image, mask, ignored = _read_raw_tile(scenes[k], window, ignore)
-            image, mask = as_raw(image, mask)
-            # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
-            # (the label only: the model still sees the whole tile, the valid mask is unchanged)
-            owned = np.zeros(mask.shape[:2], bool)
-            owned[r0:r1, c0:c1] = True
-            if not owned.all():
-                mask = mask.copy()
-                mask[~owned, :-1] = ignore
-            return image, mask, np.bool_(ignored <= max_ignored)
+    def read(i):
+        k, window, (r0, r1, c0, c1) = windows[int(i)]
+        image, mask, ignored = _read_raw_tile(scenes[k], window, ignore, fill=fill)
+        image, mask = as_raw(image, mask)
+        labels = np.ascontiguousarray(mask[..., :-1])
+        # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
+        # (the label only: the model still sees the whole tile, nodata handling is unchanged)
+        owned = np.zeros(labels.shape[:2], bool)
+        owned[r0:r1, c0:c1] = True
+        if not owned.all():
+            labels[~owned] = ignore
+        return image, labels, np.bool_(ignored <= max_ignored)
 
-        ds = tf.data.Dataset.range(len(windows))
-        ds = ds.map(
-            lambda i: (i, *tf.numpy_function(read, [i], (*spec, tf.bool), stateful=False)),
-            num_parallel_calls=parallel,
-            deterministic=True,
-        )
-        # skip grid tiles above max_nodata_fraction (padding beyond small scenes not counted)
-        ds = ds.filter(lambda i, image, mask, keep: keep).map(lambda i, image, mask, keep: (i, image, mask))
-        ds = ds.map(set_shapes).batch(batch, drop_remainder=drop_remainder)
-    inverse_scale = tf.constant(1.0 / norm.scale, tf.float32)
-    shift = tf.constant(-norm.offset / norm.scale, tf.float32)
-    clip = norm.clip
-
-    def finish(i, image, mask):
-        # valid pixels normalized, nodata/padding 0, the same numbers as Normalization.apply;
-        # on a flat (B, S*S, C) view: XLA fuses cast, clip, scale, augmentation and the valid
-        # mask into one pass (the 4-D broadcast of the mask over bands was 2-5x slower)
-        shape = tf.shape(image)
-        flat = tf.reshape(tf.cast(image, tf.float32), [shape[0], -1, bands])
-        valid = tf.reshape(tf.cast(mask[..., -1], tf.float32), [shape[0], -1, 1])
-        if clip is not None:
-            flat = tf.clip_by_value(flat, clip[0], clip[1])
-        flat = flat * inverse_scale + shift
-        if training:
-            flat = photometric_flat(i, flat, aug, seed)
-        return tf.reshape(flat * valid, shape), tf.cast(mask[..., :-1], tf.float32)
-
-    ds = ds.map(tf.function(finish, jit_compile=True), num_parallel_calls=parallel, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(len(windows))
+    ds = ds.map(
+        lambda i: tf.numpy_function(read, [i], (*spec, tf.bool), stateful=False),
+        num_parallel_calls=parallel,
+        deterministic=True,
+    )
+    # skip grid tiles above max_nodata_fraction (padding beyond small scenes not counted)
+    ds = ds.filter(lambda image, mask, keep: keep).map(lambda image, mask, keep: _shaped(image, mask, size, bands,
+                                                                                          channels))
+    return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def _no_flips(aug):
-    """The per-tile tf part of the augmentation (scale + flips); photometric runs per batch."""
-    import dataclasses
+def _shaped(image, mask, size: int, bands: int, channels: int):
+    image.set_shape([size, size, bands])
+    mask.set_shape([size, size, channels])
+    return image, mask
 
-    return dataclasses.replace(aug, brightness=0.0, contrast=0.0)
+
+def _scale_and_flip(index, image, mask, aug, size: int, ignore_index: int, seed: int, fill: float):
+    """Random scale + crop and flips of one tile in tf (labels nearest); the image comes back in
+    its own dtype with every invalid pixel (nodata, resampled next to it, padding) = ``fill``."""
+    dtype = image.dtype
+    valid = mask[..., -1:] > 0
+    image = tf.where(valid, tf.cast(image, tf.float32), 0.0)  # no NaN fill smeared by the resize
+    image, mask = augment_pair(index, image, mask, aug, size, ignore_index, seed, valid_channel=True)
+    image = tf.where(mask[..., -1:] > 0, image, tf.constant(fill, tf.float32))
+    if dtype.is_integer:
+        image = tf.round(image)
+    return tf.cast(image, dtype), mask[..., :-1]

@@ -173,24 +173,25 @@ def native_dtype(info: RasterInfo) -> np.dtype:
     return dtype
 
 
-def read_window_raw(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`read_window` but in the raster's own dtype (no float copy): faster."""
-    image, valid = read_window_view(info, window)
+def read_window_raw(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`read_window` but in the raster's own dtype (no float copy), invalid pixels
+    set to ``fill`` (e.g. the model card's nodata value)."""
+    image, valid = read_window_view(info, window, fill)
     return np.ascontiguousarray(image), valid
 
 
-def read_window_view(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_window_raw` without the final copy: the HxWxC image may be a strided view
     of the band-sequential read, so a caller that flips/rotates copies the tile only once."""
     if isinstance(info, StackedRasterInfo):
-        return _read_stacked(info, window)
+        return _read_stacked(info, window, fill)
     dtype = native_dtype(info)
     col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
     c0, r0 = max(col, 0), max(row, 0)
     c1, r1 = min(col + width, info.width), min(row + height, info.height)
     inside = c0 == col and r0 == row and c1 == col + width and r1 == row + height
     if c1 <= c0 or r1 <= r0:
-        return np.zeros((height, width, info.num_bands), dtype), np.zeros((height, width), bool)
+        return np.full((height, width, info.num_bands), fill, dtype), np.zeros((height, width), bool)
     if isinstance(info, ArrayInfo):
         data = np.moveaxis(info.array[r0:r1, c0:c1][..., [b - 1 for b in info.bands]], -1, 0)
     else:
@@ -212,15 +213,15 @@ def read_window_view(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.n
         nan = np.isnan(data)
         if nan.any():
             ok = (ok if ok is not None else np.ones(data.shape[1:], bool)) & ~nan.any(axis=0)
-            data = np.where(nan, 0, data).astype(dtype, copy=False)
+            data = np.where(nan, fill, data).astype(dtype, copy=False)
     if ok is None:
         ok = np.ones(data.shape[1:], bool)
     elif not ok.all():
-        data = np.where(ok[None], data, 0).astype(dtype, copy=False)
+        data = np.where(ok[None], data, fill).astype(dtype, copy=False)
     data = np.moveaxis(data, 0, -1)
     if inside:
         return data, ok
-    image = np.zeros((height, width, info.num_bands), dtype)
+    image = np.full((height, width, info.num_bands), fill, dtype)
     valid = np.zeros((height, width), bool)
     image[r0 - row : r1 - row, c0 - col : c1 - col] = data
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
@@ -230,7 +231,7 @@ def read_window_view(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.n
 _buffers = threading.local()
 
 
-def read_window_interleaved(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def read_window_interleaved(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`read_window_view` but the HxWxC image is pixel-interleaved and C-contiguous:
     GDAL writes straight into an interleaved buffer (for pixel-interleaved GeoTIFFs that is
     its native order, no band-sequential copy). The buffer is reused by the calling thread:
@@ -240,7 +241,7 @@ def read_window_interleaved(info: RasterInfo, window: Window) -> tuple[np.ndarra
     col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
     inside = col >= 0 and row >= 0 and col + width <= info.width and row + height <= info.height
     if type(info) is not RasterInfo or dtype.kind == "f" or dtype != np.dtype(info.dtype) or not inside:
-        image, valid = read_window_view(info, window)
+        image, valid = read_window_view(info, window, fill)
         return np.ascontiguousarray(image), valid
     key = (height, width, info.num_bands, dtype.str)
     pool = getattr(_buffers, "pool", None)
@@ -262,11 +263,11 @@ def read_window_interleaved(info: RasterInfo, window: Window) -> tuple[np.ndarra
     for band in range(1, buffer.shape[-1]):
         ok |= buffer[..., band] != nodata
     if not ok.all():
-        buffer[~ok] = 0
+        buffer[~ok] = fill
     return buffer, ok
 
 
-def _read_stacked(info: StackedRasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
+def _read_stacked(info: StackedRasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """Each component read over the same ground footprint, resampled to the window's pixels."""
     from rasterio.enums import Resampling
 
@@ -298,7 +299,7 @@ def _read_stacked(info: StackedRasterInfo, window: Window) -> tuple[np.ndarray, 
         parts.append(image)
         valid &= ok
     image = np.concatenate(parts, axis=-1)
-    image[~valid] = 0.0
+    image[~valid] = fill
     return image, valid
 
 
@@ -339,7 +340,8 @@ class Normalization:
     """Per-band normalization, stored with a run as ``normalization.json``.
 
     ``method`` is ``meanstd`` ((x - mean) / std) or ``percentile`` (clip to [low, high] and scale
-    to [0, 1]). The same numbers are applied in the tf.data pipeline and inside exported models.
+    to [0, 1]). The numbers become the model's own preprocessing layer
+    (:class:`tfseg.models.preprocessing.Preprocess`) and are recorded in the model card.
     """
 
     method: str
@@ -357,7 +359,14 @@ class Normalization:
     def scale(self) -> np.ndarray:
         if self.method == "meanstd":
             return np.asarray(self.std, np.float32)
-        return np.maximum(np.asarray(self.high, np.float32) - self.offset, 1e-6)
+        return np.asarray(self.high, np.float32) - self.offset
+
+    def constant_bands(self) -> list:
+        """Indexes of bands with zero spread (std 0, or percentile high == low): they cannot be
+        normalized."""
+        if self.method == "meanstd":
+            return [i for i, std in enumerate(self.std) if not std > 0]
+        return [i for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not hi > lo]
 
     @property
     def clip(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -366,7 +375,8 @@ class Normalization:
         return None
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """Normalize an HxWxC (or NxHxWxC) float array with numpy."""
+        """Normalize an HxWxC (or NxHxWxC) float array with numpy (no no-data handling): the
+        reference the model's preprocessing layer is tested against."""
         if self.clip is not None:
             image = np.clip(image, *self.clip)
         return (image - self.offset) / self.scale
@@ -407,15 +417,20 @@ def compute_normalization(
             "cannot compute normalization statistics: no valid pixels in "
             + ", ".join(i.path for i in infos)
         )
-    mean = values.mean(axis=0)
-    std = np.maximum(values.std(axis=0), 1e-6)
-    low = np.percentile(values, percentiles[0], axis=0)
-    high = np.percentile(values, percentiles[1], axis=0)
-    return Normalization(
+    norm = Normalization(
         method=method,
-        mean=mean.tolist(),
-        std=std.tolist(),
-        low=low.tolist(),
-        high=high.tolist(),
+        mean=values.mean(axis=0).tolist(),
+        std=values.std(axis=0).tolist(),
+        low=np.percentile(values, percentiles[0], axis=0).tolist(),
+        high=np.percentile(values, percentiles[1], axis=0).tolist(),
         band_names=list(band_names),
     )
+    constant = norm.constant_bands()
+    if constant:
+        names = list(band_names) or [f"band{i + 1}" for i in range(values.shape[1])]
+        detail = ", ".join(f"band {i + 1} ({names[i]}) = {norm.mean[i]:g}" for i in constant)
+        raise RasterError(
+            f"cannot normalize ({method}): constant band(s) over the valid pixels of "
+            f"{', '.join(i.path for i in infos)}: {detail}; drop them with data.bands"
+        )
+    return norm

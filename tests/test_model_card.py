@@ -1,0 +1,213 @@
+"""The model card: write/read everywhere, field errors naming the field and the file, scene
+mismatches, older artifacts (refused, then upgraded), and one trained model giving the same
+probabilities through evaluation, prediction, export and serving."""
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from tfseg._tf import tensorflow as tf  # noqa: F401,I001  (quiet import)
+import keras
+
+from tests.infer_support import building_scene, conv_model, save_legacy_run, save_run, write_tif
+from tfseg import predict
+from tfseg.data.raster import Normalization
+from tfseg.export import export_saved_model, load_run_model
+from tfseg.inference import NodataWarning, load_predictor
+from tfseg.model_card import (CARD_FILE, LegacyArtifactError, ModelCard, ModelCardError, load_model_card,
+                              main as card_main)
+
+FIELDS = ["classes", "colours", "task", "threshold", "band_names", "band_dtype", "num_bands", "nodata",
+          "ignore_index", "normalization", "tile_size", "recommended_overlap", "size_multiple", "model",
+          "backbone", "metrics", "tfseg_version", "operating_point"]
+CONFIG = "data:\n  classes: [building]\n  window_size: 64\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    return save_run(conv_model(), tmp_path_factory.mktemp("card") / "run", config=CONFIG)
+
+
+def test_card_fields_round_trip_and_every_location(run, tmp_path):
+    card = load_model_card(run)
+    data = json.loads((run / CARD_FILE).read_text())
+    assert list(data) == sorted(FIELDS) and sorted(card.to_dict()) == sorted(FIELDS)
+    assert card == ModelCard.from_dict(card.to_dict()) and isinstance(card.normalization, Normalization)
+    assert card.tile_size == 64 and card.band_dtype == "uint16" and card.nodata == 0.0 and card.task == "binary"
+    assert card.recommended_overlap == 32 and card.size_multiple == 1 and card.operating_point is None
+    assert load_model_card(run / "model.keras") == card  # beside the .keras file
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run / "model.keras", alone / "model.keras")
+    with pytest.raises(ModelCardError, match=f"model.keras: no {CARD_FILE}"):
+        load_model_card(alone / "model.keras")
+    from tfseg.model_card import embed_card
+
+    embed_card(alone / "model.keras", card)  # inside the .keras archive: Keras still loads it
+    assert load_model_card(alone / "model.keras") == card
+    assert CARD_FILE in zipfile.ZipFile(alone / "model.keras").namelist()
+    model, _ = load_run_model(alone / "model.keras")
+    export_saved_model(model, tmp_path / "export", card)
+    assert load_model_card(tmp_path / "export") == card
+    (tmp_path / "export" / "assets" / CARD_FILE).unlink()  # the metadata signature carries the same JSON
+    assert load_model_card(tmp_path / "export") == card
+    assert load_model_card(run / CARD_FILE) == card
+    assert card_main(["show", str(run)]) == 0
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: d.pop("tile_size"), "tile_size"),
+    (lambda d: d.update(task="segmentation"), "task"),
+    (lambda d: d.update(threshold=[0.5]), "threshold"),
+    (lambda d: d.update(band_names=["a"]), "band_names"),
+    (lambda d: d.update(band_dtype="complex64"), "band_dtype"),
+    (lambda d: d.update(nodata=None), "nodata"),  # integer imagery needs a nodata value
+    (lambda d: d.update(nodata=70000), "nodata"),  # not a uint16
+    (lambda d: d.update(recommended_overlap=64), "recommended_overlap"),
+    (lambda d: d["normalization"].update(std=[1.0, 0.0, 1.0]), "normalization.std"),
+    (lambda d: d["normalization"].update(mean=[1.0]), "normalization.mean"),
+    (lambda d: d.update(colours={"roof": "#ffffff"}), "colours"),
+    (lambda d: d.update(window=64), "window"),
+])
+def test_missing_or_wrong_field_names_the_field_and_the_file(run, tmp_path, change, field):
+    data = json.loads((run / CARD_FILE).read_text())
+    change(data)
+    path = tmp_path / CARD_FILE
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelCardError) as error:
+        load_model_card(path)
+    assert str(path) in str(error.value) and field in str(error.value)
+    if field == "normalization.std":
+        assert "band 2 (band2)" in str(error.value)  # the constant band, by index and name
+
+
+def test_scene_band_count_dtype_and_nodata_checked_against_the_card(run, tmp_path):
+    image, _ = building_scene(40, 48)
+    bands2 = write_tif(tmp_path / "two.tif", image[:2])
+    as_uint8 = write_tif(tmp_path / "eight.tif", image.clip(0, 255).astype(np.uint8))
+    other_nodata = write_tif(tmp_path / "nodata.tif", image, nodata=65535)
+    options = predict.PredictOptions(tile_size=32, overlap=0, progress=False, polygons=False, overlay=False)
+    with pytest.raises(ValueError, match="two.tif.*2 band.*3 band"):
+        predict.predict_scenes(run, [bands2], tmp_path / "out2", options)
+    with pytest.raises(ValueError, match="eight.tif.*uint8.*trained on uint16"):
+        predict.predict_scenes(run, [as_uint8], tmp_path / "out8", options)
+    with pytest.warns(NodataWarning, match="nodata.tif.*nodata value is 65535.0 but the training scenes' is 0.0"):
+        predict.predict_scenes(run, [other_nodata], tmp_path / "outn", options)
+    assert predict.main(["--model", str(run), "--input", str(as_uint8), "--output", str(tmp_path / "o"),
+                         "--quiet"]) != 0
+
+
+def test_older_run_directory_is_refused_then_upgraded_and_predicts_the_same(tmp_path, capsys):
+    """Old layout (before the card): model.keras on normalized inputs + normalization.json. It
+    is refused with how to upgrade; after ``python -m tfseg.model_card upgrade`` it predicts
+    exactly what the old code computed (numpy normalization, no-data -> 0)."""
+    keras.utils.set_random_seed(1)
+    old_model = conv_model()
+    old = save_legacy_run(old_model, tmp_path / "old", config=CONFIG)
+    for target in (old, old / "model.keras"):
+        with pytest.raises(LegacyArtifactError, match="before the model card.*tfseg.model_card upgrade"):
+            load_predictor(target)
+    legacy_export = tmp_path / "export"
+    legacy_export.mkdir()
+    (legacy_export / "saved_model.pb").write_bytes(b"")
+    (legacy_export / "assets").mkdir()
+    (legacy_export / "assets" / "tfseg_metadata.json").write_text("{}")
+    with pytest.raises(LegacyArtifactError, match="SavedModel.*re-export"):
+        load_model_card(legacy_export)
+
+    assert card_main(["upgrade", str(old), "--band-dtype", "uint16", "--nodata", "0"]) == 0
+    assert "upgraded" in capsys.readouterr().out
+    assert (old / "model.pre-card.keras").is_file()
+    card = load_model_card(old)
+    assert card.tile_size == 64 and card.band_dtype == "uint16" and card.nodata == 0.0
+    image, _ = building_scene(40, 48)
+    raw = image.transpose(1, 2, 0)
+    raw[:5, :7] = 0  # no data
+    norm = Normalization.load(old / "normalization.json")
+    x = norm.apply(raw.astype(np.float32))
+    x[(raw == 0).all(-1)] = 0.0  # what the old pipeline and predictor fed the model
+    expected = np.asarray(old_model.predict_on_batch(x[None]))
+    np.testing.assert_allclose(load_predictor(old)(raw[None]), expected, atol=1e-5)
+    assert card_main(["upgrade", str(old)]) == 2  # twice: refused, nothing to upgrade
+    assert "already has" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    from tests.data.fixtures import tiny_synthetic_overrides
+    from tfseg import train
+
+    base = tmp_path_factory.mktemp("two_steps")
+    overrides = [*tiny_synthetic_overrides(base / "data"), "train.epochs=1", "train.steps_per_epoch=2",
+                 "data.augment.brightness=0.1", "data.augment.contrast=0.1"]
+    assert train.main(["--quiet", "--run-dir", str(base / "run"), "--set", *overrides]) == 0
+    return base / "run", base / "data"
+
+
+@pytest.mark.slow
+def test_one_tile_same_probabilities_through_evaluate_predict_export_and_serve(two_step_run, tmp_path):
+    """A model trained for two steps; one 64 px tile of a validation scene (with a no-data
+    patch) through (1) the evaluation pipeline (tf.data raw tile -> model, as model.evaluate
+    sees it), (2) predict on a GeoTIFF of the tile, (3) the exported SavedModel and (4) the
+    HTTP server. Tolerance: 1e-5 absolute (float32; the GeoTIFF path keeps float32 here)."""
+    import http.client
+
+    import rasterio
+
+    from tfseg import config as config_lib
+    from tfseg.bench.serve import start_server, stop_server
+    from tfseg.data.formats import load_scenes
+    from tfseg.data.pipeline import build_dataset
+    from tfseg.inference import ArraySink, Job, RasterSource, run_sliding_window
+    from tfseg.data.raster import open_raster
+
+    run, data = two_step_run
+    card = load_model_card(run)
+    assert card.metrics and card.band_dtype == "uint16" and card.nodata == 0.0
+    val = sorted((data / "val").glob("*.tif"))[0]
+    with rasterio.open(val) as src:
+        tile = src.read(window=rasterio.windows.Window(64, 64, 64, 64))
+        profile = dict(driver="GTiff", width=64, height=64, count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
+                       crs=src.crs, transform=src.window_transform(rasterio.windows.Window(64, 64, 64, 64)))
+    tile[:, :6, :9] = 0  # a no-data patch
+    scene = tmp_path / "tile.tif"
+    with rasterio.open(scene, "w", **profile) as dst:
+        dst.write(tile)
+    raw = tile.transpose(1, 2, 0)[None]
+
+    # (1) evaluation: the pipeline's tile (source dtype, nodata written as the card's value)
+    cfg = config_lib.load(run / "config.yaml")
+    train_scenes, _ = load_scenes(cfg.data)
+    from tfseg.data.sources import Scene
+
+    scenes = [Scene(open_raster(scene), train_scenes[0].labels, "tile")]
+    x, _ = next(iter(build_dataset(scenes, cfg.data, training=False, batch_size=1, nodata=card.nodata)))
+    assert x.dtype == tf.uint16
+    np.testing.assert_array_equal(x.numpy(), raw)
+    model, _ = load_run_model(run)
+    evaluated = np.asarray(model(x, training=False))
+    # (2) predict on the GeoTIFF (one tile, no blending)
+    sink = ArraySink(64, 64, 1)
+    run_sliding_window(load_predictor(run), [Job(RasterSource(open_raster(scene)), sink, "tile")], 64, 0, 1)
+    predicted = sink.probs[None]
+    # (3) the exported SavedModel
+    exported = load_predictor(run / "export")(raw)
+    # (4) served over HTTP
+    base = tmp_path / "models" / "tile"
+    shutil.copytree(run / "export", base / "1")
+    process, port = start_server(base, "tile", tmp_path / "serve.log")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v1/models/tile:predict", body=json.dumps({"instances": raw.tolist()}),
+                     headers={"Content-Type": "application/json"})
+        served = np.asarray(json.loads(conn.getresponse().read())["predictions"][0]["probabilities"], np.float32)
+    finally:
+        stop_server(process)
+    for name, probs in (("predict", predicted), ("export", exported), ("serve", served[None])):
+        np.testing.assert_allclose(probs, evaluated, atol=1e-5, err_msg=name)
+    assert 0 < evaluated.min() < evaluated.max() < 1

@@ -1,0 +1,489 @@
+"""The model card: what a trained model is, in one typed record shared by everything downstream.
+
+Training writes it once (``RUN_DIR/model_card.json``, and the export copies it into the
+SavedModel as ``assets/model_card.json`` and the ``metadata`` signature); ``predict``,
+``evaluate``, ``export``, ``serve`` and the pipelines read it through :func:`load_model_card`.
+Nobody re-reads the training YAML for the tile size, classes or bands.
+
+Example:
+    >>> card = load_model_card("runs/default")          # run dir, .keras, SavedModel or JSON
+    >>> card.tile_size, card.band_dtype, card.nodata
+    (128, 'uint16', 0.0)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from .data.raster import Normalization
+
+CARD_FILE = "model_card.json"
+#: the export metadata file of tfseg versions before the model card (no preprocessing layer)
+LEGACY_METADATA_FILE = "tfseg_metadata.json"
+LEGACY_NORMALIZATION_FILE = "normalization.json"
+TASKS = ("binary", "multiclass", "multilabel")
+NORMALIZATION_METHODS = ("meanstd", "percentile")
+DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
+                   "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8",
+                   "#800000", "#aaffc3", "#808000", "#ffd8b1", "#000075", "#808080"]
+
+
+def class_colours(classes, palette: Optional[dict] = None) -> dict:
+    """Class name -> ``#RRGGBB``: the palette's colour, else a fixed distinct default."""
+    palette = palette or {}
+    return {name: palette.get(name, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]) for i, name in enumerate(classes)}
+
+
+class ModelCardError(ValueError):
+    """A model card is missing or invalid; the message names the file and the field."""
+
+
+class LegacyArtifactError(ModelCardError):
+    """A run directory, ``.keras`` file or SavedModel written before the model card existed."""
+
+
+def _legacy_message(path, what: str) -> str:
+    return (
+        f"{path}: {what} was written by a tfseg version before the model card (normalization.json / "
+        f"tfseg_metadata.json, no preprocessing layer inside the model), which this version does not load. "
+        f"Upgrade it once with `python -m tfseg.model_card upgrade RUN_DIR` (writes model_card.json and a "
+        f"model.keras that normalizes raw pixels itself), then re-export with "
+        f"`python -m tfseg.export --model RUN_DIR --output BASE/NAME/VERSION`."
+    )
+
+
+@dataclass
+class ModelCard:
+    """What a trained model takes, predicts and scored.
+
+    ``threshold`` is one float (binary / multiclass) or one per class (multilabel).
+    ``colours`` maps every class name to ``#RRGGBB``. ``band_dtype`` is the dtype the model was
+    trained on (the source dtype, the smallest common one across training scenes);
+    ``nodata`` is the raw value the model's preprocessing layer treats as no data (a pixel
+    whose bands all equal it, and NaN in float imagery, becomes 0 after normalization); it is
+    ``None`` only for float imagery without a nodata value (NaN marks missing pixels then).
+    ``operating_point`` holds post-processing chosen on validation (e.g. object thresholds).
+    """
+
+    classes: list
+    colours: dict
+    task: str
+    threshold: Union[float, list]
+    band_names: list
+    band_dtype: str
+    num_bands: int
+    nodata: Optional[float]
+    ignore_index: int
+    normalization: Normalization
+    tile_size: int
+    recommended_overlap: int
+    size_multiple: int
+    model: str
+    backbone: str
+    metrics: dict = field(default_factory=dict)
+    tfseg_version: str = ""
+    operating_point: Optional[dict] = None
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def for_model(cls, model, normalization: Normalization, band_dtype, nodata: Optional[float], classes=None,
+                  palette: Optional[dict] = None, task: Optional[str] = None, threshold: Union[float, list] = 0.5,
+                  tile_size: int = 256, recommended_overlap: int = 32, model_name: str = "", backbone: str = "",
+                  metrics: Optional[dict] = None, ignore_index: int = 255) -> "ModelCard":
+        """The card of a raw-pixel ``model`` (bands, outputs and size multiple read from it).
+        ``classes`` default to ``foreground`` / ``class<i>``; ``task`` to binary for one output
+        channel, else multiclass (softmax) or multilabel (sigmoid)."""
+        from . import __version__
+        from .export import model_multiple
+
+        bands, outputs = int(model.input_shape[-1]), int(model.output_shape[-1])
+        classes = list(classes or (["foreground"] if outputs == 1 else [f"class{i}" for i in range(outputs)]))
+        if task is None:
+            task = "binary" if outputs == 1 else ("multilabel" if _final_activation(model) == "sigmoid"
+                                                  else "multiclass")
+        return cls(
+            classes=classes, colours=class_colours(classes, palette), task=task, threshold=threshold,
+            band_names=list(normalization.band_names) or [f"band{i + 1}" for i in range(bands)],
+            band_dtype=np.dtype(band_dtype).name, num_bands=bands, nodata=nodata, ignore_index=ignore_index,
+            normalization=normalization, tile_size=int(tile_size),
+            recommended_overlap=int(min(recommended_overlap, tile_size // 2)), size_multiple=model_multiple(model),
+            model=model_name or model.name, backbone=backbone, metrics=dict(metrics or {}), tfseg_version=__version__)
+
+    # -- serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["normalization"] = dataclasses.asdict(self.normalization)
+        return json.loads(json.dumps(out))  # plain JSON types (copies the nested dicts)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "model card") -> "ModelCard":
+        """A validated card; a missing, unknown or wrong field raises :class:`ModelCardError`
+        naming the field and ``source`` (the file it came from)."""
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        required = [f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ModelCardError(f"{source}: missing field(s) {missing}")
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ModelCardError(f"{source}: unknown field(s) {unknown}; a model card has {names}")
+        values = dict(data)
+        norm = values["normalization"]
+        norm_fields = [f.name for f in dataclasses.fields(Normalization)]
+        if not isinstance(norm, dict) or set(norm) - set(norm_fields) or not {"method", "mean", "std", "low", "high"} <= set(norm):
+            raise ModelCardError(f"{source}: field 'normalization': expected an object with keys "
+                                 f"{norm_fields}, got {norm!r}")
+        values["normalization"] = Normalization(**norm)
+        try:
+            return cls(**values)
+        except ModelCardError as error:
+            raise ModelCardError(f"{source}: {error}") from None
+
+    def save(self, path) -> Path:
+        """Write the card as JSON (atomically: readers never see half a file)."""
+        from .tracking import atomic_write_text
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self.to_json())
+        return path
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def binary(self) -> bool:
+        return self.task == "binary"
+
+    @property
+    def num_outputs(self) -> int:
+        """Model output channels: 1 for binary, else one per class."""
+        return 1 if self.binary else len(self.classes)
+
+    def fill_value(self) -> float:
+        """The raw value written into no-data and padding pixels (the preprocessing layer maps it
+        to 0): ``nodata``, or NaN for float imagery without one."""
+        return float("nan") if self.nodata is None else float(self.nodata)
+
+    def thresholds(self) -> list:
+        """One threshold per output channel."""
+        if isinstance(self.threshold, list):
+            return [float(t) for t in self.threshold]
+        return [float(self.threshold)] * self.num_outputs
+
+    def check_scene(self, name: str, num_bands: int, dtype, nodata=None) -> list:
+        """Raise :class:`ModelCardError` when a scene's band count or dtype does not match the
+        card (naming both); return warnings (strings) for a different nodata value."""
+        dtype = np.dtype(dtype)
+        if num_bands != self.num_bands:
+            raise ModelCardError(f"{name}: the scene has {num_bands} band(s) but the model was trained on "
+                                 f"{self.num_bands} band(s) ({', '.join(self.band_names)})")
+        if dtype != np.dtype(self.band_dtype):
+            raise ModelCardError(f"{name}: the scene's pixels are {dtype.name} but the model was trained on "
+                                 f"{self.band_dtype} imagery (its normalization statistics are in "
+                                 f"{self.band_dtype} units)")
+        warnings = []
+        if not _same_nodata(nodata, self.nodata, dtype):
+            warnings.append(f"{name}: the scene's nodata value is {nodata} but the training scenes' is "
+                            f"{self.nodata}; pixels equal to {nodata} are treated as no data and written "
+                            f"as {self.fill_value()} for the model")
+        return warnings
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:
+        def fail(name, expected):
+            raise ModelCardError(f"field {name!r}: expected {expected}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.classes, list) or not self.classes or not all(isinstance(c, str) for c in self.classes):
+            fail("classes", "a non-empty list of class names")
+        if not isinstance(self.colours, dict) or set(self.colours) != set(self.classes) or not all(
+                isinstance(v, str) and len(v) == 7 and v.startswith("#") for v in self.colours.values()):
+            fail("colours", f"a '#RRGGBB' colour for each of {self.classes}")
+        if self.task not in TASKS:
+            fail("task", f"one of {list(TASKS)}")
+        if self.task == "binary" and len(self.classes) != 1:
+            fail("task", f"multiclass or multilabel for {len(self.classes)} classes")
+        if isinstance(self.threshold, list):
+            if self.task != "multilabel" or len(self.threshold) != len(self.classes) or not all(
+                    _is_number(t) and 0 <= t <= 1 for t in self.threshold):
+                fail("threshold", f"one number in [0, 1], or (multilabel) {len(self.classes)} of them")
+        elif not _is_number(self.threshold) or not 0 <= self.threshold <= 1:
+            fail("threshold", "a number in [0, 1] (or one per class for multilabel)")
+        if not _is_int(self.num_bands) or self.num_bands < 1:
+            fail("num_bands", "a positive integer")
+        if not isinstance(self.band_names, list) or len(self.band_names) != self.num_bands or not all(
+                isinstance(b, str) for b in self.band_names):
+            fail("band_names", f"{self.num_bands} band names (num_bands)")
+        try:
+            dtype = np.dtype(self.band_dtype)
+        except TypeError:
+            dtype = None
+        if not isinstance(self.band_dtype, str) or dtype is None or dtype.kind not in "uif":
+            fail("band_dtype", "a numeric dtype name such as 'uint8', 'uint16', 'int16' or 'float32'")
+        if self.nodata is None:
+            if dtype.kind != "f":
+                fail("nodata", f"a number (the value no-data and padding pixels hold in {self.band_dtype} "
+                               f"imagery); null is only for float imagery")
+        elif not _is_number(self.nodata) or math.isnan(self.nodata):
+            fail("nodata", "a number or null (NaN always marks missing pixels in float imagery)")
+        elif dtype.kind in "ui" and not (float(self.nodata).is_integer()
+                                         and np.iinfo(dtype).min <= self.nodata <= np.iinfo(dtype).max):
+            fail("nodata", f"a value representable in {self.band_dtype}")
+        if not _is_int(self.ignore_index) or not 0 <= self.ignore_index <= 255:
+            fail("ignore_index", "an integer in [0, 255]")
+        check_normalization(self.normalization, self.num_bands)
+        for name in ("tile_size", "size_multiple"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                fail(name, "a positive integer")
+        if not _is_int(self.recommended_overlap) or not 0 <= self.recommended_overlap < self.tile_size:
+            fail("recommended_overlap", f"an integer in [0, tile_size={self.tile_size})")
+        for name in ("model", "backbone", "tfseg_version"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        if not self.model:
+            fail("model", "the architecture name")
+        if not isinstance(self.metrics, dict) or not all(isinstance(k, str) and _is_number(v)
+                                                         for k, v in self.metrics.items()):
+            fail("metrics", "an object of metric name -> number")
+        if self.operating_point is not None and not isinstance(self.operating_point, dict):
+            fail("operating_point", "an object or null")
+
+
+def check_normalization(norm: Normalization, num_bands: int) -> None:
+    """Raise :class:`ModelCardError` for statistics that do not fit ``num_bands`` bands or that
+    would divide by zero (a constant band), naming the band."""
+    if norm.method not in NORMALIZATION_METHODS:
+        raise ModelCardError(f"field 'normalization.method': expected one of {list(NORMALIZATION_METHODS)}, "
+                             f"got {norm.method!r}")
+    used = ("mean", "std") if norm.method == "meanstd" else ("low", "high")
+    for key in ("mean", "std", "low", "high"):
+        values = getattr(norm, key)
+        if key not in used and values == []:
+            continue  # statistics the method does not use may be left empty
+        if not isinstance(values, list) or len(values) != num_bands or not all(
+                _is_number(v) and math.isfinite(v) for v in values):
+            raise ModelCardError(f"field 'normalization.{key}': expected {num_bands} finite numbers "
+                                 f"(one per band), got {values!r}")
+    names = list(norm.band_names) or [f"band{i + 1}" for i in range(num_bands)]
+    for index in norm.constant_bands():
+        spread = (f"std {norm.std[index]}" if norm.method == "meanstd"
+                  else f"percentile range [{norm.low[index]}, {norm.high[index]}]")
+        key = "std" if norm.method == "meanstd" else "high"
+        raise ModelCardError(f"field 'normalization.{key}': band {index + 1} ({names[index]}) has {spread} "
+                             f"(a constant band): it cannot be normalized; drop it with data.bands")
+
+
+def _final_activation(model) -> str:
+    """Name of the activation of the model's last layer (searching into a wrapped model)."""
+    layer = model.layers[-1]
+    while hasattr(layer, "layers") and layer.layers:
+        layer = layer.layers[-1]
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "") if activation is not None else ""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _same_nodata(scene_nodata, card_nodata, dtype) -> bool:
+    if scene_nodata is None or (isinstance(scene_nodata, float) and math.isnan(scene_nodata)):
+        # no nodata declared: the scene's missing pixels (NaN / outside) are written as the card's
+        return True
+    return card_nodata is not None and float(scene_nodata) == float(card_nodata)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------
+def read_card_file(path) -> ModelCard:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+    return ModelCard.from_dict(data, str(path))
+
+
+def embedded_card(keras_file) -> Optional[ModelCard]:
+    """The card stored inside a ``.keras`` archive (``model_card.json`` member), if any."""
+    keras_file = Path(keras_file)
+    try:
+        with zipfile.ZipFile(keras_file) as archive:
+            if CARD_FILE not in archive.namelist():
+                return None
+            data = archive.read(CARD_FILE).decode()
+    except zipfile.BadZipFile:
+        raise ModelCardError(f"{keras_file}: not a .keras archive (zip)") from None
+    try:
+        return ModelCard.from_dict(json.loads(data), f"{keras_file}:{CARD_FILE}")
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{keras_file}:{CARD_FILE}: not valid JSON ({error})") from None
+
+
+def embed_card(keras_file, card: ModelCard) -> None:
+    """Store ``card`` inside the ``.keras`` archive (Keras ignores the extra member), so a model
+    file copied on its own still describes itself. Rewritten atomically."""
+    from .tracking import atomic_path
+
+    keras_file = Path(keras_file)
+    with atomic_path(keras_file, ".keras") as tmp:
+        with zipfile.ZipFile(keras_file) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as target:
+            for item in source.infolist():
+                if item.filename != CARD_FILE:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(CARD_FILE, card.to_json())
+
+
+def load_model_card(path) -> ModelCard:
+    """The model card of a run directory (``RUN_DIR/model_card.json``), a ``.keras`` file (the
+    card beside it, else the one embedded in it), an exported SavedModel directory
+    (``assets/model_card.json``, else its ``metadata`` signature) or a card JSON file.
+
+    Raises :class:`LegacyArtifactError` for artifacts of tfseg versions before the card,
+    :class:`ModelCardError` for a missing or invalid card (naming the file and field).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory (expected a run directory, a .keras file, "
+                                f"an exported SavedModel directory or a {CARD_FILE})")
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        asset = path / "assets" / CARD_FILE
+        if asset.is_file():
+            return read_card_file(asset)
+        if (path / "assets" / LEGACY_METADATA_FILE).is_file():
+            raise LegacyArtifactError(_legacy_message(path, "this SavedModel"))
+        return _card_from_signature(path)
+    if path.is_dir():
+        card = path / CARD_FILE
+        if card.is_file():
+            return read_card_file(card)
+        if (path / LEGACY_NORMALIZATION_FILE).is_file():
+            raise LegacyArtifactError(_legacy_message(path, "this run directory"))
+        raise ModelCardError(f"{path}: no {CARD_FILE} (not a tfseg run directory, or its training has not "
+                             f"started yet)")
+    if path.suffix == ".keras":
+        beside = path.parent / CARD_FILE
+        if beside.is_file():
+            return read_card_file(beside)
+        card = embedded_card(path)
+        if card is not None:
+            return card
+        if (path.parent / LEGACY_NORMALIZATION_FILE).is_file():
+            raise LegacyArtifactError(_legacy_message(path, "this model"))
+        raise ModelCardError(f"{path}: no {CARD_FILE} beside it or inside it")
+    return read_card_file(path)
+
+
+def _card_from_signature(path: Path) -> ModelCard:
+    from ._tf import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    if "metadata" not in loaded.signatures:
+        raise ModelCardError(f"SavedModel {path}: no assets/{CARD_FILE} and no 'metadata' signature "
+                             f"(not exported by tfseg.export?)")
+    text = loaded.signatures["metadata"]()["metadata"].numpy().decode()
+    return ModelCard.from_dict(json.loads(text), f"{path} (metadata signature)")
+
+
+# ------------------------------------------------------------------------------------------
+# Older run directories
+# ------------------------------------------------------------------------------------------
+def upgrade_run(run_dir, band_dtype: Optional[str] = None, nodata="auto") -> ModelCard:
+    """Turn a run directory of a tfseg version before the model card (``model.keras`` taking
+    normalized inputs + ``normalization.json`` + ``config.yaml``) into the current layout: the
+    model behind its preprocessing layer (the old model kept as ``model.pre-card.keras``) and
+    ``model_card.json``. Predictions stay the same: the layer computes what the old pipeline
+    did (same statistics, no-data pixels -> 0).
+
+    The band dtype and nodata value come from the old export's metadata and the training
+    scenes of ``config.yaml`` (``band_dtype`` / ``nodata`` given here take precedence).
+    """
+    import keras
+
+    from . import config as config_lib
+    from . import losses, metrics  # noqa: F401  (registers custom objects of the old model)
+    from .data.formats import load_scenes
+    from .data.pipeline import dataset_dtype, dataset_nodata
+    from .models import Preprocess, find_preprocess, with_preprocessing
+    from .train import make_model_card
+
+    run_dir = Path(run_dir)
+    needed = [run_dir / name for name in ("model.keras", LEGACY_NORMALIZATION_FILE, "config.yaml")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ModelCardError(f"{run_dir}: not a run directory of an older tfseg version (missing {missing})")
+    if (run_dir / CARD_FILE).is_file():
+        raise ModelCardError(f"{run_dir}: already has a {CARD_FILE}; nothing to upgrade")
+    cfg = config_lib.load(run_dir / "config.yaml")
+    norm = Normalization.load(run_dir / LEGACY_NORMALIZATION_FILE)
+    old_meta_file = run_dir / "export" / "assets" / LEGACY_METADATA_FILE
+    old_meta = json.loads(old_meta_file.read_text()) if old_meta_file.is_file() else {}
+    if band_dtype is None:
+        band_dtype = old_meta.get("band_dtype")
+    if band_dtype is None or nodata == "auto":
+        scenes, _ = load_scenes(cfg.data)
+        band_dtype = band_dtype or dataset_dtype(scenes).name
+        nodata = dataset_nodata(scenes, band_dtype) if nodata == "auto" else nodata
+    old = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    if find_preprocess(old) is not None:
+        raise ModelCardError(f"{run_dir / 'model.keras'}: already has a preprocessing layer")
+    model = with_preprocessing(old, Preprocess.from_normalization(norm, nodata))
+    metrics_file = run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_file.read_text()).get("val", {}) if metrics_file.is_file() else {}
+    card = make_model_card(cfg, norm, model, band_dtype, nodata, run_metrics)
+    (run_dir / "model.keras").replace(run_dir / "model.pre-card.keras")
+    model.save(run_dir / "model.keras")
+    embed_card(run_dir / "model.keras", card)
+    card.save(run_dir / CARD_FILE)
+    return card
+
+
+def main(argv=None) -> int:
+    """``python -m tfseg.model_card upgrade RUN_DIR [--band-dtype D] [--nodata V]`` or
+    ``python -m tfseg.model_card show PATH`` (print the card of a run, model or SavedModel)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tfseg.model_card", description="Show or upgrade model cards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    show = sub.add_parser("show", help="print the model card of a run dir, .keras file or SavedModel")
+    show.add_argument("path")
+    upgrade = sub.add_parser("upgrade", help="upgrade a run directory written before the model card")
+    upgrade.add_argument("run_dir")
+    upgrade.add_argument("--band-dtype", help="dtype of the training imagery (default: from the run)")
+    upgrade.add_argument("--nodata", help="raw no-data value, or 'none' (float imagery; default: from the run)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "show":
+            print(load_model_card(args.path).to_json(), end="")
+            return 0
+        nodata = "auto" if args.nodata is None else (None if args.nodata.lower() == "none" else float(args.nodata))
+        card = upgrade_run(args.run_dir, args.band_dtype, nodata)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir}: upgraded ({card.num_bands} {card.band_dtype} bands, nodata {card.nodata}); "
+          f"re-export with python -m tfseg.export --model {args.run_dir} --output BASE/NAME/VERSION")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
