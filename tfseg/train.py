@@ -299,6 +299,34 @@ class SummedValidationMetrics(keras.callbacks.Callback):
                 logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
 
 
+class SynchronizedBatchNorm(keras.callbacks.Callback):
+    """Distributed runs: batch normalization with the **global** batch statistics (all-reduced
+    over replicas and workers) while the training step is traced, so every replica applies the
+    same moving-statistics update and all workers keep identical moving means/variances. With
+    per-replica statistics each worker's moving statistics drift apart: the validation a worker
+    scores and the model the chief saves are then different models (measured: two-worker val_iou
+    0.03105 against 0.02879 for the saved model; equal without batch norm). The flag is on while
+    an epoch trains and off at its end, before the checkpoints: saved models do not carry it (Keras
+    refuses ``synchronized=True`` outside TensorFlow, e.g. on JAX)."""
+
+    def _batch_norms(self):
+        return [layer for layer in self.model._flatten_layers(include_self=False)
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(True)
+
+    def on_epoch_end(self, epoch, logs=None):  # first callback: before any model is saved
+        self._set(False)
+
+    def on_train_end(self, logs=None):
+        self._set(False)
+
+    def _set(self, value: bool) -> None:
+        for layer in self._batch_norms():
+            layer.synchronized = value
+
+
 class TrainingState(keras.callbacks.Callback):
     """Resume state in ``RUN_DIR/backup``: after every completed epoch the weights (with the
     optimizer state) go to ``epoch-NNNN.weights.h5`` and then ``state.json`` (epoch, cumulative
@@ -509,6 +537,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int) -> dict:
     tracked = {"checkpoint": checkpoint}
     if replicas > 1:  # first: the summed-matrix scores replace Keras' mean over replicas in the logs
         callbacks.insert(0, SummedValidationMetrics(metrics, strategy))
+        callbacks.insert(0, SynchronizedBatchNorm())
     if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
         from .object_metrics import ObjectF1Callback
 
