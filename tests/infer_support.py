@@ -52,7 +52,8 @@ def save_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = "", ba
     tree = yaml.safe_load(config) or {} if config else {}
     data, train = tree.get("data", {}) or {}, tree.get("train", {}) or {}
     ModelCard.for_model(model, norm, band_dtype, nodata, classes=data.get("classes"), palette=data.get("palette"),
-                        threshold=float(train.get("threshold", 0.5)), tile_size=int(data.get("window_size", 256)),
+                        task=data.get("task"), threshold=train.get("threshold", 0.5),
+                        tile_size=int(data.get("window_size", 256)), ignore_index=int(data.get("ignore_index", 255)),
                         ).save(run_dir / "model_card.json")
     if config:
         (run_dir / "config.yaml").write_text(config)

@@ -73,12 +73,14 @@ def test_yaml_round_trip_and_diff(tmp_path):
 def test_all_configs_in_repo_validate():
     from pathlib import Path
 
+    from tfseg.data.formats import check_options
+
     import yaml
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
         if isinstance(yaml.safe_load(path.read_text()), list):
             continue  # a model list for pipelines/compare_architectures.py --models, not a config
-        config_lib.load(path)
+        check_options(config_lib.load(path).data)
 
 
 def test_a_yaml_list_is_not_a_config(tmp_path):
@@ -86,3 +88,55 @@ def test_a_yaml_list_is_not_a_config(tmp_path):
     path.write_text("- label: unet\n  overrides: [model.name=unet]\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections.*got a YAML list"):
         config_lib.load(path)
+
+
+def test_set_nested_option_keys():
+    cfg = config_lib.load(None, ["data.format=mask_folder", "data.options.mask_suffix=.mask",
+                                 "data.options.images_dir=img", "data.palette.building='#FF0000'",
+                                 "train.loss_weights.bce=0.5"])
+    assert cfg.data.options == {"mask_suffix": ".mask", "images_dir": "img"}
+    assert cfg.data.palette == {"building": "#FF0000"}
+    assert cfg.train.loss_weights == {"bce": 0.5}
+
+
+def test_list_and_dict_elements_are_type_checked_with_the_key_named():
+    with pytest.raises(ConfigError, match=r"'data.percentiles\[0\]': expected float, got str 'a'"):
+        config_lib.load(None, ["data.percentiles=[a,b]"])
+    with pytest.raises(ConfigError, match=r"'data.bands\[1\]': expected int, got str 'x'"):
+        config_lib.load(None, ["data.bands=[1,x]"])
+    with pytest.raises(ConfigError, match=r"'train.loss_weights.dice': expected float, got str 'high'"):
+        config_lib.load(None, ["train.loss_weights.dice=high"])
+    with pytest.raises(ConfigError, match=r"'data.options': expected dict, got int 3"):
+        config_lib.load(None, ["data.options=3"])
+    assert config_lib.load(None, ["data.percentiles=[1, 99]"]).data.percentiles == [1.0, 99.0]
+
+
+def test_format_options_are_checked_with_a_suggestion():
+    from tfseg.data.formats import check_options, load_scenes
+
+    cfg = config_lib.load(None, ["data.format=mask_folder", "data.options.mask_sufix=.mask", "data.root=/nowhere"])
+    with pytest.raises(ConfigError, match=r"'data.options.mask_sufix': not an option of data.format 'mask_folder'; "
+                                          r"did you mean 'mask_suffix'\?"):
+        load_scenes(cfg.data)  # before looking at data.root
+    cfg = config_lib.load(None, ["data.format=spacenet", "data.options.boundary_width=wide"])
+    with pytest.raises(ConfigError, match=r"'data.options.boundary_width': expected int, got str 'wide'"):
+        check_options(cfg.data)
+    cfg = config_lib.load(None, ["data.options.products=[M]"])  # a dstl option on the synthetic format
+    with pytest.raises(ConfigError, match=r"not an option of data.format 'synthetic' \(allowed: tile_overlap\)"):
+        check_options(cfg.data)
+
+
+def test_train_threshold_one_per_class_for_multilabel_only():
+    ml = ["data.task=multilabel", "data.classes=[a, b, c]"]
+    cfg = config_lib.load(None, [*ml, "train.threshold=[0.5, 0.3, 0.7]"])
+    assert cfg.train.threshold == [0.5, 0.3, 0.7]
+    assert config_lib.load(None, [*ml, "train.threshold=0.4"]).train.threshold == 0.4
+    with pytest.raises(ConfigError, match=r"'train.threshold': a list needs data.task=multilabel and one value per "
+                                          r"class \(3: \['a', 'b', 'c'\]\), got \[0.5, 0.3\]"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, 0.3]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold': a list needs data.task=multilabel"):
+        config_lib.load(None, ["data.classes=[a, b]", "train.threshold=[0.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold': expected a value in \[0.0, 1.0\], got \[0.5, 1.5, 0.5\]"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, 1.5, 0.5]"])
+    with pytest.raises(ConfigError, match=r"'train.threshold\[1\]': expected float, got str 'x'"):
+        config_lib.load(None, [*ml, "train.threshold=[0.5, x, 0.5]"])

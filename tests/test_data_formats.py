@@ -112,7 +112,7 @@ def test_pair_images_and_masks_by_stem_and_missing_mask(tmp_path):
     assert [(i.name, m.name) for i, m in pairs][0] == ("OAM-0-7-19.tif", "OAM-0-7-19.mask.tif")
     assert len(pairs) == 3
     (tmp_path / "masks" / "OAM-1-8-19.mask.tif").unlink()
-    with pytest.raises(MaskFolderError, match="no mask for image .*OAM-1-8-19.tif"):
+    with pytest.raises(MaskFolderError, match=r"no mask for 1 of 3 image\(s\) in .*OAM-1-8-19.tif"):
         pair_images_and_masks(tmp_path / "images", tmp_path / "masks", mask_suffix=".mask")
     assert len(pair_images_and_masks(tmp_path / "images", tmp_path / "masks", ".mask", strict=False)) == 2
     with pytest.raises(MaskFolderError, match="OAM-1-8-19.tif"):
@@ -261,3 +261,120 @@ def test_scenes_labels_overlapping_no_scene_are_an_error(tmp_path):
     (tmp_path / "labels.geojson").write_text(json.dumps(doc))
     with pytest.raises(LabelError, match="labels.geojson.*overlap none"):
         load_scenes(data_cfg(format="scenes", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize(("task", "classes", "value", "expected"), [
+    ("multiclass", ["a", "b", "c"], 5, r"value 5 is out of range \(expected class indices 0..2 or 255 = ignore\)"),
+    ("binary", ["a"], 300, r"a binary mask must hold .*found values \[0, 1, 300\]"),
+    ("multiclass", ["a", "b"], 300, r"value 300 is out of range"),
+    ("multilabel", ["a", "b"], 2, r"\(band 2\): value 2 is out of range \(expected 0/1 per class band"),
+])
+def test_mask_values_out_of_range_name_file_and_value(tmp_path, task, classes, value, expected):
+    """Never clipped onto 255 or silently ignored: a value that is no class stops the load."""
+    channels = len(classes) if task == "multilabel" else 1
+    mask = np.zeros((channels, 40, 40), np.uint16 if value > 255 else np.uint8)
+    mask[:, 5:20, 5:20] = 1
+    mask[channels - 1, 0, 0] = value
+    write_geotiff(tmp_path / "images" / "tile.tif", np.ones((3, 40, 40), np.uint8))
+    write_geotiff(tmp_path / "masks" / "tile.tif", mask)
+    with pytest.raises(LabelError, match=r"mask .*masks/tile.tif.*" + expected):
+        load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), classes=classes, task=task, val_fraction=0.0))
+
+
+def test_16bit_mask_nodata_above_255_is_ignored_not_clipped(tmp_path):
+    mask = np.zeros((40, 40), np.uint16)
+    mask[5:20, 5:20] = 2
+    mask[:2] = 65535
+    write_geotiff(tmp_path / "images" / "tile.tif", np.ones((3, 40, 40), np.uint8))
+    write_geotiff(tmp_path / "masks" / "tile.tif", mask, nodata=65535)
+    (scene,) = load_scenes(data_cfg(format="mask_folder", root=str(tmp_path), classes=["a", "b", "c"],
+                                    val_fraction=0.0))[0]
+    label = full_label(scene)
+    assert (label[:2] == 255).all() and (label[5:20, 5:20] == 2).all() and (label[2:5] == 0).all()
+
+
+def test_features_without_geometry_are_counted_in_a_warning(tmp_path, caplog):
+    import json
+
+    make_scenes(tmp_path)
+    doc = json.loads((tmp_path / "labels.geojson").read_text())
+    doc["features"] += [{"type": "Feature", "properties": {"id": 9}, "geometry": None}] * 3
+    (tmp_path / "labels.geojson").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        train, val = load_scenes(data_cfg(format="scenes", root=str(tmp_path)))
+    messages = [r.getMessage() for r in caplog.records if "no geometry" in r.getMessage()]
+    assert len(messages) == 2  # read once per split folder (train/, val/)
+    assert all("3 of 5 feature(s) have no geometry and were dropped" in m for m in messages)
+    assert len(train[0].labels.geometries) == 2
+
+
+# ------------------------------------------------------------------------------------ pairing
+NAMING_STYLES = {  # style: (image names, mask names, same folder)
+    "same stem, .tiff <-> .tif": (["a.tiff", "b.tiff"], ["a.tif", "b.tif"], False),
+    "X.tif <-> X.mask.tif": (["a.tif", "b.tif"], ["a.mask.tif", "b.mask.tif"], False),
+    "DeepGlobe _sat/_mask, one folder": (["1_sat.jpg", "2_sat.jpg"], ["1_mask.png", "2_mask.png"], True),
+    "img_/mask_ prefixes": (["img_7.tif", "img_8.tif"], ["mask_7.tif", "mask_8.tif"], False),
+}
+
+
+def _write_style(root, images, masks, same_folder):
+    from PIL import Image
+
+    image_dir, mask_dir = root / "images", root / ("images" if same_folder else "masks")
+    for folder in (image_dir, mask_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        pixels = np.full((32, 32, 3), 40 + k, np.uint8)
+        label = np.zeros((32, 32), np.uint8)
+        label[4 + k:10 + k, 4:12] = 1
+        for folder, name, array in ((image_dir, image, pixels), (mask_dir, mask, label)):
+            if name.endswith((".tif", ".tiff")):
+                write_geotiff(folder / name, np.moveaxis(array, -1, 0) if array.ndim == 3 else array)
+            else:
+                Image.fromarray(array).save(folder / name)
+    return image_dir, mask_dir
+
+
+@pytest.mark.parametrize("style", sorted(NAMING_STYLES))
+def test_pairing_detects_the_common_naming_styles(tmp_path, style, caplog):
+    from tfseg.data.pairing import pair_files
+
+    images, masks, same = NAMING_STYLES[style]
+    image_dir, mask_dir = _write_style(tmp_path, images, masks, same)
+    with caplog.at_level(logging.INFO, logger="tfseg.data.pairing"):
+        result = pair_files(image_dir, mask_dir)
+    assert [(i.name, m.name) for i, m in result.pairs] == list(zip(images, masks)), result.rule
+    assert result.detected and any("detected naming" in r.getMessage() and result.rule in r.getMessage()
+                                   for r in caplog.records)
+    # the format loader pairs them the same way (and reads the labels of the right files)
+    options = {"masks_dir": "images"} if same else {}
+    scenes = all_scenes(data_cfg(format="mask_folder", root=str(tmp_path), options=options, val_fraction=0.0))
+    assert len(scenes) == 2
+    first = scenes[Path(images[0]).stem]
+    assert full_label(first)[4:10, 4:12].all() and full_label(first).sum() == 48
+
+
+def test_pairing_patterns_and_unpaired_files_listed_with_counts(tmp_path, caplog):
+    from tfseg.data.pairing import PairingError, pair_files
+
+    image_dir, _ = _write_style(tmp_path, ["1_sat.jpg", "2_sat.jpg", "3_sat.jpg"],
+                                ["1_mask.png", "2_mask.png", "9_mask.png"], True)
+    (image_dir / "notes.png").write_bytes((image_dir / "1_mask.png").read_bytes())
+    with pytest.raises(PairingError, match=r"no mask for 1 of 3 image\(s\) .*paired by '\{id\}_sat.jpg' <-> "
+                                           r"'\{id\}_mask.png'\): .*3_sat.jpg"):
+        pair_files(image_dir, image_dir, "{id}_sat.jpg", "{id}_mask.png")
+    with caplog.at_level(logging.WARNING):
+        result = pair_files(image_dir, image_dir, "{id}_sat.jpg", "{id}_mask.png", strict=False)
+    assert [(i.name, m.name) for i, m in result.pairs] == [("1_sat.jpg", "1_mask.png"), ("2_sat.jpg", "2_mask.png")]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "1 of 3 mask(s)" in text and "9_mask.png" in text  # masks without an image
+    assert "1 file(s)" in text and "notes.png" in text  # matches neither pattern
+    with pytest.raises(PairingError, match=r"image_pattern: expected a file name pattern with exactly one '\{id\}'"):
+        pair_files(image_dir, image_dir, "sat.jpg", "{id}_mask.png")
+    # the format options reach the same module
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), val_fraction=0.0, options={
+        "masks_dir": "images", "image_pattern": "{id}_sat.jpg", "mask_pattern": "{id}_mask.png"})
+    with pytest.raises(PairingError, match="3_sat.jpg"):
+        all_scenes(cfg)
+    (image_dir / "3_sat.jpg").unlink()
+    assert sorted(all_scenes(cfg)) == ["1_sat", "2_sat"]

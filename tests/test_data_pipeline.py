@@ -320,3 +320,18 @@ def test_cached_scene_ignored_count_equals_counting(tmp_path):
         counts.append(int((part == 255).sum()))
         assert cached.ignored_count(window) == counts[-1]
     assert counts[1] > 0 and counts[3] > 0 and counts[2] == 0  # nodata; source ignore; neither
+
+
+def test_evaluation_grid_counts_every_pixel_once(tmp_path):
+    """The eval grid overlaps (eval_overlap, and the last window ends at the edge): each valid
+    pixel's label is scored by exactly one tile, the rest of the overlap is ignore."""
+    make_mask_folder(tmp_path, num_pairs=1, size=80)  # 80 px with 32 px windows, overlap 8: 0, 24, 48
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), eval_overlap=8, val_fraction=0.0,
+                   options={"mask_suffix": ".mask"}, max_nodata_fraction=1.0)
+    (scene,) = load_scenes(cfg)[0]
+    norm = Normalization("meanstd", [0.0] * 3, [1.0] * 3, [0.0] * 3, [255.0] * 3)
+    labels = np.concatenate([y.numpy() for _, y in build_dataset([scene], norm, cfg, training=False)])
+    assert labels.shape[0] == 9
+    truth = scene.labels.rasterize(Window(0, 0, 80, 80), scene.info)
+    assert int((labels != 255).sum()) == 80 * 80  # not 9 * 32 * 32 = 9216
+    assert int((labels == 1).sum()) == int((truth == 1).sum())

@@ -35,7 +35,7 @@ def test_pixels_binary_perfect_and_json_keys(chips, oracle_run, capsys):
     assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images), "--masks", str(masks),
                           "--tile-size", "32", "--overlap", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(result) == {"iou", "f1", "precision", "recall", "num_images", "threshold"}
+    assert set(result) == {"iou", "f1", "precision", "recall", "accuracy", "miou", "num_images", "threshold"}
     assert result["num_images"] == 3
     assert result["iou"] == 1.0 and result["f1"] == 1.0
 

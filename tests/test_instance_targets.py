@@ -25,9 +25,9 @@ def full_label(scene):
 
 
 def target_cfg(root, fmt="mask_folder", **options):
+    pairing = {"mask_suffix": ".mask"} if fmt == "mask_folder" else {}  # data.options are checked per format
     return data_cfg(format=fmt, root=str(root), task="multilabel", classes=TARGETS, val_fraction=0.0,
-                    options={"mask_suffix": ".mask", "targets": TARGETS, "boundary_width": 3, "contact_spacing": 3,
-                             **options})
+                    options={**pairing, "targets": TARGETS, "boundary_width": 3, "contact_spacing": 3, **options})
 
 
 @pytest.mark.parametrize("labels_crs", ["EPSG:4326", UTM, "EPSG:3857"])

@@ -11,7 +11,7 @@ IGNORE = 255
 
 def _np_scores(tp, fp, fn):
     def ratio(num, den):
-        return np.where(den > 0, num / np.maximum(den, 1), 1.0)
+        return np.where(tp + fp + fn > 0, np.where(den > 0, num / np.maximum(den, 1), 0.0), np.nan)
 
     return {"iou": ratio(tp, tp + fp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn),
             "precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn)}
@@ -126,3 +126,51 @@ def test_bad_arguments_name_the_argument():
         ConfusionMatrixMetric("dice")
     with pytest.raises(ValueError, match="task"):
         ConfusionMatrixMetric("iou", 3, task="panoptic")
+
+
+def test_absent_class_is_nan_and_left_out_of_means_in_training_and_evaluation():
+    """A class with no truth and no prediction: NaN per class (null in evaluate), never 1.0 or 0,
+    and the means run over the classes present in truth or prediction (the Dstl inflation)."""
+    from tfseg.metrics import confusion_matrix_numpy, scores_from_matrix
+
+    truth = np.zeros((1, 4, 6, 1), "float32")
+    truth[0, :2] = 1  # classes 0 and 1 in truth; class 2 nowhere
+    probs = np.zeros((1, 4, 6, 3), "float32")
+    probs[..., 0] = 1.0
+    probs[0, 0, :, :] = [0.0, 1.0, 0.0]  # row 0 predicted 1, rows 1-3 predicted 0
+    got = _run(segmentation_metrics(3, IGNORE, task="multiclass", class_names=["a", "b", "c"]), [(truth, probs)])
+    iou_a, iou_b = 12 / 18, 6 / 12
+    assert got["iou_a"] == pytest.approx(iou_a) and got["iou_b"] == pytest.approx(iou_b)
+    assert np.isnan(got["iou_c"]) and np.isnan(got["f1_c"])
+    assert got["iou"] == pytest.approx((iou_a + iou_b) / 2)  # not (a + b + 1) / 3, not (a + b + 0) / 3
+    # evaluate's numpy matrix + the shared scoring give the same numbers, null for the absent class
+    matrix = confusion_matrix_numpy(truth[0, ..., 0], probs[0].argmax(-1), np.ones((4, 6), bool), 3, "multiclass")
+    report = scores_from_matrix(matrix, "multiclass", ["a", "b", "c"])
+    assert report["per_class"]["c"] == {"iou": None, "f1": None, "precision": None, "recall": None}
+    assert report["iou"] == report["miou"] == pytest.approx(got["iou"])
+    assert report["per_class"]["a"]["iou"] == pytest.approx(iou_a)
+    # binary with no foreground anywhere: IoU undefined (NaN / null), miou = the background's
+    binary = _run(segmentation_metrics(1, IGNORE, task="binary", class_names=["b"]),
+                  [(np.zeros((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4, 1), "float32"))])
+    assert np.isnan(binary["iou"]) and binary["miou"] == 1.0
+    report = scores_from_matrix(confusion_matrix_numpy(np.zeros((4, 4), int), np.zeros((4, 4), int),
+                                                       np.ones((4, 4), bool), 1, "binary"), "binary", ["b"])
+    assert report["iou"] is None and report["miou"] == 1.0
+
+
+def test_multilabel_per_class_thresholds():
+    rng = np.random.default_rng(3)
+    thresholds = [0.2, 0.5, 0.8]
+    batches = _random_batches(rng, 3, "multilabel")
+    got = _run(segmentation_metrics(3, IGNORE, thresholds, task="multilabel", class_names=["a", "b", "c"]), batches)
+    truth = np.concatenate([b[0].reshape(-1, 3) for b in batches])
+    pred = np.concatenate([(b[1] >= np.asarray(thresholds, np.float32)).reshape(-1, 3) for b in batches])
+    for c in range(3):
+        scores, _ = _reference(truth[:, c], pred[:, c].astype(int), 2)
+        assert got[f"iou_{'abc'[c]}"] == pytest.approx(scores["iou"][1], abs=1e-5)
+    metric = ConfusionMatrixMetric("iou", 3, IGNORE, thresholds, task="multilabel")
+    assert ConfusionMatrixMetric.from_config(metric.get_config()).threshold == thresholds
+    with pytest.raises(ValueError, match=r"a list needs task multilabel and 3 values"):
+        ConfusionMatrixMetric("iou", 3, IGNORE, [0.5, 0.5], task="multilabel")
+    with pytest.raises(ValueError, match=r"a list needs task multilabel"):
+        ConfusionMatrixMetric("iou", 1, IGNORE, [0.5], task="binary")

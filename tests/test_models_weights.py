@@ -139,3 +139,16 @@ def test_resnet34_loads_image_classifiers_layout_and_own_n_band_file(tmp_path):
     again = build_model("fpn", input_shape=(32, 32, 8), classes=1, backbone="resnet34", encoder_weights=str(own),
                         decoder_filters=[8, 8])
     np.testing.assert_array_equal(_kernel(again.get_layer("encoder_resnet34"), "conv0"), _kernel(encoder, "conv0"))
+
+
+def test_legacy_file_missing_a_layer_is_an_error_naming_it(tmp_path):
+    """No by_name fallback that leaves random weights: the first layer without weights is named."""
+    path = _legacy_h5(resnet34((None, None, 3)), tmp_path / "resnet34_imagenet_1000_no_top.h5")
+    with h5py.File(path, "a") as handle:
+        names = [n.decode() if isinstance(n, bytes) else n for n in handle.attrs["layer_names"]]
+        del handle["stage3_unit2_conv1"]
+        handle.attrs["layer_names"] = [n.encode() for n in names if n != "stage3_unit2_conv1"]
+    with pytest.raises(ValueError, match=r"model.encoder_weights: .*has no weights for layer 'stage3_unit2_conv1' "
+                                         r"\(first mismatching layer"):
+        build_model("unet", input_shape=(32, 32, 3), classes=1, backbone="resnet34", encoder_weights=str(path),
+                    decoder_filters=[8, 8, 4, 4, 4])

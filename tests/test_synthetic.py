@@ -44,3 +44,35 @@ def test_incomplete_dataset_is_regenerated(tmp_path):
 def test_config_change_regenerates(tmp_path):
     root = synthetic.ensure_dataset(tmp_path / "d", small(seed=1))
     assert not synthetic.is_complete(root, small(seed=2))
+
+
+def test_concurrent_first_use_generates_once_and_removes_stale_partials(tmp_path, monkeypatch):
+    import threading
+
+    root = tmp_path / "synthetic"
+    stale = tmp_path / ".synthetic-synthetic.k1ll3d.partial"  # a generation killed half way
+    (stale / "train").mkdir(parents=True)
+    calls, original = [], synthetic.generate
+
+    def counting_generate(folder, cfg):
+        calls.append(folder)
+        original(folder, cfg)
+
+    monkeypatch.setattr(synthetic, "generate", counting_generate)
+    results, errors = [], []
+
+    def use():
+        try:
+            results.append(synthetic.ensure_dataset(root, small()))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and results == [root] * 3
+    assert len(calls) == 1  # the others waited on the lock, then found it complete
+    assert synthetic.is_complete(root, small())
+    assert not stale.exists() and not list(tmp_path.glob("*.partial"))

@@ -152,3 +152,11 @@ def test_multi_worker_needs_tf_config_and_damaged_backup_is_named(tmp_path, monk
     (backup / "state.json").write_text('{"epoch": 3, "weights": "epoch-0003.weights.h5"}')
     with pytest.raises(ValueError, match="epoch-0003.weights.h5.*missing"):
         train_lib.TrainingState.load(backup)
+
+
+def test_monitor_metric_never_logged_is_an_error_after_the_first_epoch(tmp_path):
+    cfg = _cfg(tmp_path, "train.monitor=val_iuo", "train.epochs=3")
+    with pytest.raises(ValueError, match=r"'train.monitor': metric 'val_iuo' is not in the logs of epoch 1; "
+                                         r"logged: .*\bval_iou\b"):
+        train_lib.train(cfg, tmp_path / "run", verbose=0)
+    assert len(_history(tmp_path / "run" / "history.csv")) <= 1  # stopped at the first epoch's end

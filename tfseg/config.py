@@ -45,7 +45,7 @@ class SyntheticConfig:
 class AugmentConfig:
     flip: bool = True
     rot90: bool = True
-    scale: list = field(default_factory=list)  # e.g. [0.8, 1.25]; empty = off
+    scale: list[float] = field(default_factory=list)  # e.g. [0.8, 1.25]; empty = off
     brightness: float = 0.0  # max per-band additive shift in normalized units
     contrast: float = 0.0  # max per-band multiplicative deviation (0.1 -> [0.9, 1.1])
 
@@ -54,15 +54,15 @@ class AugmentConfig:
 class DataConfig:
     format: str = "synthetic"
     root: str = ""  # data directory; "" = format default (synthetic: ./data/synthetic)
-    classes: list = field(default_factory=lambda: ["building"])
+    classes: list[str] = field(default_factory=lambda: ["building"])
     # label encoding: binary (1 class, labels 0/1), multiclass (class indices), multilabel
     # (one 0/1 channel per class, e.g. Dstl); auto = binary for 1 class, else multiclass
     task: str = "auto"
-    palette: dict = field(default_factory=dict)  # class name -> "#RRGGBB" (colour_mask)
+    palette: dict[str, str] = field(default_factory=dict)  # class name -> "#RRGGBB" (colour_mask)
     ignore_index: int = 255
     ignore_colours: str = "ignore"  # colours not in palette: ignore | error
-    bands: list = field(default_factory=list)  # 1-based band indexes to read; empty = all
-    band_names: list = field(default_factory=list)
+    bands: list[int] = field(default_factory=list)  # 1-based band indexes to read; empty = all
+    band_names: list[str] = field(default_factory=list)
     num_bands: int = 0  # expected band count after band selection; 0 = from data
     window_size: int = 256
     eval_overlap: int = 32  # grid overlap for evaluation windows, in pixels
@@ -76,7 +76,7 @@ class DataConfig:
     oversample_class: int = -1  # class index a share of windows is centred on; -1 = off
     oversample_fraction: float = 0.0
     normalization: str = "meanstd"  # meanstd | percentile
-    percentiles: list = field(default_factory=lambda: [2.0, 98.0])
+    percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
     cache: bool = False  # cache decoded scenes in memory instead of streaming from disk
     # streaming mode: vector/colour labels of whole scenes rasterized once into memory up to
     # this many megapixels (x channels); beyond it, rasterized per window. 0 = always per window
@@ -87,7 +87,7 @@ class DataConfig:
     seed: int = 42
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    options: dict = field(default_factory=dict)  # format-specific options (see README)
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific options (see README)
 
 
 @dataclass
@@ -102,10 +102,10 @@ class ModelConfig:
     dropout: float = 0.0
     dropout_position: str = "bottleneck"  # bottleneck | encoder | decoder | all
     upsampling: str = "bilinear"  # bilinear | nearest | transpose
-    decoder_filters: list = field(default_factory=list)  # empty = architecture default
+    decoder_filters: list[int] = field(default_factory=list)  # empty = architecture default
     activation: str = "auto"  # auto | sigmoid | softmax
     stem: str = "plain"  # plain | residual (Res50-UNet stem on the raw N-band input)
-    options: dict = field(default_factory=dict)  # architecture-specific extras
+    options: dict[str, Any] = field(default_factory=dict)  # architecture-specific extras
 
 
 @dataclass
@@ -120,7 +120,7 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine | onecycle
     warmup_epochs: float = 0.0
     loss: str = "bce_dice"
-    loss_weights: dict = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
     class_weights: Any = field(default_factory=list)  # [w, ...] per class, or "auto" (from the class index)
     class_weights_method: str = "median_frequency"  # auto weights: median_frequency | inverse_sqrt
     class_weights_max: float = 10.0  # auto weights are capped here (the median class weighs 1)
@@ -139,7 +139,7 @@ class TrainConfig:
     lr_scaling: str = "none"  # none | linear | sqrt: scale LR with the global batch (batch_per_replica)
     seed: int = 42
     deterministic: bool = False  # TF op determinism: bit-exact reruns (slower on GPU; some GPU ops lack it)
-    threshold: float = 0.5
+    threshold: Union[float, list[float]] = 0.5  # multilabel: one value, or one per class (data.classes order)
     num_figure_tiles: int = 4
     object_f1: bool = False
     epoch_figures: bool = False  # RUN_DIR/figures/epoch-NNNN.png (input | truth | prediction) every epoch
@@ -169,7 +169,7 @@ class MlflowConfig:
 @dataclass
 class TrackingConfig:
     name: str = "default"
-    tags: list = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     neptune: NeptuneConfig = field(default_factory=NeptuneConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -273,6 +273,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if isinstance(value, (list, tuple)):  # Union[float, list[float]]: the list member
+            listed = [a for a in args if a is list or typing.get_origin(a) is list]
+            if listed:
+                return _coerce(key, value, listed[0])
         return _coerce(key, value, args[0])
     if tp is bool:
         if isinstance(value, bool):
@@ -298,13 +302,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     elif tp is list or origin is list:
-        if isinstance(value, list):
-            return value
-        if isinstance(value, tuple):
-            return list(value)
+        if isinstance(value, (list, tuple)):
+            (item_type,) = typing.get_args(tp) or (Any,)
+            return [_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
     elif tp is dict or origin is dict:
         if isinstance(value, dict):
-            return value
+            _, item_type = typing.get_args(tp) or (str, Any)
+            return {str(name): _coerce(f"{key}.{name}", item, item_type) for name, item in value.items()}
     else:
         return value
     raise ConfigError(
@@ -356,9 +360,13 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def _apply_override(tree: dict, parts: list[str], value: Any, cls: type) -> None:
     """Set a dotted key in the raw tree, checking the path exists in the schema."""
     node, node_cls, walked = tree, cls, []
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         walked.append(part)
         hints = typing.get_type_hints(node_cls)
+        if part in hints and _is_mapping_type(hints[part]):
+            # a free-form mapping (data.options, data.palette, ...): the rest of the key is inside it
+            _set_nested(node, parts[depth:], value)
+            return
         if part not in hints or not dataclasses.is_dataclass(hints[part]):
             names = ", ".join(sorted(hints))
             raise ConfigError(f"unknown config key '{'.'.join(walked)}' in --set; allowed: {names}")
@@ -380,6 +388,22 @@ def _apply_override(tree: dict, parts: list[str], value: Any, cls: type) -> None
     node[last] = value
 
 
+def _is_mapping_type(tp: Any) -> bool:
+    return tp is dict or typing.get_origin(tp) is dict
+
+
+def _set_nested(node: dict, parts: list[str], value: Any) -> None:
+    """``node[a][b][c] = value`` for ``parts`` [a, b, c], creating (or replacing non-mapping)
+    intermediate levels."""
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
 def validate(cfg: Config) -> Config:
     """Check choices and ranges; raise ConfigError naming the key. Returns ``cfg``."""
     flat = _flatten(cfg.to_dict())
@@ -396,10 +420,11 @@ def validate(cfg: Config) -> Config:
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
             )
     for key, (low, high) in RANGES.items():
-        value = flat[key]
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {value!r}")
+        values = flat[key] if isinstance(flat[key], list) else [flat[key]]
+        for value in values:
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {flat[key]!r}")
     if cfg.data.window_size % 32:
         raise ConfigError(
             f"config key 'data.window_size': expected a multiple of 32, got {cfg.data.window_size}"
@@ -424,6 +449,12 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.task': binary expects exactly one class in data.classes, "
             f"got {len(cfg.data.classes)}: {cfg.data.classes}"
         )
+    if isinstance(cfg.train.threshold, list) and (
+            resolve_task(cfg.data) != "multilabel" or len(cfg.train.threshold) != len(cfg.data.classes)):
+        raise ConfigError(
+            f"config key 'train.threshold': a list needs data.task=multilabel and one value per class "
+            f"({len(cfg.data.classes)}: {cfg.data.classes}), got {cfg.train.threshold!r} with data.task="
+            f"{cfg.data.task!r}")
     if len(cfg.data.percentiles) != 2 or not 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100:
         raise ConfigError(
             f"config key 'data.percentiles': expected [low, high] with 0 <= low < high <= 100, "

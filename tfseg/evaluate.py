@@ -1,11 +1,15 @@
 """Evaluation: pixel metrics of a model on image/mask pairs, and object (polygon) scores.
 
 ``python -m tfseg.evaluate pixels --model MODEL --images GLOB_OR_DIR --masks GLOB_OR_DIR [--json]``
-    Images and masks are paired by file stem (a mask suffix such as ``.mask`` / ``_mask`` is
-    stripped); each whole image is predicted with the same sliding-window engine as
-    ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "num_images"}``;
-    multi-class adds ``"miou"`` and ``"per_class": {name: {"iou", "f1", "precision", "recall"}}``
-    (top-level scores are then macro means over the classes present in truth or prediction).
+    Images and masks are paired by name (:mod:`tfseg.data.pairing`: ``--image-pattern
+    '{id}_sat.jpg' --mask-pattern '{id}_mask.png'``, ``--mask-suffix .mask``, or the common namings
+    detected); each whole image is predicted with the same sliding-window engine as
+    ``tfseg.predict``. Binary: ``{"iou", "f1", "precision", "recall", "accuracy", "miou",
+    "num_images"}`` (the foreground's scores; ``miou`` over background and foreground);
+    multi-class and multi-label (K-band 0/1 masks, one per class) add ``"per_class": {name:
+    {"iou", "f1", "precision", "recall"}}`` (f1 = Dice; ``null`` for
+    a class absent from truth and prediction) and top-level scores are means over the classes
+    present in truth or prediction: the definitions of :mod:`tfseg.metrics`, as in training.
 
 ``python -m tfseg.evaluate spacenet --truth TRUTH.csv --proposals PROPOSALS.csv [--json]``
     The SpaceNet building score (see :mod:`tfseg.scoring`).
@@ -29,11 +33,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
-from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks
-from .data.labels import binary_mask_lookup
+from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
+from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
+from .data.pairing import IMAGE_SUFFIXES
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
+from .metrics import confusion_matrix_numpy, scores_from_matrix
 
 
 def _list_files(spec: str, what: str) -> list:
@@ -49,11 +53,12 @@ def _list_files(spec: str, what: str) -> list:
 
 def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.ndarray:
     """Class indices (uint8, ``ignore_index`` = ignored) from a {0,1}/{0,255} binary mask, a class
-    index mask, or a colour mask (RGB or palette PNG) decoded with the model's palette."""
+    index mask, or a colour mask (RGB or palette PNG) decoded with the model's palette; for a
+    multi-label model (H, W, K) 0/1 masks from a K-band mask."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    if predictor.palette and _is_colour_image(path):
+    if predictor.palette and not predictor.multilabel and _is_colour_image(path):
         rgb = read_colour_mask(path)
         labels, _ = decode_colour_mask(rgb, predictor.palette, ignore_index, classes=predictor.class_names,
                                        source=str(path))
@@ -64,15 +69,22 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
         with rasterio.open(path) as src:
             data = src.read()
             nodata = src.nodata
+    if predictor.multilabel:  # one 0/1 band per class (like mask_folder's multilabel masks)
+        if data.shape[0] < predictor.num_classes:
+            raise ValueError(f"mask {path}: {data.shape[0]} band(s), the multi-label model has "
+                             f"{predictor.num_classes} classes (one 0/1 band per class expected)")
+        bands = []
+        for k in range(predictor.num_classes):
+            check_multilabel_values(set(np.unique(data[k]).tolist()), ignore_index, f"{path} (band {k + 1})", nodata)
+            bands.append(apply_lookup(data[k], None, nodata, ignore_index))
+        return np.stack(bands, axis=-1)
     mask = data[0]
+    values = set(np.unique(mask).tolist())
     if predictor.binary:
-        lookup = binary_mask_lookup(np.unique(mask), ignore_index, str(path), nodata)
-        return lookup[mask.astype(np.uint8)]
-    out = mask.astype(np.int64)
-    out[(out >= predictor.num_classes) & (out != ignore_index)] = ignore_index
-    if nodata is not None and not np.isnan(nodata) and not 0 <= nodata < predictor.num_classes:
-        out[mask == nodata] = ignore_index  # a nodata tag that is not a class value
-    return out.astype(np.uint8)
+        lookup = binary_mask_lookup(values, ignore_index, str(path), nodata)
+    else:  # a value that is no class is an error naming the file, as in training
+        lookup = class_mask_lookup(values, predictor.num_classes, ignore_index, str(path), nodata)
+    return apply_lookup(mask, lookup, nodata, ignore_index)
 
 
 def _is_colour_image(path: Path) -> bool:
@@ -89,64 +101,43 @@ def _is_colour_image(path: Path) -> bool:
             return src.count >= 3
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_labels: int, valid: np.ndarray) -> np.ndarray:
-    index = truth[valid].astype(np.int64) * num_labels + pred[valid].astype(np.int64)
-    return np.bincount(index, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
-
-
-def scores_from_matrix(matrix: np.ndarray) -> list:
-    """Per-class (iou, f1, precision, recall, present) from a confusion matrix."""
-    tp = np.diag(matrix).astype(np.float64)
-    fp = matrix.sum(axis=0) - tp
-    fn = matrix.sum(axis=1) - tp
-
-    def ratio(a, b):
-        return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    return [
-        {"iou": float(i), "f1": float(f), "precision": float(p), "recall": float(r), "present": bool(s)}
-        for i, f, p, r, s in zip(ratio(tp, tp + fp + fn), ratio(2 * tp, 2 * tp + fp + fn), precision, recall,
-                                 (tp + fp + fn) > 0)
-    ]
+def _task(predictor: Predictor) -> str:
+    if predictor.binary:
+        return "binary"
+    return "multilabel" if predictor.multilabel else "multiclass"
 
 
 def evaluate_pixels(model, images: Sequence[Path], masks: Sequence[Path], tile_size: int = 0, overlap: int = -1,
-                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None,
-                    threshold: Optional[float] = None) -> dict:
-    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks, at
-    ``threshold`` (binary; default the model's: its operating point's when it has one)."""
+                    batch_size: int = 4, tta: int = 1, mask_suffix: Optional[str] = None, image_pattern: str = "",
+                    mask_pattern: str = "", threshold=None) -> dict:
+    """Pixel metrics of ``model`` (path or :class:`Predictor`) on paired images and masks, by the
+    definitions of :mod:`tfseg.metrics` (the ignore index and classes are the run's), at
+    ``threshold`` (default the model's: its operating point's when it has one; multilabel: one
+    value for all classes or one per class, default the card's per-class thresholds)."""
     from .data.raster import open_raster
 
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
-    pairs = pair_images_and_masks(images, masks, mask_suffix)
-    num_labels = max(2, predictor.num_classes)
-    matrix = np.zeros((num_labels, num_labels), np.int64)
+    pairs = pair_images_and_masks(images, masks, mask_suffix, image_pattern=image_pattern, mask_pattern=mask_pattern)
+    task, ignore = _task(predictor), predictor.ignore_index
+    matrix = None
     tile, overlap = predictor.tiling(tile_size, overlap)
     for image_path, mask_path in pairs:
         info = open_raster(image_path)
-        truth = _read_mask(mask_path, predictor)
-        if truth.shape != (info.height, info.width):
+        truth = _read_mask(mask_path, predictor, ignore)
+        if truth.shape[:2] != (info.height, info.width):
             raise ValueError(f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but image {image_path} is "
                              f"{info.width}x{info.height}")
         sink = ArraySink(info.height, info.width, predictor.num_classes)
         run_sliding_window(predictor, [Job(RasterSource(info), sink, str(image_path))], tile, overlap, batch_size, tta)
         pred = predictor.to_classes(sink.probs, threshold)
-        valid = sink.valid & (truth != 255)
-        matrix += confusion_matrix(truth, pred, num_labels, valid)
-    per_class = scores_from_matrix(matrix)
-    if predictor.binary:
-        fg = per_class[1]
-        return {"iou": fg["iou"], "f1": fg["f1"], "precision": fg["precision"], "recall": fg["recall"],
-                "num_images": len(pairs), "threshold": predictor.threshold if threshold is None else threshold}
-    present = [c for c in per_class if c["present"]] or per_class
-    result = {k: float(np.mean([c[k] for c in present])) for k in ("iou", "f1", "precision", "recall")}
-    result["miou"] = result["iou"]
+        valid = (sink.valid[..., None] if truth.ndim == 3 else sink.valid) & (truth != ignore)
+        counts = confusion_matrix_numpy(truth, pred, valid, predictor.num_classes, task)
+        matrix = counts if matrix is None else matrix + counts
+    result = scores_from_matrix(matrix, task, predictor.class_names if task == "binary" else
+                                predictor.class_names[:predictor.num_classes])
+    if task == "binary":
+        result["threshold"] = predictor.threshold if threshold is None else threshold
     result["num_images"] = len(pairs)
-    result["per_class"] = {
-        name: {k: c[k] for k in ("iou", "f1", "precision", "recall")}
-        for name, c in zip(predictor.class_names, per_class)
-    }
     return result
 
 
@@ -165,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     pixels.add_argument("--model", required=True, help="run directory, .keras file or SavedModel directory")
     pixels.add_argument("--images", required=True, help="folder or glob of images")
     pixels.add_argument("--masks", required=True, help="folder or glob of masks (paired by stem)")
-    pixels.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. .mask (default: common ones)")
+    pixels.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. .mask (default: detected)")
+    pixels.add_argument("--image-pattern", default="", help="image file names, e.g. '{id}_sat.jpg' or 'img_{id}.tif'")
+    pixels.add_argument("--mask-pattern", default="", help="mask file names, e.g. '{id}_mask.png' or 'mask_{id}.tif' "
+                        "(default: the common namings are detected)")
     pixels.add_argument("--tile-size", type=int, default=0)
     pixels.add_argument("--overlap", type=int, default=-1)
     pixels.add_argument("--batch-size", type=int, default=4)
@@ -195,7 +189,7 @@ def main(argv=None) -> int:
 
             result = evaluate_pixels(args.model, _list_files(args.images, "images"), _list_files(args.masks, "masks"),
                                      args.tile_size, args.overlap, args.batch_size, args.tta, args.mask_suffix,
-                                     args.threshold)
+                                     args.image_pattern, args.mask_pattern, args.threshold)
         elif args.command == "spacenet":
             result = score_spacenet(args.truth, args.proposals)
         else:
@@ -206,10 +200,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
     elif args.command == "pixels":
-        for key in ("iou", "f1", "precision", "recall"):
-            print(f"{key:10s} {result[key]:.4f}")
+        def number(value):
+            return "n/a (absent)" if value is None else f"{value:.4f}"
+
+        for key in ("iou", "f1", "precision", "recall", "miou"):
+            print(f"{key:10s} {number(result[key])}")
         for name, s in result.get("per_class", {}).items():
-            print(f"  {name:20s} iou {s['iou']:.4f}  f1 {s['f1']:.4f}")
+            print(f"  {name:20s} iou {number(s['iou'])}  f1 (dice) {number(s['f1'])}")
         print(f"images     {result['num_images']}")
     else:
         _print_object_scores(result)

@@ -24,6 +24,9 @@ metadata            (none)                                     ``{"metadata": mo
 
 Outputs: ``probabilities`` float32 [N, H, W, K] and ``classes`` int32 [N, H, W] (argmax, or
 ``probability >= threshold`` for a one-channel binary model; the threshold is in the card).
+A multi-label model (``task: multilabel``, K sigmoid outputs) has ``masks`` int32 [N, H, W, K]
+instead of ``classes``: 1 where the probability of that class is >= its threshold (the card's
+``threshold``, one per class), so overlapping classes are all kept.
 
 Example:
     >>> model, card = load_run_model("runs/default")
@@ -105,10 +108,17 @@ def reflect_pad_to_multiple(images, multiple: int):
     return tf.gather(images, _reflect_indices(width, padded_w), axis=2)
 
 
-def make_serving_fn(model: keras.Model, multiple: int, threshold: float = 0.5):
+def make_serving_fn(model: keras.Model, multiple: int, threshold=0.5, multilabel: bool = False):
     """A tf function: raw [N, H, W, C] (any real dtype) -> probabilities and class map of the same
-    H, W. ``model`` normalizes itself (its first layer is :class:`~tfseg.models.Preprocess`)."""
+    H, W. ``model`` normalizes itself (its first layer is :class:`~tfseg.models.Preprocess`).
+    ``multilabel``: per-class 0/1 ``masks`` [N, H, W, K] instead of ``classes``, ``threshold``
+    one float or one per class."""
     binary = model.output_shape[-1] == 1
+    channels = int(model.output_shape[-1])
+    values = [float(t) for t in threshold] if isinstance(threshold, (list, tuple)) else [float(threshold)] * channels
+    if len(values) != channels:
+        raise ExportError(f"threshold: expected one value or {channels} (one per class), got {threshold!r}")
+    thresholds = tf.constant(values, tf.float32)
     bands = model.input_shape[-1]
 
     def serve(images):
@@ -118,8 +128,10 @@ def make_serving_fn(model: keras.Model, multiple: int, threshold: float = 0.5):
         tf.debugging.assert_positive(height * width, message=f"{IMAGE_INPUT} has an empty height or width")
         x = reflect_pad_to_multiple(images, multiple)
         probs = tf.cast(model(x, training=False), tf.float32)[:, :height, :width, :]
+        if multilabel:  # overlapping classes: an argmax would drop all but one per pixel
+            return {"probabilities": probs, "masks": tf.cast(probs >= thresholds, tf.int32)}
         if binary:
-            classes = tf.cast(probs[..., 0] >= threshold, tf.int32)
+            classes = tf.cast(probs[..., 0] >= thresholds[0], tf.int32)
         else:
             classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"probabilities": probs, "classes": classes}
@@ -209,7 +221,7 @@ def export_saved_model(model: keras.Model, output: Path, card: ModelCard) -> Pat
     output = Path(output)
     check_model_card(model, card)
     bands = card.num_bands
-    serve = make_serving_fn(model, card.size_multiple, card.thresholds()[0])
+    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel")
     card_json = card.to_json()
 
     archive = keras.export.ExportArchive()
@@ -251,7 +263,7 @@ def export_tflite(model: keras.Model, output: Path, card: ModelCard) -> Path:
     file = output if output.suffix == ".tflite" else output / "model.tflite"
     check_model_card(model, card)
     bands = card.num_bands
-    serve = make_serving_fn(model, card.size_multiple, card.thresholds()[0])
+    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel")
     # convert from a one-signature SavedModel: the converter then freezes the variables (a bare
     # concrete function keeps resource reads that fail at invoke time)
     archive = keras.export.ExportArchive()

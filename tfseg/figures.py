@@ -73,15 +73,27 @@ def colourize(labels: np.ndarray, colours, ignore_index: int = 255) -> np.ndarra
     return table[labels.astype(np.uint8)]
 
 
-def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int = 4, threshold: float = 0.5,
-                           ignore_index: int = 255, colours=None) -> Path:
-    """Predict the first tiles of ``dataset`` that contain labelled pixels and save a PNG grid."""
+def colourize_multilabel(masks: np.ndarray, colours, ignore_index: int = 255) -> np.ndarray:
+    """(H, W, K) 0/1 masks -> RGB: each pixel the mean colour of the classes on there (so
+    overlapping classes all show), black where none is, grey where ignored."""
+    colours = np.asarray(colours, np.float32)[: masks.shape[-1]]
+    on = (masks == 1).astype(np.float32)
+    count = on.sum(-1, keepdims=True)
+    rgb = np.where(count > 0, on @ colours / np.maximum(count, 1), 0.0)
+    rgb[(masks == ignore_index).all(-1)] = (0.5, 0.5, 0.5)
+    return rgb
+
+
+def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int = 4, threshold=0.5,
+                           ignore_index: int = 255, colours=None, multilabel: bool = False) -> Path:
+    """Predict the first tiles of ``dataset`` that contain labelled pixels and save a PNG grid
+    (``multilabel``: every class drawn, overlaps as mixed colours, ``threshold`` one per class)."""
     images, truths = [], []
     for batch_images, batch_masks in dataset:
         for image, mask in zip(batch_images.numpy(), batch_masks.numpy()):
             if (mask[..., 0] != ignore_index).mean() > 0.5:
                 images.append(image)
-                truths.append(mask[..., 0])
+                truths.append(mask if multilabel else mask[..., 0])
         if len(images) >= num_tiles:
             break
     images, truths = images[:num_tiles], truths[:num_tiles]
@@ -89,13 +101,18 @@ def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int =
     if not images:
         return path
     probs = np.asarray(model.predict(np.stack(images), verbose=0), np.float32)
-    preds = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1)
+    if multilabel:
+        preds = (probs >= np.asarray(threshold, np.float32)).astype(np.uint8)
+        paint = colourize_multilabel
+    else:
+        preds = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1)
+        paint = colourize
     if colours is None:
         colours = [(0.1, 0.1, 0.1), (1.0, 0.85, 0.1)] if probs.shape[-1] == 1 else plt.cm.tab10.colors
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
     for row, (image, truth, pred) in enumerate(zip(images, truths, preds)):
-        panels = (display_rgb(image, band_names), colourize(truth, colours, ignore_index),
-                  colourize(pred, colours, ignore_index))
+        panels = (display_rgb(image, band_names), paint(truth, colours, ignore_index),
+                  paint(pred, colours, ignore_index))
         for col, (panel, title) in enumerate(zip(panels, ("input", "truth", "prediction"))):
             axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set_axis_off()

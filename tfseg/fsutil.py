@@ -7,11 +7,14 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -32,3 +35,57 @@ def staged_directory(target, prefix: str = ".staging"):
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path):
+    """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block:
+    other processes (and threads) entering ``file_lock`` on the same path wait. ``fcntl.flock``
+    on POSIX, ``msvcrt.locking`` on Windows; the lock goes with the process if it dies.
+
+    Example:
+        >>> with file_lock(root.parent / f".{root.name}.lock"):
+        ...     if not is_complete(root): generate(root)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            handle.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after ~10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def remove_stale_staging(target, prefix: str = ".staging") -> list:
+    """Delete the staging folders :func:`staged_directory` left beside ``target`` when a process was
+    killed mid-way (``<prefix>-<name>.*.partial``). Call it only while holding the lock that
+    guards writers of ``target``: then no live writer owns one. Returns the removed paths."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    stale = sorted(p for p in target.parent.glob(f"{prefix}-{target.name}.*.partial") if p.is_dir())
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log.info("removed %d stale staging folder(s) of an interrupted run: %s", len(stale),
+                 ", ".join(p.name for p in stale))
+    return stale

@@ -70,6 +70,7 @@ class Predictor:
         """The decision threshold: the card's (the operating point's when training chose one), of
         the footprint channel for a multi-label building model."""
         return self.card.thresholds()[(self.instance_bands() or {"footprint": 1})["footprint"] - 1]
+    ignore_index = property(lambda self: self.card.ignore_index)  # the label value training ignored
 
     @property
     def binary(self) -> bool:
@@ -86,6 +87,23 @@ class Predictor:
         return None
 
     @property
+    def multilabel(self) -> bool:
+        """Independent sigmoid channels (e.g. Dstl): per-class masks, never an argmax. A building
+        model's footprint[/boundary/contact] channels are not: its class map is the footprint
+        (see :meth:`instance_bands`)."""
+        return self.task == "multilabel" and self.num_classes > 1 and self.instance_bands() is None
+
+    def thresholds(self, threshold=None) -> np.ndarray:
+        """The per-class thresholds (K,): the card's, or ``threshold`` (one value or one per class)."""
+        value = self.card.thresholds() if threshold is None else threshold
+        values = np.asarray(value, np.float32).reshape(-1)
+        if values.size == 1:
+            values = np.repeat(values, self.num_classes)
+        if values.shape != (self.num_classes,):
+            raise ValueError(f"threshold: expected one value or {self.num_classes} (one per class), got {value!r}")
+        return values
+
+    @property
     def class_names(self) -> list:
         if self.binary:
             return ["background", (self.classes or ["foreground"])[0]]
@@ -100,9 +118,12 @@ class Predictor:
     def __call__(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to_classes(self, probs: np.ndarray, threshold: Optional[float] = None) -> np.ndarray:
+    def to_classes(self, probs: np.ndarray, threshold=None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
-        unless ``threshold`` is given) or argmax."""
+        unless ``threshold`` is given) or argmax; multilabel: ``[..., K]`` 0/1 masks, each class
+        with its own threshold."""
+        if self.multilabel:
+            return (probs >= self.thresholds(threshold)).astype(np.uint8)
         threshold = self.threshold if threshold is None else threshold
         if self.binary:
             return (probs[..., 0] >= threshold).astype(np.uint8)

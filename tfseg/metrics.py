@@ -1,9 +1,22 @@
-"""Streaming segmentation metrics from confusion matrices, honouring the ignore index.
+"""Segmentation metrics from confusion matrices: one definition for training and evaluation.
 
-Tasks (see ``tfseg.losses``): ``binary`` reports the positive class; ``multiclass`` the mean over
-classes (``average="macro"``) or one class (``class_id``); ``multilabel`` keeps one 2x2 matrix
-per class and reports the mean of the per-class positive scores (or one class with ``class_id``).
-Binary tasks can also report the mean over background and foreground (``average="macro"``).
+A confusion matrix is accumulated over all valid pixels (label != ``ignore_index``): (K x K) for
+binary (K=2: background, foreground) and multiclass tasks (rows: truth, columns: prediction),
+(K x 2 x 2) for multilabel tasks ([class, truth, prediction]). From it, per class:
+
+* IoU = TP / (TP + FP + FN), F1 (Dice) = 2TP / (2TP + FP + FN), precision = TP / (TP + FP),
+  recall = TP / (TP + FN), each 0 when only its denominator is 0;
+* a class with no truth and no prediction (TP + FP + FN = 0) is **absent**: NaN per class
+  (``null`` in JSON), never 1.0 or 0, and left out of every mean;
+* means (``average="macro"``; ``miou``) are over the classes present in truth or prediction;
+  NaN when none is;
+* ``binary`` reports the positive class (``iou`` ...) and ``miou`` = mean over background and
+  foreground; ``multiclass`` and ``multilabel`` report the mean over present classes;
+* accuracy = correct valid pixels / valid pixels (multilabel: over pixel x class decisions).
+
+Training (:class:`ConfusionMatrixMetric`, Keras 3 ops) and ``tfseg.evaluate`` (numpy matrices
+from :func:`confusion_matrix_numpy`, the same layout) share :func:`per_class_scores` and
+:func:`metric_from_matrix`.
 
 Example:
     >>> metrics = segmentation_metrics(classes=1, ignore_index=255)   # iou, f1, precision, ...
@@ -12,9 +25,11 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import re
 
 import keras
+import numpy as np
 from keras import ops
 
 from .losses import TASKS, default_task
@@ -28,11 +43,13 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     """Accumulates confusion matrices over an epoch: (K x K) for binary (K=2) and multiclass tasks
     (rows: truth, columns: prediction), (K x 2 x 2) for multilabel tasks.
 
-    ``average``: ``auto`` (binary: positive class, others: mean over classes), ``macro`` (mean
-    over classes; binary: background and foreground) or ``positive``.
+    ``average``: ``auto`` (binary: positive class, others: mean over present classes), ``macro``
+    (mean over present classes; binary: background and foreground) or ``positive``. The matrix
+    is the metric's state: under a distribution strategy Keras sums it across replicas and
+    workers (``SUM`` aggregation of the variable), and the score is computed from the sum.
     """
 
-    def __init__(self, kind: str = "iou", classes: int = 1, ignore_index: int = 255, threshold: float = 0.5,
+    def __init__(self, kind: str = "iou", classes: int = 1, ignore_index: int = 255, threshold=0.5,
                  class_id=None, task=None, average: str = "auto", name=None, **kwargs):
         if kind not in KINDS:
             raise ValueError(f"metric kind {kind!r} is not available; available: {KINDS}")
@@ -45,7 +62,14 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             raise ValueError(f"metric class_id {class_id} out of range for {classes} classes")
         super().__init__(name=name or kind, **kwargs)
         self.kind, self.classes, self.ignore_index = kind, int(classes), int(ignore_index)
-        self.threshold, self.class_id, self.task, self.average = float(threshold), class_id, task, average
+        if isinstance(threshold, (list, tuple)):  # one per class: multilabel only
+            if task != "multilabel" or len(threshold) != int(classes):
+                raise ValueError(f"threshold: a list needs task multilabel and {classes} values (one per class), "
+                                 f"got {list(threshold)!r} for task {task}")
+            threshold = [float(t) for t in threshold]
+        else:
+            threshold = float(threshold)
+        self.threshold, self.class_id, self.task, self.average = threshold, class_id, task, average
         if task == "multilabel":
             shape = (self.classes, 2, 2)
         else:
@@ -66,7 +90,7 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             valid = ops.broadcast_to(valid, ops.shape(y_pred))
             y_true = ops.broadcast_to(y_true, ops.shape(y_pred))
             truth = ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)) > 0.5, "int32")
-            pred = ops.cast(y_pred >= self.threshold, "int32")
+            pred = ops.cast(y_pred >= ops.convert_to_tensor(self.threshold, "float32"), "int32")
             channel = ops.broadcast_to(ops.arange(self.classes, dtype="int32"), ops.shape(truth))
             index = ops.reshape(channel * 4 + truth * 2 + pred, (-1,))
             weights = ops.reshape(ops.cast(valid, "float32"), (-1,))
@@ -97,8 +121,12 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
                 "threshold": self.threshold, "class_id": self.class_id, "task": self.task, "average": self.average}
 
 
-def per_class_scores(matrix, kind: str):
-    """Per-class scores from a (K x K) confusion matrix (works on numpy arrays and tensors)."""
+def per_class_scores(matrix, kind: str, task: str = "multiclass"):
+    """Per-class scores (NaN for absent classes) from a (K x K) or multilabel (K x 2 x 2) matrix
+    (numpy arrays or tensors)."""
+    matrix = ops.cast(matrix, "float32")
+    if task == "multilabel":
+        return _score(matrix[:, 1, 1], matrix[:, 0, 1], matrix[:, 1, 0], kind)
     tp = ops.diagonal(matrix)
     fp = ops.sum(matrix, axis=0) - tp
     fn = ops.sum(matrix, axis=1) - tp
@@ -116,35 +144,81 @@ def _score(tp, fp, fn, kind):
         num, den = tp, tp + fn
     else:
         raise ValueError(f"per-class metric kind {kind!r} is not available")
-    # an empty class (nothing true, nothing predicted) is perfect, not undefined
-    return ops.where(den > 0, num / ops.maximum(den, 1.0), ops.ones_like(num))
+    value = ops.where(den > 0, num / ops.maximum(den, 1.0), ops.zeros_like(num))
+    # a class with nothing true and nothing predicted is undefined: excluded, not perfect or 0
+    return ops.where(tp + fp + fn > 0, value, ops.full_like(num, math.nan))
+
+
+def present_mean(scores):
+    """Mean over the entries that are not NaN (the present classes); NaN when all are."""
+    present = ops.logical_not(ops.isnan(scores))
+    total = ops.sum(ops.where(present, scores, ops.zeros_like(scores)))
+    count = ops.sum(ops.cast(present, "float32"))
+    return ops.where(count > 0, total / ops.maximum(count, 1.0), math.nan)
 
 
 def metric_from_matrix(matrix, kind: str, classes: int, class_id=None, task=None, average: str = "auto"):
-    """A metric value from accumulated confusion matrices (see :class:`ConfusionMatrixMetric`)."""
+    """A metric value from accumulated confusion matrices (see the module docstring)."""
     task = task or default_task(classes)
     matrix = ops.cast(matrix, "float32")
-    if task == "multilabel":  # matrix (K, 2, 2): [class, truth, prediction]
-        if kind == "accuracy":
-            correct = ops.sum(matrix[:, 0, 0]) + ops.sum(matrix[:, 1, 1])
-            return correct / ops.maximum(ops.sum(matrix), 1.0)
-        scores = _score(matrix[:, 1, 1], matrix[:, 0, 1], matrix[:, 1, 0], kind)
-        return scores[class_id] if class_id is not None else ops.mean(scores)
     if kind == "accuracy":
-        return ops.sum(ops.diagonal(matrix)) / ops.maximum(ops.sum(matrix), 1.0)
-    scores = per_class_scores(matrix, kind)
+        if task == "multilabel":
+            correct = ops.sum(matrix[:, 0, 0]) + ops.sum(matrix[:, 1, 1])
+        else:
+            correct = ops.sum(ops.diagonal(matrix))
+        return correct / ops.maximum(ops.sum(matrix), 1.0)
+    scores = per_class_scores(matrix, kind, task)
     if class_id is not None:
         return scores[class_id]
     if task == "binary" and average != "macro":
         return scores[1]
-    return ops.mean(scores)
+    return present_mean(scores)
+
+
+def confusion_matrix_numpy(truth: np.ndarray, pred: np.ndarray, valid: np.ndarray, classes: int,
+                           task: str) -> np.ndarray:
+    """The confusion matrix of :class:`ConfusionMatrixMetric` in numpy (int64), for evaluation.
+
+    ``truth``/``pred``: class maps (H, W) (binary: 0/1) or, for multilabel, 0/1 maps (H, W, K);
+    ``valid``: (H, W) or (H, W, K) pixels to count.
+    """
+    if task == "multilabel":
+        valid = np.broadcast_to(valid if valid.ndim == 3 else valid[..., None], truth.shape)
+        channel = np.broadcast_to(np.arange(classes), truth.shape)
+        index = channel * 4 + (truth > 0).astype(np.int64) * 2 + (pred > 0).astype(np.int64)
+        return np.bincount(index[valid], minlength=classes * 4).reshape(classes, 2, 2)
+    labels = 2 if task == "binary" else classes
+    index = truth[valid].astype(np.int64) * labels + pred[valid].astype(np.int64)
+    return np.bincount(index, minlength=labels * labels).reshape(labels, labels)
+
+
+def _number(value):
+    value = float(ops.convert_to_numpy(value))
+    return None if math.isnan(value) else value
+
+
+def scores_from_matrix(matrix, task: str, class_names) -> dict:
+    """The evaluation report of a confusion matrix, by the definitions above: ``iou``, ``f1``,
+    ``precision``, ``recall``, ``accuracy``, ``miou`` and ``per_class`` {name: {iou, f1, precision,
+    recall}} (``None`` = absent class). Binary: top-level scores are the foreground's and
+    ``per_class`` is left out."""
+    classes = len(class_names) if task != "binary" else 1
+    per_kind = {kind: [_number(v) for v in ops.convert_to_numpy(per_class_scores(matrix, kind, task))]
+                for kind in ("iou", "f1", "precision", "recall")}
+    result = {kind: _number(metric_from_matrix(matrix, kind, classes, task=task))
+              for kind in ("iou", "f1", "precision", "recall", "accuracy")}
+    result["miou"] = _number(metric_from_matrix(matrix, "iou", classes, task=task, average="macro"))
+    if task != "binary":
+        result["per_class"] = {name: {kind: per_kind[kind][k] for kind in per_kind}
+                               for k, name in enumerate(class_names)}
+    return result
 
 
 def _metric_suffix(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_").lower() or "class"
 
 
-def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold: float = 0.5, task=None,
+def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold=0.5, task=None,
                          class_names=None, per_class_kinds=("iou", "f1")):
     """The standard set ``iou, f1, precision, recall, accuracy`` (binary: positive class;
     multiclass / multilabel: mean over classes). With ``class_names`` (several classes), also

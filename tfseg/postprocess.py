@@ -290,8 +290,11 @@ def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, optio
 
 def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
                       block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None,
-                      channel_bands: Optional[dict] = None) -> list:
+                      channel_bands: Optional[dict] = None, class_bands=None) -> list:
     """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
+
+    ``class_bands`` ``{value: band}``: a multi-label class file (one 0/1 band per class): the
+    objects of ``value`` are the 1-pixels of its band (classes may overlap).
 
     ``prob_path``: the probability GeoTIFF (band ``class_probability_band[value]`` or 1 for a
     binary model) for confidences; ``channel_bands``: its ``{"boundary": band, "contact": band}``
@@ -323,8 +326,11 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
             for top in range(0, height, block_rows):
                 bottom = min(height, top + block_rows)
                 r0, r1 = max(0, top - margin), min(height, bottom + margin)
-                classes = src.read(1, window=Window(0, r0, width, r1 - r0))
-                mask = remove_speckle(classes == value, options.opening_px)[top - r0 : top - r0 + bottom - top]
+                if class_bands:
+                    hits = src.read(class_bands[value], window=Window(0, r0, width, r1 - r0)) == 1
+                else:
+                    hits = src.read(1, window=Window(0, r0, width, r1 - r0)) == value
+                mask = remove_speckle(hits, options.opening_px)[top - r0 : top - r0 + bottom - top]
                 if options.fill_holes:  # holes inside the block; the rest after merging
                     mask = fill_holes_mask(mask, options.max_hole_area_px)
                 block = Window(0, top, width, bottom - top)

@@ -6,9 +6,10 @@ batches, blended with a smooth weight window and written strip by strip into til
 GeoTIFFs, so memory is bounded by a strip of tiles whatever the scene height.
 
 Outputs per scene (in DIR): ``<stem>_prob.tif`` (probabilities, float16 or uint8 scaled by 254,
-nodata NaN / 255), ``<stem>_class.tif`` (uint8 classes, nodata 255, palette colour table),
+nodata NaN / 255), ``<stem>_class.tif`` (uint8 classes, nodata 255, palette colour table; a
+multi-label model: one 0/1 band per class, each with its own threshold, as classes overlap),
 ``<stem>_polygons.geojson`` (objects after speckle removal, hole filling and simplification, in
-the scene CRS or EPSG:4326), ``<stem>_overlay.png`` (preview), ``<stem>_proposals.csv`` (its
+the scene CRS or EPSG:4326; ``class`` property = the class index), ``<stem>_overlay.png`` (preview), ``<stem>_proposals.csv`` (its
 SpaceNet rows, with ``--spacenet-csv``) and ``<stem>_done.json`` (written last: the scene is
 complete and is skipped on a rerun with the same model and options). For the run:
 ``polygons.geojson`` (every scene's polygons), the ``--spacenet-csv`` CSV, ``summary.json``.
@@ -71,13 +72,13 @@ class PredictOptions:
     tta: int = 1
     probabilities: str = "float16"  # float16 | uint8 | none
     classes: bool = True
-    polygons: Optional[bool] = None  # None = on for binary models
-    polygon_classes: list = field(default_factory=list)  # class indexes; [] = all but 0
+    polygons: Optional[bool] = None  # None = on for binary and multi-label models
+    polygon_classes: list = field(default_factory=list)  # class indexes; [] = all but 0 (multi-label: all)
     epsg4326: bool = False
     overlay: bool = True
     spacenet_csv: str = ""  # path; "" = off
     cog: bool = False
-    threshold: Optional[float] = None  # None = the model's (its operating point's when it has one)
+    threshold: Optional[float] = None  # None = the model's (its operating point's; resolved to one per class for multilabel)
     # None = the model's operating point (chosen on validation) when it has one, else defaults
     polygon: Optional[PolygonOptions] = None
     polygon_overrides: dict = field(default_factory=dict)  # PolygonOptions fields set on the CLI
@@ -138,7 +139,7 @@ class GeoTiffSink:
         self.info, self.predictor = info, predictor
         self.prob_path, self.class_path = prob_path, class_path
         self.prob_dtype, self.cog = prob_dtype, cog
-        self.threshold = predictor.threshold if threshold is None else threshold
+        self.threshold = threshold  # None: the model card's (multilabel: one per class)
         self.block = _block_size(info.height, info.width)
         self._prob = self._class = None
         self.class_counts = np.zeros(max(2, predictor.num_classes), np.int64)
@@ -173,7 +174,12 @@ class GeoTiffSink:
                         self._prob.set_band_description(band, f"p({name})")
                     if self.prob_dtype == "uint8":
                         self._prob.scales = (1 / 254.0,) * k
-                if self.class_path is not None:
+                if self.class_path is not None and self.predictor.multilabel:  # one 0/1 band per class
+                    self._class = rasterio.open(self._target(self.class_path), "w",
+                                                **self._profile(dtype="uint8", count=k, nodata=CLASS_NODATA, predictor=2))
+                    for band, name in enumerate(names[:k], start=1):
+                        self._class.set_band_description(band, name)
+                elif self.class_path is not None:
                     self._class = rasterio.open(self._target(self.class_path), "w",
                                                 **self._profile(dtype="uint8", count=1, nodata=CLASS_NODATA, predictor=2))
                     self._class.set_band_description(1, "class")
@@ -187,18 +193,7 @@ class GeoTiffSink:
         return str(path.with_suffix(".tmp.tif")) if self.cog else str(path)
 
     def _colormap(self) -> dict:
-        palette = self.predictor.palette or {}
-        names = self.predictor.class_names
-        default = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
-        cmap = {}
-        for index, name in enumerate(names):
-            colour = palette.get(name)
-            if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
-                rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
-            else:
-                rgb = default[index % len(default)]
-            cmap[index] = (*rgb, 255)
+        cmap = class_colours(self.predictor)
         cmap[CLASS_NODATA] = (0, 0, 0, 0)
         return cmap
 
@@ -219,11 +214,14 @@ class GeoTiffSink:
             self._prob.write(np.moveaxis(data, -1, 0), window=window)
         classes = self.predictor.to_classes(probs, self.threshold)
         classes[invalid] = CLASS_NODATA
-        counts = np.bincount(classes[valid].ravel(), minlength=self.class_counts.size)
-        self.class_counts += counts[: self.class_counts.size]
+        if self.predictor.multilabel:  # (H, W, K) masks: positives per class
+            self.class_counts += (classes[valid] == 1).sum(axis=0)
+        else:
+            counts = np.bincount(classes[valid].ravel(), minlength=self.class_counts.size)
+            self.class_counts += counts[: self.class_counts.size]
         self.valid_pixels += int(valid.sum())
         if self._class is not None:
-            self._class.write(classes[None], window=window)
+            self._class.write(np.moveaxis(classes, -1, 0) if classes.ndim == 3 else classes[None], window=window)
 
     def close(self) -> None:
         for handle, path in ((self._prob, self.prob_path), (self._class, self.class_path)):
@@ -232,6 +230,25 @@ class GeoTiffSink:
             handle.close()
             if self.cog:
                 _to_cog(Path(self._target(path)), path, nearest=handle is self._class)
+
+
+DEFAULT_COLOURS = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                   (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+def class_colours(predictor: Predictor) -> dict:
+    """``{class index: (r, g, b, 255)}`` from the model's palette, else a default cycle (a
+    multi-label model's classes skip the black of background)."""
+    palette = predictor.palette or {}
+    cmap = {}
+    for index, name in enumerate(predictor.class_names):
+        colour = palette.get(name)
+        if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
+            rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = DEFAULT_COLOURS[(index + (1 if predictor.multilabel else 0)) % len(DEFAULT_COLOURS)]
+        cmap[index] = (*rgb, 255)
+    return cmap
 
 
 def _to_cog(tmp: Path, final: Path, nearest: bool) -> None:
@@ -256,10 +273,19 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
 
     rgb, _ = scene_rgb(scene_path, max_side)
     out_h, out_w = rgb.shape[:2]
+    overlay = rgb.astype(np.float32)
     with rasterio.open(class_path) as csrc:
+        if predictor.multilabel:  # each class drawn where its band is 1 (overlaps blend them all)
+            masks = csrc.read(out_shape=(csrc.count, out_h, out_w), resampling=Resampling.nearest)
+            colours = class_colours(predictor)
+            for k in range(masks.shape[0]):
+                hit = masks[k] == 1
+                overlay[hit] = 0.55 * overlay[hit] + 0.45 * np.asarray(colours[k][:3], np.float32)
+            overlay[masks[0] == CLASS_NODATA] *= 0.3
+            Image.fromarray(overlay.astype(np.uint8)).save(out_path)
+            return Path(out_path)
         classes = csrc.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
         cmap = csrc.colormap(1) if csrc.count else {}
-    overlay = rgb.astype(np.float32)
     for value, colour in cmap.items():
         if value in (0, CLASS_NODATA):
             continue
@@ -365,7 +391,10 @@ def resolve_options(predictor: Predictor, options: PredictOptions) -> PredictOpt
     the completion-marker fingerprint, so every scene (and every Beam worker) uses the same
     settings and a marker records them; resolving resolved options changes nothing."""
     polygon = resolve_polygon_options(predictor, options)
-    threshold = predictor.threshold if options.threshold is None else float(options.threshold)
+    if predictor.multilabel:  # one per class: the card's (its operating point's), or the override for all
+        threshold = [float(t) for t in predictor.thresholds(options.threshold)]
+    else:
+        threshold = predictor.threshold if options.threshold is None else float(options.threshold)
     return dataclasses.replace(options, polygon=polygon, polygon_overrides={}, instances=polygon.instances,
                                threshold=threshold)
 
@@ -446,7 +475,8 @@ def check_scene_names(inputs: Sequence, output) -> None:
 
 def wants_polygons(predictor: Predictor, options: PredictOptions) -> bool:
     """Polygons are written: asked for, or by default for building models, or for the SpaceNet CSV."""
-    want = options.polygons if options.polygons is not None else predictor.instance_bands() is not None
+    want = options.polygons if options.polygons is not None else (
+        predictor.instance_bands() is not None or predictor.multilabel)
     return want or bool(options.spacenet_csv)
 
 
@@ -564,14 +594,14 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
     stem = path.stem
     want_polygons = wants_polygons(predictor, options)
     need_classes = options.classes or want_polygons or options.overlay
-    threshold = options.threshold  # resolved: the model's (its operating point's) unless overridden
+    threshold = options.threshold  # resolved: the model's (its operating point's; multilabel: one per class)
     bands = predictor.instance_bands() or {}
     channel_bands = _marker_channels(predictor, options.polygon)
     sink = GeoTiffSink(
         info, predictor,
         prob_path=None if options.probabilities == "none" else output / f"{stem}_prob.tif",
         class_path=output / f"{stem}_class.tif" if need_classes else None,
-        prob_dtype=options.probabilities, threshold=threshold, cog=options.cog,
+        prob_dtype=options.probabilities, threshold=options.threshold, cog=options.cog,
     )
     tile_size, overlap = predictor.tiling(options.tile_size, options.overlap)
     stats = run_sliding_window(predictor, [Job(RasterSource(info), sink, info.path)], tile_size, overlap,
@@ -579,7 +609,7 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
                                progress=_Progress(options.progress))
     post_started = time.perf_counter()
     polygon_classes = options.polygon_classes or (
-        [1] if bands else list(range(1, predictor.num_classes)))
+        [1] if bands else list(range(0 if predictor.multilabel else 1, predictor.num_classes)))
     entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs,
              "threshold": threshold}
     transform = info.affine if info.crs else None
@@ -601,7 +631,9 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         prob_bands = {v: (bands["footprint"] if bands else v + 1) for v in polygon_classes}
         records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
                                     pixel_area_m2=area, class_probability_band=prob_bands,
-                                    channel_bands=channel_bands if sink.prob_path else None)
+                                    channel_bands=channel_bands if sink.prob_path else None,
+                                    class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
+                                    else None)
         geojson = output / f"{stem}_polygons.geojson"
         write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
         entry["polygons"] = str(geojson)

@@ -44,7 +44,7 @@ from .data.raster import compute_normalization
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
-from .metrics import segmentation_metrics
+from .metrics import ConfusionMatrixMetric, segmentation_metrics
 from .model_card import CARD_FILE, ModelCard, embed_card
 from .models import PhotometricAugment, Preprocess, build_model
 from .postprocess import PolygonOptions
@@ -213,18 +213,19 @@ class LearningRateLogger(keras.callbacks.Callback):
 class EpochFigure(keras.callbacks.Callback):
     """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
 
-    def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold: float = 0.5,
-                 ignore_index: int = 255):
+    def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold=0.5,
+                 ignore_index: int = 255, multilabel: bool = False):
         super().__init__()
         self.dataset, self.folder, self.band_names = dataset, Path(folder), band_names
         self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
+        self.multilabel = multilabel
 
     def on_epoch_end(self, epoch, logs=None):
         if self.num_tiles:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png",
-                                   self.band_names,
-                                   self.num_tiles, self.threshold, self.ignore_index)
+                                   self.band_names, self.num_tiles, self.threshold, self.ignore_index,
+                                   multilabel=self.multilabel)
 
 
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
@@ -265,7 +266,7 @@ def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict
     (with the loss's class weights and the class frequencies of ``class_index``, when any)."""
     return ModelCard.for_model(
         model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
-        task=config_lib.resolve_task(cfg.data), threshold=float(cfg.train.threshold),
+        task=config_lib.resolve_task(cfg.data), threshold=cfg.train.threshold,
         tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
         backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index, class_weights=class_weights,
         class_frequencies=None if class_index is None else {k: v["frequency"] for k, v in class_index.summary().items()})
@@ -304,6 +305,18 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def worker_rank(strategy) -> int:
+    """This worker's index among all workers (0 outside multi-worker training; the ``chief``
+    task, when the cluster has one, is 0 and ``worker`` i is i + 1)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return int(resolver.task_id) + (1 if has_chief else 0)
+
+
 def is_chief(strategy) -> bool:
     """The worker that writes the run directory (always true outside multi-worker training)."""
     return bool(strategy.extended.should_checkpoint)
@@ -327,14 +340,67 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None:
-            log.warning("checkpoint: metric %r not in the epoch logs (available: %s); saving the latest model",
-                        self.monitor, sorted(logs or {}))
-        elif not self.improved(float(value)):
+        if value is None:  # checkpointing the latest epoch instead would hide a typo for a whole run
+            raise ValueError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
+                             f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
+        if not np.isfinite(float(value)) and self.best is None and not self.filepath.is_file():
+            # NaN = undefined (e.g. IoU of a class absent from truth and prediction): keep a model
+            # to evaluate, and say so; a later defined value replaces it
+            log.warning("checkpoint: %s is undefined (%s) at epoch %d; saving this epoch's model until a defined "
+                        "value is logged", self.monitor, value, epoch + 1)
+            save_model_atomic(self.model, self.filepath)
             return
-        else:
-            self.best = float(value)
+        if not self.improved(float(value)):
+            return
+        self.best = float(value)
         save_model_atomic(self.model, self.filepath)
+
+
+class SummedValidationMetrics(keras.callbacks.Callback):
+    """Distributed runs: rewrite the ``val_*`` confusion-matrix metrics of the epoch logs from the
+    matrices **summed** over all replicas and workers (Keras logs the mean of the per-replica
+    scores, which differs from the score of the whole validation set). Every worker reads the
+    summed matrices together (one all-reduce per metric), so every worker logs the same values.
+    Must come first in the callback list (the checkpoint, CSV and trackers read the logs)."""
+
+    def __init__(self, metrics, strategy):
+        super().__init__()
+        self.metrics, self.strategy = [m for m in metrics if isinstance(m, ConfusionMatrixMetric)], strategy
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not any(f"val_{m.name}" in logs for m in self.metrics):
+            return
+        with self.strategy.scope():  # cross-replica context: a sync-on-read variable reads as the SUM
+            for metric in self.metrics:
+                logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
+
+
+class SynchronizedBatchNorm(keras.callbacks.Callback):
+    """Distributed runs: batch normalization with the **global** batch statistics (all-reduced
+    over replicas and workers) while the training step is traced, so every replica applies the
+    same moving-statistics update and all workers keep identical moving means/variances. With
+    per-replica statistics each worker's moving statistics drift apart: the validation a worker
+    scores and the model the chief saves are then different models (measured: two-worker val_iou
+    0.03105 against 0.02879 for the saved model; equal without batch norm). The flag is on while
+    an epoch trains and off at its end, before the checkpoints: saved models do not carry it (Keras
+    refuses ``synchronized=True`` outside TensorFlow, e.g. on JAX)."""
+
+    def _batch_norms(self):
+        return [layer for layer in self.model._flatten_layers(include_self=False)
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(True)
+
+    def on_epoch_end(self, epoch, logs=None):  # first callback: before any model is saved
+        self._set(False)
+
+    def on_train_end(self, logs=None):
+        self._set(False)
+
+    def _set(self, value: bool) -> None:
+        for layer in self._batch_norms():
+            layer.synchronized = value
 
 
 class TrainingState(keras.callbacks.Callback):
@@ -579,13 +645,15 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     classes = num_outputs(cfg.data)
     task = config_lib.resolve_task(cfg.data)
     bands = train_scenes[0].info.num_bands
-    # a resumed run continues with fresh windows (the stream is indexed from 0 in every process)
-    train_seed = cfg.data.seed + 7919 * initial_epoch
+    # a resumed run continues with fresh windows (the stream is indexed from 0 in every process);
+    # each worker draws its own deterministic stream (its rank in the seed) instead of every worker
+    # reading the whole stream and keeping its share
+    train_seed = cfg.data.seed + 7919 * initial_epoch + 104729 * worker_rank(strategy)
     train_ds = build_dataset(train_scenes, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
                              nodata=nodata, class_index=class_index)
     val_ds = build_dataset(val_scenes, cfg.data, training=False, batch_size=global_batch, nodata=nodata)
     if cfg.train.strategy == "multi_worker":
-        train_ds, val_ds = _shard_by_data(train_ds), _shard_by_data(val_ds)
+        train_ds, val_ds = _shard_off(train_ds), _shard_by_data(val_ds)
     steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
     train_cfg = _scaled_lr(cfg.train, replicas)
     weights = resolve_class_weights(cfg, class_index)
@@ -595,10 +663,11 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
         loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
                         class_weights=weights or None)
         schedule = make_schedule(train_cfg, steps)
+        metrics = segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes)
         model.compile(
             optimizer=make_optimizer(train_cfg, steps, schedule),
             loss=loss,
-            metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes),
+            metrics=metrics,
             jit_compile=cfg.train.jit_compile,
         )
     card = make_model_card(cfg, norm, model, band_dtype, nodata, class_weights=weights, class_index=class_index)
@@ -616,6 +685,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
             keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=initial_epoch > 0),
         ]
     tracked = {"checkpoint": checkpoint}
+    if replicas > 1:  # first: the summed-matrix scores replace Keras' mean over replicas in the logs
+        callbacks.insert(0, SummedValidationMetrics(metrics, strategy))
+        callbacks.insert(0, SynchronizedBatchNorm())
     if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
         from .object_metrics import ObjectF1Callback
 
@@ -624,7 +696,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
             overlap=cfg.data.eval_overlap, batch_size=global_batch, options=PolygonOptions(instances="watershed")))
     if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
         callbacks.append(EpochFigure(val_ds, run_path / "figures", card.band_names, cfg.train.num_figure_tiles,
-                                     cfg.train.threshold, cfg.data.ignore_index))
+                                     cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel"))
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)
@@ -680,7 +752,9 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
     final_ds = build_dataset(val_scenes, final_data, training=False, batch_size=global_batch, nodata=nodata)
     scores = best.evaluate(final_ds, verbose=0, return_dict=True)
-    val = {k: float(scores[k]) for k in ("iou", "f1", "precision", "recall", "accuracy")}
+    # NaN = undefined (no class present in truth or prediction): null in metrics.json
+    val = {k: (None if np.isnan(scores[k]) else float(scores[k])) for k in ("iou", "f1", "precision", "recall",
+                                                                           "accuracy")}
     history_path = run_path / "history.csv"
     final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}
     result = {
@@ -715,7 +789,7 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     card.save(run_path / CARD_FILE)
     embed_card(best_file, card)
     save_prediction_figure(best, val_ds, run_path / "predictions.png", card.band_names, cfg.train.num_figure_tiles,
-                           cfg.train.threshold, cfg.data.ignore_index)
+                           cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel")
     archive = None
     if cfg.export.enabled:
         export_saved_model(best, run_path / "export", card)
@@ -820,7 +894,8 @@ def _fit_scope(model, strategy, name: str):
     For multi_worker, fit inside the strategy scope with the model's pinned strategy cleared: Keras
     then takes the strategy from the scope and builds while tracing the first step. Also works
     around Keras reducing scalar step outputs along axis 0 (see ``reduce_per_replica`` below).
-    Each worker's logged metrics are the mean over the replicas of their local metric values."""
+    The confusion-matrix metrics are then rewritten from the summed matrices
+    (:class:`SummedValidationMetrics`)."""
     if name != "multi_worker":
         yield
         return
@@ -850,7 +925,7 @@ def _fit_scope(model, strategy, name: str):
 
 
 def _shard_by_data(ds):
-    """Multi-worker: shard by element (the endless window stream has no files to shard)."""
+    """Multi-worker validation: each grid batch goes to one worker (no files to shard)."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
@@ -925,12 +1000,12 @@ def main(argv=None) -> int:
     if not result["chief"]:
         print(f"worker done: {result['epochs']} epochs, {result['steps']} steps (the chief writes {result['run_dir']})")
         return 0
-    val = result["val"]
+    val = {k: "n/a" if v is None else f"{v:.4f}" for k, v in result["val"].items()}
     if result.get("class_weights"):
         print("class weights: " + ", ".join(f"{k} {v:.3f}" for k, v in result["class_weights"].items()))
     print(
-        f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']:.4f} "
-        f"f1={val['f1']:.4f} precision={val['precision']:.4f} recall={val['recall']:.4f}  run: {result['run_dir']}"
+        f"done: {result['epochs']} epochs in {result['train_seconds']:.0f}s  val iou={val['iou']} "
+        f"f1={val['f1']} precision={val['precision']} recall={val['recall']}  run: {result['run_dir']}"
     )
     return 0
 

@@ -34,8 +34,18 @@ class LabelError(ValueError):
 def read_vector_file(path) -> tuple[list[dict], Optional[str]]:
     """Features and CRS of a GeoJSON file (RFC 7946 default CRS84 when it names none).
 
-    GeoPackage and other formats are read through fiona/pyogrio when installed.
+    GeoPackage and other formats are read through fiona/pyogrio when installed. Features without
+    a geometry (``"geometry": null``) are dropped and counted in one warning.
     """
+    features, crs = _read_vector_features(path)
+    kept = [f for f in features if f.get("geometry")]
+    if len(kept) < len(features):
+        log.warning("label file %s: %d of %d feature(s) have no geometry and were dropped", path,
+                    len(features) - len(kept), len(features))
+    return kept, crs
+
+
+def _read_vector_features(path) -> tuple[list[dict], Optional[str]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
@@ -136,6 +146,9 @@ class VectorLabels:
         require_overlap: bool = True,
         source: str = "",
     ) -> "VectorLabels":
+        without = sum(1 for f in features if not f.get("geometry"))
+        if without:
+            log.warning("labels %s: %d feature(s) have no geometry and were dropped", source, without)
         features = [f for f in features if f.get("geometry")]
         if not features:
             return cls([], np.zeros(0, np.uint8), source)
@@ -153,6 +166,7 @@ class VectorLabels:
                 geom_json = transform_geom(src, dst, geom_json)
             geom = repair(shape(geom_json), counter)
             if geom is None or geom.is_empty:
+                counter["empty"] = counter.get("empty", 0) + 1
                 continue
             if class_attribute:
                 props = feat.get("properties") or {}
@@ -176,6 +190,9 @@ class VectorLabels:
             log.warning(
                 "%s: repaired %d invalid (self-intersecting) polygon(s)", source, counter["repaired"]
             )
+        if counter.get("empty"):
+            log.warning("%s: dropped %d feature(s) with an empty geometry (or no polygonal part once repaired)",
+                        source, counter["empty"])
         labels = cls(geoms, np.asarray(values, np.uint8), source)
         if require_overlap and geoms:
             bounds = rasterio.windows.bounds(Window(0, 0, info.width, info.height), info.affine)
@@ -261,11 +278,24 @@ class MaskLabels:
         out = np.full(shape, fill, np.uint8)
         data, where = _read_mask_window(self.info, window, bands)
         if data is not None:
-            if self.lookup is not None:
-                data = self.lookup[np.clip(data, 0, len(self.lookup) - 1).astype(np.intp)]
-            data = data.astype(np.uint8)
+            data = apply_lookup(data, self.lookup, self.info.nodata, fill)
             out[where] = data[..., 0] if self.num_channels == 1 else data
         return out
+
+
+def apply_lookup(data: np.ndarray, lookup: Optional[np.ndarray], nodata=None, ignore_index: int = 255) -> np.ndarray:
+    """uint8 labels of raw mask values checked by :func:`class_mask_lookup` & co: only a nodata tag
+    outside 0..255 (e.g. 65535 in a 16-bit mask) can remain, and it becomes ``ignore_index``
+    (never clipped onto 255, which is a class value in {0,255} masks)."""
+    tagged = data == nodata if nodata is not None and not 0 <= nodata < 256 else None
+    if tagged is not None:
+        data = np.where(tagged, 0, data)
+    if lookup is not None:
+        data = lookup[data.astype(np.intp)]
+    data = data.astype(np.uint8)
+    if tagged is not None:
+        data[tagged] = ignore_index
+    return data
 
 
 def binary_lookup(ignore_index: int = 255) -> np.ndarray:
@@ -284,14 +314,50 @@ def mask_values(path, band: int = 1) -> set:
 
     import rasterio
 
-    counts = np.zeros(65536, np.int64)
+    values: set = set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path) as src:
             for _, window in src.block_windows(band):
                 data = src.read(band, window=window)
-                counts += np.bincount(data.ravel().astype(np.int64), minlength=65536)[:65536]
-    return set(np.flatnonzero(counts).tolist())
+                values.update(np.unique(data).tolist())  # any dtype: 16-bit, signed, float
+    return values
+
+
+def _without_nodata(values, nodata) -> set:
+    values = set(values)
+    if nodata is not None and not np.isnan(nodata):
+        values.discard(nodata)
+        values.discard(int(nodata))
+    return values
+
+
+def _bad_values_error(source, values, bad, expected) -> "LabelError":
+    shown = ", ".join(str(v) for v in sorted(bad)[:10])
+    return LabelError(f"mask {source or '<array>'}: value {sorted(bad)[0]} is out of range ({expected}); "
+                      f"bad values: {shown}{' ...' if len(bad) > 10 else ''}; all values: {sorted(values)[:20]}")
+
+
+def class_mask_lookup(values, num_classes: int, ignore_index: int = 255, source: str = "",
+                      nodata=None) -> np.ndarray:
+    """Raw value -> label for a class-index mask holding ``values`` (training and evaluation):
+    0..K-1 are the classes, ``ignore_index`` and the file's ``nodata`` are ignored; any other value
+    (e.g. 7 with 5 classes, or 300 in a 16-bit mask) is a LabelError naming ``source`` and the value.
+    """
+    bad = {v for v in _without_nodata(values, nodata) if not (v == ignore_index or 0 <= v < num_classes)}
+    if bad:
+        raise _bad_values_error(source, values, bad, f"expected class indices 0..{num_classes - 1} or "
+                                                     f"{ignore_index} = ignore")
+    lookup = np.full(256, ignore_index, np.uint8)
+    lookup[:num_classes] = np.arange(num_classes)
+    return lookup
+
+
+def check_multilabel_values(values, ignore_index: int = 255, source: str = "", nodata=None) -> None:
+    """A multi-label mask band holds 0/1 (``ignore_index`` = ignore); anything else is a LabelError."""
+    bad = {v for v in _without_nodata(values, nodata) if v not in (0, 1, ignore_index)}
+    if bad:
+        raise _bad_values_error(source, values, bad, f"expected 0/1 per class band, {ignore_index} = ignore")
 
 
 def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata=None) -> np.ndarray:
@@ -302,9 +368,7 @@ def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata
     A ``nodata`` value that is not 0/1 (or 255 in a {0,255} mask) is ignored. Anything else is an
     error naming ``source``.
     """
-    values = {int(v) for v in values}
-    if nodata is not None and not np.isnan(nodata):
-        values.discard(int(nodata))
+    values = {int(v) for v in _without_nodata(values, nodata)}
     lookup = np.full(256, ignore_index, np.uint8)
     lookup[0] = 0
     if values <= {0, 255} and 255 in values:
@@ -313,7 +377,7 @@ def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata
         lookup[1] = 1
     else:
         raise LabelError(
-            f"{source or 'mask'}: a binary mask must hold {{0,1}} (255 = ignore) or {{0,255}}, "
+            f"mask {source or '<array>'}: a binary mask must hold {{0,1}} (255 = ignore) or {{0,255}}, "
             f"found values {sorted(values)[:10]}"
         )
     if nodata is not None and not np.isnan(nodata) and 0 <= nodata < 256 and lookup[int(nodata)] == ignore_index:

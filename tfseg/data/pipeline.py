@@ -40,7 +40,7 @@ from .class_index import category_mask, compute_class_index, label_planes, sampl
 from .labels import MaskLabels, RasterizedLabels
 from .raster import RasterInfo, native_dtype, read_window_interleaved, read_window_view
 from .sources import Scene
-from .tiling import grid_windows, random_window
+from .tiling import grid_windows_owned, random_window
 
 log = logging.getLogger("tfseg.data")
 
@@ -403,8 +403,9 @@ def build_dataset(
     (:func:`dataset_dtype`), label uint8 (B, S, S, K).
 
     Training streams an endless sequence of random windows; evaluation a finite grid over every
-    scene with ``data.eval_overlap``. K = 1 (class indices, ``ignore_index`` on nodata) for
-    binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
+    scene with ``data.eval_overlap``, whose labels are ``ignore_index`` where a neighbour tile
+    owns the overlap (split at its middle), so metrics and loss count every pixel once. K = 1
+    (class indices, ``ignore_index`` on nodata) for binary/multiclass, K = number of classes (0/1, ``ignore_index`` in every channel on nodata)
     for multilabel. Invalid image pixels (nodata, NaN, padding beyond scenes smaller than the
     window) hold ``nodata`` (the model card's value; ``"auto"``: :func:`dataset_nodata` of
     ``scenes``; ``None``: NaN, float imagery only), their labels ``ignore_index``.
@@ -499,13 +500,21 @@ def build_dataset(
             deterministic=True,
         )
         return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
-    windows = [(k, w) for k, s in enumerate(scenes) for w in grid_windows(*s.size, size, cfg.eval_overlap)]
+    windows = [(k, w, owned) for k, s in enumerate(scenes)
+               for w, owned in grid_windows_owned(*s.size, size, cfg.eval_overlap)]
 
     def read(i):
-        k, window = windows[int(i)]
+        k, window, (r0, r1, c0, c1) = windows[int(i)]
         image, mask, ignored = _read_raw_tile(scenes[k], window, ignore, fill=fill)
         image, mask = as_raw(image, mask)
-        return image, np.ascontiguousarray(mask[..., :-1]), np.bool_(ignored <= max_ignored)
+        labels = np.ascontiguousarray(mask[..., :-1])
+        # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
+        # (the label only: the model still sees the whole tile, nodata handling is unchanged)
+        owned = np.zeros(labels.shape[:2], bool)
+        owned[r0:r1, c0:c1] = True
+        if not owned.all():
+            labels[~owned] = ignore
+        return image, labels, np.bool_(ignored <= max_ignored)
 
     ds = tf.data.Dataset.range(len(windows))
     ds = ds.map(

@@ -35,6 +35,29 @@ def grid_windows(width: int, height: int, window_size: int, overlap: int = 0) ->
     ]
 
 
+def owned_ranges(offsets: Sequence[int], window_size: int, length: int) -> list[tuple[int, int]]:
+    """For the windows at ``offsets`` along one axis, the part ``[start, stop)`` (window
+    coordinates) each one scores alone: overlaps split at their middle, so every pixel of
+    ``[0, length)`` is owned by exactly one window (metrics count it once)."""
+    out = []
+    for k, offset in enumerate(offsets):
+        start = 0 if k == 0 else (offsets[k - 1] + window_size + offset) // 2 - offset
+        stop = window_size if k == len(offsets) - 1 else (offset + window_size + offsets[k + 1]) // 2 - offset
+        out.append((max(start, 0), min(stop, window_size, length - offset)))
+    return out
+
+
+def grid_windows_owned(width: int, height: int, window_size: int, overlap: int = 0) -> list[tuple[Window, tuple]]:
+    """:func:`grid_windows` with each window's owned part ``(row0, row1, col0, col1)``."""
+    rows, cols = grid_offsets(height, window_size, overlap), grid_offsets(width, window_size, overlap)
+    row_owned, col_owned = owned_ranges(rows, window_size, height), owned_ranges(cols, window_size, width)
+    return [
+        (Window(col, row, window_size, window_size), (*row_owned[i], *col_owned[j]))
+        for i, row in enumerate(rows)
+        for j, col in enumerate(cols)
+    ]
+
+
 def random_window(
     sizes: Sequence[tuple[int, int]], window_size: int, rng: np.random.Generator
 ) -> tuple[int, Window]:

@@ -316,8 +316,41 @@ def _load_into(model: keras.Model, path: Path) -> None:
         return
     try:  # legacy h5: keras.applications files load by topological order
         model.load_weights(str(path))
-    except Exception:  # noqa: BLE001 - image-classifiers files: by layer name
-        model.load_weights(str(path), by_name=True)
+    except ValueError:  # image-classifiers files: by layer name, every layer or an error
+        _load_legacy_h5_by_name(model, path)
+
+
+def _load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
+    """Load a legacy (Keras 2) ``.h5`` weights file by layer name, strictly: every weighted layer
+    of ``model`` must find its weights, with the same shapes, or a ValueError names the first one
+    that does not (Keras' ``by_name=True`` skips it silently and leaves random weights)."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        group = handle["model_weights"] if "model_weights" in handle else handle
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
+        if not names:
+            raise ValueError(f"model.encoder_weights: {path} is not a Keras weights file (no layer_names)")
+        loaded = []
+        for layer in (l for l in model.layers if l.weights):
+            if layer.name not in names:
+                raise ValueError(
+                    f"model.encoder_weights: {path} has no weights for layer {layer.name!r} (first mismatching "
+                    f"layer; the file holds {len(names)} layers: {', '.join(names[:5])}, ...)"
+                )
+            layer_group = group[layer.name]
+            weight_names = [n.decode() if isinstance(n, bytes) else str(n)
+                            for n in layer_group.attrs.get("weight_names", [])]
+            values = [np.asarray(layer_group[n]) for n in weight_names]
+            shapes = [tuple(w.shape) for w in layer.weights]
+            if [v.shape for v in values] != shapes:
+                raise ValueError(
+                    f"model.encoder_weights: {path}: layer {layer.name!r} (first mismatching layer) holds weights "
+                    f"of shapes {[v.shape for v in values]}, the model expects {shapes}"
+                )
+            loaded.append((layer, values))
+    for layer, values in loaded:
+        layer.set_weights(values)
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,37 @@ LOADERS = {
 }
 
 
+# the module of each format; it declares its data.options as OPTIONS = {name: type}
+MODULES = {"synthetic": "synthetic", "scenes": "scenes", "spacenet": "spacenet", "mask_folder": "mask_folder",
+           "colour_mask": "colour_mask", "dstl": "dstl", "tfds": "tfds_format"}
+# options every format accepts: read when the data is built into a TFDS dataset (tfseg.data.tfds)
+COMMON_OPTIONS = {"tile_overlap": int}
+
+
+def allowed_options(data_format: str) -> dict:
+    """``{option name: type}`` of ``data.options`` for ``data.format`` ``data_format``."""
+    module = importlib.import_module(f"{__name__}.{MODULES[data_format]}")
+    return {**module.OPTIONS, **COMMON_OPTIONS}
+
+
+def check_options(data_cfg) -> dict:
+    """Validate ``data.options`` against the format's allowed names and types (a misspelt name
+    gets a "did you mean" suggestion); returns the options with their values coerced."""
+    from ...config import ConfigError, _coerce
+
+    allowed = allowed_options(data_cfg.format)
+    checked = {}
+    for name, value in data_cfg.options.items():
+        if name not in allowed:
+            close = difflib.get_close_matches(name, list(allowed), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            names = ", ".join(sorted(allowed)) or "(none)"
+            raise ConfigError(f"config key 'data.options.{name}': not an option of data.format "
+                              f"{data_cfg.format!r}{hint} (allowed: {names})")
+        checked[name] = _coerce(f"data.options.{name}", value, allowed[name])
+    return checked
+
+
 def load_scenes(data_cfg) -> tuple[list[Scene], list[Scene]]:
     """Train and validation scenes for ``data_cfg.format``."""
     if data_cfg.format not in LOADERS:
@@ -140,6 +172,7 @@ def load_scenes(data_cfg) -> tuple[list[Scene], list[Scene]]:
             f"config key 'data.format': {data_cfg.format!r} is not available; "
             f"available: {sorted(LOADERS)}"
         )
+    check_options(data_cfg)
     if data_cfg.format not in ("synthetic", "tfds") and not Path(data_cfg.root).is_dir():
         raise FileNotFoundError(f"data directory not found (data.root): {data_cfg.root!r}")
     return LOADERS[data_cfg.format](data_cfg)

@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .mask_folder import PAIRING_OPTIONS as OPTIONS  # noqa: F401  (data.options: pairs images and masks like mask_folder)
+
 log = logging.getLogger(__name__)
 
 

@@ -35,6 +35,10 @@ CLASSES = ["buildings", "structures", "road", "track", "trees", "crops", "waterw
            "standing_water", "vehicle_large", "vehicle_small"]
 
 
+# data.options of this format: name -> type
+OPTIONS = {"products": list[str]}
+
+
 def normalized_to_pixels(geom, xmax: float, ymin: float, width: int, height: int):
     """Scale a geometry from Dstl normalized coordinates to (col, row) pixel coordinates."""
     sx = width * width / (width + 1.0) / xmax

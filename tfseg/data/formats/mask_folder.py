@@ -1,26 +1,33 @@
-"""Image files and mask files paired by stem: ``X.tif`` <-> ``X<mask_suffix>.tif``.
+"""Image files and mask files paired by name (:mod:`tfseg.data.pairing`).
 
 Public helper (also used by ``tfseg.evaluate pixels``):
 
-- ``pair_images_and_masks(images, masks, mask_suffix="", strict=True) -> [(image, mask), ...]``:
-  ``images``/``masks`` are folders or lists of files (GeoTIFF, PNG or JPEG). The stem of a mask
-  minus ``mask_suffix`` (e.g. ``.mask`` for ``X.mask.tif``) must equal the image's stem. An image
-  without a mask raises ``MaskFolderError`` naming it (``strict=False`` skips it with a warning);
-  masks without an image are reported in a warning.
+- ``pair_images_and_masks(images, masks, mask_suffix=None, strict=True, image_pattern="",
+  mask_pattern="") -> [(image, mask), ...]``: ``images``/``masks`` are folders or lists of files
+  (GeoTIFF, PNG or JPEG), paired by :func:`tfseg.data.pairing.pair_files`: name patterns
+  (``"{id}_sat.jpg"`` <-> ``"{id}_mask.png"``), a mask suffix (``.mask`` for ``X.mask.tif``;
+  ``""`` = same stem) or, when none is given, the common naming detected. An image without a mask
+  raises ``MaskFolderError`` listing them with their count (``strict=False`` skips them with a
+  warning); masks without an image are listed in a warning.
 
 Dataset layout for ``data.format: mask_folder`` (e.g. ``kampala_buildings/train``):
-``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``), searched
-recursively so ``root/<area>/images`` works too; ``root/train/...`` + ``root/val/...`` are used as
-the split when both exist, otherwise scenes are split by ``data.val_fraction`` (seeded). Binary
-masks may be {0,1} or {0,255} (other values -> ignore); multi-class masks hold class indices
-(values >= number of classes -> ignore). Masks must be on the image's grid (same size; same
-georeferencing when both are GeoTIFFs): a mismatch raises an error naming both files.
+``root/<images_dir>/*`` and ``root/<masks_dir>/*`` (default ``images``/``masks``; one folder for
+both works with patterns, ``.`` = the root itself), searched recursively so ``root/<area>/images`` works too; ``root/train/...``
++ ``root/val/...`` are used as the split when both exist, otherwise scenes are split by
+``data.val_fraction`` (seeded). Binary
+masks hold {0,1} (255 = ignore) or {0,255}; multi-class masks hold class indices (``data.ignore_index``
+= ignore); multi-label masks one 0/1 band per class. The file's nodata is ignored; any other value
+(a class index >= the number of classes, 300 in a 16-bit mask) is an error naming file and value.
+Masks must be on the image's grid (same size; same georeferencing when both are GeoTIFFs): a
+mismatch raises an error naming both files.
 
-Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``, ``labels_dir``
-(default ``labels``), ``targets``.
+Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``, ``image_pattern``,
+``mask_pattern``, ``labels_dir`` (default ``labels``), ``targets`` (with ``boundary_width``,
+``contact_spacing``).
 
 Per-image vector labels: ``<labels_dir>/X.geojson`` beside ``<images_dir>/X.tif`` (any CRS,
-reprojected onto the image's grid) are read when the images are georeferenced. They keep touching
+reprojected onto the image's grid) are read when the images are georeferenced; the pairing above
+decides which mask goes with an image, the GeoJSON is found by the image's stem. They keep touching
 buildings apart as objects (object metrics and the operating-point search score against them),
 and ``data.options.targets`` (``footprint``, ``boundary``, ``contact``, as in the spacenet format)
 makes the instance-aware target channels from them; a GeoJSON whose image does not exist is
@@ -35,91 +42,40 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Optional
 
-import numpy as np
+from ..pairing import PairingError, pair_files
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# data.options of this format (and of colour_mask, which pairs files the same way): name -> type
+PAIRING_OPTIONS = {"images_dir": str, "masks_dir": str, "mask_suffix": str, "image_pattern": str, "mask_pattern": str}
+# building target channels made from per-image GeoJSON labels (tfseg.data.formats.target_spec)
+TARGET_OPTIONS = {"targets": list[str], "boundary_width": int, "contact_spacing": int}
+OPTIONS = {**PAIRING_OPTIONS, "labels_dir": str, **TARGET_OPTIONS}
+
+MaskFolderError = PairingError  # images and masks cannot be paired; the message names the files
 
 
-COMMON_MASK_SUFFIXES = ("", ".mask", "_mask", "-mask", "_label", "_labels", "_gt")
-
-
-class MaskFolderError(ValueError):
-    """Images and masks cannot be paired; the message names the file or folder."""
-
-
-def _files(where: Union[str, Path, Iterable]) -> list[Path]:
-    if isinstance(where, (str, Path)):
-        folder = Path(where)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"folder not found: {folder}")
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return sorted(Path(p) for p in where)
-
-
-def detect_mask_suffix(image_files, mask_files) -> str:
-    """The suffix of :data:`COMMON_MASK_SUFFIXES` under which the most mask stems match images."""
-    image_stems = {Path(p).stem for p in image_files}
-
-    def matches(suffix):
-        stems = [Path(m).stem for m in mask_files]
-        return sum(1 for s in stems if s.endswith(suffix) and s[: len(s) - len(suffix)] in image_stems)
-
-    return max(COMMON_MASK_SUFFIXES, key=matches)
-
-
-def pair_images_and_masks(images, masks, mask_suffix="", strict: bool = True) -> list[tuple[Path, Path]]:
-    """Pairs ``(image, mask)`` matched by stem (see the module docstring).
-
-    ``mask_suffix=None`` detects the suffix (``X.tif`` <-> ``X.mask.tif``, ``X_mask.png``, ...).
-    """
-    image_files, mask_files = _files(images), _files(masks)
-    if mask_suffix is None:
-        mask_suffix = detect_mask_suffix(image_files, mask_files)
-    by_stem: dict[str, Path] = {}
-    for mask in mask_files:
-        stem = mask.stem
-        if mask_suffix:
-            if not stem.endswith(mask_suffix):
-                continue
-            stem = stem[: -len(mask_suffix)]
-        if stem in by_stem:
-            raise MaskFolderError(f"two masks for image stem {stem!r}: {by_stem[stem]} and {mask}")
-        by_stem[stem] = mask
-    pairs, missing = [], []
-    for image in image_files:
-        mask = by_stem.pop(image.stem, None)
-        if mask is None:
-            missing.append(image)
-        else:
-            pairs.append((image, mask))
-    if missing:
-        where = masks if isinstance(masks, (str, Path)) else "the mask list"
-        message = (
-            f"no mask for image {missing[0]} (expected {missing[0].stem}{mask_suffix}.<ext> in {where})"
-            + (f" and {len(missing) - 1} more image(s)" if len(missing) > 1 else "")
-        )
-        if strict:
-            raise MaskFolderError(message)
-        log.warning("%s: skipped", message)
-    if by_stem:
-        log.warning("%d mask(s) without an image, e.g. %s", len(by_stem), next(iter(by_stem.values())))
-    return pairs
+def pair_images_and_masks(images, masks, mask_suffix: Optional[str] = None, strict: bool = True,
+                          image_pattern: str = "", mask_pattern: str = "") -> list[tuple[Path, Path]]:
+    """Pairs ``(image, mask)`` (see the module docstring)."""
+    return pair_files(images, masks, image_pattern, mask_pattern, mask_suffix, strict).pairs
 
 
 def _pairs_under(root: Path, options: dict) -> list[tuple[Path, Path]]:
     images_dir, masks_dir = options.get("images_dir", "images"), options.get("masks_dir", "masks")
-    suffix = options.get("mask_suffix", "")
-    folders = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == images_dir)
+    if images_dir == ".":  # images (and, with masks_dir ".", masks) directly in the root
+        folders = [root]
+    else:
+        folders = sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == images_dir)
     pairs = []
     for folder in folders:
-        masks = folder.parent / masks_dir
+        masks = folder if masks_dir in (images_dir, ".") else folder.parent / masks_dir
         if not masks.is_dir():
             raise MaskFolderError(f"image folder {folder} has no sibling mask folder {masks}")
-        pairs += pair_images_and_masks(folder, masks, suffix)
+        pairs += pair_images_and_masks(folder, masks, options.get("mask_suffix"), True,
+                                       options.get("image_pattern", ""), options.get("mask_pattern", ""))
     if not pairs:
         raise MaskFolderError(
             f"no image/mask pairs under {root} (looked for '{images_dir}/' folders with a sibling "
@@ -134,16 +90,21 @@ def find_pairs(data_cfg, split: str = "") -> list[tuple[Path, Path]]:
     return _pairs_under(root, data_cfg.options)
 
 
-def mask_lookup(data_cfg) -> np.ndarray:
-    """Raw mask value -> label: binary {0,1}/{0,255}; multi-class indices; others -> ignore."""
-    from ...config import resolve_task
-    from ..labels import binary_lookup
+def file_lookup(mask_path, mask_info, task: str, num_classes: int, ignore_index: int):
+    """The raw value -> label table of one mask file (``None`` for multi-label: values as they
+    are), after checking every value it holds: a value that is no class (or > 255) is an error
+    naming the file and the value, never clipped or silently ignored."""
+    from ..labels import binary_mask_lookup, check_multilabel_values, class_mask_lookup, mask_values
 
-    if resolve_task(data_cfg) == "binary":
-        return binary_lookup(data_cfg.ignore_index)
-    lookup = np.full(256, data_cfg.ignore_index, np.uint8)
-    lookup[: len(data_cfg.classes)] = np.arange(len(data_cfg.classes))
-    return lookup
+    source, nodata = str(mask_path), mask_info.nodata
+    if task == "multilabel":
+        for band in range(1, num_classes + 1):
+            check_multilabel_values(mask_values(mask_path, band), ignore_index, f"{source} (band {band})", nodata)
+        return None
+    values = mask_values(mask_path)
+    if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
+        return binary_mask_lookup(values, ignore_index, source, nodata)
+    return class_mask_lookup(values, num_classes, ignore_index, source, nodata)
 
 
 def _warn_orphan_labels(pairs, labels_dir: str) -> None:
@@ -162,7 +123,7 @@ def _warn_orphan_labels(pairs, labels_dir: str) -> None:
 def load_mask_folder(data_cfg):
     """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
     from ...config import resolve_task
-    from ..labels import MaskLabels, VectorLabels, binary_mask_lookup, check_same_grid, mask_values
+    from ..labels import MaskLabels, VectorLabels, check_same_grid
     from ..raster import open_raster
     from ..sources import Scene
     from . import check_band_count, split_scenes, target_spec
@@ -171,7 +132,6 @@ def load_mask_folder(data_cfg):
     task = resolve_task(data_cfg)
     multilabel = task == "multilabel"
     targets = target_spec(data_cfg)
-    lookup = None if multilabel or targets.multi else mask_lookup(data_cfg)
     labels_dir = data_cfg.options.get("labels_dir", "labels")
 
     def scenes_of(pairs):
@@ -199,11 +159,8 @@ def load_mask_folder(data_cfg):
                     f"mask {mask_path} has {mask_info.count} band(s); multilabel with "
                     f"{channels} classes needs one band per class"
                 )
-            file_lookup = lookup
-            if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
-                file_lookup = binary_mask_lookup(mask_values(mask_path), data_cfg.ignore_index, str(mask_path),
-                                                 mask_info.nodata)
-            scenes.append(Scene(info, MaskLabels(mask_info, file_lookup, channels), name=image_path.stem,
+            lookup = file_lookup(mask_path, mask_info, task, len(data_cfg.classes), data_cfg.ignore_index)
+            scenes.append(Scene(info, MaskLabels(mask_info, lookup, channels), name=image_path.stem,
                                 vectors=vectors if task == "binary" else None))
         _warn_orphan_labels(pairs, labels_dir)
         return scenes

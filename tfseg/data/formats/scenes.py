@@ -20,6 +20,10 @@ from ..raster import open_raster
 from ..sources import Scene
 
 
+# data.options of this format: name -> type
+OPTIONS = {"labels": str, "class_names": bool, "targets": list[str], "boundary_width": int, "contact_spacing": int}
+
+
 def _raster_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
 

@@ -30,6 +30,8 @@ from ..raster import open_raster
 from ..sources import Scene
 
 PRODUCTS = ("RGB-PanSharpen", "MUL", "MUL-PanSharpen", "PAN")
+# data.options of this format: name -> type
+OPTIONS = {"product": str, "targets": list[str], "boundary_width": int, "contact_spacing": int}
 _CHIP_ID = re.compile(r"(AOI_\d+_[^_]+_img\d+)$")
 
 

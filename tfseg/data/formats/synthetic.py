@@ -32,7 +32,7 @@ from rasterio.warp import transform_geom
 from shapely import affinity
 from shapely.geometry import LineString, Polygon, box, mapping
 
-from ...fsutil import staged_directory
+from ...fsutil import file_lock, remove_stale_staging, staged_directory
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ ROOFS = [
     (1150, 1200, 1250, 1300),  # grey corrugated iron
     (600, 620, 650, 700),  # dark roof
 ]
+
+
+OPTIONS: dict = {}  # data.options of this format: none (see data.synthetic)
 
 
 def _smooth_noise(rng, shape, scale):
@@ -226,15 +229,27 @@ def ensure_dataset(root, cfg) -> Path:
     """Generate the dataset into ``root`` unless a complete copy for ``cfg`` is already there.
 
     Generation writes to a temporary sibling directory and renames it into place, so an
-    interrupted run never leaves a half-written dataset that looks complete.
+    interrupted run never leaves a half-written dataset that looks complete; it runs under a file
+    lock (``.<root name>.lock`` beside ``root``), so concurrent first uses generate it once, and
+    staging folders of killed generations (``.synthetic-<name>.*.partial``) are removed.
     """
     root = Path(root)
     if is_complete(root, cfg):
         return root
-    log.info("generating the synthetic default dataset in %s", root)
+    # one generator at a time: a second process waits, then finds the dataset complete (without
+    # the lock it would regenerate and replace the folder under the first one's readers)
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if is_complete(root, cfg):
+            return root
+        remove_stale_staging(root, ".synthetic")  # left by a killed generation
+        log.info("generating the synthetic default dataset in %s", root)
+        _generate_staged(root, cfg)
+    return root
+
+
+def _generate_staged(root: Path, cfg) -> None:
     with staged_directory(root, ".synthetic") as tmp:
         generate(tmp, cfg)
         manifest = _manifest(cfg)
         manifest["sizes"] = {str(p.relative_to(tmp)): p.stat().st_size for p in _files(tmp, cfg)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return root

@@ -15,6 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 
+# data.options of this format: name -> type
+OPTIONS = {"name": str, "data_dir": str, "manual_dir": str, "image_key": str, "label_key": str, "valid_key": str,
+           "max_examples": int, "train_split": str, "val_split": str}
+
+
 def load_tfds(data_cfg):
     from . import DataFormatError
 
