@@ -271,7 +271,7 @@ def test_unreachable_server_one_warning_and_local_record(tmp_path, caplog):
     assert "unreachable" in warnings[0] and str(port) in warnings[0] and str(run_dir) in warnings[0]
     assert time.time() - started < 240
     assert result["epochs"] == 2 and len(_history(run_dir / "history.csv")) == 2
-    for name in ("metrics.json", "model.keras", "predictions.png", "config.yaml", "normalization.json"):
+    for name in ("metrics.json", "model.keras", "predictions.png", "config.yaml", "model_card.json"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "mlflow_run.json").exists()
 

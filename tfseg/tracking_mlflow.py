@@ -16,7 +16,7 @@ tags (``dataset``, ``model``, ``backbone``, ``precision``, ``git_commit``, ``tfs
 ``tracking.tags``), every epoch's ``history.csv`` columns (train/val metrics and
 ``learning_rate``) with ``step = epoch`` (0-based, as in history.csv), the final metrics as
 ``final/...`` (``final/val/iou``, ``final/params``, ...) and artifacts: ``history.csv``,
-``metrics.json``, ``config.yaml``, ``normalization.json``, ``figures/`` (``predictions.png`` and
+``metrics.json``, ``config.yaml``, ``figures/`` (``predictions.png`` and
 the per-epoch figures), ``model_card/`` (``RUN_DIR/model_card.json``) and ``saved_model/`` (the ``export/`` directory,
 ``tracking.mlflow.log_model``).
 
@@ -315,7 +315,7 @@ class MlflowTracker:
             stamp = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in
                                                         flat_numbers(metrics, FINAL_PREFIX).items()])
-            for name in ("history.csv", "metrics.json", "config.yaml", "normalization.json",
+            for name in ("history.csv", "metrics.json", "config.yaml",
                          "operating_point_search.csv"):
                 if (run_path / name).is_file():
                     self.client.log_artifact(self.run_id, str(run_path / name))
