@@ -329,8 +329,7 @@ def test_evaluation_grid_counts_every_pixel_once(tmp_path):
     cfg = data_cfg(format="mask_folder", root=str(tmp_path), eval_overlap=8, val_fraction=0.0,
                    options={"mask_suffix": ".mask"}, max_nodata_fraction=1.0)
     (scene,) = load_scenes(cfg)[0]
-    norm = Normalization("meanstd", [0.0] * 3, [1.0] * 3, [0.0] * 3, [255.0] * 3)
-    labels = np.concatenate([y.numpy() for _, y in build_dataset([scene], norm, cfg, training=False)])
+    labels = np.concatenate([y.numpy() for _, y in build_dataset([scene], cfg, training=False)])
     assert labels.shape[0] == 9
     truth = scene.labels.rasterize(Window(0, 0, 80, 80), scene.info)
     assert int((labels != 255).sum()) == 80 * 80  # not 9 * 32 * 32 = 9216
