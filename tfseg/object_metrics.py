@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from .postprocess import PolygonOptions, pixel_area_m2, polygonize_array
+from .postprocess import PolygonOptions, pixel_area_m2, pixel_polygons, polygonize_array
 from .scoring import PROPOSAL_MIN_AREA, TRUTH_MIN_AREA, Counts, match_polygons
 
 TRUTH_OPTIONS = PolygonOptions(opening_px=0, min_area_px=0.0, simplify_px=0.0, fill_holes=False)
@@ -43,8 +43,6 @@ class SceneTruth:
 def scene_truth(scene, ignore_index: int = 255) -> SceneTruth:
     """Truth objects of a :class:`tfseg.data.sources.Scene` (its polygons, else its mask's components)."""
     from rasterio.windows import Window
-    from shapely.affinity import affine_transform
-    from shapely.geometry import box
 
     info = scene.info
     label = scene.labels.rasterize(Window(0, 0, info.width, info.height), info)
@@ -54,13 +52,7 @@ def scene_truth(scene, ignore_index: int = 255) -> SceneTruth:
     ignore = label == ignore_index
     vectors = getattr(scene, "vectors", None)
     if vectors is not None:
-        inverse = ~info.affine
-        matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
-        extent = box(0, 0, info.width, info.height)
-        polygons = []
-        for geom in vectors.geometries:
-            clipped = affine_transform(geom, matrix).intersection(extent)
-            polygons.extend(g for g in getattr(clipped, "geoms", [clipped]) if g.geom_type == "Polygon")
+        polygons = pixel_polygons(vectors.geometries, info)
     else:
         truth_mask = ((label == 1) & ~ignore).astype(np.uint8)
         polygons = [r.geometry for r in polygonize_array(truth_mask, None, TRUTH_OPTIONS)]

@@ -27,6 +27,22 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 
+def pixel_polygons(geometries, info) -> list:
+    """``geometries`` in the scene's CRS as polygons in ``info``'s pixel coordinates, clipped to
+    the scene (a part cut off by the edge is dropped, a multi-part result split into polygons)."""
+    from shapely.affinity import affine_transform
+    from shapely.geometry import box
+
+    inverse = ~info.affine
+    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
+    extent = box(0, 0, info.width, info.height)
+    out = []
+    for geom in geometries:
+        clipped = affine_transform(geom, matrix).intersection(extent)
+        out.extend(g for g in getattr(clipped, "geoms", [clipped]) if g.geom_type == "Polygon")
+    return out
+
+
 INSTANCE_MODES = ("none", "watershed")
 
 

@@ -48,6 +48,7 @@ from .postprocess import (
     PolygonOptions,
     merge_geojson,
     pixel_area_m2,
+    pixel_polygons,
     polygonize_raster,
     spacenet_image_id,
     write_geojson,
@@ -299,9 +300,6 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
 def truth_polygons(path, info) -> list:
     """The polygons of a truth GeoJSON (any CRS, reprojected) in pixel coordinates of scene ``info``,
     clipped to the scene."""
-    from shapely.affinity import affine_transform
-    from shapely.geometry import box
-
     from .data.labels import VectorLabels
 
     if not Path(path).is_file():
@@ -309,14 +307,7 @@ def truth_polygons(path, info) -> list:
     if not info.crs:
         raise ValueError(f"--truth {path}: scene {info.path} has no CRS, so the truth polygons cannot be placed on it")
     labels = VectorLabels.from_file(path, info, require_overlap=False)
-    inverse = ~info.affine
-    matrix = [inverse.a, inverse.b, inverse.d, inverse.e, inverse.c, inverse.f]
-    extent = box(0, 0, info.width, info.height)
-    out = []
-    for geom in labels.geometries:
-        clipped = affine_transform(geom, matrix).intersection(extent)
-        out.extend(g for g in getattr(clipped, "geoms", [clipped]) if g.geom_type == "Polygon" and g.area > 0)
-    return out
+    return [g for g in pixel_polygons(labels.geometries, info) if g.area > 0]
 
 
 def write_object_overlay(info, records, truth_path, out_path, max_side: int = 1024) -> dict:
