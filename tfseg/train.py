@@ -982,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_lib.add_overrides_argument(parser)
     parser.add_argument("--run-dir", help="run directory (default: runs/<timestamp>-<tracking.name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a different run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (without a terminal: one line per epoch)")
     return parser
 
 
@@ -991,7 +991,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_lib.load(args.config, args.overrides)
-        result = train(cfg, args.run_dir, args.overwrite, verbose=0 if args.quiet else 1)
+        # progress bars on a terminal; one line per epoch into a log file or pipe
+        verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
+        result = train(cfg, args.run_dir, args.overwrite, verbose=verbose)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
