@@ -12,6 +12,7 @@ import rasterio
 import pytest
 
 from tests.data.fixtures import write_geotiff
+from tests.data.formats import make_multilabel_folder
 from tfseg import config as config_lib
 from tfseg import evaluate
 from tfseg import train as train_lib
@@ -76,25 +77,6 @@ SIZE, WINDOW, OVERLAP = 80, 64, 8
 OFFSETS, OWNED = (0, 16), ((0, 40), (40, 80))
 
 
-def _multilabel_folder(root):
-    """train/ and val/ K-band masks: road a cross through the middle (in the grid's overlap),
-    building a corner block (scored by one window only), water nowhere; road bright in band 1,
-    building in band 2; the first 4 rows ignored (255 in every band)."""
-    rng = np.random.default_rng(5)
-    for split, count in (("train", 2), ("val", 1)):
-        for k in range(count):
-            mask = np.zeros((3, SIZE, SIZE), np.uint8)
-            mask[0, 30 + 4 * k:46 + 4 * k, :] = 1
-            mask[0, :, 34:44] = 1
-            mask[1, 60:78, 2 + 6 * k:22 + 6 * k] = 1
-            mask[:, 0:4, :] = 255
-            image = rng.integers(20, 60, (3, SIZE, SIZE)).astype(np.uint8)
-            image[0][mask[0] == 1] += 150
-            image[1][mask[1] == 1] += 150
-            write_geotiff(root / split / "images" / f"t{k}.tif", image)
-            write_geotiff(root / split / "masks" / f"t{k}.tif", mask)
-
-
 def _scores(tp, fp, fn):
     """Per-class IoU / F1 / precision / recall by hand (None: a class absent from truth and
     prediction) and their means over the present classes."""
@@ -128,7 +110,7 @@ def test_epoch_validation_counts_overlap_once_and_leaves_out_an_absent_class(tmp
     from tfseg.inference import load_predictor
 
     root = tmp_path / "data"
-    _multilabel_folder(root)
+    make_multilabel_folder(root, SIZE)
     cfg = config_lib.from_dict({}, [
         "data.format=mask_folder", f"data.root={root}", f"data.classes=[{', '.join(ML_CLASSES)}]",
         "data.task=multilabel", f"data.window_size={WINDOW}", f"data.eval_overlap={OVERLAP}",
