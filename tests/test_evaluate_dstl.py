@@ -151,8 +151,9 @@ def test_bad_wkt_inputs_name_the_file_and_id(tmp_path, dstl, capsys):
     _write_wkt(eleven, [[IMAGE_ID, 11, "MULTIPOLYGON EMPTY"]])
     assert f"{eleven}:2: ClassType 11 not in 1..10" in error("--predictions", pred, "--wkt", eleven,
                                                              "--grid-sizes", grid)
-    assert "--wkt" in error("--predictions", pred, "--wkt", wkt) and "--grid-sizes" in error(
-        "--predictions", pred, "--wkt", wkt)
+    assert f"--wkt {wkt}: needs --grid-sizes" in error("--predictions", pred, "--wkt", wkt)
+    assert "--mask-suffix / --mask-pattern" in error("--predictions", pred, "--wkt", wkt, "--grid-sizes", grid,
+                                                     "--mask-suffix", ".mask")
     # a prediction of another model (3 bands) and a model that is not a 10-class multi-label one
     write_tif(tmp_path / "three" / f"{IMAGE_ID}_class.tif", _truth()[:3], crs=None, nodata=255)
     assert "3 band(s)" in error("--predictions", tmp_path / "three", "--wkt", wkt, "--grid-sizes", grid)

@@ -131,7 +131,7 @@ PREDICTION_KINDS = ("class", "prob")  # tfseg.predict's rasters per scene: <id>_
 
 def _prediction_id(path: Path) -> tuple[str, str]:
     """``(image id, "class" | "prob")`` of a ``tfseg.predict`` output raster, from its name."""
-    stem = Path(path).name.split(".")[0]
+    stem = Path(path).stem
     for kind in PREDICTION_KINDS:
         if stem.endswith("_" + kind) and len(stem) > len(kind) + 1:
             return stem[: -len(kind) - 1], kind
@@ -246,6 +246,8 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
         raise ValueError("give either --masks or --wkt (with --grid-sizes) as the truth")
     if wkt is not None and not grid_sizes:
         raise ValueError(f"--wkt {wkt}: needs --grid-sizes (the Dstl grid_sizes.csv: ImageId,Xmax,Ymin)")
+    if wkt is not None and (mask_suffix is not None or mask_pattern):
+        raise ValueError(f"--wkt {wkt}: --mask-suffix / --mask-pattern name mask files; the WKT truth has none")
     if isinstance(model, Predictor):
         predictor = model
     else:
@@ -262,7 +264,7 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
             match = regex.match(path.name) if regex else None
             if regex and not match:
                 raise ValueError(f"--images {path}: does not match --image-pattern {image_pattern!r}")
-            return match.group("id") if match else path.name.split(".")[0]
+            return match.group("id") if match else path.stem
 
         pairs = [(path, image_id(Path(path))) for path in inputs]
     else:
@@ -279,7 +281,7 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
     if images is not None:
         tile, overlap = predictor.tiling(tile_size, overlap)
     for path, truth_key in pairs:
-        info = open_raster(path, check_read=False) if predictions is not None else open_raster(path)
+        info = open_raster(path)
         if wkt is not None:
             truth = truth_of(truth_key, info)
         else:
