@@ -152,6 +152,9 @@ def test_bad_wkt_inputs_name_the_file_and_id(tmp_path, dstl, capsys):
     assert f"{eleven}:2: ClassType 11 not in 1..10" in error("--predictions", pred, "--wkt", eleven,
                                                              "--grid-sizes", grid)
     assert f"--wkt {wkt}: needs --grid-sizes" in error("--predictions", pred, "--wkt", wkt)
+    assert "no prediction is run" in error("--predictions", pred, "--wkt", wkt, "--grid-sizes", grid, "--tta", "2")
+    assert "thresholded classes already" in error("--predictions", pred, "--wkt", wkt, "--grid-sizes", grid,
+                                                  "--threshold", "0.3")
     assert "--mask-suffix / --mask-pattern" in error("--predictions", pred, "--wkt", wkt, "--grid-sizes", grid,
                                                      "--mask-suffix", ".mask")
     # a prediction of another model (3 bands) and a model that is not a 10-class multi-label one

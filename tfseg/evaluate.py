@@ -166,6 +166,9 @@ def _read_prediction(path: Path, predictor: Predictor, threshold=None) -> tuple[
         invalid |= data == nodata
     valid = ~invalid.any(axis=0)
     if kind == "class":
+        if threshold is not None:
+            raise ValueError(f"--threshold {threshold}: {path} holds thresholded classes already; score the "
+                             "<id>_prob.tif rasters to apply another threshold")
         classes = np.moveaxis(data, 0, -1) if predictor.multilabel else data[0]
         bad = set(np.unique(classes[valid]).tolist()) - set(range(2 if predictor.multilabel or predictor.binary
                                                                   else predictor.num_classes))
@@ -248,6 +251,9 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
         raise ValueError(f"--wkt {wkt}: needs --grid-sizes (the Dstl grid_sizes.csv: ImageId,Xmax,Ymin)")
     if wkt is not None and (mask_suffix is not None or mask_pattern):
         raise ValueError(f"--wkt {wkt}: --mask-suffix / --mask-pattern name mask files; the WKT truth has none")
+    if predictions is not None and (tile_size or overlap != -1 or tta != 1):
+        raise ValueError(f"--tile-size / --overlap / --tta (got {tile_size} / {overlap} / {tta}): no prediction is "
+                         "run for --predictions, they are scored as they are")
     if isinstance(model, Predictor):
         predictor = model
     else:
