@@ -130,3 +130,48 @@ def test_predict_uses_the_cards_per_class_thresholds(tmp_path):
         masks = src.read()
     assert masks[1].sum() == 0
     np.testing.assert_array_equal(masks[[0, 2]], truth[[0, 2]])
+
+
+@pytest.mark.slow
+def test_trained_per_class_thresholds_reach_the_card_predict_and_evaluate(tmp_path):
+    """A tiny 2-class multi-label run trained with ``train.threshold=[0.3,0.7]``: the model card
+    carries the list, ``tfseg.predict``'s masks are its probabilities at those per-class
+    thresholds, and ``evaluate pixels`` scores each class on the same predictions."""
+    from tests.data.formats import make_multilabel_folder
+    from tfseg import train
+    from tfseg.model_card import load_model_card
+
+    root, run = tmp_path / "data", tmp_path / "run"
+    make_multilabel_folder(root, size=64, classes=2)
+    code = train.main(["--quiet", "--run-dir", str(run), "--set", "data.format=mask_folder", f"data.root={root}",
+                       "data.classes=[road, building]", "data.task=multilabel", "data.window_size=64",
+                       "data.train_windows_per_epoch=2", "data.batch_size=2", "data.max_nodata_fraction=1.0",
+                       "train.threshold=[0.3,0.7]", "train.loss=bce", "train.epochs=1", "train.num_figure_tiles=0",
+                       "model.depth=2", "model.filters=4", "export.enabled=false", "tracking.neptune.mode=off"])
+    assert code == 0
+    thresholds = np.array([0.3, 0.7], np.float32)
+    assert load_model_card(run).threshold == [0.3, 0.7]
+    assert json.loads((run / "model_card.json").read_text())["threshold"] == [0.3, 0.7]
+
+    scene = root / "val" / "images" / "t0.tif"
+    predict.predict_scenes(run, [scene], tmp_path / "out", predict.PredictOptions(
+        tile_size=64, overlap=0, progress=False, overlay=False, polygons=False))
+    with rasterio.open(tmp_path / "out" / "t0_prob.tif") as src:
+        probs = src.read().astype(np.float32)  # float16 values: ties within their rounding allowed
+    with rasterio.open(tmp_path / "out" / "t0_class.tif") as src:
+        masks = src.read()
+        assert list(src.descriptions) == ["road", "building"]
+    expected = probs >= thresholds[:, None, None]
+    near = np.abs(probs - thresholds[:, None, None]) < 1e-3
+    assert masks.shape == (2, 64, 64) and ((masks == expected) | near).all()
+    assert (masks != (probs >= 0.5)).any()  # one threshold for both classes would give other masks
+
+    report = evaluate.evaluate_pixels(run, [scene], [root / "val" / "masks" / "t0.tif"], tile_size=64, overlap=0)
+    with rasterio.open(root / "val" / "masks" / "t0.tif") as src:
+        truth = src.read()
+    for k, name in enumerate(["road", "building"]):
+        valid = truth[k] != 255
+        t, p = (truth[k] == 1) & valid, (masks[k] == 1) & valid
+        union = (t | p).sum()
+        assert report["per_class"][name]["iou"] == pytest.approx((t & p).sum() / union), name
+    assert report["num_images"] == 1

@@ -106,6 +106,27 @@ def make_colour_mask(root, palette_mode_tile=2):
     return expected, 7
 
 
+def make_multilabel_folder(root, size=80, classes=3):
+    """``root/{train,val}/{images,masks}/t<k>.tif`` (2 train, 1 val) with K-band 0/1 masks: class 1
+    a cross through the middle, class 2 a block near the bottom-left corner, class 3 (if any) in no
+    mask; class k bright in image band k; the first 4 rows ignored (255 in every band)."""
+    root = Path(root)
+    rng = np.random.default_rng(5)
+    for split, count in (("train", 2), ("val", 1)):
+        for k in range(count):
+            mask = np.zeros((classes, size, size), np.uint8)
+            mid = size // 2
+            mask[0, mid - 10 + 4 * k:mid + 6 + 4 * k, :] = 1
+            mask[0, :, mid - 6:mid + 4] = 1
+            mask[1, size - 20:size - 2, 2 + 6 * k:22 + 6 * k] = 1
+            mask[:, 0:4, :] = 255
+            image = rng.integers(20, 60, (3, size, size)).astype(np.uint8)
+            image[0][mask[0] == 1] += 150
+            image[1][mask[1] == 1] += 150
+            write_geotiff(root / split / "images" / f"t{k}.tif", image)
+            write_geotiff(root / split / "masks" / f"t{k}.tif", mask)
+
+
 def make_dstl(root, image_id="6120_2_2", size=90):
     """Dstl layout with a three_band (size x size), M (size/3), A (size/9), P (size) image and
     a square of class 1 spanning normalized x in [0.2, 0.4] Xmax, y in [0.1, 0.3] Ymin."""

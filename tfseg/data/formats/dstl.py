@@ -91,6 +91,25 @@ def read_wkt_labels(path: Path) -> dict:
     return labels
 
 
+def image_labels(geoms: dict, grid_size: tuple, width: int, height: int, source: str = "") -> PixelPolygonLabels:
+    """The labels of one image, ``geoms`` ``{class_type (1-10): geometry}`` in normalized
+    coordinates (a row of :func:`read_wkt_labels`) on a ``width`` x ``height`` grid with the
+    image's ``(Xmax, Ymin)``: one list of pixel polygons per class (training and
+    ``tfseg.evaluate pixels --wkt`` rasterize them alike)."""
+    xmax, ymin = grid_size
+    counter: dict = {}
+    per_class = []
+    for k in range(1, len(CLASSES) + 1):
+        geom = geoms.get(k)
+        polys = []
+        if geom is not None and not geom.is_empty:
+            geom = repair(normalized_to_pixels(geom, xmax, ymin, width, height), counter)
+            if geom is not None:
+                polys = list(getattr(geom, "geoms", [geom]))
+        per_class.append(polys)
+    return PixelPolygonLabels(per_class, source=source)
+
+
 def load_dstl(data_cfg):
     from ...config import resolve_task
     from . import DataFormatError, check_band_count, split_scenes
@@ -121,18 +140,9 @@ def load_dstl(data_cfg):
         if data_cfg.bands:
             raise DataFormatError("config key 'data.bands': not supported for dstl; use data.options.products")
         check_band_count(info, data_cfg)
-        xmax, ymin = grid[image_id]
-        counter: dict = {}
-        per_class = []
-        for k in range(1, len(CLASSES) + 1):
-            geom = wkt[image_id].get(k)
-            polys = []
-            if geom is not None and not geom.is_empty:
-                geom = repair(normalized_to_pixels(geom, xmax, ymin, info.width, info.height), counter)
-                if geom is not None:
-                    polys = list(getattr(geom, "geoms", [geom]))
-            per_class.append(polys)
-        scenes.append(Scene(info, PixelPolygonLabels(per_class, source=f"{root / 'train_wkt_v4.csv'}:{image_id}"), name=image_id))
+        labels = image_labels(wkt[image_id], grid[image_id], info.width, info.height,
+                              source=f"{root / 'train_wkt_v4.csv'}:{image_id}")
+        scenes.append(Scene(info, labels, name=image_id))
     if not scenes:
         raise DataFormatError(f"{root / 'train_wkt_v4.csv'}: no labelled images")
     return split_scenes(scenes, data_cfg)
