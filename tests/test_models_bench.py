@@ -18,7 +18,8 @@ def test_gpu_bench_fails_cleanly_without_gpu(capsys):
 
 @pytest.mark.slow
 def test_gpu_bench_runs_on_cpu_when_allowed(capsys):
-    code = bench.main(["gpu", "--allow-cpu", "--json", "--size", "64", "--batch-size", "1", "--steps", "1"])
+    code = bench.main(["gpu", "--allow-cpu", "--json", "--size", "64", "--batch-size", "1", "--steps", "1",
+                       "--backbone", "none"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["fp32_img_per_s"] > 0 and result["bf16_img_per_s"] > 0

@@ -1,5 +1,5 @@
 """``python -m tfseg.bench gpu [--json] [--allow-cpu]``: training throughput of tfseg ``unet`` +
-``resnet34`` in mixed bfloat16 vs float32 on an accelerator, the speedup, and model FLOPs
+``resnet34`` (``--backbone``) in mixed bfloat16 vs float32 on an accelerator, the speedup, and model FLOPs
 utilization (MFU) against a matmul peak measured in the same run.
 
 Runs on any Keras backend; by default ``KERAS_BACKEND=jax`` (set before Keras is imported), so it
@@ -31,6 +31,8 @@ def _parser():
     parser.add_argument("--bands", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 on GPU, 2 on CPU)")
     parser.add_argument("--matmul-size", type=int, default=0, help="default: 8192 on GPU, 512 on CPU")
+    parser.add_argument("--backbone", default="resnet34",
+                        help="the UNet's encoder (a model.backbone name; 'none': the plain UNet, depth 4, 16 filters)")
     return parser
 
 
@@ -131,7 +133,8 @@ def train_throughput(precision: str, args) -> tuple[float, float]:
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     shape = (args.batch_size, args.size, args.size, args.bands)
-    model = build_model("unet", input_shape=shape[1:], classes=1, backbone="resnet34")
+    backbone = "" if args.backbone == "none" else args.backbone
+    model = build_model("unet", input_shape=shape[1:], classes=1, backbone=backbone)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=get_loss("bce_dice", 1, 255), jit_compile=True)
     rng = np.random.default_rng(0)
     images = rng.normal(size=shape).astype("float32")
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
         "peak_tflops_fp32": round(peak32 / 1e12, 4), "peak_tflops_bf16": round(peak16 / 1e12, 4),
         "mfu_fp32": round(train_flops * fp32 / peak32, 4), "mfu_bf16": round(train_flops * bf16 / peak16, 4),
     }
-    print(f"tfseg unet+resnet34 training, batch {args.batch_size}, {args.size}x{args.size}x{args.bands}, "
+    print(f"tfseg unet+{args.backbone} training, batch {args.batch_size}, {args.size}x{args.size}x{args.bands}, "
           f"{backend} on {device}, XLA")
     print(f"{'precision':<16}{'img/s':>10}{'matmul peak TFLOP/s':>22}{'MFU':>8}")
     print(f"{'float32':<16}{fp32:>10.2f}{peak32 / 1e12:>22.3f}{result['mfu_fp32']:>8.1%}")
