@@ -172,8 +172,10 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
         mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
         sampler.fill(0, image, mask)
         start = time.perf_counter()
-        for i in range(1, tiles + 1):
-            sampler.fill(i, image, mask)
+        for i in range(1, tiles + 1):  # one generator per batch, as build_dataset draws them
+            if i % data_cfg.batch_size == 1 or data_cfg.batch_size == 1:
+                rng = np.random.default_rng([0, i // data_cfg.batch_size, 2])
+            sampler.fill(i, image, mask, rng)
         out[f"{label}_sampling"] = (time.perf_counter() - start) / tiles * 1e3
         dataset = build_dataset([source], cfg, training=True).with_options(options)
         out[f"{label}_pipeline"] = pipeline_seconds(dataset, cfg.batch_size, tiles) / tiles * 1e3

@@ -58,11 +58,12 @@ def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, 
     return image, label
 
 
-def draw_dihedral(aug, seed: int, index: int) -> tuple[int, bool, bool]:
-    """(k, flip_cols, flip_rows) of window ``index``: rotate k * 90 degrees, then flip."""
+def draw_dihedral(aug, seed: int, index: int, rng=None) -> tuple[int, bool, bool]:
+    """(k, flip_cols, flip_rows) of window ``index``: rotate k * 90 degrees, then flip (drawn
+    from ``rng`` when given, else from ``default_rng([seed, index, 1])``)."""
     if not (aug.rot90 or aug.flip):
         return 0, False, False
-    rng = np.random.default_rng([seed, int(index), 1])
+    rng = np.random.default_rng([seed, int(index), 1]) if rng is None else rng
     k = int(rng.integers(0, 4)) if aug.rot90 else 0
     flip_cols, flip_rows = (bool(f) for f in rng.random(2) < 0.5) if aug.flip else (False, False)
     return k, flip_cols, flip_rows
@@ -103,6 +104,10 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
     """
     channels = image.shape[-1]
     pixel = image.dtype.itemsize * channels
+    if k % 2 and not image.flags.c_contiguous:
+        # a transpose walks the source column-wise: on a view into a large cached scene every
+        # row is on another page, ~5x slower than one sequential copy first
+        image = np.ascontiguousarray(image)
     cv_ok = (
         image.dtype in CV2_DTYPES and channels <= 512 and image.dtype == out.dtype
         and image.strides[-1] == image.dtype.itemsize and image.strides[-2] == pixel

@@ -6,8 +6,9 @@ mixed dtypes promote to the smallest common one, ``numpy.result_type``). Casting
 normalization and photometric augmentation happen in the model
 (:mod:`tfseg.models.preprocessing`). Tiles above ``max_nodata_fraction`` are skipped; geometric
 augmentation (flips, rot90, scale/crop) moves image and label together. Everything is
-deterministic for a given seed (window ``i`` of the stream is drawn from
-``default_rng([seed, i])`` and augmented with stateless ops seeded by ``i``).
+deterministic for a given seed (batch ``b`` of the stream is drawn from
+``default_rng([seed, b, 2])``; with scale augmentation window ``i`` from ``default_rng([seed, i])``
+and augmented with stateless ops seeded by ``i``).
 
 No-data rule: every invalid image pixel (the source's nodata value in all bands, NaN in any
 band, masked, or padding beyond a small scene) holds the model card's ``nodata`` value
@@ -352,13 +353,16 @@ class _RandomSampler:
         row = min(max(row0 + row - size // 2, 0), max(height - size, 0))
         return scene_index, Window(col, row, size, size)
 
-    def fill(self, index, image_out, mask_out) -> None:
-        """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1)."""
+    def fill(self, index, image_out, mask_out, rng=None) -> None:
+        """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1),
+        drawn from ``rng`` (a batch's generator), else from ``default_rng([seed, index])``."""
         cfg = self.cfg
-        rng = np.random.default_rng([self.seed, int(index)])
+        own = rng is None
+        rng = np.random.default_rng([self.seed, int(index)]) if own else rng
         # rot90/flips while the tile is copied (with scale: after the resize, in tf)
         flips = None if cfg.augment.scale or not (cfg.augment.flip or cfg.augment.rot90) else cfg.augment
-        dihedral = draw_dihedral(flips, self.seed, index) if flips is not None else (0, False, False)
+        dihedral = (draw_dihedral(flips, self.seed, index, None if own else rng) if flips is not None
+                    else (0, False, False))
         centre = None
         if cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction and self.oversample >= 0:
             centre = self.oversample
@@ -474,8 +478,9 @@ def build_dataset(
         def sample_batch(b):  # each tile written straight into the batch buffers
             image = np.empty((batch, size, size, bands), raw_dtype)
             mask = np.empty((batch, size, size, channels + 1), np.uint8)
+            rng = np.random.default_rng([seed, int(b), 2])  # one generator per batch (~40 us each)
             for j in range(batch):
-                sampler.fill(int(b) * batch + j, image[j], mask[j])
+                sampler.fill(int(b) * batch + j, image[j], mask[j], rng)
             return image, np.ascontiguousarray(mask[..., :-1])
 
         def batch_of(b):

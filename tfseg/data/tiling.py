@@ -62,8 +62,11 @@ def random_window(
     sizes: Sequence[tuple[int, int]], window_size: int, rng: np.random.Generator
 ) -> tuple[int, Window]:
     """A uniformly placed window: scenes are picked in proportion to their area."""
-    areas = np.array([w * h for w, h in sizes], np.float64)
-    index = int(rng.choice(len(sizes), p=areas / areas.sum()))
+    if len(sizes) == 1:
+        index = 0
+    else:
+        areas = np.cumsum([float(w) * h for w, h in sizes])
+        index = min(int(np.searchsorted(areas, rng.random() * areas[-1], side="right")), len(sizes) - 1)
     width, height = sizes[index]
     col = int(rng.integers(0, max(width - window_size, 0) + 1))
     row = int(rng.integers(0, max(height - window_size, 0) + 1))
