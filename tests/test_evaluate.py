@@ -1,6 +1,8 @@
 """evaluate pixels (pairing by stem, binary/multi-class metrics, any image size) and the
 training-time object-F1 callback."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +54,15 @@ def test_pixels_binary_counts_errors(chips, oracle_run):
     assert result["recall"] == pytest.approx(tp / (tp + fn))
     assert result["precision"] == 1.0
     assert result["iou"] == pytest.approx(tp / (tp + fn))
+
+
+def test_cli_starts_without_tensorflow_notices():
+    """The module imports keras (so TensorFlow) at load: it must go through tfseg._tf first, or
+    TensorFlow's C++ start-up notices (CUDA stubs) land on stderr before any subcommand runs."""
+    proc = subprocess.run([sys.executable, "-m", "tfseg.evaluate", "polygons", "--help"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "--truth" in proc.stdout
+    assert proc.stderr == ""
 
 
 def test_missing_mask_names_image(chips, oracle_run, tmp_path):

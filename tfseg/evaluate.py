@@ -39,6 +39,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+# first: .metrics imports keras, which imports TensorFlow; through ._tf without its start-up notices
+from . import _tf  # noqa: F401,I001
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
 from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
@@ -364,8 +366,6 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "pixels":
-            from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
-
             if args.grid_sizes and not args.wkt:
                 raise ValueError(f"--grid-sizes {args.grid_sizes}: only read with --wkt")
             result = evaluate_pixels(
