@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -106,24 +107,11 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
     return split
 
 
-def merge_geojson(files, output: Path, stems) -> Path:
-    """One FeatureCollection (EPSG:4326) of several per-chip files, ``image_id`` = chip stem."""
-    features = []
-    for path, stem in zip(files, stems):
-        if not Path(path).is_file():
-            continue  # e.g. no polygons predicted for an empty chip
-        doc = json.loads(Path(path).read_text())
-        for feat in doc.get("features", []):
-            feat.setdefault("properties", {})
-            feat["properties"] = {**(feat["properties"] or {}), "image_id": stem}
-            features.append(feat)
-    output.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    return output
-
-
 def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, overwrite: bool = False) -> dict:
     """The whole pipeline; returns the metrics dict written to ``run_dir/pipeline_metrics.json``."""
     from tfseg import evaluate, predict, scoring
+    from tfseg.inference import load_predictor
+    from tfseg.postprocess import merge_geojson
     from tfseg.train import train
 
     started = time.time()
@@ -144,25 +132,28 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     # operating point saw; predict/evaluate use the model's operating point
     val_images = sorted((split_dir / "heldout" / "images").iterdir())
     val_masks = sorted((split_dir / "heldout" / "masks").iterdir())
-    pixels = evaluate.evaluate_pixels(run_dir, val_images, val_masks, tile_size=256, overlap=0, batch_size=8)
-    pixels_default = evaluate.evaluate_pixels(run_dir, val_images, val_masks, tile_size=256, overlap=0, batch_size=8,
+    checkpoint = load_predictor(run_dir)  # loaded once for both scores
+    pixels = evaluate.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8)
+    pixels_default = evaluate.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8,
                                               threshold=cfg.train.threshold)
     log.info("pixels: %s (at train.threshold %s: %s)", pixels, cfg.train.threshold, pixels_default)
 
     pred_dir = run_dir / "predict_val"
     options = predict.PredictOptions(tile_size=256, overlap=0, epsg4326=True, probabilities="none", overlay=False,
                                      spacenet_csv=str(pred_dir / "proposals.csv"), progress=False)
-    summary = predict.predict_scenes(run_dir / "export", val_images, pred_dir, options)
-    stems = split["heldout"]
-    truth = merge_geojson([data_root / "labels" / f"{s}.geojson" for s in stems], run_dir / "val_truth.geojson", stems)
-    proposals = merge_geojson([pred_dir / f"{s}_polygons.geojson" for s in stems], run_dir / "val_proposals.geojson",
-                              stems)
+    exported = load_predictor(run_dir / "export")  # the SavedModel, loaded once for both predictions
+    summary = predict.predict_scenes(exported, val_images, pred_dir, options)
+    # predict merged the chips' polygons (EPSG:4326, image_id = chip stem); the truth the same way
+    labels = [(data_root / "labels" / f"{s}.geojson", s, "EPSG:4326") for s in split["heldout"]]
+    truth = run_dir / "val_truth.geojson"
+    merge_geojson([part for part in labels if part[0].is_file()], truth)
+    proposals = Path(shutil.copyfile(summary["polygons"], run_dir / "val_proposals.geojson"))
     objects = scoring.score_geojson(truth, proposals)["overall"]
     log.info("objects: %s", objects)
 
     sample = val_images[0]
     sample_dir = run_dir / "predict"
-    predict.predict_scenes(run_dir / "export", [sample], sample_dir,
+    predict.predict_scenes(exported, [sample], sample_dir,
                            predict.PredictOptions(tile_size=256, overlap=0, spacenet_csv=str(sample_dir / "proposals.csv"),
                                                   progress=False))
     metrics = {

@@ -160,7 +160,8 @@ def run(args) -> dict:
         "run_dir": str(run_dir), "metrics": metrics, "scores": scores,
         "train": {k: result[k] for k in ("epochs", "steps_per_epoch", "global_batch_size", "train_seconds",
                                          "wall_seconds", "best_epoch", "params")},
-        "predict_seconds": summary_predict.get("totals", {}).get("seconds"),
+        # the predict step's wall time (its summary's "predict_seconds" counts the network only)
+        "predict_seconds": summary_predict["seconds"],
         "wall_seconds": round(time.monotonic() - start, 1), "load_average_start": load_start,
         "load_average_end": common.load_average(), "export": str(export_dir), "truth_csv": str(truth),
     }

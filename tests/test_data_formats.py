@@ -11,14 +11,14 @@ from rasterio.windows import Window
 
 from tfseg import config as config_module
 from tfseg.data.formats import DataFormatError, load_scenes
-from tfseg.data.formats.colour_mask import ColourMaskError, decode_colour_mask, read_colour_mask
+from tfseg.data.formats.colour_mask import ColourMaskError, decode_colour_mask
 from tfseg.data.formats.dstl import CLASSES as DSTL_CLASSES
 from tfseg.data.formats.mask_folder import MaskFolderError, pair_images_and_masks
 from tfseg.data.labels import LabelError
 from tfseg.data.pipeline import read_tile
 from tfseg.data.raster import RasterError
 
-from .data.fixtures import UTM, write_geotiff
+from .data.fixtures import write_geotiff
 from .data.formats import (
     DUBAI_PALETTE, colour_mask_array, make_colour_mask, make_dstl, make_mask_folder, make_scenes, make_spacenet,
 )

@@ -1,11 +1,13 @@
 """evaluate pixels (pairing by stem, binary/multi-class metrics, any image size) and the
 training-time object-F1 callback."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tests.infer_support import building_scene, oracle_model, save_run, write_tif
+from tests.infer_support import building_scene, keras_predictor, oracle_model, save_run, write_tif
 from tfseg import evaluate
 from tests.data.fixtures import SHARED_DATA as SHARED
 
@@ -52,6 +54,46 @@ def test_pixels_binary_counts_errors(chips, oracle_run):
     assert result["recall"] == pytest.approx(tp / (tp + fn))
     assert result["precision"] == 1.0
     assert result["iou"] == pytest.approx(tp / (tp + fn))
+
+
+def footprint_boundary_contact_oracle():
+    """The oracle's footprint channel beside boundary/contact channels that are never on: a
+    building model with instance targets (multi-label footprint/boundary/contact outputs)."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    kernel[..., 0] = 8.0 / 3
+    conv.set_weights([kernel, np.array([0.0, -8.0, -8.0], np.float32)])
+    return keras_predictor(model, classes=["footprint", "boundary", "contact"], task="multilabel")
+
+
+def test_pixels_of_a_footprint_boundary_contact_model_score_its_footprint(chips):
+    # a building model: its footprint channel scored against the footprint masks, as a binary model
+    images, masks, truth = chips
+    wrong = truth[0].copy()
+    wrong[:, :5] = 1  # 64*5 = 320 false negatives for the model (it predicts background there)
+    write_tif(masks / "OAM-0.mask.tif", wrong)
+    predictor = footprint_boundary_contact_oracle()
+    assert predictor.instance_bands() == {"footprint": 1, "boundary": 2, "contact": 3}
+    result = evaluate.evaluate_pixels(predictor, sorted(images.iterdir()), sorted(masks.iterdir()), tile_size=32,
+                                      overlap=8)
+    tp = sum(int(m.sum()) for m in truth)
+    fn = int(wrong.sum()) - int(truth[0].sum())
+    assert set(result) == {"iou", "f1", "precision", "recall", "accuracy", "miou", "num_images", "threshold"}
+    assert result["recall"] == pytest.approx(tp / (tp + fn)) and result["precision"] == 1.0
+    assert result["iou"] == pytest.approx(tp / (tp + fn)) and result["threshold"] == 0.5
+
+
+def test_cli_starts_without_tensorflow_notices():
+    """The module imports keras (so TensorFlow) at load: it must go through tfseg._tf first, or
+    TensorFlow's C++ start-up notices (CUDA stubs) land on stderr before any subcommand runs."""
+    proc = subprocess.run([sys.executable, "-m", "tfseg.evaluate", "polygons", "--help"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "--truth" in proc.stdout
+    assert proc.stderr == ""
 
 
 def test_missing_mask_names_image(chips, oracle_run, tmp_path):
@@ -124,6 +166,25 @@ def test_object_f1_callback_logs(oracle_run, tmp_path):
     assert logs["val_object_precision"] == pytest.approx(7 / 8)
     assert logs["val_object_recall"] == 1.0
     assert logs["val_object_f1"] == pytest.approx(2 * (7 / 8) / (1 + 7 / 8))
+
+
+def test_object_f1_callback_of_a_footprint_boundary_contact_model_uses_the_footprint_threshold(tmp_path):
+    """train.threshold is one value per channel for such a model: the objects are the footprint
+    channel's at the footprint's threshold (the list is no threshold for one map)."""
+    from tfseg.object_metrics import ObjectF1Callback
+
+    predictor = footprint_boundary_contact_oracle()
+    scenes = []
+    for seed in range(2):
+        image, mask = building_scene(64, 64, boxes=((5, 5, 25, 30), (40, 30, 60, 60)), seed=seed)
+        if seed == 1:
+            mask[40:60, 30:60] = 0  # one truth building removed: the prediction is a false positive
+        scenes.append(_scene(tmp_path, f"s{seed}", image, mask))
+    callback = ObjectF1Callback(scenes, predictor.card, threshold=[0.5, 0.3, 0.3], tile_size=32, overlap=8)
+    callback.set_model(predictor.model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_object_precision"] == pytest.approx(3 / 4) and logs["val_object_recall"] == 1.0
 
 
 def test_object_f1_callback_counts_an_object_in_a_tile_overlap_once(oracle_run, tmp_path):

@@ -216,6 +216,42 @@ def test_cli_exports_a_run_directory_for_tf_serving(multiclass, tmp_path, capsys
     assert "already exists" in capsys.readouterr().err
 
 
+def test_cli_threshold_moves_the_operating_point_with_it(binary, tmp_path, capsys):
+    model, norm, _, _ = binary
+    run = tmp_path / "run"
+    run.mkdir()
+    wrapped, card = raw_pixels(model, norm, "uint16", classes=["building"])
+    point = {"threshold": 0.6, "min_area_m2": 4.0, "opening_px": 1, "instances": "watershed", "object_f1": 0.7}
+    wrapped.save(run / "model.keras")
+    card.with_operating_point(point).save(run / CARD_FILE)
+    out = tmp_path / "m" / "1"
+    assert main(["--model", str(run), "--output", str(out), "--threshold", "0.35"]) == 0
+    err = capsys.readouterr().err
+    assert "min_area_m2 4.0, opening_px 1" in err and "chosen at threshold 0.6" in err
+    exported = load_model_card(out)
+    assert exported.threshold == 0.35
+    assert exported.operating_point == {**point, "threshold": 0.35, "tuned_threshold": 0.6}
+    images = np.random.default_rng(3).uniform(200, 3800, (1, 24, 24, 1)).astype(np.float32)
+    outputs = tf.saved_model.load(str(out)).signatures["serving_default"](images=tf.constant(images))
+    probs = outputs["probabilities"].numpy()[..., 0]
+    assert ((probs >= 0.35) & (probs < 0.6)).any()  # pixels the two thresholds decide differently
+    np.testing.assert_array_equal(outputs["classes"].numpy(), (probs >= 0.35).astype(np.int32))
+
+
+def test_threshold_override_of_a_footprint_boundary_contact_card():
+    model = build_model("unet", input_shape=(None, None, 3), classes=3, depth=2, filters=2, activation="sigmoid")
+    norm = Normalization("meanstd", [0.0] * 3, [1.0] * 3, [], [], [])
+    _, card = raw_pixels(model, norm, classes=["footprint", "boundary", "contact"], threshold=[0.5, 0.4, 0.3])
+    tuned = card.with_operating_point({"threshold": 0.6, "min_area_px": 20.0, "opening_px": 0})
+    moved = export_lib.with_threshold(tuned, 0.45)  # the footprint channel's, as the operating point's
+    assert moved.threshold == [0.45, 0.4, 0.3] and moved.operating_point["threshold"] == 0.45
+    assert moved.operating_point["tuned_threshold"] == 0.6
+    back = export_lib.with_threshold(moved, 0.6)  # at the tuned threshold again: nothing to record
+    assert back.operating_point == tuned.operating_point and back.threshold == [0.6, 0.4, 0.3]
+    # without an operating point the override is the card's threshold, as before
+    assert export_lib.with_threshold(card, 0.45).threshold == 0.45
+
+
 def test_cli_errors_name_the_argument(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--output", str(tmp_path / "models" / "name")])

@@ -9,7 +9,6 @@ import keras
 
 from tests._model_cases import BANDS, CASES, SLOW, size_multiple
 from tfseg.models import BUILDERS, build_model
-from tfseg.models.blocks import BilinearUpsample2x
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 

@@ -67,7 +67,9 @@ def test_quick_pipeline_mul_on_generated_aoi(tmp_path, capsys):
     printed = printed_json(capsys.readouterr().out)
     assert printed["product"] == "MUL" and printed["bands"] == 8
     assert printed["true_pos"] + printed["false_neg"] > 0  # truth built from the validation GeoJSON
-    scores = json.loads((run_dir / "pipeline.json").read_text())["scores"]
+    written = json.loads((run_dir / "pipeline.json").read_text())
+    scores = written["scores"]
+    assert isinstance(written["predict_seconds"], float) and written["predict_seconds"] > 0
     assert set(scores["overall"]) >= {"TruePos", "FalsePos", "FalseNeg", "Precision", "Recall", "F1Score"}
     assert list(scores["per_aoi"]) == ["AOI_5_Khartoum"]
     with (run_dir / "predict" / "proposals.csv").open() as f:

@@ -1,7 +1,6 @@
 """Whole-scene prediction: sliding window vs one piece, streaming GeoTIFF outputs, polygons,
 nodata, TTA, SavedModel path, chip folders and the bad-input cases of the issue."""
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from tfseg import predict
 from tfseg.data.raster import open_raster
 from tfseg.inference import (
     ArraySink,
-    ArraySource,
     Job,
     RasterSource,
     load_predictor,

@@ -143,3 +143,44 @@ def test_truth_needs_the_overlay_and_an_existing_file(tmp_path, oracle_run, touc
     (tmp_path / "t.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     with pytest.raises(ValueError, match="do not combine --truth with --no-overlay"):
         predict.predict_scenes(oracle_run, [path], tmp_path / "out", options)
+
+
+def test_footprint_boundary_contact_model_splits_objects_at_its_predicted_boundary(tmp_path):
+    """A multi-label footprint/boundary/contact model is a building model: its polygons are the
+    footprint channel's (one class map, not three classes), split by watershed on the markers of
+    its boundary channel. Band 3 of the scene carries a line between two buildings that touch
+    along a whole side (one rectangle): only the boundary channel sees it."""
+    import keras
+    import rasterio
+
+    image, _ = building_scene(64, 96, boxes=((10, 10, 40, 40), (10, 40, 40, 70)), seed=5)
+    image[2] = 40
+    image[2, 10:40, 39:41] = 220  # the line between the two
+    path = write_tif(tmp_path / "pair.tif", image)
+    inputs = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
+    model = keras.Model(inputs, conv(inputs))
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    kernel[0, 0, :2, 0] = 2.0  # footprint: bright bands 1-2
+    kernel[0, 0, 2, 1] = 4.0  # boundary: bright band 3
+    conv.set_weights([kernel, np.array([0.0, -2.0, -8.0], np.float32)])
+    run = save_run(model, tmp_path / "fbc", config="data:\n  classes: [footprint, boundary, contact]\n"
+                   "  task: multilabel\n  window_size: 64\n")
+    summary = predict.predict_scenes(run, [path], tmp_path / "out", predict.PredictOptions(
+        tile_size=64, overlap=16, progress=False, overlay=False))
+    assert summary["polygon_options"]["instances"] == "watershed"
+    fractions = summary["scenes"][0]["class_fractions"]
+    assert set(fractions) == {"background", "footprint"}
+    assert fractions["footprint"] == pytest.approx(30 * 60 / (64 * 96), abs=0.01)
+    features = polygons(tmp_path / "out", "pair")
+    assert len(features) == 2 and {f["properties"].get("class_name") for f in features} == {"footprint"}
+    with rasterio.open(tmp_path / "out" / "pair_class.tif") as src:
+        assert src.count == 1 and set(np.unique(src.read(1))) == {0, 1}  # the footprint map
+    # the same footprint without the boundary channel is one object: the split came from the markers
+    one = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    footprint_only = keras.Model(inputs, one(inputs))
+    one.set_weights([kernel[..., :1], np.zeros(1, np.float32)])
+    single = save_run(footprint_only, tmp_path / "fp", config="data:\n  classes: [building]\n  window_size: 64\n")
+    predict.predict_scenes(single, [path], tmp_path / "single", predict.PredictOptions(
+        tile_size=64, overlap=16, progress=False, overlay=False))
+    assert len(polygons(tmp_path / "single", "pair")) == 1

@@ -136,7 +136,7 @@ def test_model_status_and_version_status(server):
 
 
 @pytest.mark.parametrize("path,message", [
-    (f"/v1/models/other", "Servable not found for request: Latest(other)"),
+    ("/v1/models/other", "Servable not found for request: Latest(other)"),
     (f"/v1/models/{NAME}/versions/7", f"Servable not found for request: Specific({NAME}, 7)"),
     (f"/v1/models/{NAME}/versions/7/metadata", "Specific"),
     ("/v2/nothing", "Malformed request"),

@@ -39,6 +39,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+# first: .metrics imports keras, which imports TensorFlow; through ._tf without its start-up notices
+from . import _tf  # noqa: F401,I001
 from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
 from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
@@ -99,7 +101,7 @@ def _read_mask(path: Path, predictor: Predictor, ignore_index: int = 255) -> np.
         return np.stack(bands, axis=-1)
     mask = data[0]
     values = set(np.unique(mask).tolist())
-    if predictor.binary:
+    if _task(predictor) == "binary":  # the footprint mask of a building model
         lookup = binary_mask_lookup(values, ignore_index, str(path), nodata)
     else:  # a value that is no class is an error naming the file, as in training
         lookup = class_mask_lookup(values, predictor.num_classes, ignore_index, str(path), nodata)
@@ -121,7 +123,10 @@ def _is_colour_image(path: Path) -> bool:
 
 
 def _task(predictor: Predictor) -> str:
-    if predictor.binary:
+    """How the predictions are scored: a building model (one channel, or multi-label
+    footprint[/boundary/contact] channels: :meth:`Predictor.instance_bands`) as binary, on its
+    footprint (its class map, :meth:`Predictor.to_classes`)."""
+    if predictor.instance_bands() is not None:
         return "binary"
     return "multilabel" if predictor.multilabel else "multiclass"
 
@@ -170,7 +175,7 @@ def _read_prediction(path: Path, predictor: Predictor, threshold=None) -> tuple[
             raise ValueError(f"--threshold {threshold}: {path} holds thresholded classes already; score the "
                              "<id>_prob.tif rasters to apply another threshold")
         classes = np.moveaxis(data, 0, -1) if predictor.multilabel else data[0]
-        bad = set(np.unique(classes[valid]).tolist()) - set(range(2 if predictor.multilabel or predictor.binary
+        bad = set(np.unique(classes[valid]).tolist()) - set(range(2 if _task(predictor) != "multiclass"
                                                                   else predictor.num_classes))
         if bad:
             raise ValueError(f"--predictions {path}: value(s) {sorted(bad)} are no class of the model")
@@ -364,8 +369,6 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "pixels":
-            from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)
-
             if args.grid_sizes and not args.wkt:
                 raise ValueError(f"--grid-sizes {args.grid_sizes}: only read with --wkt")
             result = evaluate_pixels(

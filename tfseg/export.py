@@ -298,6 +298,27 @@ def read_tflite_ops(file) -> str:
     return json.loads((Path(file).parent / TFLITE_INFO).read_text())["tflite_ops"]
 
 
+def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
+    """``card`` deciding at ``threshold`` (``--threshold``). With an operating point, its threshold
+    moves too (the footprint channel's for a multi-label building model), so the exported model
+    and its card agree; the point's other settings (min area, opening) and its validation scores
+    were chosen at the old threshold: kept as they are, that threshold recorded as
+    ``tuned_threshold`` and a note printed."""
+    point = card.operating_point
+    if not point:
+        return dataclasses.replace(card, threshold=threshold)
+    tuned = float(point.get("tuned_threshold", point["threshold"]))
+    point = {k: v for k, v in point.items() if k != "tuned_threshold"}
+    point["threshold"] = float(threshold)
+    if point["threshold"] != tuned:
+        point["tuned_threshold"] = tuned
+        settings = ", ".join(f"{k} {point[k]}" for k in ("min_area_m2", "min_area_px", "opening_px", "instances")
+                             if k in point)
+        print(f"note: --threshold {threshold} replaces the operating point's threshold; its other settings "
+              f"({settings}) and validation scores were chosen at threshold {tuned}", file=sys.stderr)
+    return card.with_operating_point(point)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
@@ -329,7 +350,7 @@ def main(argv=None) -> int:
         print(f"error: --model: {error}", file=sys.stderr)
         return 2
     if args.threshold is not None:
-        card = dataclasses.replace(card, threshold=args.threshold)
+        card = with_threshold(card, args.threshold)
     try:
         if args.format == "tflite":
             out = export_tflite(model, output, card)

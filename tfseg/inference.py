@@ -110,6 +110,15 @@ class Predictor:
         names = list(self.classes)
         return names + [f"class{i}" for i in range(len(names), self.num_classes)]
 
+    @property
+    def class_map_names(self) -> list:
+        """The class of each value of the class map (:meth:`to_classes`): background and footprint
+        for a multi-label footprint[/boundary/contact] model (its map is the footprint), else
+        :attr:`class_names`."""
+        if not self.binary and self.instance_bands() is not None:
+            return ["background", "footprint"]
+        return self.class_names
+
     def fill_value(self) -> float:
         """Raw value written into no-data pixels: the card's nodata (NaN for float imagery
         without one), which the model's preprocessing maps to 0, as in training."""

@@ -109,11 +109,21 @@ def footprint_channels(probs: np.ndarray, bands: Optional[dict]) -> tuple[np.nda
     return probs[..., bands["footprint"] - 1], extra or None
 
 
-def scenes_counts(predictor, scenes: Sequence, truths: Sequence[SceneTruth], threshold: float,
+def footprint_threshold(threshold, bands: Optional[dict]) -> float:
+    """The footprint channel's of ``threshold``: one value, or one per output channel (the
+    ``train.threshold`` list of a multi-label footprint/boundary/contact model)."""
+    if isinstance(threshold, (list, tuple)):
+        return float(threshold[(bands or {"footprint": 1})["footprint"] - 1])
+    return float(threshold)
+
+
+def scenes_counts(predictor, scenes: Sequence, truths: Sequence[SceneTruth], threshold,
                   options: PolygonOptions, tile_size: int, overlap: int, batch_size: int = 8) -> Counts:
-    """Object counts of ``predictor`` over whole scenes (stitched, then polygonized)."""
+    """Object counts of ``predictor`` over whole scenes (stitched, then polygonized) at
+    ``threshold`` (see :func:`footprint_threshold`)."""
     counts = Counts()
     bands = predictor.instance_bands()
+    threshold = footprint_threshold(threshold, bands)
     for (probs, valid), truth in zip(stitched_probabilities(predictor, scenes, tile_size, overlap, batch_size), truths):
         footprint, channels = footprint_channels(probs, bands)
         records = proposals(footprint, valid & ~truth.ignore, threshold, options, channels)

@@ -366,12 +366,11 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                     else:
                         for piece in finish_polygon(poly, options, pixel_area_m2):
                             records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
-            resplit = None
-            if options.instances == "watershed":
-                def resplit(merged, _band=band):
-                    probs_of = (lambda w: read_probs(_band, w)) if psrc is not None else None
-                    return _split_window(merged, options, probs_of, read_channels)
-            records.extend(_merge_pending(pending, value, options, pixel_area_m2, resplit))
+            def resplit(merged, _band=band):
+                probs_of = (lambda w: read_probs(_band, w)) if psrc is not None else None
+                return _split_window(merged, options, probs_of, read_channels)
+            records.extend(_merge_pending(pending, value, options, pixel_area_m2,
+                                          resplit if options.instances == "watershed" else None))
     return records
 
 

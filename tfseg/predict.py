@@ -242,7 +242,7 @@ def class_colours(predictor: Predictor) -> dict:
     multi-label model's classes skip the black of background)."""
     palette = predictor.palette or {}
     cmap = {}
-    for index, name in enumerate(predictor.class_names):
+    for index, name in enumerate(predictor.class_map_names):
         colour = palette.get(name)
         if isinstance(colour, str) and colour.startswith("#") and len(colour) == 7:
             rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
@@ -609,7 +609,7 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
     entry["valid_fraction"] = round(sink.valid_pixels / max(1, info.width * info.height), 6)
     entry["class_fractions"] = {
         name: round(float(c) / max(1, sink.valid_pixels), 6)
-        for name, c in zip(predictor.class_names, sink.class_counts)
+        for name, c in zip(predictor.class_map_names, sink.class_counts)
     }
     outputs = []
     if sink.prob_path:
@@ -626,7 +626,7 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
                                     class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
                                     else None)
         geojson = output / f"{stem}_polygons.geojson"
-        write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_names, area)
+        write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_map_names, area)
         entry["polygons"] = str(geojson)
         entry["num_polygons"] = len(records)
         entry["polygon_options"] = _json_polygon_options(options.polygon)

@@ -812,7 +812,8 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     RUN_DIR/operating_point_search.csv) and RUN_DIR/objects.png at that point. None for other tasks."""
     from .figures import save_object_figure, scene_rgb
     from .inference import KerasPredictor
-    from .object_metrics import footprint_channels, kept_records, match_records, proposals, scene_truth
+    from .object_metrics import (footprint_channels, footprint_threshold, kept_records, match_records, proposals,
+                                 scene_truth)
     from .operating_point import choose_operating_point, polygon_options_of
     from .scoring import Counts
 
@@ -821,6 +822,7 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     if bands is None:
         return None
     started = time.time()
+    default_threshold = footprint_threshold(cfg.train.threshold, bands)  # one per channel: the footprint's
     truths = [scene_truth(s, cfg.data.ignore_index) for s in val_scenes]
     point, rows, stitched = choose_operating_point(predictor, val_scenes, truths, cfg.data.window_size,
                                                    cfg.data.eval_overlap, batch_size, run_path)
@@ -832,7 +834,7 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     for index, (scene, truth, (probs, valid)) in enumerate(zip(val_scenes, truths, stitched)):
         footprint, extra = footprint_channels(probs, bands)
         usable = valid & ~truth.ignore
-        for name, threshold, options in (("default", cfg.train.threshold, default),
+        for name, threshold, options in (("default", default_threshold, default),
                                          ("operating_point", point["threshold"], chosen)):
             records = proposals(footprint, usable, threshold, options, extra)
             counts[name].add(match_records(truth, records, options.min_area_px, options.min_area_m2))
@@ -845,7 +847,7 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     result["operating_point"] = point
     result["val_objects"] = {
         name: {k.lower(): v for k, v in c.as_dict().items()} for name, c in counts.items()}
-    result["val_objects"]["default"]["post_processing"] = f"threshold {cfg.train.threshold}, opening 3 px, " \
+    result["val_objects"]["default"]["post_processing"] = f"threshold {default_threshold}, opening 3 px, " \
                                                           "min area 20 px, watershed"
     log.info("operating point (object F1 %.4f on %d validation scenes, %d grid points, %.0f s): %s",
              point["object_f1"], len(val_scenes), len(rows), time.time() - started, point)

@@ -6,7 +6,6 @@ test needs to check it (expected pixels, class counts...).
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
