@@ -20,7 +20,7 @@ from tfseg.predict_beam import beam_flags, default_worker_threads, parse_beam_op
 
 BEAM = "runner=DirectRunner,direct_num_workers=2,direct_running_mode=multi_processing"
 OPTIONS = ["--tile-size", "64", "--overlap", "16", "--batch-size", "2", "--spacenet-csv", "--quiet"]
-TIMING = {"predict_seconds", "postprocess_seconds", "started", "finished"}
+TIMING = {"predict_seconds", "postprocess_seconds", "started", "finished", "worker"}  # differ by runner
 PATHS = {"probabilities", "classes", "polygons", "overlay"}  # in each run's own output folder
 
 

@@ -649,8 +649,15 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
     entry.update(tiles=stats["tiles"], tile=stats["tile"], stride=stats["stride"], margin=stats["margin"],
                  pixels=stats["pixels"], predict_seconds=round(stats["seconds"], 3),
                  postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
-                 started=round(started, 3), finished=round(time.time(), 3))
+                 started=round(started, 3), finished=round(time.time(), 3), worker=worker_id())
     return entry
+
+
+def worker_id() -> str:
+    """``host:pid`` of the process that predicted a scene (which Beam worker did what)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def spacenet_csv_path(options: PredictOptions, output) -> Path:

@@ -16,7 +16,9 @@
    ``*_wall_scenes_per_s``/``wall_speedup``: the whole command, start to exit. Last line:
    ``{"local_scenes_per_s", "beam_scenes_per_s", "speedup", "local_wall_scenes_per_s",
    "beam_wall_scenes_per_s", "wall_speedup", "scenes", "workers", "worker_threads", "tiles",
-   "local_seconds", "beam_seconds", "local_span_seconds", "beam_span_seconds"}``.
+   "local_seconds", "beam_seconds", "local_span_seconds", "beam_span_seconds", "beam_workers_used",
+   "beam_peak_concurrency"}`` (the last two: distinct worker processes that predicted scenes and
+   the most scenes predicted at the same moment, which say whether the runner spread the work).
    Goal: speedup >= 1.6 with 2 workers on 2 cores.
 
 Last line with ``--json`` (1 and 2):
@@ -236,6 +238,15 @@ def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, 
     def span(summary):  # first scene started -> last scene finished, over all workers
         return max(e["finished"] for e in summary["scenes"]) - min(e["started"] for e in summary["scenes"])
 
+    def concurrency(summary) -> int:  # most scenes being predicted at the same moment
+        events = sorted([(e["started"], 1) for e in summary["scenes"]] + [(e["finished"], -1) for e in summary["scenes"]],
+                        key=lambda event: (event[0], event[1]))
+        running = peak = 0
+        for _, step in events:
+            running += step
+            peak = max(peak, running)
+        return peak
+
     local_span, beam_span = span(local), span(beam)
     return {"local_scenes_per_s": round(scenes / local_span, 4), "beam_scenes_per_s": round(scenes / beam_span, 4),
             "speedup": round(local_span / beam_span, 4),
@@ -244,7 +255,9 @@ def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, 
             "wall_speedup": round(local_seconds / beam_seconds, 4), "scenes": scenes, "workers": workers,
             "worker_threads": max(1, cores() // workers), "tiles": local["tiles"],
             "local_seconds": round(local_seconds, 2), "beam_seconds": round(beam_seconds, 2),
-            "local_span_seconds": round(local_span, 2), "beam_span_seconds": round(beam_span, 2)}
+            "local_span_seconds": round(local_span, 2), "beam_span_seconds": round(beam_span, 2),
+            "beam_workers_used": len({e.get("worker") for e in beam["scenes"]}),
+            "beam_peak_concurrency": concurrency(beam)}
 
 
 def main(argv=None) -> int:
@@ -293,7 +306,8 @@ def main(argv=None) -> int:
               f"({result['beam_span_seconds']:.1f} s), {result['beam_wall_scenes_per_s']:.3f} scenes/s command wall "
               f"({result['beam_seconds']:.1f} s); {result['worker_threads']} TF thread(s) per worker")
         print(f"  speedup {result['speedup']:.3f} while predicting (goal >= 1.6 on 2 cores), "
-              f"{result['wall_speedup']:.3f} including start-up")
+              f"{result['wall_speedup']:.3f} including start-up; scenes spread over {result['beam_workers_used']} "
+              f"worker process(es), at most {result['beam_peak_concurrency']} at a time")
         if args.json:
             print(json.dumps(result))
         return 0
