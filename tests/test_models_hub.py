@@ -123,3 +123,41 @@ def test_bad_presets_are_named(presets, tmp_path):
     assert config_lib.from_dict({}, ["model.name=fpn", f"model.backbone={resnet}"]).model.backbone == resnet
     with pytest.raises(config_lib.ConfigError, match="model.backbone.*keras-hub.*got model.name='fcn8'"):
         config_lib.from_dict({}, ["model.name=fcn8", f"model.backbone={resnet}"])
+
+
+@pytest.mark.slow
+def test_fixed_size_vit_trains_exports_and_predicts_through_tfseg(presets, tmp_path):
+    """A DINOv2 encoder (fixed input size) through tfseg.train: built for the training window,
+    the SavedModel takes only that tile size, predict tiles a larger scene with it (same
+    probabilities as the Keras model on a tile) and another --tile-size is refused."""
+    import json
+
+    import rasterio
+    import tensorflow as tf
+
+    from tests.data.fixtures import tiny_synthetic_overrides
+    from tfseg import predict, train
+    from tfseg.inference import load_predictor
+    from tfseg.model_card import load_model_card
+
+    run_dir = tmp_path / "run"
+    overrides = tiny_synthetic_overrides(tmp_path / "data") + [
+        "train.epochs=1", "train.steps_per_epoch=2", "model.name=fpn", f"model.backbone=hub:{presets['root'] / 'dino'}",
+        "model.decoder_filters=[8, 8]", "train.num_figure_tiles=0"]
+    assert train.main(["--quiet", "--run-dir", str(run_dir), "--set", *overrides]) == 0
+    assert 0.0 <= json.loads((run_dir / "metrics.json").read_text())["val"]["iou"] <= 1.0
+    card = load_model_card(run_dir)
+    assert card.tile_size == 64
+    keras_predictor, saved = load_predictor(run_dir / "model.keras"), load_predictor(run_dir / "export")
+    assert keras_predictor.fixed_size == saved.fixed_size == (64, 64)
+    signature = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
+    assert signature.structured_input_signature[1]["images"].shape.as_list() == [None, 64, 64, 4]
+    raw = np.random.default_rng(0).integers(200, 3000, (1, 64, 64, 4)).astype(card.band_dtype)
+    np.testing.assert_allclose(saved(raw), keras_predictor(raw), atol=1e-5)
+    scene = sorted((tmp_path / "data").rglob("*.tif"))[0]  # 256 px: four 64 px tiles a side
+    out = tmp_path / "pred"
+    assert predict.main(["--model", str(run_dir), "--input", str(scene), "--output", str(out), "--quiet"]) == 0
+    with rasterio.open(next(out.glob("*_prob.tif"))) as prob, rasterio.open(scene) as src:
+        assert prob.shape == src.shape and np.isfinite(prob.read(1)).mean() > 0.9
+    with pytest.raises(ValueError, match=r"--tile-size 128: .*takes only 64x64 tiles"):
+        predict.predict_scenes(saved, [scene], tmp_path / "pred128", predict.PredictOptions(tile_size=128))

@@ -223,18 +223,24 @@ def export_saved_model(model: keras.Model, output: Path, card: ModelCard) -> Pat
     bands = card.num_bands
     serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel")
     card_json = card.to_json()
+    from .inference import fixed_input_shape
+
+    # (H, W) of a model with a fixed input size (a keras-hub ViT encoder): the signatures take only that
+    height, width = fixed_input_shape(model.input_shape) or (None, None)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     for name, dtype in TENSOR_SIGNATURES.items():
         archive.add_endpoint(
             name=name, fn=serve,
-            input_signature=[tf.TensorSpec([None, None, None, bands], dtype, name=IMAGE_INPUT)],
+            input_signature=[tf.TensorSpec([None, height, width, bands], dtype, name=IMAGE_INPUT)],
         )
     if bands <= MAX_BYTES_BANDS:
         def serve_bytes(image_bytes):
             images = tf.map_fn(lambda data: decode_image_bytes(data, bands), image_bytes,
                                fn_output_signature=tf.TensorSpec([None, None, bands], tf.float32))
+            if height is not None:  # a clear error for an image of another size
+                images = tf.ensure_shape(images, [None, height, width, bands])
             return serve(images)
 
         archive.add_endpoint(name=BYTES_SIGNATURE, fn=serve_bytes,
@@ -268,8 +274,11 @@ def export_tflite(model: keras.Model, output: Path, card: ModelCard) -> Path:
     # concrete function keeps resource reads that fail at invoke time)
     archive = keras.export.ExportArchive()
     archive.track(model)
+    from .inference import fixed_input_shape
+
+    height, width = fixed_input_shape(model.input_shape) or (None, None)
     archive.add_endpoint(name="serving_default", fn=serve,
-                         input_signature=[tf.TensorSpec([None, None, None, bands], tf.float32, name=IMAGE_INPUT)])
+                         input_signature=[tf.TensorSpec([None, height, width, bands], tf.float32, name=IMAGE_INPUT)])
     with tempfile.TemporaryDirectory(prefix="tfseg-tflite-") as staging:
         archive.write_out(staging, verbose=False)
         flatbuffer, errors, label = None, [], ""

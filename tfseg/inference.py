@@ -51,8 +51,10 @@ class NodataWarning(UserWarning):
 class Predictor:
     """Raw pixels in, probabilities out, described by the model's :class:`ModelCard`."""
 
-    def __init__(self, card: ModelCard, num_classes: int, source: str = ""):
+    def __init__(self, card: ModelCard, num_classes: int, source: str = "", fixed_size=None):
         self.card, self.num_classes, self.source = card, int(num_classes), source  # num_classes: output channels
+        # (H, W) the model only takes (a fixed-input-size encoder such as a keras-hub ViT), else None
+        self.fixed_size = tuple(int(v) for v in fixed_size) if fixed_size else None
 
     num_bands = property(lambda self: self.card.num_bands)
     size_multiple = property(lambda self: self.card.size_multiple)
@@ -170,7 +172,7 @@ class KerasPredictor(Predictor):
         from .export import check_model_card
 
         check_model_card(model, card, source or model.name)
-        super().__init__(card, int(model.output_shape[-1]), source)
+        super().__init__(card, int(model.output_shape[-1]), source, fixed_input_shape(model.input_shape))
         self.model = model
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
@@ -196,11 +198,18 @@ class SavedModelPredictor(Predictor):
         self.signature = self.loaded.signatures["serving_default"]
         out_spec = self.signature.structured_outputs["probabilities"]
         num_classes = int(out_spec.shape[-1]) if out_spec.shape[-1] is not None else card.num_outputs
-        super().__init__(card, num_classes, str(path))
+        in_spec = self.signature.structured_input_signature[1]["images"]
+        super().__init__(card, num_classes, str(path), fixed_input_shape(in_spec.shape))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         out = self.signature(images=self._tf.constant(np.asarray(raw, np.float32)))
         return out["probabilities"].numpy().astype(np.float32)
+
+
+def fixed_input_shape(shape) -> Optional[tuple]:
+    """(H, W) of a model input shape ``(N, H, W, C)`` when both are fixed, else None."""
+    height, width = (list(shape)[1:3] + [None, None])[:2]
+    return (int(height), int(width)) if height is not None and width is not None else None
 
 
 def load_predictor(path) -> Predictor:
@@ -411,13 +420,21 @@ def plan_tiles(predictor: Predictor, heights: Sequence[int], widths: Sequence[in
     pooling grid as the whole scene; tiles shrink to the largest scene when scenes are small.
     """
     m = max(1, predictor.size_multiple)
+    fixed = predictor.fixed_size
+    if fixed and (fixed[0] != fixed[1] or tile_size != fixed[0]):
+        raise ValueError(f"--tile-size {tile_size}: the model ({predictor.source or 'given'}) takes only "
+                         f"{fixed[0]}x{fixed[1]} tiles (its encoder has a fixed input size); use --tile-size "
+                         f"{fixed[0]} or leave it unset")
     if tile_size < m:
         raise ValueError(f"--tile-size {tile_size}: must be at least the model's size multiple {m}")
     if overlap < 0 or overlap >= tile_size:
         raise ValueError(f"--overlap {overlap}: expected 0 <= overlap < tile size ({tile_size})")
     tile = math.ceil(tile_size / m) * m
-    tile_h = min(tile, math.ceil(max(heights) / m) * m)
-    tile_w = min(tile, math.ceil(max(widths) / m) * m)
+    if fixed:  # no shrinking to small scenes: tiles past the edges are mirror-padded
+        tile_h, tile_w = fixed
+    else:
+        tile_h = min(tile, math.ceil(max(heights) / m) * m)
+        tile_w = min(tile, math.ceil(max(widths) / m) * m)
     stride = max(m, ((tile - overlap) // m) * m) if overlap else tile
     if margin is None:
         margin = (tile - stride) // 4

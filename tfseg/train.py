@@ -249,14 +249,19 @@ def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = 
     """The model of a config: the architecture behind its preprocessing layer (``norm``, raw
     ``nodata``) and, when ``data.augment`` asks for brightness/contrast, the training-only
     photometric layer (seeded with ``seed``, default ``train.seed``). Takes raw pixels."""
+    from .models.hub import fixed_input_size
+
     task = config_lib.resolve_task(cfg.data)
     aug = cfg.data.augment
     augment = None
     if aug.brightness or aug.contrast:
         augment = PhotometricAugment(aug.brightness, aug.contrast, seed=cfg.train.seed if seed is None else seed,
                                      name="photometric")
+    # a backbone with a fixed input size (a keras-hub ViT's position embeddings) is built for the
+    # training window: tiles of exactly that size everywhere downstream (inference, export)
+    size = cfg.data.window_size if fixed_input_size(cfg.model.backbone) else None
     return build_model(cfg.model.name, preprocessing=Preprocess.from_normalization(norm, nodata), augment=augment,
-                       input_shape=(None, None, num_bands), classes=num_outputs(cfg.data),
+                       input_shape=(size, size, num_bands), classes=num_outputs(cfg.data),
                        **model_kwargs(cfg.model, task))
 
 

@@ -63,6 +63,19 @@ def preset_directory(backbone: str) -> Path:
     return path
 
 
+def fixed_input_size(backbone) -> "tuple[int, int] | None":
+    """(H, W) of a ``hub:<dir>`` backbone whose preset has a fixed input size (ViTs such as
+    DINOv2: position embeddings), read from the preset's ``config.json``; None for dynamic-size
+    backbones and for anything that is not a hub backbone."""
+    import json
+
+    if not is_hub(backbone):
+        return None
+    config = json.loads((preset_directory(backbone) / "config.json").read_text()).get("config", {})
+    shape = config.get("image_shape") or [None, None]
+    return None if shape[0] is None or shape[1] is None else (int(shape[0]), int(shape[1]))
+
+
 def load_hub_backbone(backbone: str, bands: int, image_size=None):
     """The keras-hub backbone of ``hub:<dir>`` for ``bands`` input bands (and, for fixed-size
     backbones, ``image_size`` (H, W) when given), in the current dtype policy."""
