@@ -16,9 +16,11 @@
    ``*_wall_scenes_per_s``/``wall_speedup``: the whole command, start to exit. Last line:
    ``{"local_scenes_per_s", "beam_scenes_per_s", "speedup", "local_wall_scenes_per_s",
    "beam_wall_scenes_per_s", "wall_speedup", "scenes", "workers", "worker_threads", "tiles",
-   "local_seconds", "beam_seconds", "local_span_seconds", "beam_span_seconds", "beam_workers_used",
-   "beam_peak_concurrency"}`` (the last two: distinct worker processes that predicted scenes and
-   the most scenes predicted at the same moment, which say whether the runner spread the work).
+   "local_seconds", "beam_seconds", "local_span_seconds", "beam_span_seconds", "local_cpu_cores",
+   "beam_cpu_cores", "beam_workers_used", "beam_peak_concurrency"}`` (``*_cpu_cores``: CPU time
+   over wall time of each command, its worker processes included; the last two: distinct worker
+   processes that predicted scenes and the most scenes predicted at the same moment, which say
+   whether the runner spread the work).
    Goal: speedup >= 1.6 with 2 workers on 2 cores.
 
 Last line with ``--json`` (1 and 2):
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -203,18 +206,25 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
             "num_polygons": summary["scenes"][0].get("num_polygons")}
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _predict_command(run, scenes, out, tile, overlap, batch, extra=()) -> tuple[float, dict]:
-    """``python -m tfseg.predict`` on ``scenes`` in a fresh process: (wall seconds, summary)."""
+    """``python -m tfseg.predict`` on ``scenes`` in a fresh process: (wall seconds, summary);
+    the summary gets ``cpu_seconds``, the CPU time of the command and the processes it waited
+    for (the DirectRunner's workers)."""
     shutil.rmtree(out, ignore_errors=True)  # complete scenes of an earlier run would be skipped
     cmd = [sys.executable, "-m", "tfseg.predict", "--model", str(run), "--input", *map(str, scenes),
            "--output", str(out), "--tile-size", str(tile), "--overlap", str(overlap), "--batch-size", str(batch),
            "--quiet", "--json", *extra]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _children_cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return seconds, json.loads(proc.stdout.strip().splitlines()[-1])
+    return seconds, {**json.loads(proc.stdout.strip().splitlines()[-1]), "cpu_seconds": _children_cpu_seconds() - cpu}
 
 
 def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, overlap: int, batch: int,
@@ -256,6 +266,8 @@ def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, 
             "worker_threads": max(1, cores() // workers), "tiles": local["tiles"],
             "local_seconds": round(local_seconds, 2), "beam_seconds": round(beam_seconds, 2),
             "local_span_seconds": round(local_span, 2), "beam_span_seconds": round(beam_span, 2),
+            "local_cpu_cores": round(local["cpu_seconds"] / local_seconds, 2),
+            "beam_cpu_cores": round(beam["cpu_seconds"] / beam_seconds, 2),
             "beam_workers_used": len({e.get("worker") for e in beam["scenes"]}),
             "beam_peak_concurrency": concurrency(beam)}
 
@@ -308,6 +320,8 @@ def main(argv=None) -> int:
         print(f"  speedup {result['speedup']:.3f} while predicting (goal >= 1.6 on 2 cores), "
               f"{result['wall_speedup']:.3f} including start-up; scenes spread over {result['beam_workers_used']} "
               f"worker process(es), at most {result['beam_peak_concurrency']} at a time")
+        print(f"  cores busy (CPU time / wall time of the command): local {result['local_cpu_cores']:.2f}, "
+              f"beam {result['beam_cpu_cores']:.2f} of {os.cpu_count()}")
         if args.json:
             print(json.dumps(result))
         return 0
