@@ -60,12 +60,15 @@ def _list_files(spec: str, what: str) -> list:
     return files
 
 
+PREDICTION_KINDS = ("class", "prob")  # tfseg.predict's rasters per scene: <id>_class.tif, <id>_prob.tif
+
+
 def _list_predictions(spec: str) -> list:
     """``--predictions``: a glob as given, or a folder's ``<id>_class.tif`` (else ``<id>_prob.tif``)."""
     path = Path(spec)
     if not path.is_dir():
         return _list_files(spec, "predictions")
-    for kind in ("class", "prob"):
+    for kind in PREDICTION_KINDS:
         files = sorted(path.glob(f"*_{kind}.tif"))
         if files:
             return files
@@ -129,9 +132,6 @@ def _task(predictor: Predictor) -> str:
     if predictor.instance_bands() is not None:
         return "binary"
     return "multilabel" if predictor.multilabel else "multiclass"
-
-
-PREDICTION_KINDS = ("class", "prob")  # tfseg.predict's rasters per scene: <id>_class.tif, <id>_prob.tif
 
 
 def _prediction_id(path: Path) -> tuple[str, str]:

@@ -198,7 +198,9 @@ class SavedModelPredictor(Predictor):
         self.signature = self.loaded.signatures["serving_default"]
         out_spec = self.signature.structured_outputs["probabilities"]
         num_classes = int(out_spec.shape[-1]) if out_spec.shape[-1] is not None else card.num_outputs
-        in_spec = self.signature.structured_input_signature[1]["images"]
+        from .export import IMAGE_INPUT
+
+        in_spec = self.signature.structured_input_signature[1][IMAGE_INPUT]
         super().__init__(card, num_classes, str(path), fixed_input_shape(in_spec.shape))
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:

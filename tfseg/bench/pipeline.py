@@ -170,7 +170,7 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
         sampler = _RandomSampler([source], cfg, 0, False, dtype, fill_value(dataset_nodata([source], dtype)))
         image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
         mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
-        sampler.fill(0, image, mask)
+        sampler.fill(0, image, mask, np.random.default_rng([0, 0, 2]))
         start = time.perf_counter()
         for i in range(1, tiles + 1):  # one generator per batch, as build_dataset draws them
             if i % data_cfg.batch_size == 1 or data_cfg.batch_size == 1:

@@ -353,16 +353,13 @@ class _RandomSampler:
         row = min(max(row0 + row - size // 2, 0), max(height - size, 0))
         return scene_index, Window(col, row, size, size)
 
-    def fill(self, index, image_out, mask_out, rng=None) -> None:
+    def fill(self, index, image_out, mask_out, rng) -> None:
         """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1),
-        drawn from ``rng`` (a batch's generator), else from ``default_rng([seed, index])``."""
+        drawn from ``rng`` (a batch's generator, or the window's own)."""
         cfg = self.cfg
-        own = rng is None
-        rng = np.random.default_rng([self.seed, int(index)]) if own else rng
         # rot90/flips while the tile is copied (with scale: after the resize, in tf)
         flips = None if cfg.augment.scale or not (cfg.augment.flip or cfg.augment.rot90) else cfg.augment
-        dihedral = (draw_dihedral(flips, self.seed, index, None if own else rng) if flips is not None
-                    else (0, False, False))
+        dihedral = draw_dihedral(flips, self.seed, index, rng) if flips is not None else (0, False, False)
         centre = None
         if cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction and self.oversample >= 0:
             centre = self.oversample
@@ -389,7 +386,7 @@ class _RandomSampler:
         size, scene = self.cfg.window_size, self.scenes[0]
         image = np.empty((size, size, scene.info.num_bands), self.dtype)
         mask = np.empty((size, size, num_label_channels(scene) + 1), np.uint8)
-        self.fill(index, image, mask)
+        self.fill(index, image, mask, np.random.default_rng([self.seed, int(index)]))
         return image, mask
 
 
