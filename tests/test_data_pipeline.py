@@ -260,26 +260,6 @@ def test_images_smaller_than_the_window_are_padded_not_skipped(tmp_path):
 
 
 # -------------------------------------------------------------------- fast paths == reference
-def test_interleaved_read_matches_the_general_read(tmp_path):
-    """GDAL's read straight into an interleaved buffer == the band-sequential read, nodata too."""
-    from tfseg.data.raster import read_window_interleaved, read_window_raw
-
-    rng = np.random.default_rng(3)
-    data = rng.integers(1, 500, (5, 80, 70)).astype(np.uint16)
-    data[:, 10:20, 5:30] = 9  # nodata in every band: invalid
-    data[2, 40:50, 40:50] = 9  # nodata in one band only: still valid
-    for interleave in ("pixel", "band"):
-        info = open_raster(write_geotiff(tmp_path / f"{interleave}.tif", data, nodata=9, interleave=interleave,
-                                         tiled=True, blockxsize=16, blockysize=16), bands=[4, 1, 2])
-        for window in (Window(0, 0, 32, 32), Window(30, 41, 32, 32), Window(60, 70, 32, 32)):
-            image, valid = read_window_interleaved(info, window)
-            ref, ref_valid = read_window_raw(info, window)
-            assert image.flags.c_contiguous and image.shape == (32, 32, 3)
-            np.testing.assert_array_equal(image, ref)
-            np.testing.assert_array_equal(valid, ref_valid)
-        assert not read_window_interleaved(info, Window(0, 0, 32, 32))[1][12, 10]
-
-
 @pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 8), (np.uint8, 11), (np.float32, 20), (np.int64, 2)])
 def test_dihedral_into_matches_numpy_rot90_and_flips(dtype, channels):
     from tfseg.data.augment import dihedral_into
@@ -297,6 +277,77 @@ def test_dihedral_into_matches_numpy_rot90_and_flips(dtype, channels):
                     out = np.empty((32, 32, channels), out_dtype)
                     assert dihedral_into(tile, k, flip_cols, flip_rows, out) is out
                     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype,channels", [(np.uint8, 3), (np.uint16, 8), (np.float32, 20)])
+def test_dihedral_into_band_planes_match_numpy(dtype, channels):
+    """A band-sequential read seen as H x W x C (C contiguous planes) is interleaved by the same
+    copy that rotates it: same result as numpy on the interleaved tile."""
+    from tfseg.data.augment import dihedral_into
+
+    rng = np.random.default_rng(2)
+    planes = rng.integers(0, 200, (channels, 32, 32)).astype(dtype)
+    tile = planes.transpose(1, 2, 0)
+    for k in range(4):
+        for flip_cols in (False, True):
+            for flip_rows in (False, True):
+                expected = np.rot90(np.ascontiguousarray(tile), k, axes=(0, 1))
+                expected = expected[:, ::-1] if flip_cols else expected
+                expected = expected[::-1] if flip_rows else expected
+                out = np.empty((32, 32, channels), dtype)
+                np.testing.assert_array_equal(dihedral_into(tile, k, flip_cols, flip_rows, out), expected)
+
+
+def test_uniform_batches_redraw_nodata_windows_and_cache_equals_stream(tmp_path):
+    """Windows above max_nodata_fraction are redrawn: the cached path judges all candidates at
+    once from its summed-area tables, the streamed path reads them in turn; same batches."""
+    rng = np.random.default_rng(4)
+    for name, size in (("a", 160), ("b", 96)):
+        data = rng.integers(1, 900, (2, size, size)).astype(np.uint16)
+        data[:, : size // 2, :] = 0  # the top half is nodata in every band
+        write_geotiff(tmp_path / "images" / f"{name}.tif", data, nodata=0)
+        write_geotiff(tmp_path / "masks" / f"{name}.tif", (data[0] % 2).astype(np.uint8))
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), val_fraction=0.0, batch_size=8,
+                   max_nodata_fraction=0.25)
+    train, _ = load_scenes(cfg)
+    streamed = first_batches(build_dataset(train, cfg, training=True), 4)
+    cached = first_batches(build_dataset(train, dataclasses.replace(cfg, cache=True), training=True), 4)
+    for (x1, y1), (x2, y2) in zip(streamed, cached):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        ignored = (y1 == 255).mean(axis=(1, 2, 3))
+        assert (ignored <= 0.25).all(), ignored
+        assert ((x1 == 0).all(axis=-1) == (y1[..., 0] == 255)).all()  # nodata pixels: fill 0, label ignore
+    assert any((y == 255).any() for _, y in streamed)  # windows near the nodata edge were kept
+
+
+def test_raster_handles_outlive_threads_and_reopen_changed_files(tmp_path):
+    """Reads check a handle out of a pool: a thread that ends leaves its handle for the next
+    one (no reopening, warm GDAL cache), and a file rewritten on disk is reopened."""
+    import threading
+    import time
+
+    from tfseg.data import raster
+
+    path = write_geotiff(tmp_path / "a.tif", np.full((1, 16, 16), 3, np.uint8))
+    info = open_raster(path)
+    seen = []
+
+    def read():
+        with raster.raster_handle(path) as src:
+            seen.append(id(src))
+            assert src.read(1)[0, 0] == 3 + len(seen) // 3
+
+    for _ in range(2):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert seen[0] == seen[1]  # the second thread got the first one's handle
+    time.sleep(0.01)
+    write_geotiff(path, np.full((1, 16, 16), 4, np.uint8))  # same path, new content
+    read()
+    assert raster.read_window_raw(info, Window(0, 0, 4, 4))[0][0, 0, 0] == 4
+    raster.close_handles(path)
 
 
 def test_cached_scene_ignored_count_equals_counting(tmp_path):

@@ -168,15 +168,16 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
     for label, source, cfg in (("streamed", streamed, one), ("cached", cached_scene, dataclasses.replace(one, cache=True))):
         dtype = dataset_dtype([source])
         sampler = _RandomSampler([source], cfg, 0, False, dtype, fill_value(dataset_nodata([source], dtype)))
-        image = np.empty((window, window, scene.info.num_bands), sampler.dtype)
-        mask = np.empty((window, window, num_label_channels(scene) + 1), np.uint8)
-        sampler.fill(0, image, mask, np.random.default_rng([0, 0, 2]))
+        batch = data_cfg.batch_size
+        image = np.empty((batch, window, window, scene.info.num_bands), sampler.dtype)
+        labels = np.empty((batch, window, window, num_label_channels(scene)), np.uint8)
+        sampler.fill_batch(0, image, labels)
+        batches = max(1, tiles // batch)
         start = time.perf_counter()
-        for i in range(1, tiles + 1):  # one generator per batch, as build_dataset draws them
-            if i % data_cfg.batch_size == 1 or data_cfg.batch_size == 1:
-                rng = np.random.default_rng([0, i // data_cfg.batch_size, 2])
-            sampler.fill(i, image, mask, rng)
-        out[f"{label}_sampling"] = (time.perf_counter() - start) / tiles * 1e3
+        for b in range(1, batches + 1):  # whole batches, as build_dataset draws them
+            sampler.fill_batch(b, image, labels)
+        tiles_done = batches * batch
+        out[f"{label}_sampling"] = (time.perf_counter() - start) / tiles_done * 1e3
         dataset = build_dataset([source], cfg, training=True).with_options(options)
         out[f"{label}_pipeline"] = pipeline_seconds(dataset, cfg.batch_size, tiles) / tiles * 1e3
     return out

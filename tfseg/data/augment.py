@@ -88,6 +88,15 @@ def _cv2_codes(cv2, k: int, flip_cols: bool, flip_rows: bool):
     return rotate.get(k), flip
 
 
+def _planar(image: np.ndarray) -> bool:
+    """Whether H x W x C ``image`` (C > 1) is a view of C contiguous H x W planes."""
+    if image.ndim != 3 or image.shape[-1] < 2:
+        return False
+    item = image.dtype.itemsize
+    return (image.strides[1] == item and image.strides[0] == image.shape[1] * item
+            and image.strides[2] >= image.shape[0] * image.shape[1] * item)
+
+
 def _store(result: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out`` holding ``result`` (OpenCV gives back ``out`` itself when it wrote in place)."""
     if result is not out:
@@ -104,6 +113,14 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
     """
     channels = image.shape[-1]
     pixel = image.dtype.itemsize * channels
+    if _planar(image) and image.dtype in CV2_DTYPES and image.dtype == out.dtype:
+        # C band planes (a band-sequential read seen as H x W x C): interleaved by cv2.merge,
+        # straight into ``out`` when nothing turns
+        planes = list(image.transpose(2, 0, 1))
+        if not (k % 4 or flip_cols or flip_rows):
+            _store(_cv2().merge(planes, dst=out), out)
+            return out
+        image = _cv2().merge(planes)
     if k % 2 and not image.flags.c_contiguous:
         # a transpose walks the source column-wise: on a view into a large cached scene every
         # row is on another page, ~5x slower than one sequential copy first

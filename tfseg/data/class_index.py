@@ -148,7 +148,7 @@ def label_planes(scene, window: Window) -> np.ndarray:
 
     if isinstance(scene, CachedScene):
         col, row = int(window.col_off), int(window.row_off)
-        return scene.mask[row : row + int(window.height), col : col + int(window.width), :-1]
+        return scene.label_image[row : row + int(window.height), col : col + int(window.width)]
     label = scene.labels.rasterize(window, scene.info)
     return label[..., None] if label.ndim == 2 else label
 

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
 from shapely.strtree import STRtree
 
-from .raster import ArrayInfo, RasterInfo, _handle
+from .raster import ArrayInfo, RasterInfo, raster_handle
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,8 @@ def _read_mask_window(info: RasterInfo, window: Window, bands=(1,)):
     if isinstance(info, ArrayInfo):
         data = info.array[r0:r1, c0:c1][..., [b - 1 for b in bands]]
     else:
-        data = np.moveaxis(_handle(info.path).read(list(bands), window=Window(c0, r0, c1 - c0, r1 - r0)), 0, -1)
+        with raster_handle(info.path) as src:
+            data = np.moveaxis(src.read(list(bands), window=Window(c0, r0, c1 - c0, r1 - r0)), 0, -1)
     return data, (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
 
 

@@ -39,11 +39,13 @@ from rasterio.windows import Window
 from .augment import augment_pair, dihedral_into, draw_dihedral
 from .class_index import category_mask, compute_class_index, label_planes, sampling_probabilities
 from .labels import MaskLabels, RasterizedLabels
-from .raster import RasterInfo, native_dtype, read_window_interleaved, read_window_view
+from .raster import RasterInfo, native_dtype, read_window_view
 from .sources import Scene
 from .tiling import grid_windows_owned, random_window
 
 log = logging.getLogger("tfseg.data")
+
+MAX_REDRAWS = 50  # candidate windows per training window (above max_nodata_fraction: the next)
 
 
 def dataset_dtype(scenes) -> np.dtype:
@@ -86,14 +88,16 @@ def num_label_channels(scene) -> int:
 
 @dataclass
 class CachedScene:
-    """A scene decoded into memory, pixel-interleaved: ``image`` HxWxC (source dtype, invalid
-    pixels -> ``fill``) and ``mask`` HxWx(K+1) uint8: K label channels (ignore where invalid) then the valid-pixel
-    mask. A training window is then one strided crop + one rotate/flip into the batch buffer
-    (OpenCV on the interleaved pixels), no per-band work. ``info`` is the source's."""
+    """A scene decoded into memory: ``image`` HxWxC pixel-interleaved (source dtype, invalid
+    pixels -> ``fill``), ``label_image`` HxWxK uint8 (ignore where invalid) and ``valid_mask``
+    HxW bool, each C-contiguous, so a training window is one strided crop + one rotate/flip per
+    array straight into the batch buffers (OpenCV on whole pixels, no per-band work). ``info``
+    is the source's."""
 
     info: RasterInfo
     image: np.ndarray
-    mask: np.ndarray
+    label_image: np.ndarray
+    valid_mask: np.ndarray
     name: str = ""
     labels: object = None
     ignored_table: np.ndarray = None  # (H+1)x(W+1) summed-area table of ignored label pixels
@@ -111,14 +115,24 @@ class CachedScene:
         t = self.ignored_table
         return int(t[r1, c1]) - int(t[r0, c1]) - int(t[r1, c0]) + int(t[r0, c0])
 
+    def ignored_counts(self, cols: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+        """Ignored label pixels inside the scene of the ``size`` x ``size`` windows at ``cols``,
+        ``rows`` (arrays of any shape), vectorized over the summed-area table."""
+        width, height = self.size
+        c0, r0 = np.clip(cols, 0, width), np.clip(rows, 0, height)
+        c1, r1 = np.clip(cols + size, 0, width), np.clip(rows + size, 0, height)
+        t = self.ignored_table
+        return (t[r1, c1].astype(np.int64) - t[r0, c1].astype(np.int64) - t[r1, c0].astype(np.int64)
+                + t[r0, c0].astype(np.int64))
+
     @property
     def valid(self) -> np.ndarray:
-        return self.mask[..., -1] > 0
+        return self.valid_mask
 
     @property
     def label(self) -> np.ndarray:
         """K x H x W label planes (a view)."""
-        return np.moveaxis(self.mask[..., :-1], -1, 0)
+        return np.moveaxis(self.label_image, -1, 0)
 
 
 def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024, fill: float = 0.0) -> CachedScene:
@@ -133,7 +147,8 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024, fill: f
     dtype = native_dtype(info)
     channels = int(getattr(scene.labels, "num_channels", 1))
     image = np.zeros((info.height, info.width, info.num_bands), dtype)
-    mask = np.zeros((info.height, info.width, channels + 1), np.uint8)
+    label_image = np.zeros((info.height, info.width, channels), np.uint8)
+    valid = np.zeros((info.height, info.width), bool)
     for row in range(0, info.height, block_rows):
         rows = min(block_rows, info.height - row)
         window = Window(0, row, info.width, rows)
@@ -141,12 +156,13 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024, fill: f
         image[row : row + rows] = block
         label = scene.labels.rasterize(window, info)
         label = label[..., None] if label.ndim == 2 else label
-        mask[row : row + rows, :, :-1] = np.where(ok[..., None], label, np.uint8(ignore_index))
-        mask[row : row + rows, :, -1] = ok
+        label_image[row : row + rows] = np.where(ok[..., None], label, np.uint8(ignore_index))
+        valid[row : row + rows] = ok
+    # uint32 holds every count of a scene below 2**32 pixels
     table = np.zeros((info.height + 1, info.width + 1), np.uint32 if info.height * info.width < 2**32 else np.uint64)
-    np.cumsum(mask[..., 0] == ignore_index, axis=0, dtype=table.dtype, out=table[1:, 1:])
+    np.cumsum(label_image[..., 0] == ignore_index, axis=0, dtype=table.dtype, out=table[1:, 1:])
     np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
-    return CachedScene(info, image, mask, scene.name, scene.labels, table, fill)
+    return CachedScene(info, image, label_image, valid, scene.name, scene.labels, table, fill)
 
 
 def _same_fill(a: float, b: float) -> bool:
@@ -175,45 +191,29 @@ def _slice(array: np.ndarray, window, fill, axes=(0, 1)) -> np.ndarray:
     return out
 
 
-def _padded_mask(scene: CachedScene, window, ignore_index: int) -> np.ndarray:
-    """The cached label + valid channels of ``window`` (padding: label ignore, valid 0)."""
-    view = _slice(scene.mask, window, 0)
-    if view.base is None:  # padded copy: outside the scene the label is ignore
-        col, row = int(window.col_off), int(window.row_off)
-        inside = np.zeros(view.shape[:2], bool)
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + view.shape[1], scene.size[0]), min(row + view.shape[0], scene.size[1])
-        if c1 > c0 and r1 > r0:
-            inside[r0 - row : r1 - row, c0 - col : c1 - col] = True
-        view[..., :-1][~inside] = ignore_index
-    return view
-
-
-def _tile_views(scene, window, ignore_index: int, fill=0):
-    """Image (S, S, C) in the source dtype (invalid -> ``fill``), as an interleaved view of the
-    cache or as C band planes of a read; mask (S, S, K + 1) uint8 (labels with ignore where invalid,
-    then the valid mask); and the ignored fraction of the label inside the scene's extent."""
+def _tile_parts(scene, window, ignore_index: int, fill=0, count_ignored: bool = True):
+    """One window, not yet copied: image (S, S, C) in the source dtype (invalid -> ``fill``),
+    a view of the cache or of a band-sequential read; label (S, S, K) uint8 (``ignore_index``
+    where invalid or outside the scene); valid (S, S) bool; and the ignored fraction of the label
+    inside the scene's extent (cached scenes: None unless ``count_ignored``)."""
     if isinstance(scene, CachedScene):
-        inside = _inside_pixels(window, scene.size)
-        ignored = scene.ignored_count(window) / inside if inside else 1.0
-        return _slice(scene.image, window, scene.fill), _padded_mask(scene, window, ignore_index), ignored
-    image, valid = read_window_interleaved(scene.info, window, fill)
+        ignored = None
+        if count_ignored:
+            inside = _inside_pixels(window, scene.size)
+            ignored = scene.ignored_count(window) / inside if inside else 1.0
+        return (_slice(scene.image, window, scene.fill), _slice(scene.label_image, window, ignore_index),
+                _slice(scene.valid_mask, window, False), ignored)
+    # band-sequential: the read GDAL serves fastest from its block cache; the tile is
+    # interleaved in the same copy that rotates it into the batch (augment.dihedral_into)
+    image, valid = read_window_view(scene.info, window, fill)
     labels = scene.labels
-    channels = num_label_channels(scene)
-    mask = np.empty((*valid.shape, channels + 1), np.uint8)
     view = labels.window_view(window) if isinstance(labels, RasterizedLabels) else None
     if view is None:
         label = labels.rasterize(window, scene.info)
         view = label[..., None] if label.ndim == 2 else label
-    all_valid = bool(valid.all())
-    if all_valid:  # the common case: labels as they are, counted on their own view
-        mask[..., :-1] = view
-        ignored = ignored_fraction(view[..., 0], window, scene.size, ignore_index)
-    else:
-        mask[..., :-1] = np.where(valid[..., None], view, np.uint8(ignore_index))
-        ignored = ignored_fraction(mask[..., 0], window, scene.size, ignore_index)
-    mask[..., -1] = valid
-    return image, mask, ignored
+    if not valid.all():
+        view = np.where(valid[..., None], view, np.uint8(ignore_index))
+    return image, view, valid, ignored_fraction(view[..., 0], window, scene.size, ignore_index)
 
 
 def _inside_pixels(window, size) -> int:
@@ -235,18 +235,35 @@ def ignored_fraction(label0: np.ndarray, window, size, ignore_index: int) -> flo
     return np.count_nonzero(part == ignore_index) / part.size
 
 
-def _read_raw_tile_into(scene, window, ignore_index: int, image_out, mask_out, dihedral=(0, False, False),
-                        fill=0):
+def _write_tile(scene, window, ignore_index: int, image_out, label_out, dihedral=(0, False, False), fill=0,
+                valid_out=None, count_ignored: bool = True) -> Optional[float]:
     """Write one window into ``image_out`` (S, S, C) (source dtype, invalid -> ``fill``) and
-    ``mask_out`` (S, S, K + 1) uint8 (labels, then valid), rotated/flipped by ``dihedral`` while
-    copied: one copy per tile, straight into the batch buffer. Returns the ignored fraction."""
-    own_fill = fill if fits_dtype(fill, native_dtype(scene.info)) else 0.0  # e.g. int16 nodata -9999, uint8 scene
-    image, mask, ignored = _tile_views(scene, window, ignore_index, own_fill)
+    ``label_out`` (S, S, K) uint8, rotated/flipped by ``dihedral`` while copied: one copy per
+    array, straight into the batch buffers; ``valid_out`` (S, S) uint8 gets the valid mask when
+    given. Returns the ignored fraction (see :func:`_tile_parts`)."""
+    own_fill = _own_fill(fill, scene.info)
+    image, label, valid, ignored = _tile_parts(scene, window, ignore_index, own_fill, count_ignored)
     dihedral_into(image, *dihedral, image_out)
-    dihedral_into(mask, *dihedral, mask_out)
-    if own_fill is not fill:
-        image_out[mask_out[..., -1] == 0] = fill
+    dihedral_into(label, *dihedral, label_out)
+    if valid_out is not None or own_fill is not fill:
+        out = valid_out if valid_out is not None else np.empty(image_out.shape[:2], np.uint8)
+        dihedral_into(valid.view(np.uint8)[..., None], *dihedral, out[..., None])
+        if own_fill is not fill:
+            image_out[out == 0] = fill
     return ignored
+
+
+def _own_fill(fill: float, info) -> float:
+    """The fill a scene's own dtype holds: ``fill``, else 0 (e.g. int16 nodata -9999 in a uint8
+    scene; the tile's invalid pixels get ``fill`` once copied into the dataset's dtype)."""
+    key = (float(fill), str(info.dtype))
+    own = _OWN_FILLS.get(key)
+    if own is None:
+        own = _OWN_FILLS[key] = fill if fits_dtype(fill, native_dtype(info)) else 0.0
+    return fill if own is fill or _same_fill(own, fill) else own
+
+
+_OWN_FILLS: dict = {}
 
 
 def fits_dtype(value: float, dtype) -> bool:
@@ -258,15 +275,16 @@ def fits_dtype(value: float, dtype) -> bool:
 
 
 def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0, fill=0):
-    """Image (S, S, C) in the source dtype (invalid -> ``fill``), label + valid (S, S, K + 1) uint8,
-    and the ignored fraction. With ``augment`` the tile is rotated/flipped (deterministically
-    from ``seed``, ``index``) while it is copied: one copy per tile."""
+    """Image (S, S, C) in the source dtype (invalid -> ``fill``), label (S, S, K) uint8, valid
+    (S, S) uint8 and the ignored fraction. With ``augment`` the tile is rotated/flipped
+    (deterministically from ``seed``, ``index``) while it is copied: one copy per tile."""
     size = int(window.width), int(window.height)
     image = np.empty((size[1], size[0], scene.info.num_bands), native_dtype(scene.info))
-    mask = np.empty((size[1], size[0], num_label_channels(scene) + 1), np.uint8)
+    label = np.empty((size[1], size[0], num_label_channels(scene)), np.uint8)
+    valid = np.empty((size[1], size[0]), np.uint8)
     dihedral = draw_dihedral(augment, seed, index) if augment is not None else (0, False, False)
-    ignored = _read_raw_tile_into(scene, window, ignore_index, image, mask, dihedral, fill)
-    return image, mask, ignored
+    ignored = _write_tile(scene, window, ignore_index, image, label, dihedral, fill, valid)
+    return image, label, valid, ignored
 
 
 def prepare_labels(scenes, budget_pixels: int) -> list:
@@ -292,8 +310,7 @@ def read_tile(scene, window, ignore_index: int, fill=0):
 
     The label is HxW for class-index labels and HxWxK for multi-label ones.
     """
-    image, mask, _ = _read_raw_tile(scene, window, ignore_index, fill=fill)
-    label = np.ascontiguousarray(mask[..., :-1])
+    image, label, _, _ = _read_raw_tile(scene, window, ignore_index, fill=fill)
     return image, (label[..., 0] if num_label_channels(scene) == 1 else label)
 
 
@@ -353,12 +370,13 @@ class _RandomSampler:
         row = min(max(row0 + row - size // 2, 0), max(height - size, 0))
         return scene_index, Window(col, row, size, size)
 
-    def fill(self, index, image_out, mask_out, rng) -> None:
-        """Write window ``index`` into ``image_out`` (S, S, C) and ``mask_out`` (S, S, K + 1),
-        drawn from ``rng`` (a batch's generator, or the window's own)."""
+    def fill(self, index, image_out, label_out, rng, valid_out=None) -> None:
+        """Write window ``index`` into ``image_out`` (S, S, C) and ``label_out`` (S, S, K) (and
+        the valid mask into ``valid_out`` (S, S) when given), drawn from ``rng`` (a batch's
+        generator, or the window's own)."""
         cfg = self.cfg
         # rot90/flips while the tile is copied (with scale: after the resize, in tf)
-        flips = None if cfg.augment.scale or not (cfg.augment.flip or cfg.augment.rot90) else cfg.augment
+        flips = self._flips()
         dihedral = draw_dihedral(flips, self.seed, index, rng) if flips is not None else (0, False, False)
         centre = None
         if cfg.oversample_class >= 0 and rng.random() < cfg.oversample_fraction and self.oversample >= 0:
@@ -366,28 +384,107 @@ class _RandomSampler:
         elif self.probabilities is not None:
             centre = int(rng.choice(len(self.probabilities), p=self.probabilities))
         read = False
-        for _ in range(50):
+        for _ in range(MAX_REDRAWS):
             drawn = random_window(self.sizes, cfg.window_size, rng) if centre is None else self._centred_window(centre, rng)
             if drawn is None:
                 continue
             scene_index, window = drawn
-            ignored = _read_raw_tile_into(
-                self.scenes[scene_index], window, cfg.ignore_index, image_out, mask_out, dihedral, self.pixel_fill
-            )
+            ignored = _write_tile(self.scenes[scene_index], window, cfg.ignore_index, image_out, label_out,
+                                  dihedral, self.pixel_fill, valid_out)
             read = True
             if ignored <= cfg.max_nodata_fraction:
                 return
         if not read:
             image_out[...] = self.pixel_fill
-            mask_out[..., -1] = 0
-        mask_out[..., :-1] = cfg.ignore_index
+            if valid_out is not None:
+                valid_out[...] = 0
+        label_out[...] = cfg.ignore_index
+
+    def _flips(self):
+        aug = self.cfg.augment
+        return None if aug.scale or not (aug.flip or aug.rot90) else aug
+
+    def fill_batch(self, b: int, image_out, label_out) -> None:
+        """Write batch ``b`` (windows ``b * B`` .. ``b * B + B - 1``, all drawn from
+        ``default_rng([seed, b, 2])``) into ``image_out`` (B, S, S, C) and ``label_out``
+        (B, S, S, K).
+
+        Uniform sampling draws the whole batch at once: per window a rotation/flip and
+        ``MAX_REDRAWS`` candidate windows (scene by area, offset uniform); the first candidate at
+        or below ``max_nodata_fraction`` is the window (cached scenes: all candidates judged at
+        once from the summed-area tables, streamed: read in turn; the same windows either way)."""
+        rng = np.random.default_rng([self.seed, int(b), 2])  # ~40 us each: one per batch
+        batch = image_out.shape[0]
+        if self.probabilities is not None or self.cfg.oversample_class >= 0:
+            for j in range(batch):
+                self.fill(int(b) * batch + j, image_out[j], label_out[j], rng)
+            return
+        cfg, size = self.cfg, self.cfg.window_size
+        aug = self._flips()
+        ks = rng.integers(0, 4, batch) if aug is not None and aug.rot90 else np.zeros(batch, int)
+        flips = rng.random((batch, 2)) < 0.5 if aug is not None and aug.flip else np.zeros((batch, 2), bool)
+        widths, heights = (np.array(v) for v in zip(*self.sizes))
+        if len(self.sizes) == 1:
+            which = np.zeros((batch, MAX_REDRAWS), int)
+        else:
+            areas = np.cumsum(widths.astype(float) * heights)
+            which = np.minimum(np.searchsorted(areas, rng.random((batch, MAX_REDRAWS)) * areas[-1], side="right"),
+                               len(self.sizes) - 1)
+        cols = rng.integers(0, np.maximum(widths - size, 0)[which] + 1)
+        rows = rng.integers(0, np.maximum(heights - size, 0)[which] + 1)
+        chosen = ignored_all = None
+        if all(isinstance(s, CachedScene) for s in self.scenes):
+            ignored_all = ignored = np.empty(which.shape)
+            for k, scene in enumerate(self.scenes):
+                at = which == k
+                inside = min(size, widths[k]) * min(size, heights[k])
+                ignored[at] = scene.ignored_counts(cols[at], rows[at], size) / inside
+            passing = ignored <= cfg.max_nodata_fraction
+            # the first passing candidate; none passing: the last one, all labels ignored
+            chosen = np.where(passing.any(axis=1), np.argmax(passing, axis=1), MAX_REDRAWS - 1)
+            if all(_own_fill(self.pixel_fill, s.info) is self.pixel_fill for s in self.scenes):
+                # the common case, without the per-tile bookkeeping: two crops, two copies
+                for j in range(batch):
+                    r = int(chosen[j])
+                    scene, window = self.scenes[which[j, r]], Window(int(cols[j, r]), int(rows[j, r]), size, size)
+                    dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
+                    dihedral_into(_slice(scene.image, window, scene.fill), *dihedral, image_out[j])
+                    if ignored_all[j, r] <= cfg.max_nodata_fraction:
+                        dihedral_into(_slice(scene.label_image, window, cfg.ignore_index), *dihedral, label_out[j])
+                    else:
+                        label_out[j] = cfg.ignore_index
+                return
+        for j in range(batch):
+            dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
+            candidates = range(MAX_REDRAWS) if chosen is None else (int(chosen[j]),)
+            for r in candidates:
+                window = Window(int(cols[j, r]), int(rows[j, r]), size, size)
+                ignored = _write_tile(self.scenes[which[j, r]], window, cfg.ignore_index, image_out[j],
+                                      label_out[j], dihedral, self.pixel_fill, count_ignored=chosen is None)
+                if chosen is not None:
+                    ignored = float(ignored_all[j, r])
+                if ignored <= cfg.max_nodata_fraction:
+                    break
+            else:
+                label_out[j] = cfg.ignore_index
 
     def __call__(self, index):
         size, scene = self.cfg.window_size, self.scenes[0]
         image = np.empty((size, size, scene.info.num_bands), self.dtype)
-        mask = np.empty((size, size, num_label_channels(scene) + 1), np.uint8)
-        self.fill(index, image, mask, np.random.default_rng([self.seed, int(index)]))
-        return image, mask
+        label = np.empty((size, size, num_label_channels(scene)), np.uint8)
+        valid = np.empty((size, size), np.uint8)
+        self.fill(index, image, label, np.random.default_rng([self.seed, int(index)]), valid)
+        return image, np.concatenate([label, valid[..., None]], axis=-1)
+
+
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """``np.empty`` aligned to ``align`` bytes: TensorFlow takes such an array returned by a
+    ``numpy_function`` without copying it."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def build_dataset(
@@ -473,12 +570,10 @@ def build_dataset(
         sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill, class_index)
 
         def sample_batch(b):  # each tile written straight into the batch buffers
-            image = np.empty((batch, size, size, bands), raw_dtype)
-            mask = np.empty((batch, size, size, channels + 1), np.uint8)
-            rng = np.random.default_rng([seed, int(b), 2])  # one generator per batch (~40 us each)
-            for j in range(batch):
-                sampler.fill(int(b) * batch + j, image[j], mask[j], rng)
-            return image, np.ascontiguousarray(mask[..., :-1])
+            image = aligned_empty((batch, size, size, bands), raw_dtype)
+            label = aligned_empty((batch, size, size, channels), np.uint8)
+            sampler.fill_batch(int(b), image, label)
+            return image, label
 
         def batch_of(b):
             image, mask = tf.numpy_function(sample_batch, [b], spec, stateful=False)
@@ -507,9 +602,8 @@ def build_dataset(
 
     def read(i):
         k, window, (r0, r1, c0, c1) = windows[int(i)]
-        image, mask, ignored = _read_raw_tile(scenes[k], window, ignore, fill=fill)
-        image, mask = as_raw(image, mask)
-        labels = np.ascontiguousarray(mask[..., :-1])
+        image, labels, _, ignored = _read_raw_tile(scenes[k], window, ignore, fill=fill)
+        image = image.astype(raw_dtype, copy=False)
         # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
         # (the label only: the model still sees the whole tile, nodata handling is unchanged)
         owned = np.zeros(labels.shape[:2], bool)

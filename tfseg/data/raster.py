@@ -7,7 +7,10 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -94,24 +97,65 @@ def stack_rasters(infos: Sequence[RasterInfo], base: int = 0) -> StackedRasterIn
     )
 
 
-_local = threading.local()
+class _HandlePool:
+    """Open rasterio datasets kept across reads and threads.
 
+    A rasterio handle must not be used by two threads at once, so a read checks a handle out
+    (or opens one) and returns it afterwards: there are as many handles per file as reads ever
+    ran at once, and they outlive the threads that used them. tf.data creates fresh threads
+    for every iterator (each epoch, each evaluation pass); with per-thread handles each of them
+    reopened the file and re-decoded its blocks into a cold GDAL block cache. A file changed on
+    disk (size or modification time) is reopened."""
 
-def _handle(path: str):
-    """A per-thread open dataset: rasterio handles must not be shared between threads."""
-    cache = getattr(_local, "handles", None)
-    if cache is None:
-        cache = _local.handles = {}
-    handle = cache.get(path)
-    if handle is None or handle.closed:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free: dict = {}
+
+    @contextlib.contextmanager
+    def handle(self, path: str):
+        path = str(path)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                handle = rasterio.open(path)
-        except RasterioIOError as exc:
-            raise RasterError(f"cannot read raster {path}: {exc}") from None
-        cache[path] = handle
-    return handle
+            stat = os.stat(path)
+            key = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        except OSError:
+            key = None
+        with self.lock:
+            free = self.free.get(path, [])
+            while free and (free[-1][1] != key or free[-1][0].closed):
+                free.pop()[0].close()
+            entry = free.pop() if free else None
+        if entry is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    entry = (rasterio.open(path), key)
+            except RasterioIOError as exc:
+                raise RasterError(f"cannot read raster {path}: {exc}") from None
+        try:
+            yield entry[0]
+        finally:
+            with self.lock:
+                self.free.setdefault(path, []).append(entry)
+
+    def close(self, path: Optional[str] = None) -> None:
+        """Close the kept handles (of ``path``, or all)."""
+        with self.lock:
+            paths = [str(path)] if path is not None else list(self.free)
+            for name in paths:
+                for handle, _ in self.free.pop(name, []):
+                    handle.close()
+
+
+_POOL = _HandlePool()
+
+
+def raster_handle(path):
+    """``with raster_handle(path) as src:`` an open rasterio dataset of ``path`` for this read
+    only (kept open for the next one; see :class:`_HandlePool`)."""
+    return _POOL.handle(path)
+
+
+close_handles = _POOL.close
 
 
 def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> RasterInfo:
@@ -180,6 +224,16 @@ def read_window_raw(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarra
     return np.ascontiguousarray(image), valid
 
 
+@functools.lru_cache(maxsize=64)
+def _typed_nodata(nodata: float, dtype: str):
+    """``nodata`` as a scalar of ``dtype`` when it fits (a same-dtype compare makes no float64
+    temporaries), else as a float."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui" and nodata.is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
+        return dtype.type(nodata)
+    return nodata
+
+
 def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_window_raw` without the final copy: the HxWxC image may be a strided view
     of the band-sequential read, so a caller that flips/rotates copies the tile only once."""
@@ -195,17 +249,15 @@ def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarr
     if isinstance(info, ArrayInfo):
         data = np.moveaxis(info.array[r0:r1, c0:c1][..., [b - 1 for b in info.bands]], -1, 0)
     else:
-        src = _handle(info.path)
         try:
-            data = src.read(info.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+            with raster_handle(info.path) as src:
+                data = src.read(info.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
         except rasterio.errors.RasterioError as exc:
             raise RasterError(f"cannot read window {window} of {info.path}: {exc}") from None
     data = data.astype(dtype, copy=False)  # (C, H, W): band-sequential checks are fastest
     ok = None
     if info.nodata is not None and not np.isnan(info.nodata):
-        nodata = info.nodata
-        if dtype.kind in "ui" and float(nodata).is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
-            nodata = dtype.type(nodata)  # same-dtype compare: no float64 temporaries
+        nodata = _typed_nodata(float(info.nodata), dtype.str)
         ok = data[0] != nodata
         for band in data[1:]:
             ok |= band != nodata
@@ -218,7 +270,7 @@ def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarr
         ok = np.ones(data.shape[1:], bool)
     elif not ok.all():
         data = np.where(ok[None], data, fill).astype(dtype, copy=False)
-    data = np.moveaxis(data, 0, -1)
+    data = data.transpose(1, 2, 0)
     if inside:
         return data, ok
     image = np.full((height, width, info.num_bands), fill, dtype)
@@ -226,45 +278,6 @@ def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarr
     image[r0 - row : r1 - row, c0 - col : c1 - col] = data
     valid[r0 - row : r1 - row, c0 - col : c1 - col] = ok
     return image, valid
-
-
-_buffers = threading.local()
-
-
-def read_window_interleaved(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`read_window_view` but the HxWxC image is pixel-interleaved and C-contiguous:
-    GDAL writes straight into an interleaved buffer (for pixel-interleaved GeoTIFFs that is
-    its native order, no band-sequential copy). The buffer is reused by the calling thread:
-    copy it before the next read. Stacks, in-memory arrays, float rasters and windows reaching
-    past the edges take the general path."""
-    dtype = native_dtype(info)
-    col, row, width, height = int(window.col_off), int(window.row_off), int(window.width), int(window.height)
-    inside = col >= 0 and row >= 0 and col + width <= info.width and row + height <= info.height
-    if type(info) is not RasterInfo or dtype.kind == "f" or dtype != np.dtype(info.dtype) or not inside:
-        image, valid = read_window_view(info, window, fill)
-        return np.ascontiguousarray(image), valid
-    key = (height, width, info.num_bands, dtype.str)
-    pool = getattr(_buffers, "pool", None)
-    if pool is None:
-        pool = _buffers.pool = {}
-    buffer = pool.get(key)
-    if buffer is None:
-        buffer = pool[key] = np.empty((height, width, info.num_bands), dtype)
-    try:
-        _handle(info.path).read(info.bands, window=Window(col, row, width, height), out=np.moveaxis(buffer, -1, 0))
-    except rasterio.errors.RasterioError as exc:
-        raise RasterError(f"cannot read window {window} of {info.path}: {exc}") from None
-    if info.nodata is None or np.isnan(info.nodata):
-        return buffer, np.ones((height, width), bool)
-    nodata = info.nodata
-    if float(nodata).is_integer() and np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max:
-        nodata = dtype.type(nodata)  # same-dtype compare: no float64 temporaries
-    ok = buffer[..., 0] != nodata  # per band on the interleaved view: faster than any(axis=-1)
-    for band in range(1, buffer.shape[-1]):
-        ok |= buffer[..., band] != nodata
-    if not ok.all():
-        buffer[~ok] = fill
-    return buffer, ok
 
 
 def _read_stacked(info: StackedRasterInfo, window: Window, fill=0) -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +293,12 @@ def _read_stacked(info: StackedRasterInfo, window: Window, fill=0) -> tuple[np.n
             sx, sy = comp.width / info.width, comp.height / info.height
             src_window = Window(col * sx, row * sy, width * sx, height * sy)
             try:
-                data = _handle(comp.path).read(
-                    comp.bands, window=src_window, out_shape=(comp.num_bands, height, width),
-                    resampling=Resampling.bilinear, boundless=True, fill_value=0,
-                    masked=False,
-                )
+                with raster_handle(comp.path) as src:
+                    data = src.read(
+                        comp.bands, window=src_window, out_shape=(comp.num_bands, height, width),
+                        resampling=Resampling.bilinear, boundless=True, fill_value=0,
+                        masked=False,
+                    )
             except rasterio.errors.RasterioError as exc:
                 raise RasterError(f"cannot read window {src_window} of {comp.path}: {exc}") from None
             image = np.moveaxis(data, 0, -1).astype(np.float32)
@@ -310,7 +324,8 @@ def band_names(info: RasterInfo) -> list:
         return [f"{Path(c.path).stem}:{name}" for c in info.components for name in band_names(c)]
     if isinstance(info, ArrayInfo):
         return [f"band{b}" for b in info.bands]
-    descriptions = _handle(info.path).descriptions
+    with raster_handle(info.path) as src:
+        descriptions = src.descriptions
     return [descriptions[b - 1] or f"band{b}" for b in info.bands]
 
 
@@ -326,12 +341,12 @@ def read_decimated(info: RasterInfo, max_pixels: int = 1_000_000) -> np.ndarray:
     if isinstance(info, StackedRasterInfo):
         parts = []
         for comp in info.components:
-            src = _handle(comp.path)
-            data = src.read(comp.bands, out_shape=(comp.num_bands, out_h, out_w))
+            with raster_handle(comp.path) as src:
+                data = src.read(comp.bands, out_shape=(comp.num_bands, out_h, out_w))
             parts.append(np.moveaxis(data, 0, -1).astype(np.float64))
         return np.concatenate(parts, axis=-1).reshape(-1, info.num_bands)
-    src = _handle(info.path)
-    data = src.read(info.bands, out_shape=(info.num_bands, out_h, out_w))
+    with raster_handle(info.path) as src:
+        data = src.read(info.bands, out_shape=(info.num_bands, out_h, out_w))
     return np.moveaxis(data, 0, -1).reshape(-1, info.num_bands).astype(np.float64)
 
 

@@ -105,10 +105,11 @@ def to_rgb_bands(data: np.ndarray, info) -> np.ndarray:
     """HxWxB raw mask values -> HxWx3 RGB: palette ("P") masks through their colour map."""
     if data.shape[-1] >= 3:
         return data[..., :3]
-    from ..raster import _handle
+    from ..raster import raster_handle
 
     try:
-        colormap = _handle(info.path).colormap(1)
+        with raster_handle(info.path) as src:
+            colormap = src.colormap(1)
     except ValueError:  # no colour map: a grey mask
         colormap = None
     if colormap:
