@@ -20,16 +20,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO))
 
 from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
-from tfseg import config as config_lib  # noqa: E402
+import tfseg  # noqa: E402
+from tfseg import config as config_lib  # noqa: E402  (the --set argument and ConfigError)
 
 log = logging.getLogger("tfseg.pipelines")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(tfseg.TfsegError, RuntimeError):
     """A pipeline cannot run (missing data, bad arguments); the message names the path."""
 
 
@@ -53,7 +52,7 @@ def parser(prog: str, description: str, default_run_dir: str, data_help: str) ->
 
 def load_config(path, overrides: list):
     try:
-        return config_lib.load(path, overrides)
+        return tfseg.load_config(path, overrides)
     except config_lib.ConfigError as exc:
         raise PipelineError(str(exc)) from None
 
@@ -85,25 +84,18 @@ def load_average() -> str:
 
 
 def train_model(cfg, run_dir: Path, overwrite: bool, verbose: bool) -> dict:
-    from tfseg.train import train
-
     start = time.monotonic()
     log.info("training %s/%s into %s (load average %s)", cfg.model.name, cfg.model.backbone or "plain", run_dir,
              load_average())
-    result = train(cfg, run_dir, overwrite=overwrite, verbose=1 if verbose else 2)
+    result = tfseg.train_model(cfg, run_dir, overwrite=overwrite, verbose=1 if verbose else 2)
     result["wall_seconds"] = round(time.monotonic() - start, 1)
     return result
 
 
 def export_versioned(run_dir: Path, name: str, base: Path = None) -> Path:
-    """``python -m tfseg.export --model RUN_DIR --output BASE/models/<name>/1 --overwrite`` (BASE = RUN_DIR)."""
-    from tfseg import export
-
-    out = Path(base or run_dir) / "models" / name / "1"
-    code = export.main(["--model", str(run_dir), "--output", str(out), "--overwrite"])
-    if code != 0:
-        raise PipelineError(f"export of {run_dir} failed (exit {code})")
-    return out
+    """The run exported as a SavedModel into ``BASE/models/<name>/1`` (BASE = RUN_DIR), replacing
+    an earlier export there."""
+    return tfseg.export_model(run_dir, Path(base or run_dir) / "models" / name / "1", overwrite=True)
 
 
 def link_view(pairs, folder: Path, name=lambda p: p.name) -> list:

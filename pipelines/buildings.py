@@ -1,6 +1,6 @@
 """Building footprints on the Kampala chips: prepare -> train -> evaluate -> export -> predict.
 
-``python pipelines/buildings.py [--data-root DIR] [--run-dir DIR] [--config YAML] [--quick]
+``python -m pipelines.buildings [--data-root DIR] [--run-dir DIR] [--config YAML] [--quick]
 [--set KEY=VALUE ...] [--overwrite]``
 
 1. **prepare**: pairs ``DATA_ROOT/images/X.tif`` with ``DATA_ROOT/masks/X.mask.tif`` and holds
@@ -19,7 +19,7 @@
 ``--quick`` is the CI smoke version (8 chips, 128 px, 1 epoch x 2 steps).
 
 Example:
-    python pipelines/buildings.py --quick --run-dir runs/buildings-quick
+    python -m pipelines.buildings --quick --run-dir runs/buildings-quick
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.buildings [ARGS]")
 
 from pipelines import _common as common  # noqa: E402
 from pipelines._common import REPO, PipelineError, config_lib  # noqa: E402
@@ -109,40 +109,39 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
 
 def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, overwrite: bool = False) -> dict:
     """The whole pipeline; returns the metrics dict written to ``run_dir/pipeline_metrics.json``."""
-    from tfseg import evaluate, predict, scoring
-    from tfseg.inference import load_predictor
+    import tfseg
+    from tfseg import scoring
     from tfseg.postprocess import merge_geojson
-    from tfseg.train import train
 
     started = time.time()
     data_root = resolve_data_root(data_root)
     run_dir = Path(run_dir)
     overrides = (list(QUICK) if quick else []) + list(overrides)
-    cfg = config_lib.load(config or DEFAULT_CONFIG, overrides)  # validated before any work
+    cfg = tfseg.load_config(config or DEFAULT_CONFIG, overrides)  # validated before any work
     split_dir = run_dir.parent / f"{run_dir.name}.split"  # beside the run: train() owns run_dir
     split = prepare_split(data_root, split_dir, cfg.data.val_fraction, cfg.data.seed, QUICK_CHIPS if quick else 0)
     log.info("split: %d train / %d validation (checkpoint, operating point) / %d held-out chips -> %s",
              len(split["train"]), len(split["val"]), len(split["heldout"]), split_dir)
-    cfg = config_lib.load(config or DEFAULT_CONFIG, overrides + [f"data.root={split_dir.resolve()}"])
+    cfg = tfseg.load_config(config or DEFAULT_CONFIG, overrides + [f"data.root={split_dir.resolve()}"])
 
-    trained = train(cfg, run_dir, overwrite=overwrite, verbose=1 if not quick else 0)
+    trained = tfseg.train_model(cfg, run_dir, overwrite=overwrite, verbose=1 if not quick else 0)
     train_wall = time.time() - started
 
     # everything below is measured on the held-out chips, which neither the checkpoint nor the
     # operating point saw; predict/evaluate use the model's operating point
     val_images = sorted((split_dir / "heldout" / "images").iterdir())
     val_masks = sorted((split_dir / "heldout" / "masks").iterdir())
-    checkpoint = load_predictor(run_dir)  # loaded once for both scores
-    pixels = evaluate.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8)
-    pixels_default = evaluate.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8,
+    checkpoint = tfseg.load_predictor(run_dir)  # loaded once for both scores
+    pixels = tfseg.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8)
+    pixels_default = tfseg.evaluate_pixels(checkpoint, val_images, val_masks, tile_size=256, overlap=0, batch_size=8,
                                               threshold=cfg.train.threshold)
     log.info("pixels: %s (at train.threshold %s: %s)", pixels, cfg.train.threshold, pixels_default)
 
     pred_dir = run_dir / "predict_val"
-    options = predict.PredictOptions(tile_size=256, overlap=0, epsg4326=True, probabilities="none", overlay=False,
+    options = tfseg.PredictOptions(tile_size=256, overlap=0, epsg4326=True, probabilities="none", overlay=False,
                                      spacenet_csv=str(pred_dir / "proposals.csv"), progress=False)
-    exported = load_predictor(run_dir / "export")  # the SavedModel, loaded once for both predictions
-    summary = predict.predict_scenes(exported, val_images, pred_dir, options)
+    exported = tfseg.load_predictor(run_dir / "export")  # the SavedModel, loaded once for both predictions
+    summary = tfseg.predict_scenes(exported, val_images, pred_dir, options)
     # predict merged the chips' polygons (EPSG:4326, image_id = chip stem); the truth the same way
     labels = [(data_root / "labels" / f"{s}.geojson", s, "EPSG:4326") for s in split["heldout"]]
     truth = run_dir / "val_truth.geojson"
@@ -153,8 +152,8 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
 
     sample = val_images[0]
     sample_dir = run_dir / "predict"
-    predict.predict_scenes(exported, [sample], sample_dir,
-                           predict.PredictOptions(tile_size=256, overlap=0, spacenet_csv=str(sample_dir / "proposals.csv"),
+    tfseg.predict_scenes(exported, [sample], sample_dir,
+                           tfseg.PredictOptions(tile_size=256, overlap=0, spacenet_csv=str(sample_dir / "proposals.csv"),
                                                   progress=False))
     metrics = {
         "data_root": str(data_root), "run_dir": str(run_dir), "quick": quick,
@@ -176,7 +175,7 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python pipelines/buildings.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.buildings", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
                         help="folder with images/, masks/ (X.mask.tif) and labels/ (default: %(default)s, "
                              "relative to the repository)")

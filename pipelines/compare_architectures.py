@@ -1,6 +1,6 @@
 """The architecture study: FCN-8 vs UNet vs EfficientNet-FPN vs UNet++ vs DeepLabV3+ on the same data and budget.
 
-``python pipelines/compare_architectures.py [--output DIR] [--quick] [--data-root DIR]
+``python -m pipelines.compare_architectures [--output DIR] [--quick] [--data-root DIR]
 [--config YAML] [--set KEY=VALUE ...] [--models MODELS.yaml]``
 
 Every model is trained with the same data, epochs, steps, batch, optimizer and seed (the base
@@ -20,7 +20,7 @@ The models are data: a YAML/JSON list of ``{label, overrides}`` (``--models``), 
 real data (e.g. Kampala buildings with ``data.format=scenes``).
 
 Example:
-    python pipelines/compare_architectures.py --quick --output reports/architectures
+    python -m pipelines.compare_architectures --quick --output reports/architectures
 """
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ from pathlib import Path
 
 import yaml
 
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.compare_architectures [ARGS]")
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from a checkout
-    sys.path.insert(0, str(REPO))
 
 from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
+import tfseg  # noqa: E402
 from tfseg import compare as compare_lib  # noqa: E402
 from tfseg import config as config_lib  # noqa: E402
 
@@ -93,7 +95,7 @@ def plan(models: list, config=None, shared=(), quick: bool = False, data_root: s
     for entry in models:
         overrides = base + list(shared) + list(entry.get("overrides", [])) + [f"tracking.name={entry['label']}"]
         try:
-            cfg = config_lib.load(config, overrides)
+            cfg = tfseg.load_config(config, overrides)
         except config_lib.ConfigError as exc:
             raise ValueError(f"model '{entry['label']}': {exc}") from None
         if cfg.model.name not in BUILDERS:
@@ -109,8 +111,6 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
     """Train every model (resuming/skipping finished runs) and write the comparison report."""
     import keras
 
-    from tfseg.train import train
-
     output = Path(output)
     planned = plan(models, config, shared, quick, data_root, experiment or output.resolve().name)
     run_dirs, profiles = [], []
@@ -123,7 +123,7 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
         else:
             log.info("training %s -> %s", label, run_dir)
             keras.backend.clear_session()
-            result = train(cfg, run_dir, verbose=verbose)
+            result = tfseg.train_model(cfg, run_dir, verbose=verbose)
             log.info("%s: val iou %.4f in %.0fs", label, result["val"]["iou"], result["train_seconds"])
         run_dirs.append(run_dir)
         profiles.append(profile_run(label, run_dir, cfg.data.window_size))
@@ -190,7 +190,7 @@ def write_profiles(profiles: list, rows: list, report: Path, metric: str) -> str
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python pipelines/compare_architectures.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.compare_architectures", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="reports/architectures", help="output directory (runs/ and report/)")
     parser.add_argument("--config", help="base YAML config (default: configs/default.yaml)")
     config_lib.add_overrides_argument(parser, "overrides applied to every model (same data and budget)")

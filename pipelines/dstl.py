@@ -1,6 +1,6 @@
 """Dstl Satellite Imagery Feature Detection: 20 bands in, 10 multi-label classes out, end to end.
 
-``python pipelines/dstl.py [--model unet20|res50unet20] [--run-dir DIR] [--data-root DSTL_DIR]
+``python -m pipelines.dstl [--model unet20|res50unet20] [--run-dir DIR] [--data-root DSTL_DIR]
 [--quick] [--config YAML] [--set KEY=VALUE ...]``
 
 1. data: ``--data-root`` is the Kaggle download, unzipped: ``three_band/<id>.tif``,
@@ -19,8 +19,8 @@
    ``RUN_DIR/predict`` (10-band probability GeoTIFF).
 
 Example:
-    python pipelines/dstl.py --model unet20 --run-dir runs/dstl_unet20
-    python pipelines/dstl.py --model res50unet20 --data-root /data/dstl
+    python -m pipelines.dstl --model unet20 --run-dir runs/dstl_unet20
+    python -m pipelines.dstl --model res50unet20 --data-root /data/dstl
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.dstl [ARGS]")
 
 from pipelines import _common as common  # noqa: E402
 
@@ -91,8 +91,7 @@ def write_stacked(scene, path: Path) -> Path:
 def run(args) -> dict:
     import warnings
 
-    from tfseg.data.formats import load_scenes
-    from tfseg.predict import PredictOptions, predict_scenes
+    from tfseg import PredictOptions, load_scenes, predict_scenes
 
     from pipelines.generate import make_dstl_dataset
 
@@ -139,7 +138,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.parser("python pipelines/dstl.py", __doc__.split("\n")[0], "runs/dstl",
+    p = common.parser("python -m pipelines.dstl", __doc__.split("\n")[0], "runs/dstl",
                       "Dstl folder (three_band/, sixteen_band/, train_wkt_v4.csv, grid_sizes.csv); "
                       "default: generate a learnable one in RUN_DIR/data")
     p.add_argument("--model", choices=sorted(CONFIGS), default="unet20",

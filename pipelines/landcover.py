@@ -1,6 +1,6 @@
 """Land cover from colour-coded masks: the Dubai aerial imagery (6 classes) end to end.
 
-``python pipelines/landcover.py [--run-dir runs/landcover_dubai] [--data-root DIR] [--quick]
+``python -m pipelines.landcover [--run-dir runs/landcover_dubai] [--data-root DIR] [--quick]
 [--recipe NAME] [--config YAML] [--set KEY=VALUE ...]``
 
 1. data: ``configs/landcover_dubai.yaml`` on ``../shared/data/dubai_landcover`` (``Tile N/images/*.jpg``
@@ -23,7 +23,7 @@ of :data:`RECIPES` (config overrides applied before ``--set``); ``pipelines/land
 compares them at the same ``train.max_minutes``.
 
 Example:
-    python pipelines/landcover.py --run-dir runs/landcover_dubai
+    python -m pipelines.landcover --run-dir runs/landcover_dubai
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.landcover [ARGS]")
 
 from pipelines import _common as common  # noqa: E402
 
@@ -58,7 +58,7 @@ RECIPES = {
 
 def heldout_pairs(cfg) -> tuple[list, list]:
     """The (image, mask) paths of the training and held-out images (the training split of tfseg)."""
-    from tfseg.data.formats import load_scenes
+    from tfseg import load_scenes
 
     train, val = load_scenes(cfg.data)
 
@@ -98,7 +98,7 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from tfseg.data.formats.colour_mask import decode_colour_mask, read_colour_mask
+    from tfseg.data.colours import decode_colour_mask, read_colour_mask
 
     table = colour_table(cfg)
     fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 3 * len(pairs)), squeeze=False)
@@ -130,8 +130,7 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
 
 
 def run(args) -> dict:
-    from tfseg.evaluate import evaluate_pixels
-    from tfseg.predict import PredictOptions, predict_scenes
+    from tfseg import PredictOptions, evaluate_pixels, predict_scenes
 
     start = time.monotonic()
     load_start = common.load_average()
@@ -190,7 +189,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.parser("python pipelines/landcover.py", __doc__.split("\n")[0], "runs/landcover_dubai",
+    p = common.parser("python -m pipelines.landcover", __doc__.split("\n")[0], "runs/landcover_dubai",
                       "dataset folder (default: ../shared/data/dubai_landcover)")
     p.add_argument("--recipe", default="", choices=[""] + sorted(RECIPES), help="a land-cover recipe (overrides)")
     return common.run_main(run, p.parse_args(argv))

@@ -1,6 +1,6 @@
 """Land-cover recipes compared on the Dubai split at the same time budget, as one command.
 
-``python pipelines/landcover_recipes.py [--recipes unet,unet-resnet34,...] [--max-minutes M]
+``python -m pipelines.landcover_recipes [--recipes unet,unet-resnet34,...] [--max-minutes M]
 [--run-dir runs/landcover_recipes] [--data-root DIR] [--doc docs/results_landcover.md] [--quick]
 [--set KEY=VALUE ...]``
 
@@ -14,7 +14,7 @@ is given). A recipe already finished in RUN_DIR is resumed/re-evaluated, not ret
 Run it on a quiet machine: the budget is wall time, so other load means fewer epochs.
 
 Example:
-    nice -n 10 python pipelines/landcover_recipes.py --max-minutes 12
+    nice -n 10 python -m pipelines.landcover_recipes --max-minutes 12
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.landcover_recipes [ARGS]")
 
 from pipelines import _common as common  # noqa: E402
 from pipelines import landcover  # noqa: E402
@@ -100,7 +100,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.parser("python pipelines/landcover_recipes.py", __doc__.split("\n")[0], "runs/landcover_recipes",
+    p = common.parser("python -m pipelines.landcover_recipes", __doc__.split("\n")[0], "runs/landcover_recipes",
                       "dataset folder (default: ../shared/data/dubai_landcover)")
     p.add_argument("--recipes", default="", help=f"comma-separated, default all: {','.join(landcover.RECIPES)}")
     p.add_argument("--max-minutes", type=float, default=None, help="train.max_minutes of every recipe")

@@ -1,6 +1,6 @@
 """SpaceNet-2 building footprints end to end: AOI layout → train → SpaceNet CSV → ``evaluate spacenet``.
 
-``python pipelines/spacenet.py [--product rgb|mul] [--run-dir DIR] [--data-root AOI_OR_PARENT]
+``python -m pipelines.spacenet [--product rgb|mul] [--run-dir DIR] [--data-root AOI_OR_PARENT]
 [--sample DIR] [--quick] [--config YAML] [--set KEY=VALUE ...]``
 
 1. data: ``--data-root`` is a SpaceNet-2 download (``AOI_5_Khartoum_Train/`` or the folder holding
@@ -23,8 +23,8 @@
    and a round trip mask → polygons → CSV scored against it.
 
 Example:
-    python pipelines/spacenet.py --product mul --run-dir runs/spacenet_mul
-    python pipelines/spacenet.py --product rgb --data-root /data/spacenet/AOI_5_Khartoum_Train
+    python -m pipelines.spacenet --product mul --run-dir runs/spacenet_mul
+    python -m pipelines.spacenet --product rgb --data-root /data/spacenet/AOI_5_Khartoum_Train
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
+    sys.exit("run it from the repository root as: python -m pipelines.spacenet [ARGS]")
 
 from pipelines import _common as common  # noqa: E402
 
@@ -115,8 +115,7 @@ def sample_label_path(sample: Path, out: Path) -> dict:
 
 
 def run(args) -> dict:
-    from tfseg.data.formats import load_scenes
-    from tfseg.predict import PredictOptions, predict_scenes
+    from tfseg import PredictOptions, load_scenes, predict_scenes
     from tfseg.scoring import score_spacenet
 
     from pipelines.generate import make_spacenet_aoi
@@ -170,7 +169,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = common.parser("python pipelines/spacenet.py", __doc__.split("\n")[0], "runs/spacenet2",
+    p = common.parser("python -m pipelines.spacenet", __doc__.split("\n")[0], "runs/spacenet2",
                       "SpaceNet-2 AOI folder or its parent (default: generate a learnable AOI in RUN_DIR/data)")
     p.add_argument("--product", choices=sorted(CONFIGS), default="rgb",
                    help="rgb: RGB-PanSharpen 3-band (configs/spacenet2_rgb.yaml); mul: MUL 8-band (spacenet2_mul.yaml)")

@@ -35,6 +35,7 @@ from typing import Optional
 
 import yaml
 
+from .errors import TfsegError
 from .tracking import atomic_write_text
 
 log = logging.getLogger("tfseg.compare")
@@ -44,7 +45,7 @@ VAL_METRICS = ["val_iou", "val_f1", "val_precision", "val_recall", "val_accuracy
 CURVE_METRICS = ["val_iou", "loss", "val_loss"]
 
 
-class CompareError(ValueError):
+class CompareError(TfsegError):
     """Nothing to compare, or an argument is wrong; the message says which."""
 
 

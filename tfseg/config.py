@@ -19,10 +19,13 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from . import registry
+from .errors import TfsegError
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(TfsegError):
     """A config key, type or value is invalid; the message names the key."""
 
 
@@ -193,12 +196,12 @@ class Config:
 # Allowed values and ranges: checked by validate().
 # --------------------------------------------------------------------------------------------
 CHOICES = {
-    "data.format": ["synthetic", "scenes", "spacenet", "mask_folder", "colour_mask", "dstl", "tfds"],
+    "data.format": list(registry.DATA_FORMATS),
     "data.normalization": ["meanstd", "percentile"],
     "data.task": ["auto", "binary", "multiclass", "multilabel"],
     "data.ignore_colours": ["ignore", "error"],
     "data.sampling": ["uniform", "balanced"],
-    "model.name": ["unet", "unetpp", "fcn8", "fpn", "deeplabv3plus", "sm"],
+    "model.name": list(registry.MODELS),
     # "" = plain UNet / the architecture's default; model.name=sm accepts segmentation-models' names
     "model.backbone": ["", "resnet34", "resnet50", "vgg16"] + [f"efficientnetb{i}" for i in range(8)],
     "model.dropout_position": ["bottleneck", "encoder", "decoder", "all"],
@@ -207,7 +210,7 @@ CHOICES = {
     "model.stem": ["plain", "residual"],
     "train.optimizer": ["adam", "adamw", "sgd"],
     "train.schedule": ["constant", "cosine", "onecycle"],
-    "train.loss": ["bce", "cce", "dice", "bce_dice", "cce_dice", "focal", "jaccard", "lovasz", "tversky"],
+    "train.loss": list(registry.LOSS_PRESETS),
     "train.monitor_mode": ["max", "min"],
     "train.precision": ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
     "train.strategy": ["default", "mirrored", "multi_worker"],

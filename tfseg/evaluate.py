@@ -41,7 +41,8 @@ import numpy as np
 
 # first: .metrics imports keras, which imports TensorFlow; through ._tf without its start-up notices
 from . import _tf  # noqa: F401,I001
-from .data.formats.colour_mask import decode_colour_mask, read_colour_mask
+from .errors import INPUT_ERRORS, report
+from .data.colours import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
 from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
 from .data.pairing import IMAGE_SUFFIXES
@@ -381,9 +382,8 @@ def main(argv=None) -> int:
             result = score_spacenet(args.truth, args.proposals)
         else:
             result = score_geojson(args.truth, args.proposals, min_area=args.min_area)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as exc:
+        return report(exc)
     if args.json:
         print(json.dumps(result))
     elif args.command == "pixels":

@@ -43,8 +43,10 @@ import dataclasses
 import json
 import sys
 import tempfile
+from typing import Optional
 from pathlib import Path
 
+from .errors import INPUT_ERRORS, TfsegError, report
 from ._tf import tensorflow as tf  # noqa: I001  (quiet TF import first)
 import keras
 
@@ -63,7 +65,7 @@ TFLITE_INFO = "tflite.json"
 MAX_BYTES_BANDS = 4
 
 
-class ExportError(ValueError):
+class ExportError(TfsegError):
     """An export argument or input file is unusable; the message names it."""
 
 
@@ -328,6 +330,57 @@ def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
     return card.with_operating_point(point)
 
 
+EXPORT_FORMATS = ("savedmodel", "tflite")
+
+
+def check_export_output(output, format: str = "savedmodel", threshold=None) -> Optional[str]:
+    """What is wrong with an export's ``output`` / ``format`` / ``threshold`` (None when nothing)."""
+    output = Path(output)
+    if format not in EXPORT_FORMATS:
+        return f"format {format!r}: expected one of {list(EXPORT_FORMATS)}"
+    if format == "savedmodel" and not (output.name.isdigit() and int(output.name) > 0):
+        return (f"--output {str(output)!r}: TF Serving loads BASE/NAME/VERSION with VERSION a positive "
+                f"integer, e.g. models/tfseg/1")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        return f"--threshold must be in [0, 1], got {threshold}"
+    return None
+
+
+def export_target(output, format: str = "savedmodel") -> Path:
+    """The path an export writes: the SavedModel directory, or the ``.tflite`` file."""
+    output = Path(output)
+    return output if format == "savedmodel" or output.suffix == ".tflite" else output / "model.tflite"
+
+
+def export_loaded(model: keras.Model, card: ModelCard, output, format: str = "savedmodel",
+                  threshold=None) -> Path:
+    """Export an already loaded ``model`` with its ``card`` (``threshold``: a new operating
+    point, see :func:`with_threshold`); returns the SavedModel directory or ``.tflite`` file."""
+    if threshold is not None:
+        card = with_threshold(card, threshold)
+    if format == "tflite":
+        return export_tflite(model, Path(output), card)
+    return export_saved_model(model, Path(output), card)
+
+
+def export_model(model, output, format: str = "savedmodel", threshold=None, overwrite: bool = False) -> Path:
+    """Export a trained model (a run directory or a ``.keras`` file with its model card) as a
+    self-describing SavedModel for TF Serving (``output`` = BASE/NAME/VERSION) or a TFLite file.
+
+    Raises :class:`ExportError` naming the argument (bad ``output``, ``format``, ``threshold``, an
+    existing output without ``overwrite``) and the loading errors of :func:`load_run_model`.
+    """
+    problem = check_export_output(output, format, threshold)
+    if problem:
+        raise ExportError(problem)
+    target = export_target(output, format)
+    if target.exists() and not overwrite:
+        raise ExportError(f"--output {target} already exists (published versions should not change; "
+                          f"use a new VERSION or --overwrite)")
+    loaded, card = load_run_model(model)
+    return export_loaded(loaded, card, output, format, threshold)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True,
@@ -335,43 +388,34 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True,
                         help="BASE/NAME/VERSION for TF Serving (VERSION a positive integer); "
                              "for --format tflite a .tflite file or a directory")
-    parser.add_argument("--format", choices=["savedmodel", "tflite"], default="savedmodel")
+    parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel")
     parser.add_argument("--threshold", type=float, default=None,
                         help="binary decision threshold (default: the card's: the operating point's when training "
                              "chose one, else train.threshold)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
 
-    output = Path(args.output)
-    if args.format == "savedmodel" and not (output.name.isdigit() and int(output.name) > 0):
-        parser.error(f"--output {args.output!r}: TF Serving loads BASE/NAME/VERSION with VERSION a positive "
-                     f"integer, e.g. models/tfseg/1")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    target = output if args.format == "savedmodel" or output.suffix == ".tflite" else output / "model.tflite"
+    problem = check_export_output(args.output, args.format, args.threshold)
+    if problem:
+        parser.error(problem)
+    target = export_target(args.output, args.format)
     if target.exists() and not args.overwrite:
-        print(f"error: --output {target} already exists (published versions should not change; "
-              f"use a new VERSION or --overwrite)", file=sys.stderr)
-        return 2
+        return report(f"--output {target} already exists (published versions should not change; "
+                      f"use a new VERSION or --overwrite)")
     try:
         model, card = load_run_model(args.model)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: --model: {error}", file=sys.stderr)
-        return 2
-    if args.threshold is not None:
-        card = with_threshold(card, args.threshold)
+    except INPUT_ERRORS as error:
+        return report(error, "--model: ")
     try:
-        if args.format == "tflite":
-            out = export_tflite(model, output, card)
-            ops = read_tflite_ops(out)
-            print(f"TFLite model written to {out} (ops: {ops}"
-                  + ("; needs the TensorFlow Flex delegate at run time)" if ops != "builtins" else ")"))
-        else:
-            out = export_saved_model(model, output, card)
-            print(f"SavedModel written to {out}")
+        out = export_loaded(model, card, args.output, args.format, args.threshold)
     except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return report(error, code=1)
+    if args.format == "tflite":
+        ops = read_tflite_ops(out)
+        print(f"TFLite model written to {out} (ops: {ops}"
+              + ("; needs the TensorFlow Flex delegate at run time)" if ops != "builtins" else ")"))
+    else:
+        print(f"SavedModel written to {out}")
     return 0
 
 

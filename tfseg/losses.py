@@ -23,6 +23,8 @@ import keras
 from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # no public alias in Keras 3
 
+from . import registry
+
 EPSILON = 1e-6
 TASKS = ("binary", "multiclass", "multilabel")
 
@@ -182,17 +184,7 @@ def lovasz(target, probs, valid, ctx):
 
 COMPONENTS = {"bce": crossentropy, "cce": crossentropy, "focal": focal, "dice": dice, "jaccard": jaccard,
               "tversky": tversky, "lovasz": lovasz}
-PRESETS = {
-    "bce": {"bce": 1.0},
-    "cce": {"cce": 1.0},
-    "dice": {"dice": 1.0},
-    "bce_dice": {"bce": 1.0, "dice": 1.0},
-    "cce_dice": {"cce": 1.0, "dice": 1.0},
-    "focal": {"focal": 1.0},
-    "jaccard": {"jaccard": 1.0},
-    "lovasz": {"lovasz": 1.0},
-    "tversky": {"tversky": 1.0},
-}
+PRESETS = registry.LOSS_PRESETS  # train.loss -> component weights (named in tfseg.registry)
 
 
 @keras.saving.register_keras_serializable(package="tfseg")

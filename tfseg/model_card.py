@@ -22,6 +22,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .errors import INPUT_ERRORS, TfsegError, report
 from .data.raster import Normalization
 
 CARD_FILE = "model_card.json"
@@ -41,7 +42,7 @@ def class_colours(classes, palette: Optional[dict] = None) -> dict:
     return {name: palette.get(name, DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]) for i, name in enumerate(classes)}
 
 
-class ModelCardError(ValueError):
+class ModelCardError(TfsegError):
     """A model card is missing or invalid; the message names the file and the field."""
 
 
@@ -492,7 +493,6 @@ def main(argv=None) -> int:
     """``python -m tfseg.model_card upgrade RUN_DIR [--band-dtype D] [--nodata V]`` or
     ``python -m tfseg.model_card show PATH`` (print the card of a run, model or SavedModel)."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m tfseg.model_card", description="Show or upgrade model cards.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -509,9 +509,8 @@ def main(argv=None) -> int:
             return 0
         nodata = "auto" if args.nodata is None else (None if args.nodata.lower() == "none" else float(args.nodata))
         card = upgrade_run(args.run_dir, args.band_dtype, nodata)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as error:
+        return report(error)
     print(f"{args.run_dir}: upgraded ({card.num_bands} {card.band_dtype} bands, nodata {card.nodata}); "
           f"re-export with python -m tfseg.export --model {args.run_dir} --output BASE/NAME/VERSION")
     return 0

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import INPUT_ERRORS, TfsegError, report
 from .data.raster import RasterError, open_raster
 from .inference import Job, Predictor, RasterSource, load_predictor, run_sliding_window
 from .postprocess import (
@@ -60,7 +61,7 @@ PROB_NODATA_UINT8 = 255
 CLASS_NODATA = 255
 
 
-class OutputError(ValueError):
+class OutputError(TfsegError):
     """An output location cannot be written; the message names it."""
 
 
@@ -407,7 +408,7 @@ MERGED_POLYGONS = "polygons.geojson"
 RUNNERS = ("local", "beam")
 
 
-class SceneFailures(ValueError):
+class SceneFailures(TfsegError):
     """Some scenes failed; the others completed. ``summary`` is the run's summary (also in
     ``summary.json``), the message names every failed scene and its error."""
 
@@ -857,9 +858,8 @@ def main(argv=None) -> int:
     except SceneFailures as exc:
         summary = exc.summary
         print(f"error: {exc}", file=sys.stderr)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as exc:
+        return report(exc)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .errors import TfsegError
 from .inference import ModelLoadError
 from .predict import (
     PredictOptions,
@@ -210,7 +211,7 @@ class PredictScenes(beam.DoFn):
 BEAM_LOG = "beam.log"
 
 
-class BeamPipelineError(RuntimeError):
+class BeamPipelineError(TfsegError, RuntimeError):
     """The pipeline itself failed (not one scene: those are reported in summary.json)."""
 
 

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .errors import TfsegError
+
 TRUTH_MIN_AREA = 20.0  # truth polygons with area < this are dropped
 PROPOSAL_MIN_AREA = 20.0  # proposals with area <= this are dropped
 IOU_THRESHOLD = 0.5
 
 
-class ScoringInputError(ValueError):
+class ScoringInputError(TfsegError):
     """A truth/proposal file cannot be scored; the message names the file (and row)."""
 
 

@@ -41,6 +41,7 @@ try:  # C JSON with native numpy serialization: 10-50x faster on image-sized pay
 except ImportError:  # pragma: no cover - orjson is a dependency; keep a working fallback
     orjson = None
 
+from .errors import TfsegError
 from .model_card import CARD_FILE, LEGACY_METADATA_FILE, load_model_card
 
 log = logging.getLogger("tfseg.serve")
@@ -55,7 +56,7 @@ _INT_LIMITS = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "in
                "int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
 
 
-class RequestError(Exception):
+class RequestError(TfsegError):
     """A client error: answered as ``{"error": message}`` with ``status`` (400 or 404)."""
 
     def __init__(self, message: str, status: int = 400):

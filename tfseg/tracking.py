@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from .errors import TfsegError
 from . import config as config_lib
 
 log = logging.getLogger("tfseg.tracking")
@@ -50,7 +51,7 @@ RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "tra
                        "train.num_figure_tiles", "train.epoch_figures"}
 
 
-class RunDirError(ValueError):
+class RunDirError(TfsegError):
     """The run directory cannot be used for this run; the message names it."""
 
 

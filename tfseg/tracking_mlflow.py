@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
+from .errors import TfsegError
 from .tracking import _flatten_numbers, _short, _warn, git_commit, write_json
 
 log = logging.getLogger("tfseg.tracking")
@@ -62,7 +63,7 @@ SCHEMES = {"http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "d
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 
 
-class MlflowConfigError(ValueError):
+class MlflowConfigError(TfsegError):
     """A tracking URI (config key, environment variable or argument) that is neither a URI nor a path."""
 
 

@@ -27,6 +27,8 @@ from typing import Sequence
 import numpy as np
 from rasterio.windows import Window
 
+from ..errors import TfsegError
+
 log = logging.getLogger("tfseg.data")
 
 CELL_SIZE = 16
@@ -34,7 +36,7 @@ MAX_CELLS = 1 << 20  # per scene: the cell grid coarsens for huge scenes (bounde
 WEIGHT_METHODS = ("median_frequency", "inverse_sqrt")
 
 
-class ClassIndexError(ValueError):
+class ClassIndexError(TfsegError):
     """The class index does not fit the scenes or the config; the message says what differs."""
 
 

@@ -22,12 +22,13 @@ from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
 from shapely.strtree import STRtree
 
+from ..errors import TfsegError
 from .raster import ArrayInfo, RasterInfo, raster_handle
 
 log = logging.getLogger(__name__)
 
 
-class LabelError(ValueError):
+class LabelError(TfsegError):
     """Labels cannot be used with their raster; the message names the file."""
 
 
@@ -401,7 +402,7 @@ class ColourMaskLabels:
     num_channels = 1
 
     def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
-        from .formats.colour_mask import decode_colour_mask, to_rgb_bands
+        from .colours import decode_colour_mask, to_rgb_bands
 
         out = np.full((int(window.height), int(window.width)), fill, np.uint8)
         data, where = _read_mask_window(self.info, window, tuple(range(1, min(self.info.count, 3) + 1)))

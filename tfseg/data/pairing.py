@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from ..errors import TfsegError
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
@@ -44,7 +46,7 @@ DETECTED_RULES = (
 )
 
 
-class PairingError(ValueError):
+class PairingError(TfsegError):
     """Images and masks cannot be paired; the message names the files and counts."""
 
 

@@ -22,8 +22,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
+from ..errors import TfsegError
 
-class RasterError(ValueError):
+
+class RasterError(TfsegError):
     """A raster file cannot be used; the message names the file."""
 
 

@@ -12,24 +12,34 @@ Example:
 """
 from __future__ import annotations
 
+import sys
+
+from .. import registry
 from .backbones import BACKBONES
 from .blocks import SegmentationModel
-from .deeplab import build_deeplabv3plus
-from .fcn import build_fcn8
-from .fpn import build_fpn
+from .deeplab import build_deeplabv3plus  # noqa: F401  (registered in tfseg.registry.MODELS)
+from .fcn import build_fcn8  # noqa: F401  (registered in tfseg.registry.MODELS)
+from .fpn import build_fpn  # noqa: F401  (registered in tfseg.registry.MODELS)
 from .preprocessing import PhotometricAugment, Preprocess, find_preprocess, with_preprocessing
-from .unet import build_unet
-from .unetpp import build_unetpp
+from .unet import build_unet  # noqa: F401  (registered in tfseg.registry.MODELS)
+from .unetpp import build_unetpp  # noqa: F401  (registered in tfseg.registry.MODELS)
 
 
-def _build_sm(**kwargs):
-    from .sm_adapter import build_sm  # lazy: segmentation-models is optional
+def _builder(entry: str):
+    """The builder at ``entry`` (``tfseg.registry.MODELS``): imported ones directly, others
+    (segmentation-models, optional) when first called."""
+    module = registry.module_of(entry)
+    if module in sys.modules:
+        return registry.resolve(entry)
 
-    return build_sm(**kwargs)
+    def build(**kwargs):
+        return registry.resolve(entry)(**kwargs)
+
+    build.__name__ = entry.partition(":")[2]
+    return build
 
 
-BUILDERS = {"unet": build_unet, "unetpp": build_unetpp, "fcn8": build_fcn8, "fpn": build_fpn,
-            "deeplabv3plus": build_deeplabv3plus, "sm": _build_sm}
+BUILDERS = {name: _builder(entry) for name, entry in registry.MODELS.items()}
 
 
 def build_model(name: str, preprocessing: Preprocess = None, augment: PhotometricAugment = None, **kwargs):

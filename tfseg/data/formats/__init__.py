@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import registry
+from ...errors import TfsegError
 from ..raster import RasterInfo
 from ..sources import Scene
 from .scenes import load_scene_folder, load_scenes_format  # noqa: F401  (public API)
@@ -24,7 +26,7 @@ from .scenes import load_scene_folder, load_scenes_format  # noqa: F401  (public
 DEFAULT_ROOTS = {"synthetic": "data/synthetic"}
 
 
-class DataFormatError(ValueError):
+class DataFormatError(TfsegError):
     """The data directory does not hold what ``data.format`` expects; names the path."""
 
 
@@ -115,28 +117,25 @@ def load_synthetic(data_cfg) -> tuple[list[Scene], list[Scene]]:
     )
 
 
-def _lazy(module: str, function: str):
-    def load(data_cfg):
-        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(data_cfg)
+def _lazy(name: str, entry: str):
+    """The loader of format ``name`` at ``entry`` (``module:function``), imported when called."""
+    if registry.module_of(entry) == __name__:
+        return registry.resolve(entry)
 
-    load.__name__ = function
+    def load(data_cfg):
+        return registry.resolve(entry)(data_cfg)
+
+    load.__name__ = entry.partition(":")[2]
     return load
 
 
-LOADERS = {
-    "synthetic": load_synthetic,
-    "scenes": load_scenes_format,
-    "spacenet": _lazy("spacenet", "load_spacenet"),
-    "mask_folder": _lazy("mask_folder", "load_mask_folder"),
-    "colour_mask": _lazy("colour_mask", "load_colour_mask"),
-    "dstl": _lazy("dstl", "load_dstl"),
-    "tfds": _lazy("tfds_format", "load_tfds"),
-}
+LOADERS = {name: _lazy(name, entry) for name, entry in registry.DATA_FORMATS.items()}
 
 
-# the module of each format; it declares its data.options as OPTIONS = {name: type}
-MODULES = {"synthetic": "synthetic", "scenes": "scenes", "spacenet": "spacenet", "mask_folder": "mask_folder",
-           "colour_mask": "colour_mask", "dstl": "dstl", "tfds": "tfds_format"}
+# the module of each format (relative to this package); it declares its data.options as
+# OPTIONS = {name: type}
+MODULES = {name: registry.module_of(entry).rpartition(".")[2] if registry.module_of(entry) != __name__
+           else name for name, entry in registry.DATA_FORMATS.items()}
 # options every format accepts: read when the data is built into a TFDS dataset (tfseg.data.tfds)
 COMMON_OPTIONS = {"tile_overlap": int}
 

@@ -1,0 +1,101 @@
+"""The public API (``import tfseg``) and the ``tfseg`` console entry point: a tiny run trained,
+exported, loaded, predicted and evaluated through ``tfseg.*`` only; errors under one root."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfseg
+from tests.data.fixtures import tiny_synthetic_overrides
+
+
+def test_import_is_light_and_lists_the_api():
+    code = ("import sys, tfseg; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))[:5]; print(tfseg.__all__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("load_config", "train_model", "evaluate_pixels", "predict_scenes", "export_model",
+                 "load_predictor", "load_model_card", "TfsegError"):
+        assert name in out and callable(getattr(tfseg, name)), name
+        assert "Args:" in getattr(tfseg, name).__doc__ or name == "TfsegError"
+
+
+def test_every_tfseg_error_is_a_tfseg_error():
+    from tfseg.config import ConfigError
+    from tfseg.data.colours import ColourMaskError
+    from tfseg.data.formats import DataFormatError
+    from tfseg.data.labels import LabelError
+    from tfseg.data.raster import RasterError
+    from tfseg.export import ExportError
+    from tfseg.inference import ModelLoadError
+    from tfseg.model_card import LegacyArtifactError, ModelCardError
+    from tfseg.predict import OutputError
+    from tfseg.serve import RequestError
+
+    for cls in (ConfigError, ColourMaskError, DataFormatError, LabelError, RasterError, ExportError, ModelLoadError,
+                ModelCardError, LegacyArtifactError, OutputError, RequestError):
+        assert issubclass(cls, tfseg.TfsegError) and issubclass(cls, ValueError), cls
+    with pytest.raises(tfseg.TfsegError, match="train.epochs"):
+        tfseg.load_config(None, ["train.epochs=-1"])
+
+
+def test_console_entry_point_dispatches_to_the_modules(capsys):
+    from tfseg import cli
+
+    assert cli.main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("train", "predict", "export", "serve", "bench"))
+    assert cli.main(["nonsense"]) == 2
+    assert "unknown command 'nonsense'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse of tfseg.export itself
+        cli.main(["export", "--help"])
+    assert exit_info.value.code == 0 and "--threshold" in capsys.readouterr().out
+    assert cli.main(["export", "--model", "/nonexistent/run", "--output", "/tmp/tfseg-api-test/m/1"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_export_predict_evaluate_through_the_api(tmp_path):
+    cfg = tfseg.load_config(None, tiny_synthetic_overrides(tmp_path / "data"))
+    result = tfseg.train_model(cfg, tmp_path / "run", verbose=0)
+    assert 0.0 <= result["val"]["iou"] <= 1.0 and result["epochs"] == 2
+    card = tfseg.load_model_card(tmp_path / "run")
+    assert card.band_dtype == "uint16" and card.num_bands == 4
+    exported = tfseg.export_model(tmp_path / "run", tmp_path / "models" / "tiny" / "1")
+    assert (exported / "saved_model.pb").is_file() and tfseg.load_model_card(exported) == card
+    with pytest.raises(tfseg.TfsegError, match="already exists"):
+        tfseg.export_model(tmp_path / "run", exported)
+    with pytest.raises(tfseg.TfsegError, match="VERSION"):
+        tfseg.export_model(tmp_path / "run", tmp_path / "models" / "tiny")
+    # the Keras run and the SavedModel give the same probabilities on the same raw tile
+    raw = np.random.default_rng(0).integers(200, 3000, (1, 64, 64, 4)).astype(np.uint16)
+    np.testing.assert_allclose(tfseg.load_predictor(tmp_path / "run")(raw), tfseg.load_predictor(exported)(raw),
+                               atol=1e-5)
+    train, val = tfseg.load_scenes(cfg.data)
+    scene = val[0].info.path
+    summary = tfseg.predict_scenes(exported, [scene], tmp_path / "out", tfseg.PredictOptions(overlay=False))
+    assert summary["completed"] == 1 and summary["failed"] == 0
+    assert isinstance(tfseg.PredictOptions(), __import__("tfseg.predict").predict.PredictOptions)
+    truth = tmp_path / "truth" / Path(scene).name  # paired with the scene by file name
+    _write_truth(val[0], truth)
+    scores = tfseg.evaluate_pixels(tmp_path / "run", images=[scene], masks=[truth])
+    assert 0.0 <= scores["iou"] <= 1.0
+    json.dumps(scores)  # plain JSON values
+
+
+def _write_truth(scene, path) -> None:
+    """The scene's labels rasterized on its grid, as a mask GeoTIFF beside it."""
+    import rasterio
+    from rasterio.windows import Window
+
+    info = scene.info
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = scene.labels.rasterize(Window(0, 0, info.width, info.height), info)
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    with rasterio.open(path, "w", driver="GTiff", width=info.width, height=info.height, count=1, dtype="uint8",
+                       crs=info.crs, transform=rasterio.Affine(*info.transform)) as dst:
+        dst.write(mask, 1)
