@@ -3,8 +3,8 @@
 :class:`ResizableSchedule` is the base of the schedules of :func:`tfseg.train.make_schedule`
 (``OneCycle``, ``WarmupCosine``) and what the resume state (:class:`tfseg.callbacks.TrainingState`)
 and the time budget (:class:`tfseg.callbacks.TimeBudget`) resize, save and restore. The two
-concrete schedules stay in :mod:`tfseg.train`: they are registered Keras objects, and a
-``model.keras`` saved with its optimizer records the module that defines them.
+concrete schedules stay in :mod:`tfseg.train`, next to :func:`~tfseg.train.make_schedule`;
+this base lives here so that :mod:`tfseg.callbacks` need not import :mod:`tfseg.train`.
 """
 from __future__ import annotations
 
