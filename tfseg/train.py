@@ -28,7 +28,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from tfseg._tf import tensorflow as tf
 
@@ -36,6 +36,8 @@ import keras
 import numpy as np
 
 from . import config as config_lib
+from .callbacks import (BestModelCheckpoint, EpochFigure, LearningRateLogger, SummedValidationMetrics,  # re-exported
+                        SynchronizedBatchNorm, TimeBudget, TrainingState)
 from .compare import best_row, read_history
 from .data.formats import load_scenes
 from .data.class_index import class_weights, load_or_compute
@@ -44,13 +46,14 @@ from .data.raster import compute_normalization
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
-from .metrics import ConfusionMatrixMetric, segmentation_metrics
+from .metrics import segmentation_metrics
 from .model_card import CARD_FILE, ModelCard, embed_card
 from .models import PhotometricAugment, Preprocess, build_model
 from .postprocess import PolygonOptions
+from .schedules import ResizableSchedule  # re-exported: the base of OneCycle / WarmupCosine below
 from . import tracking_mlflow
 from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
-                       remove_stale_temporaries, save_model_atomic, save_weights_atomic, write_json, zip_directory)
+                       remove_stale_temporaries, write_json, zip_directory)
 
 log = logging.getLogger("tfseg.train")
 
@@ -73,48 +76,6 @@ def resolve_precision(name: str) -> str:
     details = tf.config.experimental.get_device_details(gpus[0])
     major = (details.get("compute_capability") or (0, 0))[0]
     return "mixed_bfloat16" if major >= 8 else "mixed_float16"
-
-
-class ResizableSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule whose length can be changed during training (``train.max_minutes`` lays it out
-    for the epochs the time budget allows): total and warm-up steps live in non-trainable
-    variables, which the compiled train step reads at every step.
-
-    ``resize(total_steps, step)`` moves the end; the warm-up is kept once it is over and, while it
-    runs, never ends before ``step`` (the learning rate is never cut off in the middle of it).
-    """
-
-    def __init__(self, total_steps, warmup_steps):
-        self._total = keras.Variable(float(max(1, total_steps)), dtype="float32", trainable=False,
-                                     name="schedule_total_steps")
-        self._warmup = keras.Variable(float(warmup_steps), dtype="float32", trainable=False,
-                                      name="schedule_warmup_steps")
-
-    @property
-    def total_steps(self) -> float:
-        return float(keras.ops.convert_to_numpy(self._total))
-
-    @property
-    def warmup_steps(self) -> float:
-        return float(keras.ops.convert_to_numpy(self._warmup))
-
-    def wanted_warmup(self, total_steps: float) -> float:
-        raise NotImplementedError
-
-    def resize(self, total_steps: float, step: int) -> None:
-        total = float(max(1, total_steps, step))
-        warmup = self.warmup_steps
-        if step < warmup:  # still warming up: the new length, but not ending before now
-            warmup = max(self.wanted_warmup(total), float(step))
-        self._total.assign(total)
-        self._warmup.assign(warmup)
-
-    def state(self) -> dict:
-        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
-
-    def restore(self, state: dict) -> None:
-        self._total.assign(float(state["total_steps"]))
-        self._warmup.assign(float(state["warmup_steps"]))
 
 
 @keras.saving.register_keras_serializable(package="tfseg")
@@ -198,36 +159,9 @@ def make_optimizer(train_cfg, steps_per_epoch: int, schedule=None):
     return keras.optimizers.SGD(schedule, momentum=train_cfg.momentum, nesterov=True, **clip)
 
 
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the current learning rate to the epoch logs (so history.csv records it)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            lr = self.model.optimizer.learning_rate
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-
-
 # ------------------------------------------------------------------------------------------
 # Model construction from the config
 # ------------------------------------------------------------------------------------------
-class EpochFigure(keras.callbacks.Callback):
-    """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
-
-    def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold=0.5,
-                 ignore_index: int = 255, multilabel: bool = False):
-        super().__init__()
-        self.dataset, self.folder, self.band_names = dataset, Path(folder), band_names
-        self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
-        self.multilabel = multilabel
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.num_tiles:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png",
-                                   self.band_names, self.num_tiles, self.threshold, self.ignore_index,
-                                   multilabel=self.multilabel)
-
-
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
     """Constructor arguments for the chosen architecture (config field names = argument names);
     a multilabel task gets independent sigmoid outputs when model.activation is auto."""
@@ -278,7 +212,7 @@ def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict
 
 
 # ------------------------------------------------------------------------------------------
-# Seeds, strategy, callbacks
+# Seeds, strategy, resume (the callbacks are in tfseg/callbacks.py)
 # ------------------------------------------------------------------------------------------
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Python/NumPy/TF seeds (``keras.utils.set_random_seed``) and, with ``deterministic``,
@@ -327,252 +261,6 @@ def is_chief(strategy) -> bool:
     return bool(strategy.extended.should_checkpoint)
 
 
-class BestModelCheckpoint(keras.callbacks.Callback):
-    """Save the model whenever ``monitor`` improves, atomically (temporary file + ``os.replace``):
-    a kill during the save leaves the previous best intact, never a truncated ``model.keras``."""
-
-    def __init__(self, filepath, monitor: str, mode: str = "max"):
-        super().__init__()
-        self.filepath, self.monitor, self.mode = Path(filepath), monitor, mode
-        self.best = None
-
-    def improved(self, value) -> bool:
-        if value is None or not np.isfinite(value):
-            return False
-        if self.best is None:
-            return True
-        return value > self.best if self.mode == "max" else value < self.best
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:  # checkpointing the latest epoch instead would hide a typo for a whole run
-            raise ValueError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
-                             f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
-        if not np.isfinite(float(value)) and self.best is None and not self.filepath.is_file():
-            # NaN = undefined (e.g. IoU of a class absent from truth and prediction): keep a model
-            # to evaluate, and say so; a later defined value replaces it
-            log.warning("checkpoint: %s is undefined (%s) at epoch %d; saving this epoch's model until a defined "
-                        "value is logged", self.monitor, value, epoch + 1)
-            save_model_atomic(self.model, self.filepath)
-            return
-        if not self.improved(float(value)):
-            return
-        self.best = float(value)
-        save_model_atomic(self.model, self.filepath)
-
-
-class SummedValidationMetrics(keras.callbacks.Callback):
-    """Distributed runs: rewrite the ``val_*`` confusion-matrix metrics of the epoch logs from the
-    matrices **summed** over all replicas and workers (Keras logs the mean of the per-replica
-    scores, which differs from the score of the whole validation set). Every worker reads the
-    summed matrices together (one all-reduce per metric), so every worker logs the same values.
-    Must come first in the callback list (the checkpoint, CSV and trackers read the logs)."""
-
-    def __init__(self, metrics, strategy):
-        super().__init__()
-        self.metrics, self.strategy = [m for m in metrics if isinstance(m, ConfusionMatrixMetric)], strategy
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None or not any(f"val_{m.name}" in logs for m in self.metrics):
-            return
-        with self.strategy.scope():  # cross-replica context: a sync-on-read variable reads as the SUM
-            for metric in self.metrics:
-                logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
-
-
-class SynchronizedBatchNorm(keras.callbacks.Callback):
-    """Distributed runs: batch normalization with the **global** batch statistics (all-reduced
-    over replicas and workers) while the training step is traced, so every replica applies the
-    same moving-statistics update and all workers keep identical moving means/variances. With
-    per-replica statistics each worker's moving statistics drift apart: the validation a worker
-    scores and the model the chief saves are then different models (measured: two-worker val_iou
-    0.03105 against 0.02879 for the saved model; equal without batch norm). The flag is on while
-    an epoch trains and off at its end, before the checkpoints: saved models do not carry it (Keras
-    refuses ``synchronized=True`` outside TensorFlow, e.g. on JAX)."""
-
-    def _batch_norms(self):
-        return [layer for layer in self.model._flatten_layers(include_self=False)
-                if isinstance(layer, keras.layers.BatchNormalization)]
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._set(True)
-
-    def on_epoch_end(self, epoch, logs=None):  # first callback: before any model is saved
-        self._set(False)
-
-    def on_train_end(self, logs=None):
-        self._set(False)
-
-    def _set(self, value: bool) -> None:
-        for layer in self._batch_norms():
-            layer.synchronized = value
-
-
-class TrainingState(keras.callbacks.Callback):
-    """Resume state in ``RUN_DIR/backup``: after every completed epoch the weights (with the
-    optimizer state) go to ``epoch-NNNN.weights.h5`` and then ``state.json`` (epoch, cumulative
-    training time, the best/wait counters of the other callbacks) is replaced atomically to point
-    at them. A kill at any moment leaves ``state.json`` naming a complete file.
-
-    Must come last in the callback list: its epoch end runs after CSVLogger/EarlyStopping.
-    Keras' own ``BackupAndRestore`` is not used because it overwrites its weights and metadata
-    in place (a kill mid-write corrupts them or pairs new weights with the old epoch) and it
-    does not restore the state of the other callbacks.
-    """
-
-    STATE = "state.json"
-
-    def __init__(self, backup_dir, tracked: dict, previous: Optional[dict] = None, write: bool = True,
-                 schedule=None, clock=None):
-        super().__init__()
-        self.backup_dir, self.tracked, self.write = Path(backup_dir), tracked, write
-        self.previous = previous or {}
-        self.seconds = float(self.previous.get("train_seconds", 0.0))
-        self.epoch_seconds = list(self.previous.get("epoch_seconds", []))
-        self.resumes = int(self.previous["resumes"]) + 1 if previous else 0
-        self.schedule = schedule if isinstance(schedule, ResizableSchedule) else None
-        self.clock = clock or time.monotonic
-        self.stop_reason = None  # set by whoever stops training early (see train())
-        self._epoch_start = None
-        self._epoch_closed = None
-        if self.schedule is not None and "schedule" in self.previous:
-            self.schedule.restore(self.previous["schedule"])
-
-    @classmethod
-    def load(cls, backup_dir) -> Optional[dict]:
-        path = Path(backup_dir) / cls.STATE
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        weights = Path(backup_dir) / state["weights"]
-        if not weights.is_file():
-            raise ValueError(f"resume state {path} names {weights}, which is missing: the backup is damaged; "
-                             "remove the backup/ directory to restart this run from scratch, or use --overwrite")
-        return state
-
-    def restore_weights(self, model) -> None:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(str(self.backup_dir / self.previous["weights"]))
-
-    def on_train_begin(self, logs=None):
-        # the tracked callbacks reset themselves in their own on_train_begin (earlier in the list)
-        for name, values in self.previous.get("callbacks", {}).items():
-            callback = self.tracked.get(name)
-            for attr, value in values.items():
-                if callback is not None:
-                    setattr(callback, attr, value)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start, self._epoch_closed = self.clock(), None
-
-    def close_epoch(self) -> float:
-        """Seconds of the epoch now ending (training + validation + the callbacks before this
-        call), added to ``seconds`` once; callbacks that need the time call it first."""
-        if self._epoch_closed is None and self._epoch_start is not None:
-            self._epoch_closed = self.clock() - self._epoch_start
-            self.seconds += self._epoch_closed
-            self.epoch_seconds.append(round(self._epoch_closed, 3))
-        return self._epoch_closed or 0.0
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.close_epoch()
-        self.save(epoch + 1)
-
-    def save(self, epochs_done: int) -> None:
-        if not self.write:
-            # non-chief worker: same collective-free save into a throw-away directory
-            scratch = Path(tempfile.mkdtemp(prefix="tfseg-worker-"))
-            try:
-                self.model.save_weights(str(scratch / "w.weights.h5"))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-            return
-        self.backup_dir.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epochs_done:04d}.weights.h5"
-        save_weights_atomic(self.model, self.backup_dir / name)
-        state = {
-            "epoch": epochs_done,
-            "weights": name,
-            "train_seconds": round(self.seconds, 3),
-            "epoch_seconds": self.epoch_seconds,
-            "complete": False,
-            "resumes": self.resumes,
-            "callbacks": {
-                key: {attr: _plain(getattr(cb, attr)) for attr in ("best", "wait", "cooldown_counter", "best_epoch")
-                      if hasattr(cb, attr) and _plain(getattr(cb, attr), check=True)}
-                for key, cb in self.tracked.items()
-            },
-        }
-        if self.schedule is not None:
-            state["schedule"] = self.schedule.state()
-        write_json(self.backup_dir / self.STATE, state)
-        for old in self.backup_dir.glob("epoch-*.weights.h5"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-
-    def on_train_end(self, logs=None):
-        # reached train.epochs or stopped early: a later start only re-evaluates and re-exports
-        path = self.backup_dir / self.STATE
-        if self.stop_reason is None:
-            early = self.tracked.get("early_stopping")
-            self.stop_reason = "early_stopping" if early is not None and early.stopped_epoch > 0 else "epochs"
-        if self.write and path.is_file():
-            write_json(path, dict(json.loads(path.read_text()), complete=True, stop_reason=self.stop_reason))
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """``train.max_minutes``: training stops at the end of the epoch in which the budget runs out
-    (time of every process of the run, from ``TrainingState``), and after every epoch the
-    schedule is laid out again for the epochs the budget allows: the elapsed time plus the mean
-    epoch time of this process (its first epoch, which includes tracing, only until there are
-    others) times the epochs still to come, never more than ``train.epochs``.
-
-    Comes right before ``TrainingState``, so the saved resume state holds the new layout.
-    """
-
-    def __init__(self, max_minutes: float, state: "TrainingState", steps_per_epoch: int, max_epochs: int):
-        super().__init__()
-        self.budget = float(max_minutes) * 60.0
-        self.state, self.steps, self.max_epochs = state, steps_per_epoch, max_epochs
-        self.times: list = []  # this process's epochs
-        self.planned_epochs = max_epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = self.state.close_epoch()
-        self.times.append(seconds)
-        done, elapsed = epoch + 1, self.state.seconds
-        if elapsed >= self.budget:
-            if done == 1:
-                log.warning("train.max_minutes=%g (%.0f s) is shorter than one epoch: one epoch is run (it took "
-                            "%.1f s)", self.budget / 60, self.budget, seconds)
-            log.info("time budget of %g min used (%.0f s over %d epochs): training stops", self.budget / 60,
-                     elapsed, done)
-            self.model.stop_training = True
-            self.state.stop_reason = "max_minutes"
-            return
-        estimate = float(np.mean(self.times[1:] if len(self.times) > 1 else self.times))
-        planned = min(self.max_epochs, done + max(1, int(np.ceil((self.budget - elapsed) / max(estimate, 1e-9)))))
-        if planned != self.planned_epochs:
-            log.info("time budget: %.0f of %.0f s used, ~%.1f s per epoch: schedule laid out for %d epochs",
-                     elapsed, self.budget, estimate, planned)
-        self.planned_epochs = planned
-        if self.state.schedule is not None:
-            self.state.schedule.resize(planned * self.steps, done * self.steps)
-
-
-def _plain(value, check: bool = False):
-    """JSON-able number for callback state (``check``: whether it can be stored)."""
-    if value is None:
-        return False if check else None
-    try:
-        number = float(keras.ops.convert_to_numpy(value))
-    except (TypeError, ValueError):
-        return False if check else None
-    if check:
-        return True
-    return int(number) if float(number).is_integer() and abs(number) < 2**53 else number
-
-
 def trim_history(path: Path, rows: int) -> None:
     """Keep the header and the first ``rows`` epochs of ``history.csv`` (drops a row written for an
     epoch whose resume state was not saved, or a half-written line), atomically."""
@@ -607,101 +295,215 @@ def train(cfg, run_dir=None, overwrite: bool = False, verbose: int = 1, callback
         return _train(cfg, run_dir, overwrite, verbose, list(callbacks or []), clock)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the stages of one training run hand each other, filled in stage by stage: ``_start``
+    (strategy, ``chief``), ``_read_data`` (scenes, run directory, statistics), ``_build_datasets``
+    (resume point, tf.data), ``_build_model``, ``_build_callbacks`` (best file, resume state,
+    trackers), ``_fit``; then ``_finish`` (chief) or ``_worker_result``."""
+
+    cfg: Any
+    strategy: Any
+    chief: bool  # this process writes the run directory: is_chief(strategy), asked once
+    run_path: Optional[Path] = None
+    resuming: bool = False
+    precision: str = ""
+    train_scenes: list = dataclasses.field(default_factory=list)
+    val_scenes: list = dataclasses.field(default_factory=list)
+    norm: Any = None
+    band_dtype: Any = None
+    nodata: Any = None
+    class_index: Any = None
+    backup_dir: Optional[Path] = None
+    previous: Optional[dict] = None  # the resume state of an earlier start (TrainingState.load)
+    initial_epoch: int = 0
+    replicas: int = 1
+    global_batch: int = 0
+    num_bands: int = 0
+    train_ds: Any = None
+    val_ds: Any = None
+    steps: int = 0
+    weights: list = dataclasses.field(default_factory=list)  # the loss's class weights
+    model: Any = None
+    loss: Any = None
+    schedule: Any = None
+    metrics: list = dataclasses.field(default_factory=list)
+    card: Optional[ModelCard] = None
+    best_file: Optional[Path] = None
+    state: Optional[TrainingState] = None
+    tracker: Optional[NeptuneTracker] = None
+    mlflow_tracker: Any = None
+
+    @property
+    def task(self) -> str:
+        return config_lib.resolve_task(self.cfg.data)
+
+    @property
+    def classes(self) -> int:
+        return num_outputs(self.cfg.data)
+
+
 def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, clock) -> dict:
+    run = _start(cfg, run_dir)
+    _read_data(run, run_dir, overwrite)
+    _build_datasets(run)
+    _build_model(run)
+    callbacks = _build_callbacks(run, extra_callbacks, clock)
+    _fit(run, callbacks, verbose)
+    return _finish(run) if run.chief else _worker_result(run)
+
+
+def _start(cfg, run_dir) -> _Run:
+    """Seeds, the strategy (and whether this process is the chief), the checks needing no data."""
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     strategy = make_strategy(cfg.train.strategy)
-    chief = is_chief(strategy)
+    run = _Run(cfg, strategy, chief=is_chief(strategy))
     if cfg.train.strategy == "multi_worker" and not run_dir:
         raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
                          "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
-    if chief:
+    if run.chief:
         tracking_mlflow.resolve(cfg, Path(run_dir) if run_dir else default_run_dir(cfg))  # bad URI: error now
-    train_scenes, val_scenes = load_scenes(cfg.data)
-    if chief:
-        run_path, resuming = prepare_run_dir(run_dir, cfg, overwrite)
+    return run
+
+
+def _read_data(run: _Run, run_dir, overwrite: bool) -> None:
+    """The scenes, the run directory (the chief prepares it), the precision policy, the
+    normalization statistics, band dtype and nodata, and the class index when anything needs it."""
+    cfg = run.cfg
+    run.train_scenes, run.val_scenes = load_scenes(cfg.data)
+    if run.chief:
+        run.run_path, run.resuming = prepare_run_dir(run_dir, cfg, overwrite)
     else:
-        run_path, resuming = Path(run_dir), (Path(run_dir) / "config.yaml").is_file()
-    precision = resolve_precision(cfg.train.precision)
-    keras.mixed_precision.set_global_policy(precision)
+        run.run_path, run.resuming = Path(run_dir), (Path(run_dir) / "config.yaml").is_file()
+    run.precision = resolve_precision(cfg.train.precision)
+    keras.mixed_precision.set_global_policy(run.precision)
 
-    band_names = cfg.data.band_names or _band_names(train_scenes)
-    norm = compute_normalization(
-        [s.info for s in train_scenes], cfg.data.normalization, cfg.data.percentiles, band_names=band_names
+    band_names = cfg.data.band_names or _band_names(run.train_scenes)
+    run.norm = compute_normalization(
+        [s.info for s in run.train_scenes], cfg.data.normalization, cfg.data.percentiles, band_names=band_names
     )
-    band_dtype = dataset_dtype(train_scenes)
-    nodata = dataset_nodata(train_scenes, band_dtype)  # the model's no-data value, used for every split
+    run.band_dtype = dataset_dtype(run.train_scenes)
+    # the model's no-data value, used for every split
+    run.nodata = dataset_nodata(run.train_scenes, run.band_dtype)
     # class-frequency index of the training labels (balanced sampling, oversampling, auto weights)
-    class_index = None
     if cfg.data.sampling == "balanced" or cfg.data.oversample_class >= 0 or cfg.train.class_weights == "auto":
-        class_index = load_or_compute(run_path / "class_index.npz", train_scenes, cfg.data, write=chief)
+        run.class_index = load_or_compute(run.run_path / "class_index.npz", run.train_scenes, cfg.data,
+                                          write=run.chief)
         log.info("class frequencies of the training labels: %s", ", ".join(
-            f"{name} {v['frequency']:.4f}" for name, v in class_index.summary().items()))
+            f"{name} {v['frequency']:.4f}" for name, v in run.class_index.summary().items()))
 
-    backup_dir = run_path / "backup"
-    previous = TrainingState.load(backup_dir) if resuming else None
-    initial_epoch = int(previous["epoch"]) if previous else 0
-    if chief:
-        trim_history(run_path / "history.csv", initial_epoch)
-        remove_stale_temporaries(run_path)
 
-    replicas = strategy.num_replicas_in_sync
-    global_batch = cfg.data.batch_size * (replicas if cfg.train.batch_per_replica else 1)
-    classes = num_outputs(cfg.data)
-    task = config_lib.resolve_task(cfg.data)
-    bands = train_scenes[0].info.num_bands
+def _build_datasets(run: _Run) -> None:
+    """The resume point (the chief trims the history to it) and the training and validation
+    datasets of the global batch."""
+    cfg = run.cfg
+    run.backup_dir = run.run_path / "backup"
+    run.previous = TrainingState.load(run.backup_dir) if run.resuming else None
+    run.initial_epoch = int(run.previous["epoch"]) if run.previous else 0
+    if run.chief:
+        trim_history(run.run_path / "history.csv", run.initial_epoch)
+        remove_stale_temporaries(run.run_path)
+
+    run.replicas = run.strategy.num_replicas_in_sync
+    run.global_batch = cfg.data.batch_size * (run.replicas if cfg.train.batch_per_replica else 1)
+    run.num_bands = run.train_scenes[0].info.num_bands
     # a resumed run continues with fresh windows (the stream is indexed from 0 in every process);
     # each worker draws its own deterministic stream (its rank in the seed) instead of every worker
     # reading the whole stream and keeping its share
-    train_seed = cfg.data.seed + 7919 * initial_epoch + 104729 * worker_rank(strategy)
-    train_ds = build_dataset(train_scenes, cfg.data, training=True, seed=train_seed, batch_size=global_batch,
-                             nodata=nodata, class_index=class_index)
-    val_ds = build_dataset(val_scenes, cfg.data, training=False, batch_size=global_batch, nodata=nodata)
+    train_seed = cfg.data.seed + 7919 * run.initial_epoch + 104729 * worker_rank(run.strategy)
+    run.train_ds = build_dataset(run.train_scenes, cfg.data, training=True, seed=train_seed,
+                                 batch_size=run.global_batch, nodata=run.nodata, class_index=run.class_index)
+    run.val_ds = build_dataset(run.val_scenes, cfg.data, training=False, batch_size=run.global_batch,
+                               nodata=run.nodata)
     if cfg.train.strategy == "multi_worker":
-        train_ds, val_ds = _shard_off(train_ds), _shard_by_data(val_ds)
-    steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // global_batch)
-    train_cfg = _scaled_lr(cfg.train, replicas)
-    weights = resolve_class_weights(cfg, class_index)
+        run.train_ds, run.val_ds = _shard_off(run.train_ds), _shard_by_data(run.val_ds)
+    run.steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // run.global_batch)
 
-    with strategy.scope():
-        model = build_config_model(cfg, bands, norm, nodata, seed=cfg.train.seed + initial_epoch)
-        loss = get_loss(cfg.train.loss, classes, cfg.data.ignore_index, cfg.train.loss_weights or None, task=task,
-                        class_weights=weights or None)
-        schedule = make_schedule(train_cfg, steps)
-        metrics = segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task, cfg.data.classes)
-        model.compile(
-            optimizer=make_optimizer(train_cfg, steps, schedule),
-            loss=loss,
-            metrics=metrics,
+
+def _build_model(run: _Run) -> None:
+    """The model, loss, schedule and metrics, compiled under the strategy, and its card (saved
+    by the chief before training: a run stopped early can still be used)."""
+    cfg = run.cfg
+    train_cfg = _scaled_lr(cfg.train, run.replicas)
+    run.weights = resolve_class_weights(cfg, run.class_index)
+    with run.strategy.scope():
+        run.model = build_config_model(cfg, run.num_bands, run.norm, run.nodata,
+                                       seed=cfg.train.seed + run.initial_epoch)
+        run.loss = get_loss(cfg.train.loss, run.classes, cfg.data.ignore_index, cfg.train.loss_weights or None,
+                            task=run.task, class_weights=run.weights or None)
+        run.schedule = make_schedule(train_cfg, run.steps)
+        run.metrics = segmentation_metrics(run.classes, cfg.data.ignore_index, cfg.train.threshold, run.task,
+                                           cfg.data.classes)
+        run.model.compile(
+            optimizer=make_optimizer(train_cfg, run.steps, run.schedule),
+            loss=run.loss,
+            metrics=run.metrics,
             jit_compile=cfg.train.jit_compile,
         )
-    card = make_model_card(cfg, norm, model, band_dtype, nodata, class_weights=weights, class_index=class_index)
-    if chief:
-        card.save(run_path / CARD_FILE)  # before training: a run stopped early can still be used
-    best_file = run_path / "model.keras" if chief else Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
-    checkpoint = BestModelCheckpoint(best_file, cfg.train.monitor, cfg.train.monitor_mode)
-    callbacks = [
-        LearningRateLogger(),
-        checkpoint,
-    ]
-    if chief:
-        callbacks += [
-            keras.callbacks.TensorBoard(str(run_path / "logs"), write_graph=False),
-            keras.callbacks.CSVLogger(str(run_path / "history.csv"), append=initial_epoch > 0),
+    run.card = make_model_card(cfg, run.norm, run.model, run.band_dtype, run.nodata, class_weights=run.weights,
+                               class_index=run.class_index)
+    if run.chief:
+        run.card.save(run.run_path / CARD_FILE)
+
+
+def _build_callbacks(run: _Run, extra_callbacks: list, clock) -> list:
+    """tfseg's callbacks in the order they run: those rewriting the logs, the checkpoint, the run
+    directory's writers (chief), early stopping / plateau, Neptune, ``extra_callbacks``, the time
+    budget, the resume state, MLflow. The chief starts the trackers; a worker checkpoints into a
+    throw-away directory."""
+    cfg = run.cfg
+    writers = []
+    if run.chief:
+        run.best_file = run.run_path / "model.keras"
+        writers += [
+            keras.callbacks.TensorBoard(str(run.run_path / "logs"), write_graph=False),
+            keras.callbacks.CSVLogger(str(run.run_path / "history.csv"), append=run.initial_epoch > 0),
         ]
-    tracked = {"checkpoint": checkpoint}
-    if replicas > 1:  # first: the summed-matrix scores replace Keras' mean over replicas in the logs
-        callbacks.insert(0, SummedValidationMetrics(metrics, strategy))
-        callbacks.insert(0, SynchronizedBatchNorm())
-    if cfg.train.object_f1:  # first, so checkpoint/CSV/TensorBoard see val_object_f1 in the logs
+        if cfg.train.epoch_figures:  # visual check: validation tiles after every epoch
+            writers.append(EpochFigure(run.val_ds, run.run_path / "figures", run.card.band_names,
+                                       cfg.train.num_figure_tiles, cfg.train.threshold, cfg.data.ignore_index,
+                                       multilabel=run.task == "multilabel"))
+        run.tracker = NeptuneTracker.start(cfg, run.run_path, _dataset_name(cfg))
+        run.mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run.run_path, _dataset_name(cfg), run.precision)
+    else:
+        run.best_file = Path(tempfile.mkdtemp(prefix="tfseg-worker-")) / "model.keras"
+    tracked = {"checkpoint": BestModelCheckpoint(run.best_file, cfg.train.monitor, cfg.train.monitor_mode)}
+    callbacks = _log_rewriting_callbacks(run) + [LearningRateLogger(), tracked["checkpoint"]] + writers
+    callbacks += _plateau_callbacks(cfg, tracked)
+    if run.tracker is not None:
+        callbacks += run.tracker.callbacks()
+    callbacks += extra_callbacks
+    run.state = TrainingState(run.backup_dir, tracked, run.previous, write=run.chief, schedule=run.schedule,
+                              clock=clock)
+    if cfg.train.max_minutes:
+        callbacks.append(TimeBudget(cfg.train.max_minutes, run.state, run.steps, cfg.train.epochs))
+    callbacks.append(run.state)  # saves the resume state after every other callback's epoch end...
+    if run.mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
+        callbacks += run.mlflow_tracker.callbacks()
+    return callbacks
+
+
+def _log_rewriting_callbacks(run: _Run) -> list:
+    """The callbacks that add to or rewrite the epoch logs, first in the list so the checkpoint,
+    CSV, TensorBoard and trackers read their values."""
+    cfg = run.cfg
+    callbacks = []
+    if cfg.train.object_f1:  # val_object_f1
         from .object_metrics import ObjectF1Callback
 
-        callbacks.insert(0, ObjectF1Callback(
-            val_scenes, card, cfg.train.threshold, cfg.data.ignore_index, tile_size=cfg.data.window_size,
-            overlap=cfg.data.eval_overlap, batch_size=global_batch, options=PolygonOptions(instances="watershed")))
-    if cfg.train.epoch_figures and chief:  # visual check: validation tiles after every epoch
-        callbacks.append(EpochFigure(val_ds, run_path / "figures", card.band_names, cfg.train.num_figure_tiles,
-                                     cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel"))
+        callbacks.append(ObjectF1Callback(
+            run.val_scenes, run.card, cfg.train.threshold, cfg.data.ignore_index, tile_size=cfg.data.window_size,
+            overlap=cfg.data.eval_overlap, batch_size=run.global_batch, options=PolygonOptions(instances="watershed")))
+    if run.replicas > 1:  # the summed-matrix scores replace Keras' mean over replicas in the logs
+        callbacks += [SynchronizedBatchNorm(), SummedValidationMetrics(run.metrics, run.strategy)]
+    return callbacks
+
+
+def _plateau_callbacks(cfg, tracked: dict) -> list:
+    """Early stopping and learning-rate reduction on ``train.monitor``, when configured; added to
+    ``tracked`` (their counters go into the resume state)."""
+    callbacks = []
     if cfg.train.early_stopping_patience:
         tracked["early_stopping"] = keras.callbacks.EarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)
@@ -711,104 +513,131 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
             cfg.train.monitor, factor=cfg.train.reduce_lr_factor, patience=cfg.train.reduce_lr_patience,
             mode=cfg.train.monitor_mode, min_lr=cfg.train.min_learning_rate)
         callbacks.append(tracked["reduce_lr"])
-    tracker = NeptuneTracker.start(cfg, run_path, _dataset_name(cfg)) if chief else None
-    if tracker is not None:
-        callbacks += tracker.callbacks()
-    callbacks += extra_callbacks
-    state = TrainingState(backup_dir, tracked, previous, write=chief, schedule=schedule, clock=clock)
-    if cfg.train.max_minutes:
-        callbacks.append(TimeBudget(cfg.train.max_minutes, state, steps, cfg.train.epochs))
-    callbacks.append(state)  # saves the resume state after every other callback's epoch end...
-    mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run_path, _dataset_name(cfg), precision) if chief else None
-    if mlflow_tracker is not None:  # ...except MLflow's: an epoch reaches it once its state is saved
-        callbacks += mlflow_tracker.callbacks()
+    return callbacks
+
+
+def _fit(run: _Run, callbacks: list, verbose: int) -> None:
+    """Restore the resume state's weights, then fit the epochs still to come (none when an earlier
+    start completed the run or used up ``train.max_minutes``)."""
+    cfg, previous = run.cfg, run.previous
     budget_used = bool(previous and cfg.train.max_minutes and
                        float(previous.get("train_seconds", 0)) >= cfg.train.max_minutes * 60)
-
     if previous:
-        with strategy.scope():
-            state.restore_weights(model)
-        log.info("resuming %s from epoch %d of %d", run_path, initial_epoch, cfg.train.epochs)
+        with run.strategy.scope():
+            run.state.restore_weights(run.model)
+        log.info("resuming %s from epoch %d of %d", run.run_path, run.initial_epoch, cfg.train.epochs)
     if previous and (previous.get("complete") or budget_used):
-        log.info("%s: training already complete (%d epochs); evaluating and exporting again", run_path,
-                 initial_epoch)
-        state.stop_reason = previous.get("stop_reason") or ("max_minutes" if budget_used else "epochs")
+        log.info("%s: training already complete (%d epochs); evaluating and exporting again", run.run_path,
+                 run.initial_epoch)
+        run.state.stop_reason = previous.get("stop_reason") or ("max_minutes" if budget_used else "epochs")
     else:
-        with _fit_scope(model, strategy, cfg.train.strategy):
-            model.fit(
-                train_ds, epochs=cfg.train.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False,
+        with _fit_scope(run.model, run.strategy, cfg.train.strategy):
+            run.model.fit(
+                run.train_ds, epochs=cfg.train.epochs, initial_epoch=run.initial_epoch, steps_per_epoch=run.steps,
+                validation_data=run.val_ds, callbacks=callbacks, verbose=verbose, shuffle=False,
             )
-    train_seconds = state.seconds
-    if not chief:
-        shutil.rmtree(best_file.parent, ignore_errors=True)
-        history = getattr(model, "history", None)
-        done = initial_epoch + (len(history.epoch) if history is not None else 0)
-        return {"run_dir": str(run_path), "chief": False, "epochs": done, "train_seconds": round(train_seconds, 2),
-                "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations))}
 
-    best = keras.saving.load_model(best_file, compile=False)
-    best.compile(loss=loss, metrics=segmentation_metrics(classes, cfg.data.ignore_index, cfg.train.threshold, task,
-                                                         cfg.data.classes))
-    if cfg.train.strategy == "multi_worker":
-        val_ds = _shard_off(val_ds)
-    # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
-    # for nodata; nodata pixels carry the ignore label and count for nothing)
-    final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
-    final_ds = build_dataset(val_scenes, final_data, training=False, batch_size=global_batch, nodata=nodata)
-    scores = best.evaluate(final_ds, verbose=0, return_dict=True)
+
+def _worker_result(run: _Run) -> dict:
+    """A non-chief worker's summary (the chief evaluates, exports and tracks)."""
+    shutil.rmtree(run.best_file.parent, ignore_errors=True)
+    history = getattr(run.model, "history", None)
+    done = run.initial_epoch + (len(history.epoch) if history is not None else 0)
+    return {"run_dir": str(run.run_path), "chief": False, "epochs": done,
+            "train_seconds": round(run.state.seconds, 2),
+            "steps": int(keras.ops.convert_to_numpy(run.model.optimizer.iterations))}
+
+
+def _finish(run: _Run) -> dict:
+    """The chief's end of a run: the best model's final scores (metrics.json), the operating
+    point, the card (model_card.json and inside model.keras), predictions.png, the export and
+    the trackers' final records."""
+    cfg = run.cfg
+    best, scores = _evaluate_best(run)
     # NaN = undefined (no class present in truth or prediction): null in metrics.json
     val = {k: (None if np.isnan(scores[k]) else float(scores[k])) for k in ("iou", "f1", "precision", "recall",
                                                                            "accuracy")}
-    history_path = run_path / "history.csv"
-    final_state = json.loads((backup_dir / TrainingState.STATE).read_text()) if (backup_dir / TrainingState.STATE).is_file() else {}
+    result = _result(run, best, scores, val)
+    steps_done = int(keras.ops.convert_to_numpy(run.model.optimizer.iterations))
+    card = dataclasses.replace(run.card, metrics=val)
+    if cfg.train.object_f1 and run.val_scenes:
+        point = _operating_point(cfg, best, card, run.val_scenes, run.global_batch, run.run_path, result)
+        if point is not None:  # the card carries it: model_card.json, model.keras, the SavedModel
+            card = card.with_operating_point(point)
+    write_json(run.run_path / "metrics.json", result)
+    card.save(run.run_path / CARD_FILE)
+    embed_card(run.best_file, card)
+    val_ds = _shard_off(run.val_ds) if cfg.train.strategy == "multi_worker" else run.val_ds
+    save_prediction_figure(best, val_ds, run.run_path / "predictions.png", card.band_names,
+                           cfg.train.num_figure_tiles, cfg.train.threshold, cfg.data.ignore_index,
+                           multilabel=run.task == "multilabel")
+    _export_and_track(run, best, card, result)
+    return {**result, "run_dir": str(run.run_path), "chief": True, "steps": steps_done}
+
+
+def _evaluate_best(run: _Run):
+    """``(model, scores)``: the best checkpoint, scored over the validation scenes."""
+    cfg = run.cfg
+    best = keras.saving.load_model(run.best_file, compile=False)
+    best.compile(loss=run.loss, metrics=segmentation_metrics(run.classes, cfg.data.ignore_index, cfg.train.threshold,
+                                                             run.task, cfg.data.classes))
+    # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
+    # for nodata; nodata pixels carry the ignore label and count for nothing)
+    final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
+    final_ds = build_dataset(run.val_scenes, final_data, training=False, batch_size=run.global_batch,
+                             nodata=run.nodata)
+    return best, best.evaluate(final_ds, verbose=0, return_dict=True)
+
+
+def _result(run: _Run, best, scores: dict, val: dict) -> dict:
+    """The metrics.json of a run (the keys in their order there)."""
+    cfg = run.cfg
+    history_path = run.run_path / "history.csv"
+    state_path = run.backup_dir / TrainingState.STATE
+    final_state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     result = {
         "val": val,
         "epochs": len(read_history(history_path)) if history_path.is_file() else 0,
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(run.state.seconds, 2),
         "val_loss": float(scores["loss"]),
         "params": int(best.count_params()),
-        "precision_policy": precision,
+        "precision_policy": run.precision,
         "model": cfg.model.name,
         "backbone": cfg.model.backbone,
         "best_epoch": _best_epoch(history_path, cfg.train.monitor, cfg.train.monitor_mode),
         "resumes": int(final_state.get("resumes", 0)),
-        "replicas": replicas,
-        "global_batch_size": global_batch,
-        "steps_per_epoch": steps,
+        "replicas": run.replicas,
+        "global_batch_size": run.global_batch,
+        "steps_per_epoch": run.steps,
         "max_minutes": cfg.train.max_minutes or None,
-        "stop_reason": state.stop_reason,
-        "schedule_epochs": round(schedule.total_steps / steps, 3) if isinstance(schedule, ResizableSchedule) else None,
+        "stop_reason": run.state.stop_reason,
+        "schedule_epochs": (round(run.schedule.total_steps / run.steps, 3)
+                            if isinstance(run.schedule, ResizableSchedule) else None),
     }
-    if weights:
-        result["class_weights"] = dict(zip(weight_names(cfg.data, task, len(weights)), map(float, weights)))
-    if card.class_frequencies is not None:
-        result["class_frequencies"] = dict(card.class_frequencies)
-    steps_done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    card = dataclasses.replace(card, metrics=val)
-    if cfg.train.object_f1 and val_scenes:
-        point = _operating_point(cfg, best, card, val_scenes, global_batch, run_path, result)
-        if point is not None:  # the card carries it: model_card.json, model.keras, the SavedModel
-            card = card.with_operating_point(point)
-    write_json(run_path / "metrics.json", result)
-    card.save(run_path / CARD_FILE)
-    embed_card(best_file, card)
-    save_prediction_figure(best, val_ds, run_path / "predictions.png", card.band_names, cfg.train.num_figure_tiles,
-                           cfg.train.threshold, cfg.data.ignore_index, multilabel=task == "multilabel")
+    if run.weights:
+        result["class_weights"] = dict(zip(weight_names(cfg.data, run.task, len(run.weights)),
+                                           map(float, run.weights)))
+    if run.card.class_frequencies is not None:
+        result["class_frequencies"] = dict(run.card.class_frequencies)
+    return result
+
+
+def _export_and_track(run: _Run, best, card: ModelCard, result: dict) -> None:
+    """The SavedModel (``export.enabled``) and the trackers' final records; the trackers stop."""
+    cfg, run_path = run.cfg, run.run_path
     archive = None
     if cfg.export.enabled:
         export_saved_model(best, run_path / "export", card)
-        if tracker is not None and cfg.tracking.neptune.upload_model:
+        if run.tracker is not None and cfg.tracking.neptune.upload_model:
             archive = zip_directory(run_path / "export", run_path / ".neptune" / "artifacts" / "saved_model.zip")
-    if tracker is not None:
+    if run.tracker is not None:
         files = {"history": run_path / "history.csv", "metrics": run_path / "metrics.json",
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
-        tracker.log_final(result, files, archive)
-        tracker.stop()
-    if mlflow_tracker is not None:
-        mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
-        mlflow_tracker.stop()
-    return {**result, "run_dir": str(run_path), "chief": True, "steps": steps_done}
+        run.tracker.log_final(result, files, archive)
+        run.tracker.stop()
+    if run.mlflow_tracker is not None:
+        run.mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
+        run.mlflow_tracker.stop()
 
 
 def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_path: Path, result: dict):
