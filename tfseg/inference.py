@@ -1,18 +1,20 @@
 """Sliding-window inference engine shared by ``predict``, ``evaluate`` and the training callback.
 
-A model is wrapped as a :class:`Predictor`: ``predictor(raw)`` maps a raw-pixel batch
-``[N, H, W, C]`` (the scene's dtype, no-data pixels holding the model card's ``nodata``) to
-probabilities ``[N, H, W, K] float32``. Two implementations share all the tiling code:
-:class:`KerasPredictor` (a Keras model whose first layer is its preprocessing) and
-:class:`SavedModelPredictor` (the exported ``serving_default`` signature). Both describe
-themselves with the run's :class:`~tfseg.model_card.ModelCard`; a scene whose band count or
-dtype differs from the card is refused, a different nodata value is warned about.
-
 :func:`run_sliding_window` streams tiles from one or more sources (GeoTIFF scenes read window by
-window, or in-memory arrays) through the predictor in fixed-size batches, blends overlapping
-tiles with a smooth weight window and hands finished row strips to a sink. Only a strip of
-``tile + block`` rows of the scene is ever held in memory, so memory does not grow with
-the scene height (and grows only linearly, by a few bytes per pixel of a row, with its width).
+window, or in-memory arrays) through a :class:`~tfseg.predictors.Predictor` in fixed-size
+batches, blends overlapping tiles with a smooth weight window and hands finished row strips to a
+sink. Only a strip of ``tile + block`` rows of the scene is ever held in memory, so memory does
+not grow with the scene height (and grows only linearly, by a few bytes per pixel of a row, with
+its width). It wires three pieces:
+
+* :class:`TileGrid`: the run's tile size, stride and margin; tile origins per scene, the blend
+  weight of each tile and the per-axis weight sums;
+* :class:`TileReader`: every job's tiles in raster order, in batches, the next batch read in a
+  background thread while the model runs on the current one;
+* :class:`SceneBlender`: one scene's strip buffer, into which its tiles are blended, written to
+  the scene's sink as rows become final.
+
+The predictors live in :mod:`tfseg.predictors` and are importable from here as well.
 
 Example:
     >>> predictor = load_predictor("runs/default")          # run dir, .keras or SavedModel
@@ -22,215 +24,32 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 from rasterio.windows import Window
 
-from .data.raster import RasterInfo, native_dtype, read_window_raw
-from .model_card import ModelCard, load_model_card
+from .data.raster import RasterInfo, read_window_raw
+from .predictors import (  # re-exported: callers import the predictors from here
+    KerasPredictor,
+    ModelLoadError,
+    NodataWarning,
+    Predictor,
+    SavedModelPredictor,
+    fixed_input_shape,
+    load_predictor,
+)
+
+__all__ = [
+    "ArraySink", "ArraySource", "Job", "KerasPredictor", "ModelLoadError", "NodataWarning", "Predictor",
+    "RasterSource", "SavedModelPredictor", "SceneBlender", "TTA_VIEWS", "TileGrid", "TileReader",
+    "fixed_input_shape", "load_predictor", "plan_tiles", "positions", "predict_array", "predict_tta",
+    "predict_whole", "ramp_profile", "reflect_index", "run_sliding_window", "tta_views",
+]
 
 TTA_VIEWS = (1, 2, 4, 8)
-
-
-class ModelLoadError(ValueError):
-    """MODEL is not a run directory, a ``.keras`` file or an exported SavedModel; names the path."""
-
-
-# ------------------------------------------------------------------------------------------
-# Predictors
-# ------------------------------------------------------------------------------------------
-class NodataWarning(UserWarning):
-    """A scene's nodata value differs from the one the model was trained with."""
-
-
-class Predictor:
-    """Raw pixels in, probabilities out, described by the model's :class:`ModelCard`."""
-
-    def __init__(self, card: ModelCard, num_classes: int, source: str = "", fixed_size=None):
-        self.card, self.num_classes, self.source = card, int(num_classes), source  # num_classes: output channels
-        # (H, W) the model only takes (a fixed-input-size encoder such as a keras-hub ViT), else None
-        self.fixed_size = tuple(int(v) for v in fixed_size) if fixed_size else None
-
-    num_bands = property(lambda self: self.card.num_bands)
-    size_multiple = property(lambda self: self.card.size_multiple)
-    classes = property(lambda self: list(self.card.classes))
-    palette = property(lambda self: dict(self.card.colours))
-    task = property(lambda self: self.card.task)
-    tile_size = property(lambda self: self.card.tile_size)
-    recommended_overlap = property(lambda self: self.card.recommended_overlap)
-    # object post-processing chosen on validation at the end of training (threshold, min area,
-    # opening, instances; see tfseg.operating_point); None for models trained without one
-    operating_point = property(lambda self: self.card.operating_point)
-
-    @property
-    def threshold(self) -> float:
-        """The decision threshold: the card's (the operating point's when training chose one), of
-        the footprint channel for a multi-label building model."""
-        return self.card.thresholds()[(self.instance_bands() or {"footprint": 1})["footprint"] - 1]
-    ignore_index = property(lambda self: self.card.ignore_index)  # the label value training ignored
-
-    @property
-    def binary(self) -> bool:
-        return self.num_classes == 1
-
-    def instance_bands(self) -> Optional[dict]:
-        """1-based output bands ``{"footprint", "boundary"?, "contact"?}`` of a building model
-        (binary, or multi-label footprint[/boundary/contact] channels); None for other models."""
-        if self.binary:
-            return {"footprint": 1}
-        if self.task == "multilabel" and "footprint" in self.classes:
-            return {name: self.classes.index(name) + 1 for name in ("footprint", "boundary", "contact")
-                    if name in self.classes}
-        return None
-
-    @property
-    def multilabel(self) -> bool:
-        """Independent sigmoid channels (e.g. Dstl): per-class masks, never an argmax. A building
-        model's footprint[/boundary/contact] channels are not: its class map is the footprint
-        (see :meth:`instance_bands`)."""
-        return self.task == "multilabel" and self.num_classes > 1 and self.instance_bands() is None
-
-    def thresholds(self, threshold=None) -> np.ndarray:
-        """The per-class thresholds (K,): the card's, or ``threshold`` (one value or one per class)."""
-        value = self.card.thresholds() if threshold is None else threshold
-        values = np.asarray(value, np.float32).reshape(-1)
-        if values.size == 1:
-            values = np.repeat(values, self.num_classes)
-        if values.shape != (self.num_classes,):
-            raise ValueError(f"threshold: expected one value or {self.num_classes} (one per class), got {value!r}")
-        return values
-
-    @property
-    def class_names(self) -> list:
-        if self.binary:
-            return ["background", (self.classes or ["foreground"])[0]]
-        names = list(self.classes)
-        return names + [f"class{i}" for i in range(len(names), self.num_classes)]
-
-    @property
-    def class_map_names(self) -> list:
-        """The class of each value of the class map (:meth:`to_classes`): background and footprint
-        for a multi-label footprint[/boundary/contact] model (its map is the footprint), else
-        :attr:`class_names`."""
-        if not self.binary and self.instance_bands() is not None:
-            return ["background", "footprint"]
-        return self.class_names
-
-    def fill_value(self) -> float:
-        """Raw value written into no-data pixels: the card's nodata (NaN for float imagery
-        without one), which the model's preprocessing maps to 0, as in training."""
-        return self.card.fill_value()
-
-    def __call__(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def to_classes(self, probs: np.ndarray, threshold=None) -> np.ndarray:
-        """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
-        unless ``threshold`` is given) or argmax; multilabel: ``[..., K]`` 0/1 masks, each class
-        with its own threshold."""
-        if self.multilabel:
-            return (probs >= self.thresholds(threshold)).astype(np.uint8)
-        threshold = self.threshold if threshold is None else threshold
-        if self.binary:
-            return (probs[..., 0] >= threshold).astype(np.uint8)
-        bands = self.instance_bands()
-        if bands is not None:  # a multi-label building model: its class map is the footprint
-            return (probs[..., bands["footprint"] - 1] >= threshold).astype(np.uint8)
-        return np.argmax(probs, axis=-1).astype(np.uint8)
-
-    def tiling(self, tile_size: int = 0, overlap: int = -1) -> tuple[int, int]:
-        """Sliding-window tile size and overlap: the given ones, else the model's (overlap at most
-        half a tile)."""
-        tile = tile_size or self.tile_size
-        return tile, (overlap if overlap >= 0 else min(self.recommended_overlap, tile // 2))
-
-    def check_source(self, source, name: str = "") -> None:
-        """Refuse a scene whose band count (or, for a raster file, dtype) differs from the model
-        card's; warn (:class:`NodataWarning`) about a different nodata value."""
-        name = name or getattr(source, "name", "scene")
-        model = f" (model {self.source})" if self.source else ""
-        info = getattr(source, "info", None)
-        if info is None:
-            if source.num_bands != self.num_bands:
-                raise ValueError(f"{name}: the scene has {source.num_bands} band(s) but the model{model} was "
-                                 f"trained on {self.num_bands} band(s)")
-            return
-        for message in self.card.check_scene(f"{name}{model}", info.num_bands, native_dtype(info), info.nodata):
-            warnings.warn(message, NodataWarning, stacklevel=3)
-
-
-class KerasPredictor(Predictor):
-    """A Keras model whose first layer is its preprocessing, plus its model card (padding to the
-    size multiple in numpy)."""
-
-    def __init__(self, model, card: ModelCard, source: str = ""):
-        from .export import check_model_card
-
-        check_model_card(model, card, source or model.name)
-        super().__init__(card, int(model.output_shape[-1]), source, fixed_input_shape(model.input_shape))
-        self.model = model
-
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        x = np.asarray(raw)
-        height, width = x.shape[1:3]
-        m = self.size_multiple
-        pad_h, pad_w = (-height) % m, (-width) % m
-        if pad_h or pad_w:
-            x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
-        probs = self.model.predict_on_batch(x)
-        return np.asarray(probs, np.float32)[:, :height, :width, :]
-
-
-class SavedModelPredictor(Predictor):
-    """The exported SavedModel's ``serving_default`` signature (raw pixels in)."""
-
-    def __init__(self, path):
-        from ._tf import tensorflow as tf
-
-        self._tf = tf
-        card = load_model_card(path)
-        self.loaded = tf.saved_model.load(str(path))
-        self.signature = self.loaded.signatures["serving_default"]
-        out_spec = self.signature.structured_outputs["probabilities"]
-        num_classes = int(out_spec.shape[-1]) if out_spec.shape[-1] is not None else card.num_outputs
-        from .export import IMAGE_INPUT
-
-        in_spec = self.signature.structured_input_signature[1][IMAGE_INPUT]
-        super().__init__(card, num_classes, str(path), fixed_input_shape(in_spec.shape))
-
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        out = self.signature(images=self._tf.constant(np.asarray(raw, np.float32)))
-        return out["probabilities"].numpy().astype(np.float32)
-
-
-def fixed_input_shape(shape) -> Optional[tuple]:
-    """(H, W) of a model input shape ``(N, H, W, C)`` when both are fixed, else None."""
-    height, width = (list(shape)[1:3] + [None, None])[:2]
-    return (int(height), int(width)) if height is not None and width is not None else None
-
-
-def load_predictor(path) -> Predictor:
-    """A :class:`Predictor` for a run directory, a ``.keras`` file or an exported SavedModel dir."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"--model {path}: no such file or directory (expected a run directory, "
-                             "a .keras file or an exported SavedModel directory)")
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return SavedModelPredictor(path)
-    if path.is_dir() and not (path / "model.keras").is_file() and (path / "export" / "saved_model.pb").is_file():
-        return SavedModelPredictor(path / "export")
-    if (path.is_dir() and (path / "model.keras").is_file()) or path.suffix == ".keras":
-        from .export import load_run_model
-
-        model, card = load_run_model(path)
-        return KerasPredictor(model, card, source=str(path))
-    raise ModelLoadError(f"--model {path}: not a run directory (model.keras + model_card.json), "
-                         "a .keras file or a SavedModel directory (saved_model.pb)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -399,20 +218,8 @@ class Job:
     name: str = ""
 
 
-@dataclass
-class _JobState:
-    job: Job
-    rows: list
-    cols: list
-    acc: np.ndarray  # weighted probability sums of the rows in the buffer
-    valid: np.ndarray
-    row_weights: np.ndarray  # sum over tile rows of their row profiles (whole scene height)
-    col_weights: np.ndarray  # the same over tile columns: the weight sum is their outer product
-    start: int = 0  # absolute scene row held at buffer row 0
-
-
 # ------------------------------------------------------------------------------------------
-# The engine
+# The engine: a tile grid, one blender per scene, a prefetching reader, wired by run_sliding_window
 # ------------------------------------------------------------------------------------------
 def plan_tiles(predictor: Predictor, heights: Sequence[int], widths: Sequence[int], tile_size: int,
                overlap: int, margin: Optional[int]) -> tuple[int, int, int, int]:
@@ -443,6 +250,170 @@ def plan_tiles(predictor: Predictor, heights: Sequence[int], widths: Sequence[in
     return tile_h, tile_w, stride, max(0, int(margin))
 
 
+class TileGrid:
+    """Where a run's tiles go and how much each of their pixels counts: one tile size, stride and
+    margin for every scene of the run (see :func:`plan_tiles`).
+
+    Example:
+        >>> grid = TileGrid(128, 128, stride=96, margin=8, multiple=4)
+        >>> rows, cols = grid.origins(300, 400)       # tile origins along each axis
+        >>> weight = grid.weight(rows, cols, 0, 1)    # 128x128 blend weight of tile (0, 1)
+    """
+
+    def __init__(self, tile_height: int, tile_width: int, stride: int, margin: int, multiple: int = 1):
+        self.tile_height, self.tile_width = tile_height, tile_width
+        self.stride, self.margin, self.multiple = stride, margin, multiple
+        self._weights: dict = {}  # tile weight by its overlaps with its 4 neighbours, shared by scenes
+
+    @classmethod
+    def plan(cls, predictor: Predictor, heights: Sequence[int], widths: Sequence[int], tile_size: int,
+             overlap: int, margin: Optional[int]) -> "TileGrid":
+        """The grid of :func:`plan_tiles` for scenes of these sizes."""
+        tile_h, tile_w, stride, margin = plan_tiles(predictor, heights, widths, tile_size, overlap, margin)
+        return cls(tile_h, tile_w, stride, margin, max(1, predictor.size_multiple))
+
+    def origins(self, height: int, width: int) -> tuple[list, list]:
+        """Tile origins of a ``height`` x ``width`` scene: (rows, cols)."""
+        return (positions(height, self.tile_height, self.stride, self.multiple),
+                positions(width, self.tile_width, self.stride, self.multiple))
+
+    def weight(self, rows: list, cols: list, i: int, j: int) -> np.ndarray:
+        """Blend weight (tile_height x tile_width float32) of the tile at ``rows[i], cols[j]``."""
+        key = _overlaps(rows, self.tile_height, i) + _overlaps(cols, self.tile_width, j)
+        if key not in self._weights:
+            wr = ramp_profile(self.tile_height, key[0], key[1], self.margin)
+            wc = ramp_profile(self.tile_width, key[2], key[3], self.margin)
+            self._weights[key] = np.outer(wr, wc).astype(np.float32)
+        return self._weights[key]
+
+    def axis_weights(self, origins: list, tile: int, length: int) -> np.ndarray:
+        """Sum over the tiles along one axis of their profiles (``length`` float64).
+
+        Every tile weight is outer(row profile, column profile) on a full grid, so a scene's
+        weight sum is separable: outer(row sums, column sums). No per-pixel weight buffer is needed.
+        """
+        total = np.zeros(origins[-1] + tile, np.float64)
+        for index, origin in enumerate(origins):
+            total[origin : origin + tile] += ramp_profile(tile, *_overlaps(origins, tile, index), self.margin)
+        return total[:length]
+
+
+class SceneBlender:
+    """One scene's weighted sum of its tiles, in a strip of ``tile + block_rows`` rows of the
+    scene's width; finished rows go to the job's sink, in order, in strips whose boundaries fall
+    on multiples of ``block_rows``, and the sink is closed after the last tile.
+
+    Tiles must arrive in raster order (as :class:`TileReader` reads them).
+    """
+
+    def __init__(self, job: Job, grid: TileGrid, rows: list, cols: list, channels: int, block_rows: int):
+        self.job, self.grid, self.rows, self.cols, self.block_rows = job, grid, rows, cols, block_rows
+        self.height, self.width = job.source.height, job.source.width
+        # rows [start, origin + tile) with start >= the block boundary below origin
+        cap = min(grid.tile_height + block_rows, self.height)
+        self.acc = np.zeros((cap, self.width, channels), np.float32)  # weighted probability sums
+        self.valid = np.zeros((cap, self.width), bool)
+        # sums over tile rows / columns of their profiles: the weight sum is their outer product
+        self.row_weights = grid.axis_weights(rows, grid.tile_height, self.height)
+        self.col_weights = grid.axis_weights(cols, grid.tile_width, self.width)
+        self.start = 0  # absolute scene row held at buffer row 0
+
+    def add(self, i: int, j: int, probs: np.ndarray, valid: np.ndarray) -> bool:
+        """Blend tile ``(i, j)`` in (its probabilities and valid mask); True once the scene is
+        complete (every row written, the sink closed)."""
+        r, c = self.rows[i], self.cols[j]
+        h, w = min(self.grid.tile_height, self.height - r), min(self.grid.tile_width, self.width - c)
+        w2d = self.grid.weight(self.rows, self.cols, i, j)[:h, :w]
+        b0 = r - self.start
+        self.acc[b0 : b0 + h, c : c + w] += probs[:h, :w] * w2d[..., None]
+        self.valid[b0 : b0 + h, c : c + w] |= valid[:h, :w]
+        if j < len(self.cols) - 1:
+            return False
+        # a tile row is complete: rows above the next tile row are final
+        last = i == len(self.rows) - 1
+        self.flush(self.height if last else (self.rows[i + 1] // self.block_rows) * self.block_rows)
+        if last:
+            self.job.sink.close()
+        return last
+
+    def flush(self, upto: int) -> None:
+        """Emit finished rows [start, upto) to the sink and shift the buffer up."""
+        n = upto - self.start
+        if n <= 0:
+            return
+        wsum = np.outer(self.row_weights[self.start : upto], self.col_weights).astype(np.float32)
+        probs = self.acc[:n] / np.maximum(wsum, 1e-12)[..., None]
+        self.job.sink.write(self.start, probs, self.valid[:n].copy())
+        keep = self.acc.shape[0] - n
+        for buf in (self.acc, self.valid):
+            buf[:keep] = buf[n:]
+            buf[keep:] = 0
+        self.start = upto
+
+
+class TileReader:
+    """The tiles of every job in raster order, job after job, in batches of ``batch_size``
+    (``(index, i, j)`` items and their ``(image, valid)`` tiles, see :func:`_read_tile`); the next
+    batch is read in a background thread while the caller predicts the current one.
+
+    Example:
+        >>> with TileReader(jobs, origins, grid, fill, batch_size=8) as reader:
+        ...     for items, tiles in reader:
+        ...         ...
+    """
+
+    def __init__(self, jobs: Sequence[Job], origins: Sequence[tuple], grid: TileGrid, fill: float,
+                 batch_size: int):
+        self.jobs, self.origins, self.grid, self.fill, self.batch_size = jobs, origins, grid, fill, batch_size
+        self._items = self._all_items()
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def _all_items(self):
+        for index, (rows, cols) in enumerate(self.origins):
+            for i in range(len(rows)):
+                for j in range(len(cols)):
+                    yield index, i, j
+
+    def _next_items(self) -> list:
+        items = []
+        for item in self._items:
+            items.append(item)
+            if len(items) == self.batch_size:
+                break
+        return items
+
+    def _read(self, items: list) -> list:
+        tile_h, tile_w = self.grid.tile_height, self.grid.tile_width
+        return [_read_tile(self.jobs[index].source, self.origins[index][0][i], self.origins[index][1][j],
+                           tile_h, tile_w, self.fill) for index, i, j in items]
+
+    def __enter__(self) -> "TileReader":
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True)  # a read still in flight finishes before the caller goes on
+
+    def __iter__(self):
+        items = self._next_items()
+        pending = self._pool.submit(self._read, items) if items else None
+        while pending is not None:
+            tiles = pending.result()
+            current = items
+            items = self._next_items()
+            pending = self._pool.submit(self._read, items) if items else None
+            yield current, tiles
+
+
+def _predict_batch(predictor: Predictor, tiles: list, batch_size: int, views: Sequence, pad: bool) -> np.ndarray:
+    """Probabilities of a batch of raw tiles; with ``pad``, a short batch is padded to
+    ``batch_size`` with copies of its last tile (a constant batch shape: no retracing)."""
+    raw = np.stack(tiles)
+    if raw.shape[0] < batch_size and pad:
+        raw = np.concatenate([raw, np.repeat(raw[-1:], batch_size - raw.shape[0], axis=0)])
+    return predict_tta(predictor, raw, views)
+
+
 def run_sliding_window(
     predictor: Predictor,
     jobs: Sequence[Job],
@@ -468,130 +439,35 @@ def run_sliding_window(
         raise ValueError(f"--batch-size {batch_size}: expected >= 1")
     for job in jobs:
         predictor.check_source(job.source, job.name or job.source.name)
-    tile_h, tile_w, stride, margin = plan_tiles(
-        predictor, [j.source.height for j in jobs], [j.source.width for j in jobs], tile_size, overlap, margin)
-    multiple = max(1, predictor.size_multiple)
+    grid = TileGrid.plan(predictor, [j.source.height for j in jobs], [j.source.width for j in jobs], tile_size,
+                         overlap, margin)
     views = tta_views(tta)
     fill = predictor.fill_value()
     channels = predictor.num_classes
     block_rows = max(1, block_rows)
-
-    def grid(job):
-        return (positions(job.source.height, tile_h, stride, multiple),
-                positions(job.source.width, tile_w, stride, multiple))
-
-    grids = [grid(job) for job in jobs]
-
-    def tiles():
-        for index, (rows, cols) in enumerate(grids):
-            for i, r in enumerate(rows):
-                for j, c in enumerate(cols):
-                    yield index, i, j, r, c
-
-    profiles: dict = {}
-
-    def weight(rows, cols, i, j):
-        key = _overlaps(rows, tile_h, i) + _overlaps(cols, tile_w, j)
-        if key not in profiles:
-            wr = ramp_profile(tile_h, key[0], key[1], margin)
-            wc = ramp_profile(tile_w, key[2], key[3], margin)
-            profiles[key] = np.outer(wr, wc).astype(np.float32)
-        return profiles[key]
-
-    def axis_weights(origins, tile, length):
-        # every tile weight is outer(row profile, column profile) on a full grid, so the weight
-        # sum is separable: outer(sum of row profiles, sum of column profiles). No per-pixel
-        # weight buffer is needed.
-        total = np.zeros(origins[-1] + tile, np.float64)
-        for index, origin in enumerate(origins):
-            total[origin : origin + tile] += ramp_profile(tile, *_overlaps(origins, tile, index), margin)
-        return total[:length]
-
-    states: dict = {}
-
-    def state_for(index):
-        if index not in states:
-            job = jobs[index]
-            rows, cols = grids[index]
-            # rows [start, origin + tile) with start >= the block boundary below origin
-            cap = min(tile_h + block_rows, job.source.height)
-            width = job.source.width
-            states[index] = _JobState(
-                job, rows, cols, np.zeros((cap, width, channels), np.float32), np.zeros((cap, width), bool),
-                axis_weights(rows, tile_h, job.source.height), axis_weights(cols, tile_w, width))
-        return states[index]
-
-    def flush(st: _JobState, upto: int):
-        """Emit finished rows [st.start, upto) and shift the buffer."""
-        n = upto - st.start
-        if n <= 0:
-            return
-        wsum = np.outer(st.row_weights[st.start : upto], st.col_weights).astype(np.float32)
-        probs = st.acc[:n] / np.maximum(wsum, 1e-12)[..., None]
-        st.job.sink.write(st.start, probs, st.valid[:n].copy())
-        keep = st.acc.shape[0] - n
-        for buf in (st.acc, st.valid):
-            buf[:keep] = buf[n:]
-            buf[keep:] = 0
-        st.start = upto
-
-    def accumulate(index, i, j, r, c, probs, valid):
-        st = state_for(index)
-        height, width = st.job.source.height, st.job.source.width
-        h, w = min(tile_h, height - r), min(tile_w, width - c)
-        w2d = weight(st.rows, st.cols, i, j)[:h, :w]
-        b0 = r - st.start
-        st.acc[b0 : b0 + h, c : c + w] += probs[:h, :w] * w2d[..., None]
-        st.valid[b0 : b0 + h, c : c + w] |= valid[:h, :w]
-        if j == len(st.cols) - 1:  # a tile row is complete: rows above the next tile row are final
-            last = i == len(st.rows) - 1
-            upto = height if last else (st.rows[i + 1] // block_rows) * block_rows
-            flush(st, upto)
-            if last:
-                st.job.sink.close()
-                del states[index]
+    origins = [grid.origins(job.source.height, job.source.width) for job in jobs]
+    counts = [len(rows) * len(cols) for rows, cols in origins]
+    done_per_job = [0] * len(jobs)
+    blenders: dict = {}  # job index -> SceneBlender, from its first tile until its sink is closed
 
     started = time.perf_counter()
     total_tiles = 0
-    pixels = sum(j.source.height * j.source.width for j in jobs)
-    counts = [len(rows) * len(cols) for rows, cols in grids]
-    done_per_job = [0] * len(jobs)
-
-    def read_batch(items):
-        return [_read_tile(jobs[index].source, r, c, tile_h, tile_w, fill) for index, i, j, r, c in items]
-
-    iterator = tiles()
-
-    def next_items():
-        items = []
-        for item in iterator:
-            items.append(item)
-            if len(items) == batch_size:
-                break
-        return items
-
-    # read the next batch in a thread while the model runs on the current one
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        items = next_items()
-        pending = pool.submit(read_batch, items) if items else None
-        while pending is not None:
-            batch = pending.result()
-            current = items
-            items = next_items()
-            pending = pool.submit(read_batch, items) if items else None
-            raw = np.stack([b[0] for b in batch])
-            if raw.shape[0] < batch_size and total_tiles:  # constant batch shape: no retracing
-                raw = np.concatenate([raw, np.repeat(raw[-1:], batch_size - raw.shape[0], axis=0)])
-            probs = predict_tta(predictor, raw, views)
-            for k, (item, (_, valid)) in enumerate(zip(current, batch)):
-                accumulate(*item, probs[k], valid)
-                done_per_job[item[0]] += 1
+    with TileReader(jobs, origins, grid, fill, batch_size) as reader:
+        for items, tiles in reader:
+            probs = _predict_batch(predictor, [image for image, _ in tiles], batch_size, views, pad=total_tiles > 0)
+            for k, ((index, i, j), (_, valid)) in enumerate(zip(items, tiles)):
+                if index not in blenders:
+                    blenders[index] = SceneBlender(jobs[index], grid, *origins[index], channels, block_rows)
+                if blenders[index].add(i, j, probs[k], valid):
+                    del blenders[index]
+                done_per_job[index] += 1
                 if progress is not None:
-                    progress(jobs[item[0]].name, done_per_job[item[0]], counts[item[0]])
-            total_tiles += len(current)
+                    progress(jobs[index].name, done_per_job[index], counts[index])
+            total_tiles += len(items)
     seconds = time.perf_counter() - started
-    return {"tiles": total_tiles, "seconds": seconds, "pixels": pixels, "tile": [tile_h, tile_w],
-            "stride": stride, "margin": margin}
+    pixels = sum(j.source.height * j.source.width for j in jobs)
+    return {"tiles": total_tiles, "seconds": seconds, "pixels": pixels,
+            "tile": [grid.tile_height, grid.tile_width], "stride": grid.stride, "margin": grid.margin}
 
 
 def predict_array(predictor: Predictor, image: np.ndarray, valid: Optional[np.ndarray] = None,
