@@ -24,10 +24,11 @@ from typing import Optional
 import numpy as np
 
 from .data.raster import native_dtype
+from .errors import TfsegError
 from .model_card import ModelCard, load_model_card
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(TfsegError):
     """MODEL is not a run directory, a ``.keras`` file or an exported SavedModel; names the path."""
 
 

@@ -43,6 +43,7 @@ from .data.formats import load_scenes
 from .data.class_index import class_weights, load_or_compute
 from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
+from .errors import INPUT_ERRORS, report
 from .export import export_saved_model
 from .figures import save_prediction_figure
 from .losses import get_loss
@@ -581,9 +582,11 @@ def _evaluate_best(run: _Run):
     best = keras.saving.load_model(run.best_file, compile=False)
     best.compile(loss=run.loss, metrics=segmentation_metrics(run.classes, cfg.data.ignore_index, cfg.train.threshold,
                                                              run.task, cfg.data.classes))
-    # final scores over the validation scenes: every valid pixel once (no overlap, no tile skipped
-    # for nodata; nodata pixels carry the ignore label and count for nothing)
-    final_data = dataclasses.replace(cfg.data, eval_overlap=0, max_nodata_fraction=1.0)
+    # final scores over the validation scenes, on the grid the epochs' validation used (with
+    # data.eval_overlap: each tile sees context past the pixels it scores, as tfseg.predict's
+    # overlapping tiles do), every valid pixel once (a neighbour's share of an overlap is ignored
+    # in the label) and no tile skipped for nodata (nodata pixels carry the ignore label)
+    final_data = dataclasses.replace(cfg.data, max_nodata_fraction=1.0)
     final_ds = build_dataset(run.val_scenes, final_data, training=False, batch_size=run.global_batch,
                              nodata=run.nodata)
     return best, best.evaluate(final_ds, verbose=0, return_dict=True)
@@ -830,9 +833,8 @@ def main(argv=None) -> int:
         # progress bars on a terminal; one line per epoch into a log file or pipe
         verbose = 0 if args.quiet else 1 if sys.stdout.isatty() else 2
         result = train(cfg, args.run_dir, args.overwrite, verbose=verbose)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except INPUT_ERRORS as exc:
+        return report(exc)
     if cfg.train.strategy == "multi_worker":  # one machine-readable line per worker for cluster logs
         print("WORKER-RESULT " + json.dumps({k: result[k] for k in ("chief", "epochs", "steps", "run_dir")}))
     if not result["chief"]:
