@@ -5,32 +5,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import rasterio
-from rasterio.transform import from_origin
 
-UTM = "EPSG:32636"
-ORIGIN = (440000.0, 40512.0)
-PIXEL = 0.5
-
-
-def write_tif(path, array, crs=UTM, transform=None, nodata=None, pixel_size=PIXEL):
-    """(bands, H, W) or (H, W) -> GeoTIFF (crs=None writes a non-georeferenced file)."""
-    array = np.asarray(array)
-    if array.ndim == 2:
-        array = array[None]
-    count, height, width = array.shape
-    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=array.dtype, nodata=nodata)
-    if crs is not None:
-        profile.update(crs=crs, transform=transform or from_origin(ORIGIN[0], ORIGIN[1], pixel_size, pixel_size))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(array)
-    return path
+# GeoTIFFs and GeoJSON: tests.data.fixtures (write_geotiff, UTM, ORIGIN, PIXEL, TRANSFORM)
 
 
 def save_run(model, run_dir, mean=100.0, std=50.0, bands=3, config: str = "", band_dtype="uint16", nodata=0.0):

@@ -7,7 +7,6 @@ import logging
 
 import numpy as np
 import pytest
-from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from tfseg import config as config_module
@@ -17,7 +16,7 @@ from tfseg.data.labels import LabelError, VectorLabels
 from tfseg.data.pipeline import build_dataset, read_tile
 from tfseg.data.raster import Normalization, compute_normalization, open_raster
 
-from .data.fixtures import ORIGIN, UTM, pixel_box_to_world, write_geojson, write_geotiff
+from .data.fixtures import TRANSFORM, UTM, pixel_box_to_world, write_geojson, write_geotiff
 from .data.formats import make_dstl, make_mask_folder, make_scenes
 
 
@@ -109,7 +108,7 @@ def test_nodata_and_nan_are_ignored_and_windows_above_nodata_fraction_skipped(tm
     data[0, :, 40:] = np.nan  # NaN in float imagery = nodata
     write_geotiff(tmp_path / "train" / "a.tif", data)
     write_geotiff(tmp_path / "val" / "a.tif", data)
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     write_geojson(tmp_path / "labels.geojson", [pixel_box_to_world(0, 0, 64, 64, transform)])
     cfg = data_cfg(format="scenes", root=str(tmp_path), max_nodata_fraction=0.5)
     train, val = load_scenes(cfg)
@@ -176,7 +175,7 @@ def test_labels_in_another_crs_land_on_the_same_pixels(tmp_path):
 def test_class_attribute_by_name(tmp_path):
     root = tmp_path / "s"
     make_scenes(root)
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     geoms = [pixel_box_to_world(10, 10, 40, 30, transform), pixel_box_to_world(50, 60, 90, 80, transform)]
     write_geojson(root / "labels.geojson", geoms, properties=[{"kind": "road"}, {"kind": "building"}])
     cfg = data_cfg(format="scenes", root=str(root), classes=["background", "building", "road"],
@@ -229,7 +228,7 @@ def test_geopackage_labels_in_another_crs_with_class_attribute(tmp_path):
 
     root = tmp_path / "s"
     make_scenes(root)
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     boxes = [(10, 10, 40, 30), (50, 60, 90, 80)]
     geoms = [shape(transform_geom(UTM, "EPSG:3857", pixel_box_to_world(*b, transform))) for b in boxes]
     pyogrio_raw.write(

@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.infer_support import building_scene, keras_predictor, oracle_model, save_run, write_tif
-from tfseg import evaluate
 from tests.data.fixtures import SHARED_DATA as SHARED
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import building_scene, keras_predictor, oracle_model, save_run
+from tfseg import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +27,8 @@ def chips(tmp_path):
     truth = []
     for i, (h, w) in enumerate(sizes):
         image, mask = building_scene(h, w, boxes=((5, 5, 25, 30), (40, 60, 80, 120)), seed=i)
-        write_tif(images / f"OAM-{i}.tif", image)
-        write_tif(masks / f"OAM-{i}.mask.tif", mask * (255 if i == 2 else 1))
+        write_geotiff(images / f"OAM-{i}.tif", image)
+        write_geotiff(masks / f"OAM-{i}.mask.tif", mask * (255 if i == 2 else 1))
         truth.append(mask)
     return images, masks, truth
 
@@ -46,7 +47,7 @@ def test_pixels_binary_counts_errors(chips, oracle_run):
     images, masks, truth = chips
     wrong = truth[0].copy()
     wrong[:, :5] = 1  # 64*5 = 320 false negatives for the model (it predicts background there)
-    write_tif(masks / "OAM-0.mask.tif", wrong)
+    write_geotiff(masks / "OAM-0.mask.tif", wrong)
     result = evaluate.evaluate_pixels(oracle_run, sorted(images.iterdir()), sorted(masks.iterdir()), tile_size=32,
                                       overlap=8)
     tp = sum(int(m.sum()) for m in truth)
@@ -75,7 +76,7 @@ def test_pixels_of_a_footprint_boundary_contact_model_score_its_footprint(chips)
     images, masks, truth = chips
     wrong = truth[0].copy()
     wrong[:, :5] = 1  # 64*5 = 320 false negatives for the model (it predicts background there)
-    write_tif(masks / "OAM-0.mask.tif", wrong)
+    write_geotiff(masks / "OAM-0.mask.tif", wrong)
     predictor = footprint_boundary_contact_oracle()
     assert predictor.instance_bands() == {"footprint": 1, "boundary": 2, "contact": 3}
     result = evaluate.evaluate_pixels(predictor, sorted(images.iterdir()), sorted(masks.iterdir()), tile_size=32,
@@ -122,10 +123,10 @@ def test_pixels_multiclass_per_class(tmp_path):
     model = bright_is_class_2_model()
     run = save_run(model, tmp_path / "run", config="data:\n  classes: [land, road, building]\n")
     image, mask = building_scene(40, 50, boxes=((5, 5, 20, 20),))
-    write_tif(tmp_path / "i" / "a.tif", image)
+    write_geotiff(tmp_path / "i" / "a.tif", image)
     truth = (mask * 2).astype(np.uint8)
     truth[30:, :] = 1  # 'road' rows the model misses (predicts land)
-    write_tif(tmp_path / "m" / "a_mask.tif", truth)
+    write_geotiff(tmp_path / "m" / "a_mask.tif", truth)
     result = evaluate.evaluate_pixels(run, [tmp_path / "i" / "a.tif"], [tmp_path / "m" / "a_mask.tif"], tile_size=32,
                                       overlap=8)
     assert set(result["per_class"]) == {"land", "road", "building"}
@@ -140,8 +141,8 @@ def _scene(tmp_path, name, image, mask):
     from tfseg.data.raster import open_raster
     from tfseg.data.sources import Scene
 
-    info = open_raster(write_tif(tmp_path / f"{name}.tif", image))
-    labels = MaskLabels(open_raster(write_tif(tmp_path / f"{name}.mask.tif", mask)), binary_mask_lookup(np.unique(mask)))
+    info = open_raster(write_geotiff(tmp_path / f"{name}.tif", image))
+    labels = MaskLabels(open_raster(write_geotiff(tmp_path / f"{name}.mask.tif", mask)), binary_mask_lookup(np.unique(mask)))
     return Scene(info, labels, name)
 
 
@@ -282,7 +283,7 @@ def test_pixels_colour_masks_decoded_with_the_run_palette(tmp_path, mode):
         f"{k}: '{v}'" for k, v in palette.items()) + "}\n"
     run = save_run(model, tmp_path / "run", config=config)
     image, mask = building_scene(40, 50, boxes=((5, 5, 20, 20),))
-    write_tif(tmp_path / "i" / "a.tif", image)
+    write_geotiff(tmp_path / "i" / "a.tif", image)
     labels = (mask * 2).astype(np.uint8)  # building where the model predicts building, else land
     labels[30:, :] = 3  # black, not in the palette: ignored
     colours = [(0x84, 0x29, 0xF6), (0x6E, 0xC1, 0xE4), (0x3C, 0x10, 0x98), (0, 0, 0)]
@@ -307,6 +308,6 @@ def test_binary_mask_nodata_tag_zero_does_not_hide_background(chips, oracle_run)
         wrong = mask.copy()
         wrong[mask == 1] = 0
         wrong[0, 0] = 1
-        write_tif(masks / f"OAM-{i}.mask.tif", wrong, nodata=0)
+        write_geotiff(masks / f"OAM-{i}.mask.tif", wrong, nodata=0)
     result = evaluate.evaluate_pixels(oracle_run, sorted(images.iterdir()), sorted(masks.iterdir()))
     assert result["precision"] < 0.1

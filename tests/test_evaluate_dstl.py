@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.data.formats import make_dstl
-from tests.infer_support import save_run, write_tif
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import save_run
 from tfseg import evaluate
 from tfseg.data.formats.dstl import CLASSES
 
@@ -86,7 +87,7 @@ def test_predictions_scored_per_class_against_wkt(tmp_path, dstl, capsys):
     pred = _truth()
     pred[2] = np.roll(pred[2], SHIFT, axis=1)
     pred[:, :, -1] = 255  # the last column is nodata in the prediction: not scored
-    write_tif(tmp_path / "pred" / f"{IMAGE_ID}_class.tif", pred, crs=None, nodata=255)
+    write_geotiff(tmp_path / "pred" / f"{IMAGE_ID}_class.tif", pred, georeferenced=False, nodata=255)
     (tmp_path / "pred" / f"{IMAGE_ID}_overlay.png").write_bytes(b"")  # a folder holds more than the masks
     code, out, err = _main(capsys, "--model", run, "--predictions", tmp_path / "pred", "--wkt",
                            root / "train_wkt_v4.csv", "--grid-sizes", root / "grid_sizes.csv", "--json")
@@ -103,7 +104,7 @@ def test_predictions_scored_per_class_against_wkt(tmp_path, dstl, capsys):
 
     # the probability raster, thresholded by the card (0.5) or by --threshold
     probs = np.where(_truth() == 1, 0.6, 0.2).astype(np.float32)
-    write_tif(tmp_path / "prob" / f"{IMAGE_ID}_prob.tif", probs, crs=None)
+    write_geotiff(tmp_path / "prob" / f"{IMAGE_ID}_prob.tif", probs, georeferenced=False)
     args = ["--model", run, "--predictions", tmp_path / "prob", "--wkt", root / "train_wkt_v4.csv",
             "--grid-sizes", root / "grid_sizes.csv", "--json"]
     code, out, err = _main(capsys, *args)
@@ -127,7 +128,7 @@ def test_images_predicted_by_the_model_are_paired_with_wkt_by_stem(dstl, capsys)
 def test_bad_wkt_inputs_name_the_file_and_id(tmp_path, dstl, capsys):
     root, run = dstl
     pred = tmp_path / "pred" / f"{IMAGE_ID}_class.tif"
-    write_tif(pred, _truth(), crs=None, nodata=255)
+    write_geotiff(pred, _truth(), georeferenced=False, nodata=255)
     wkt, grid = root / "train_wkt_v4.csv", root / "grid_sizes.csv"
 
     def error(*args):
@@ -136,7 +137,7 @@ def test_bad_wkt_inputs_name_the_file_and_id(tmp_path, dstl, capsys):
         return err
 
     other = tmp_path / "other" / "6100_1_3_class.tif"  # an image the CSV has no rows for
-    write_tif(other, _truth(), crs=None, nodata=255)
+    write_geotiff(other, _truth(), georeferenced=False, nodata=255)
     err = error("--predictions", other, "--wkt", wkt, "--grid-sizes", grid)
     assert f"--wkt {wkt}: no rows for image '6100_1_3'" in err and IMAGE_ID in err
     no_grid = tmp_path / "grid.csv"
@@ -158,7 +159,7 @@ def test_bad_wkt_inputs_name_the_file_and_id(tmp_path, dstl, capsys):
     assert "--mask-suffix / --mask-pattern" in error("--predictions", pred, "--wkt", wkt, "--grid-sizes", grid,
                                                      "--mask-suffix", ".mask")
     # a prediction of another model (3 bands) and a model that is not a 10-class multi-label one
-    write_tif(tmp_path / "three" / f"{IMAGE_ID}_class.tif", _truth()[:3], crs=None, nodata=255)
+    write_geotiff(tmp_path / "three" / f"{IMAGE_ID}_class.tif", _truth()[:3], georeferenced=False, nodata=255)
     assert "3 band(s)" in error("--predictions", tmp_path / "three", "--wkt", wkt, "--grid-sizes", grid)
     import keras
 
@@ -176,8 +177,8 @@ def test_predictions_pair_with_k_band_masks(tmp_path, dstl, capsys):
     _, run = dstl
     pred = _truth()
     pred[2] = np.roll(pred[2], SHIFT, axis=1)
-    write_tif(tmp_path / "pred" / f"{IMAGE_ID}_class.tif", pred, crs=None, nodata=255)
-    write_tif(tmp_path / "masks" / f"{IMAGE_ID}.tif", _truth(), crs=None)
+    write_geotiff(tmp_path / "pred" / f"{IMAGE_ID}_class.tif", pred, georeferenced=False, nodata=255)
+    write_geotiff(tmp_path / "masks" / f"{IMAGE_ID}.tif", _truth(), georeferenced=False)
     code, out, err = _main(capsys, "--model", run / "model_card.json", "--predictions", tmp_path / "pred",
                            "--masks", tmp_path / "masks", "--json")
     assert code == 0, err

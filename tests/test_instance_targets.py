@@ -10,7 +10,7 @@ from rasterio.windows import Window
 from tfseg import config as config_module
 from tfseg.data.formats import DataFormatError, load_scenes
 
-from .data.fixtures import ORIGIN, UTM, pixel_box_to_world, write_geojson
+from .data.fixtures import TRANSFORM, UTM, pixel_box_to_world, write_geojson
 from .data.formats import make_mask_folder_with_labels, make_scenes
 
 TARGETS = ["footprint", "boundary", "contact"]
@@ -94,6 +94,4 @@ def test_targets_bad_input(tmp_path, caplog):
 
 
 def _transform():
-    from rasterio.transform import from_origin
-
-    return from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    return TRANSFORM

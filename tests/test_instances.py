@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.infer_support import write_tif
+from tests.data.fixtures import write_geotiff
 from tfseg.postprocess import PolygonOptions, polygonize_array, polygonize_raster, split_instances
 from tfseg.scoring import match_polygons
 
@@ -75,7 +75,7 @@ def test_watershed_raster_blocks_match_the_whole_array(tmp_path):
     for row in (4, 40, 70):
         part = touching_squares(size=96)[10:40]
         mask[row : row + 30] |= part[: 96 - row]
-    path = write_tif(tmp_path / "class.tif", mask)
+    path = write_geotiff(tmp_path / "class.tif", mask)
     whole = polygonize_array(mask, None, WATERSHED)
     for block_rows in (16, 37, 96):
         blocks = polygonize_raster(path, None, (1,), WATERSHED, block_rows=block_rows)

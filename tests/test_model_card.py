@@ -13,7 +13,8 @@ import pytest
 from tfseg._tf import tensorflow as tf  # noqa: F401,I001  (quiet import)
 import keras
 
-from tests.infer_support import building_scene, conv_model, save_legacy_run, save_run, write_tif
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import building_scene, conv_model, save_legacy_run, save_run
 from tfseg import predict
 from tfseg.data.raster import Normalization
 from tfseg.export import export_saved_model, load_run_model
@@ -96,9 +97,9 @@ def test_missing_or_wrong_field_names_the_field_and_the_file(run, tmp_path, chan
 
 def test_scene_band_count_dtype_and_nodata_checked_against_the_card(run, tmp_path):
     image, _ = building_scene(40, 48)
-    bands2 = write_tif(tmp_path / "two.tif", image[:2])
-    as_uint8 = write_tif(tmp_path / "eight.tif", image.clip(0, 255).astype(np.uint8))
-    other_nodata = write_tif(tmp_path / "nodata.tif", image, nodata=65535)
+    bands2 = write_geotiff(tmp_path / "two.tif", image[:2])
+    as_uint8 = write_geotiff(tmp_path / "eight.tif", image.clip(0, 255).astype(np.uint8))
+    other_nodata = write_geotiff(tmp_path / "nodata.tif", image, nodata=65535)
     options = predict.PredictOptions(tile_size=32, overlap=0, progress=False, polygons=False, overlay=False)
     with pytest.raises(ValueError, match="two.tif.*2 band.*3 band"):
         predict.predict_scenes(run, [bands2], tmp_path / "out2", options)
@@ -180,12 +181,9 @@ def test_one_tile_same_probabilities_through_evaluate_predict_export_and_serve(t
     val = sorted((data / "val").glob("*.tif"))[0]
     with rasterio.open(val) as src:
         tile = src.read(window=rasterio.windows.Window(64, 64, 64, 64))
-        profile = dict(driver="GTiff", width=64, height=64, count=src.count, dtype=src.dtypes[0], nodata=src.nodata,
-                       crs=src.crs, transform=src.window_transform(rasterio.windows.Window(64, 64, 64, 64)))
+        nodata, crs, transform = src.nodata, src.crs, src.window_transform(rasterio.windows.Window(64, 64, 64, 64))
     tile[:, :6, :9] = 0  # a no-data patch
-    scene = tmp_path / "tile.tif"
-    with rasterio.open(scene, "w", **profile) as dst:
-        dst.write(tile)
+    scene = write_geotiff(tmp_path / "tile.tif", tile, crs=crs, transform=transform, nodata=nodata)
     raw = tile.transpose(1, 2, 0)[None]
 
     # (1) evaluation: the pipeline's tile (source dtype, nodata written as the card's value)

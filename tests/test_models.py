@@ -8,6 +8,7 @@ import pytest
 import keras
 
 from tests._model_cases import BANDS, CASES, SLOW, size_multiple
+from tests.model_support import assert_roundtrip
 from tfseg.models import BUILDERS, build_model
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -70,14 +71,8 @@ def test_build_serialize_and_trace_dynamic(case, tmp_path):
     other = _images(height + expected_multiple, width, batch=1)
     assert tuple(fn(other).shape) == (1, height + expected_multiple, width, 3)
     # get_config round trip and .keras save/load give identical outputs
-    clone = model.__class__.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(images, training=False)), probs, atol=1e-5)
-    path = tmp_path / f"{case}.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = assert_roundtrip(model, images, tmp_path, expected=probs, config_atol=1e-5, name=f"{case}.keras")
     assert loaded.get_config()["tfseg_multiple"] == expected_multiple
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images, training=False)), probs)
 
 
 # every architecture trains under one policy here; the plain UNet and one backbone model under all

@@ -10,6 +10,7 @@ import keras
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (pip install 'tfseg[hub]')")
 
+from tests.model_support import assert_roundtrip  # noqa: E402
 from tfseg import config as config_lib  # noqa: E402
 from tfseg.models import build_model  # noqa: E402
 from tfseg.models.backbones import adapt_first_conv  # noqa: E402
@@ -63,13 +64,7 @@ def test_resnet_preset_in_every_architecture(presets, arch, kwargs, tmp_path):
     np.testing.assert_array_equal(encoder.get_layer("stack2_block0_2_conv").get_weights()[0],
                                   presets["resnet"].get_layer("stack2_block0_2_conv").get_weights()[0])
     if arch == "unet":  # .keras round trip and get_config/from_config give the same outputs
-        path = tmp_path / "hub.keras"
-        model.save(path)
-        loaded = keras.saving.load_model(path)
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images, training=False)), probs)
-        clone = model.__class__.from_config(model.get_config())
-        clone.set_weights(model.get_weights())
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(images, training=False)), probs, atol=1e-5)
+        assert_roundtrip(model, images, tmp_path, expected=probs, config_atol=1e-5, name="hub.keras")
 
 
 @pytest.mark.parametrize("arch,kwargs", ARCHS, ids=[a for a, _ in ARCHS])

@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent('''
     from tfseg.metrics import segmentation_metrics
     sys.path.insert(0, ".")
     from tests._model_cases import BANDS, CASES
+    from tests.model_support import outputs, save_and_reload
     results, models = {}, {}
     for case, precision in json.loads(sys.argv[1]):
         keras.mixed_precision.set_global_policy(precision)
@@ -51,9 +52,7 @@ SCRIPT = textwrap.dedent('''
                         "shape": list(probs.shape), "multiple": model.get_config()["tfseg_multiple"]}
         keras.mixed_precision.set_global_policy("float32")
     for key, (model, images, probs) in models.items():
-        path = f"{sys.argv[2]}/{key}.keras"
-        model.save(path)
-        again = keras.saving.load_model(path).predict(images, verbose=0)
+        again = outputs(save_and_reload(model, sys.argv[2], f"{key}.keras"), images, via="predict")
         results[key]["reload_max_diff"] = float(np.abs(again - probs).max())
     results["tensorflow_imported"] = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
     print("RESULT " + json.dumps(results))

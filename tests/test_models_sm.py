@@ -10,6 +10,7 @@ import pytest
 
 import keras
 
+from tests.model_support import assert_roundtrip
 from tfseg.models import build_model
 
 HAVE_SM = importlib.util.find_spec("segmentation_models") is not None
@@ -36,9 +37,7 @@ def test_sm_unet_under_mixed_float16_has_float32_output_and_trains(tmp_path):
     assert np.isfinite(model.train_on_batch(images, onehot))
     probs = model.predict(images, verbose=0)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-3)
-    path = tmp_path / "sm.keras"
-    model.save(path)
-    np.testing.assert_array_equal(keras.saving.load_model(path).predict(images, verbose=0), probs)
+    assert_roundtrip(model, images, tmp_path, expected=probs, via="predict", name="sm.keras")
 
 
 @needs_sm

@@ -7,6 +7,7 @@ import pytest
 
 import keras
 
+from tests.model_support import save_and_reload
 from tfseg.models import build_model
 from tfseg.models.backbones import adapt_first_conv, resnet34
 
@@ -66,8 +67,7 @@ def test_encoders_trained_from_scratch_use_the_decoder_bn_momentum(tmp_path):
         momenta = {layer.momentum for layer in model.get_layer(f"encoder_{backbone}").layers
                    if isinstance(layer, keras.layers.BatchNormalization)}
         assert momenta == {BN_MOMENTUM}, backbone
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    loaded = save_and_reload(model, tmp_path, "m.keras")
     assert {layer.momentum for layer in loaded.get_layer("encoder_resnet50").layers
             if isinstance(layer, keras.layers.BatchNormalization)} == {BN_MOMENTUM}
 

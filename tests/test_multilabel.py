@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.infer_support import save_run, write_tif
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import save_run
 from tfseg import evaluate, predict
 
 CLASSES = ["building", "road", "tree"]
@@ -77,8 +78,8 @@ def test_export_outputs_per_class_masks_not_an_argmax(tmp_path, run):
 
 def test_predict_and_evaluate_recover_each_class(tmp_path, run):
     image, truth = _fixture()
-    scene = write_tif(tmp_path / "scenes" / "s.tif", image)
-    write_tif(tmp_path / "masks" / "s.tif", truth)
+    scene = write_geotiff(tmp_path / "scenes" / "s.tif", image)
+    write_geotiff(tmp_path / "masks" / "s.tif", truth)
     summary = predict.predict_scenes(run, [scene], tmp_path / "out", predict.PredictOptions(
         tile_size=32, overlap=8, progress=False))
     with rasterio.open(tmp_path / "out" / "s_class.tif") as src:
@@ -97,7 +98,7 @@ def test_predict_and_evaluate_recover_each_class(tmp_path, run):
     assert {name: s["f1"] for name, s in result["per_class"].items()} == dict.fromkeys(CLASSES, 1.0)
     # a wrong class in one band is scored against that class only
     truth[2, 0:4, 60:80] = 1
-    write_tif(tmp_path / "masks" / "s.tif", truth)
+    write_geotiff(tmp_path / "masks" / "s.tif", truth)
     result = evaluate.evaluate_pixels(run, [scene], [tmp_path / "masks" / "s.tif"], tile_size=32, overlap=8)
     assert result["per_class"]["building"]["iou"] == 1.0 and result["per_class"]["road"]["iou"] == 1.0
     assert result["per_class"]["tree"]["iou"] == pytest.approx(30 * 32 / (30 * 32 + 80))
@@ -123,7 +124,7 @@ def test_predict_uses_the_cards_per_class_thresholds(tmp_path):
               "train:\n  threshold: [0.5, 1.0, 0.5]\n")
     run = save_run(_band_k_is_class_k_model(), tmp_path / "run", config=config)
     image, truth = _fixture()
-    scene = write_tif(tmp_path / "scenes" / "s.tif", image)
+    scene = write_geotiff(tmp_path / "scenes" / "s.tif", image)
     predict.predict_scenes(run, [scene], tmp_path / "out", predict.PredictOptions(
         tile_size=32, overlap=8, progress=False, overlay=False))
     with rasterio.open(tmp_path / "out" / "s_class.tif") as src:

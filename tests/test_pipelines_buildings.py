@@ -11,7 +11,7 @@ import pytest
 import rasterio
 
 from pipelines import buildings
-from tests.data.fixtures import ORIGIN, pixel_box_to_world, write_geojson
+from tests.data.fixtures import TRANSFORM, pixel_box_to_world, write_geojson
 from tests.data.formats import make_mask_folder
 from tests.data.fixtures import SHARED_DATA as SHARED
 
@@ -46,9 +46,7 @@ def _check_run(run_dir: Path, metrics: dict, num_val: int):
 
 def _write_labels(root: Path, masks: dict, size: int) -> None:
     """GeoJSON footprints (EPSG:4326) of the fixture's mask rectangles, one file per chip."""
-    from rasterio.transform import from_origin
-
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     (root / "labels").mkdir()
     for stem, mask in masks.items():
         rows, cols = np.nonzero(mask)

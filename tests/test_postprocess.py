@@ -9,7 +9,8 @@ from rasterio import features
 from shapely import wkt
 from shapely.geometry import box, shape
 
-from tests.infer_support import ORIGIN, PIXEL, UTM, write_tif
+from tests.data.fixtures import SHARED_DATA as SHARED
+from tests.data.fixtures import TRANSFORM, UTM, write_geotiff
 from tfseg.postprocess import (
     PolygonOptions,
     PolygonRecord,
@@ -25,7 +26,6 @@ from tfseg.postprocess import (
     write_spacenet_csv,
 )
 from tfseg.scoring import match_polygons
-from tests.data.fixtures import SHARED_DATA as SHARED
 
 
 def _truth_polygons(rng, count=40, size=512):
@@ -45,7 +45,7 @@ def _truth_polygons(rng, count=40, size=512):
         taken.append(poly)
         polys.append(poly)
     # pixel space -> UTM with the scene transform
-    transform = rasterio.transform.from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL)
+    transform = TRANSFORM
     return [to_world(p, transform) for p in polys], transform
 
 
@@ -55,7 +55,7 @@ def test_round_trip_rasterize_polygonize_object_f1(tmp_path):
     rng = np.random.default_rng(3)
     truth, transform = _truth_polygons(rng)
     mask = features.rasterize([(p, 1) for p in truth], out_shape=(512, 512), transform=transform, dtype="uint8")
-    path = write_tif(tmp_path / "class.tif", mask)
+    path = write_geotiff(tmp_path / "class.tif", mask)
     options = PolygonOptions(opening_px=3, min_area_px=20, simplify_px=1.0)
     records = polygonize_raster(path, None, [1], options, block_rows=64)
     found = [to_world(r.geometry, transform) for r in records]
@@ -78,8 +78,8 @@ def test_block_merge_keeps_objects_whole_and_confidence(tmp_path):
     mask[40:60, 30:50] = 1
     probs = np.where(mask > 0, 0.8, 0.1).astype(np.float32)
     probs[5:50, 10:20] = 0.6
-    class_path = write_tif(tmp_path / "c.tif", mask)
-    prob_path = write_tif(tmp_path / "p.tif", probs)
+    class_path = write_geotiff(tmp_path / "c.tif", mask)
+    prob_path = write_geotiff(tmp_path / "p.tif", probs)
     records = polygonize_raster(class_path, prob_path, [1], PolygonOptions(opening_px=0, simplify_px=0), block_rows=16)
     assert len(records) == 2
     tall = max(records, key=lambda r: r.geometry.bounds[3] - r.geometry.bounds[1])
@@ -123,7 +123,7 @@ def test_pixel_area():
 
 
 def test_geojson_and_spacenet_writers(tmp_path):
-    transform = rasterio.transform.from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL)
+    transform = TRANSFORM
     mask = np.zeros((40, 40), np.uint8)
     mask[10:30, 5:25] = 1
     records = polygonize_array(mask, np.full((40, 40), 0.7, np.float32), PolygonOptions(opening_px=0))
@@ -166,7 +166,7 @@ def test_round_trip_on_real_spacenet_labels(tmp_path):
         transform, crs, out_shape = src.transform, src.crs, src.shape
     truth = [shape(f["geometry"]) for f in doc["features"]]
     mask = features.rasterize([(p, 1) for p in truth], out_shape=out_shape, transform=transform, dtype="uint8")
-    class_path = write_tif(tmp_path / "class.tif", mask, crs=crs.to_string(), transform=transform)
+    class_path = write_geotiff(tmp_path / "class.tif", mask, crs=crs.to_string(), transform=transform)
     records = polygonize_raster(class_path, None, [1], PolygonOptions(opening_px=3, min_area_px=0, simplify_px=0.5),
                                 block_rows=128)
     out = write_geojson(tmp_path / "found.geojson", records, transform, crs.to_string())
@@ -175,9 +175,7 @@ def test_round_trip_on_real_spacenet_labels(tmp_path):
 
 
 def test_merge_geojson_one_crs_kept_mixed_reprojected_pixels_excluded(tmp_path):
-    from rasterio.transform import from_origin
-
-    t = from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL)
+    t = TRANSFORM
     rec = [PolygonRecord(box(10, 10, 30, 20), 1, 0.9)]
     a = write_geojson(tmp_path / "a.geojson", rec, t, UTM)
     b = write_geojson(tmp_path / "b.geojson", rec + rec, t, UTM)

@@ -7,7 +7,8 @@ import pytest
 import rasterio
 from shapely.geometry import box, shape
 
-from tests.infer_support import building_scene, conv_model, keras_predictor, oracle_model, save_run, write_tif
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import building_scene, conv_model, keras_predictor, oracle_model, save_run
 from tfseg import predict
 from tfseg.data.raster import open_raster
 from tfseg.inference import (
@@ -35,7 +36,7 @@ def scene(tmp_path_factory):
     """A 300x400 UTM scene with three bright buildings and a nodata corner."""
     image, mask = building_scene()
     image[:, 260:, 330:] = 0  # nodata corner (value 0 in every band)
-    path = write_tif(tmp_path_factory.mktemp("scene") / "scene.tif", image, nodata=0)
+    path = write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", image, nodata=0)
     return path, mask
 
 
@@ -167,9 +168,9 @@ def test_folder_of_chips_predicted_in_batches(tmp_path, oracle_run):
     chips = tmp_path / "chips"
     for i in range(5):
         image, _ = building_scene(48, 48, boxes=((10, 10, 30, 30 + i),), seed=i)
-        write_tif(chips / f"RGB_AOI_1_Test_img{i}.tif", image)
+        write_geotiff(chips / f"RGB_AOI_1_Test_img{i}.tif", image)
     image, _ = building_scene(48, 48, boxes=(), seed=9)
-    write_tif(chips / "RGB_AOI_1_Test_img9.tif", image)
+    write_geotiff(chips / "RGB_AOI_1_Test_img9.tif", image)
     out = tmp_path / "out"
     assert predict.main(["--model", str(oracle_run), "--input", str(chips), "--output", str(out), "--batch-size", "4",
                          "--spacenet-csv", "--no-overlay", "--quiet", "--json"]) == 0
@@ -183,7 +184,7 @@ def test_folder_of_chips_predicted_in_batches(tmp_path, oracle_run):
 
 def test_band_count_mismatch_names_both(tmp_path, oracle_run):
     image = np.full((4, 64, 64), 100, np.uint16)
-    path = write_tif(tmp_path / "four_bands.tif", image)
+    path = write_geotiff(tmp_path / "four_bands.tif", image)
     with pytest.raises(ValueError, match=r"four_bands.tif.*4 band.*3 band"):
         predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(progress=False))
     # a scene failure is reported (summary.json, exit code 1) after the other scenes ran
@@ -194,7 +195,7 @@ def test_band_count_mismatch_names_both(tmp_path, oracle_run):
 
 def test_not_georeferenced_input_warns_and_uses_pixels(tmp_path, oracle_run):
     image, _ = building_scene(64, 64, boxes=((10, 10, 40, 40),))
-    path = write_tif(tmp_path / "plain.tif", image, crs=None)
+    path = write_geotiff(tmp_path / "plain.tif", image, georeferenced=False)
     with pytest.warns(UserWarning, match="not georeferenced"):
         summary = predict.predict_scenes(oracle_run, [path], tmp_path / "out",
                                          predict.PredictOptions(progress=False, overlay=False))
@@ -226,7 +227,7 @@ def test_multiclass_probabilities_and_classes(tmp_path):
     model = build_model("unet", input_shape=(None, None, 3), classes=3, depth=2, filters=4)
     run = save_run(model, tmp_path / "run", config="data:\n  classes: [a, b, c]\n  palette: {b: '#00ff00'}\n")
     image, _ = building_scene(70, 90)
-    path = write_tif(tmp_path / "s.tif", image)
+    path = write_geotiff(tmp_path / "s.tif", image)
     summary = predict.predict_scenes(run, [path], tmp_path / "out", predict.PredictOptions(
         tile_size=32, overlap=8, progress=False, polygons=True))
     with rasterio.open(tmp_path / "out" / "s_prob.tif") as prob, rasterio.open(tmp_path / "out" / "s_class.tif") as cls:
@@ -241,7 +242,7 @@ def test_multiclass_probabilities_and_classes(tmp_path):
 
 def test_cog_output_has_overviews(tmp_path, oracle_run):
     image, _ = building_scene(600, 700, boxes=((100, 100, 300, 400),))
-    path = write_tif(tmp_path / "big.tif", image)
+    path = write_geotiff(tmp_path / "big.tif", image)
     predict.predict_scenes(oracle_run, [path], tmp_path / "out", predict.PredictOptions(
         tile_size=256, overlap=32, cog=True, overlay=False, polygons=False, progress=False))
     for name in ("big_prob.tif", "big_class.tif"):

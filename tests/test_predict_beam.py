@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.infer_support import building_scene, save_run, write_tif
+from tests.data.fixtures import write_geotiff
+from tests.infer_support import building_scene, save_run
 from tfseg import predict
 
 beam = pytest.importorskip("apache_beam", reason="apache-beam not installed (extra: beam)")
@@ -44,7 +45,7 @@ def runs(tmp_path_factory):
     scenes = root / "scenes"
     for i in range(4):
         image, _ = building_scene(90 + 10 * i, 120 + 6 * i, boxes=((8, 10, 40, 50 + 4 * i), (55, 60, 85, 110)), seed=i)
-        write_tif(scenes / f"s{i}.tif", image)
+        write_geotiff(scenes / f"s{i}.tif", image)
     good = (scenes / "s3.tif").read_bytes()
     (scenes / "s3.tif").write_bytes(good[: len(good) // 2])
 
@@ -146,7 +147,7 @@ def test_beam_options_parsing_and_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"runner=NoSuchRunner"):
         parse_beam_options("runner=NoSuchRunner")
     image, _ = building_scene(32, 32, boxes=())
-    scene = write_tif(tmp_path / "a.tif", image)
+    scene = write_geotiff(tmp_path / "a.tif", image)
     base = ["--model", str(tmp_path), "--input", str(scene), "--output", str(tmp_path / "out")]
     assert predict.main(base + ["--runner", "beam", "--beam-options", "no_such_option=1"]) == 2
     assert "no_such_option" in capsys.readouterr().err

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.data.fixtures import write_geojson
-from tests.infer_support import building_scene, oracle_model, save_run, write_tif
+from tests.data.fixtures import write_geojson, write_geotiff
+from tests.infer_support import building_scene, oracle_model, save_run
 from tfseg import predict
 from tfseg.data.raster import open_raster
 from tfseg.model_card import load_model_card
@@ -23,7 +23,7 @@ def touching(tmp_path_factory):
     """Two touching bright buildings (a neck of 14 px) and a lone one on a 96x96 UTM scene."""
     folder = tmp_path_factory.mktemp("touching")
     image, mask = building_scene(96, 96, boxes=((10, 10, 30, 30), (16, 30, 36, 50), (60, 60, 85, 85)), seed=3)
-    return write_tif(folder / "touch.tif", image), mask
+    return write_geotiff(folder / "touch.tif", image), mask
 
 
 def polygons(out, stem="touch"):
@@ -156,7 +156,7 @@ def test_footprint_boundary_contact_model_splits_objects_at_its_predicted_bounda
     image, _ = building_scene(64, 96, boxes=((10, 10, 40, 40), (10, 40, 40, 70)), seed=5)
     image[2] = 40
     image[2, 10:40, 39:41] = 220  # the line between the two
-    path = write_tif(tmp_path / "pair.tif", image)
+    path = write_geotiff(tmp_path / "pair.tif", image)
     inputs = keras.Input((None, None, 3))
     conv = keras.layers.Conv2D(3, 1, activation="sigmoid")
     model = keras.Model(inputs, conv(inputs))

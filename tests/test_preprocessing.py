@@ -19,6 +19,7 @@ from tfseg.data.raster import Normalization, RasterError, compute_normalization,
 from tfseg.models import PhotometricAugment, Preprocess, build_model
 
 from .data.fixtures import write_geotiff
+from .model_support import assert_roundtrip
 
 ROOT = Path(__file__).resolve().parents[1]
 MEANSTD = Normalization("meanstd", [100.0, 2000.0, 30.0], [20.0, 500.0, 4.0], [], [], ["r", "g", "b"])
@@ -85,10 +86,9 @@ def test_keras_round_trip_and_config(tmp_path):
     assert again.clip_low == PERCENTILE.low and again.nodata == 0.0
     raw = raw_batch(shape=(2, 8, 12, 3))
     expected = np.asarray(model.predict_on_batch(raw))
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    loaded = assert_roundtrip(model, raw, tmp_path, 1e-6, expected=expected, via="predict_on_batch", name="m.keras",
+                              compile=False)
     assert [type(x).__name__ for x in loaded.layers[:3]] == ["InputLayer", "Preprocess", "PhotometricAugment"]
-    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(raw)), expected, atol=1e-6)
 
 
 def test_photometric_augmentation_only_in_training_seeded_and_keeps_nodata_zero():

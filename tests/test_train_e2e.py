@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.data.fixtures import tiny_synthetic_overrides, write_geojson, write_geotiff, pixel_box_to_world
+from tests.data.fixtures import TRANSFORM, pixel_box_to_world, tiny_synthetic_overrides, write_geojson, write_geotiff
 from tfseg import train
 
 
@@ -75,9 +75,7 @@ def _scene_dataset(root, corrupt=False):
     if corrupt:
         good = (root / "train" / "a.tif").read_bytes()
         (root / "train" / "b.tif").write_bytes(good[: len(good) // 3])
-    from rasterio.transform import from_origin
-
-    transform = from_origin(440000.0, 40512.0, 0.5, 0.5)
+    transform = TRANSFORM
     write_geojson(root / "labels.geojson", [pixel_box_to_world(10, 10, 40, 40, transform)])
     return root
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,26 +11,35 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
-UTM = "EPSG:32636"
+UTM = "EPSG:32636"  # the fixtures' CRS: UTM zone 36N
 ORIGIN = (440000.0, 40512.0)  # upper-left corner in UTM 36N (near Kampala)
+PIXEL = 0.5  # metres
+TRANSFORM = from_origin(ORIGIN[0], ORIGIN[1], PIXEL, PIXEL)  # write_geotiff's default grid
 # the real sample data beside the repository (../shared/data), or where TFSEG_SHARED_DATA points
 SHARED_DATA = Path(os.environ.get("TFSEG_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
-def write_geotiff(path, array, crs=UTM, transform=None, nodata=None, pixel_size=0.5, **profile):
-    """Write a (bands, H, W) or (H, W) array as a GeoTIFF; returns the path."""
+def write_geotiff(path, array, crs=UTM, transform=None, nodata=None, pixel_size=PIXEL, georeferenced=True,
+                  **profile):
+    """Write a (bands, H, W) or (H, W) array as a GeoTIFF; returns the path.
+
+    ``transform`` defaults to ``pixel_size`` pixels from ``ORIGIN`` (``crs=None``: that grid
+    without a CRS); ``georeferenced=False`` writes neither CRS nor transform (pixel space).
+    """
     array = np.asarray(array)
     if array.ndim == 2:
         array = array[None]
     count, height, width = array.shape
-    transform = transform or from_origin(ORIGIN[0], ORIGIN[1], pixel_size, pixel_size)
+    profile.update(driver="GTiff", width=width, height=height, count=count, dtype=array.dtype, nodata=nodata)
+    if georeferenced:
+        profile.update(crs=crs, transform=transform or from_origin(ORIGIN[0], ORIGIN[1], pixel_size, pixel_size))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=array.dtype,
-        crs=crs, transform=transform, nodata=nodata, **profile,
-    ) as dst:
-        dst.write(array)
+    with warnings.catch_warnings():
+        if not georeferenced:
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(array)
     return path
 
 

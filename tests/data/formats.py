@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from rasterio.transform import from_origin
 
-from .fixtures import ORIGIN, UTM, pixel_box_to_world, write_geojson, write_geotiff
+from .fixtures import TRANSFORM, UTM, pixel_box_to_world, write_geojson, write_geotiff
 
 DUBAI_PALETTE = {
     "building": "#3C1098", "land": "#8429F6", "road": "#6EC1E4",
@@ -162,7 +162,7 @@ def make_scenes(root, size=96, labels_crs="EPSG:4326", boxes=((10, 10, 40, 30), 
     """``root/train/a.tif``, ``root/val/b.tif`` (UTM) + ``root/labels.geojson`` in ``labels_crs``."""
     root = Path(root)
     rng = np.random.default_rng(4)
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     write_geotiff(root / "train" / "a.tif", _image(rng, 4, size), transform=transform)
     write_geotiff(root / "val" / "b.tif", _image(rng, 4, size), transform=transform)
     geoms = [pixel_box_to_world(*b, transform) for b in boxes]
@@ -176,7 +176,7 @@ def make_mask_folder_with_labels(root, size=48, labels_crs="EPSG:4326", boxes=((
     edge at column 20 (one blob in the mask, two objects in the GeoJSON)."""
     root = Path(root)
     rng = np.random.default_rng(5)
-    transform = from_origin(ORIGIN[0], ORIGIN[1], 0.5, 0.5)
+    transform = TRANSFORM
     write_geotiff(root / "images" / "chip.tif", _image(rng, 3, size, "uint8", 255), transform=transform)
     mask = np.zeros((size, size), np.uint8)
     for c0, r0, c1, r1 in boxes:
