@@ -256,7 +256,7 @@ def _write_tile(scene, window, ignore_index: int, image_out, label_out, dihedral
 def _own_fill(fill: float, info) -> float:
     """The fill a scene's own dtype holds: ``fill``, else 0 (e.g. int16 nodata -9999 in a uint8
     scene; the tile's invalid pixels get ``fill`` once copied into the dataset's dtype)."""
-    key = (float(fill), str(info.dtype))
+    key = ("nan" if math.isnan(fill) else float(fill), str(info.dtype))  # NaN != NaN: one key for it
     own = _OWN_FILLS.get(key)
     if own is None:
         own = _OWN_FILLS[key] = fill if fits_dtype(fill, native_dtype(info)) else 0.0
