@@ -352,6 +352,11 @@ def export_target(output, format: str = "savedmodel") -> Path:
     return output if format == "savedmodel" or output.suffix == ".tflite" else output / "model.tflite"
 
 
+def exists_message(target: Path) -> str:
+    return (f"--output {target} already exists (published versions should not change; "
+            f"use a new VERSION or --overwrite)")
+
+
 def export_loaded(model: keras.Model, card: ModelCard, output, format: str = "savedmodel",
                   threshold=None) -> Path:
     """Export an already loaded ``model`` with its ``card`` (``threshold``: a new operating
@@ -375,8 +380,7 @@ def export_model(model, output, format: str = "savedmodel", threshold=None, over
         raise ExportError(problem)
     target = export_target(output, format)
     if target.exists() and not overwrite:
-        raise ExportError(f"--output {target} already exists (published versions should not change; "
-                          f"use a new VERSION or --overwrite)")
+        raise ExportError(exists_message(target))
     loaded, card = load_run_model(model)
     return export_loaded(loaded, card, output, format, threshold)
 
@@ -400,8 +404,7 @@ def main(argv=None) -> int:
         parser.error(problem)
     target = export_target(args.output, args.format)
     if target.exists() and not args.overwrite:
-        return report(f"--output {target} already exists (published versions should not change; "
-                      f"use a new VERSION or --overwrite)")
+        return report(exists_message(target))
     try:
         model, card = load_run_model(args.model)
     except INPUT_ERRORS as error:

@@ -432,9 +432,9 @@ class _RandomSampler:
                                len(self.sizes) - 1)
         cols = rng.integers(0, np.maximum(widths - size, 0)[which] + 1)
         rows = rng.integers(0, np.maximum(heights - size, 0)[which] + 1)
-        chosen = ignored_all = None
+        chosen = ignored = None
         if all(isinstance(s, CachedScene) for s in self.scenes):
-            ignored_all = ignored = np.empty(which.shape)
+            ignored = np.empty(which.shape)
             for k, scene in enumerate(self.scenes):
                 at = which == k
                 inside = min(size, widths[k]) * min(size, heights[k])
@@ -442,28 +442,14 @@ class _RandomSampler:
             passing = ignored <= cfg.max_nodata_fraction
             # the first passing candidate; none passing: the last one, all labels ignored
             chosen = np.where(passing.any(axis=1), np.argmax(passing, axis=1), MAX_REDRAWS - 1)
-            if all(_own_fill(self.pixel_fill, s.info) is self.pixel_fill for s in self.scenes):
-                # the common case, without the per-tile bookkeeping: two crops, two copies
-                for j in range(batch):
-                    r = int(chosen[j])
-                    scene, window = self.scenes[which[j, r]], Window(int(cols[j, r]), int(rows[j, r]), size, size)
-                    dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
-                    dihedral_into(_slice(scene.image, window, scene.fill), *dihedral, image_out[j])
-                    if ignored_all[j, r] <= cfg.max_nodata_fraction:
-                        dihedral_into(_slice(scene.label_image, window, cfg.ignore_index), *dihedral, label_out[j])
-                    else:
-                        label_out[j] = cfg.ignore_index
-                return
         for j in range(batch):
             dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
             candidates = range(MAX_REDRAWS) if chosen is None else (int(chosen[j]),)
             for r in candidates:
                 window = Window(int(cols[j, r]), int(rows[j, r]), size, size)
-                ignored = _write_tile(self.scenes[which[j, r]], window, cfg.ignore_index, image_out[j],
+                counted = _write_tile(self.scenes[which[j, r]], window, cfg.ignore_index, image_out[j],
                                       label_out[j], dihedral, self.pixel_fill, count_ignored=chosen is None)
-                if chosen is not None:
-                    ignored = float(ignored_all[j, r])
-                if ignored <= cfg.max_nodata_fraction:
+                if (counted if chosen is None else ignored[j, r]) <= cfg.max_nodata_fraction:
                     break
             else:
                 label_out[j] = cfg.ignore_index
