@@ -320,6 +320,38 @@ def test_uniform_batches_redraw_nodata_windows_and_cache_equals_stream(tmp_path)
     assert any((y == 255).any() for _, y in streamed)  # windows near the nodata edge were kept
 
 
+@pytest.mark.parametrize("sampling", ["uniform", "balanced"])
+def test_cached_windows_cut_in_tf_equal_the_streamed_ones(tmp_path, sampling):
+    """Cached scenes are cropped and turned by tf ops from each batch's window table: scenes of
+    three shapes (one variable each), one smaller than the window (padded with fill / ignore),
+    and a uint8 scene whose invalid pixels take the int16 dataset's -9999 fill, give the batches
+    the streamed path reads, for uniform and class-balanced sampling (balanced: without nodata,
+    where the two differ by design: a cached scene's labels are ignore there, so a centre class is
+    not found on it)."""
+    rng = np.random.default_rng(5)
+    shapes = {"a": (70, 90), "b": (48, 40), "c": (20, 26)}  # c is smaller than the 32 px window
+    for name, (height, width) in shapes.items():
+        dtype, nodata = (np.int16, -9999) if name == "a" else (np.uint8, 0)
+        data = rng.integers(1, 200, (3, height, width)).astype(dtype)
+        if sampling == "uniform":
+            data[:, :4, :] = nodata
+        write_geotiff(tmp_path / "images" / f"{name}.tif", data, nodata=nodata)
+        mask = (rng.random((height, width)) < 0.1).astype(np.uint8)
+        write_geotiff(tmp_path / "masks" / f"{name}.tif", mask)
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), val_fraction=0.0, batch_size=4, sampling=sampling)
+    train, _ = load_scenes(cfg)
+    streamed = first_batches(build_dataset(train, cfg, training=True), 6)
+    cached = first_batches(build_dataset(train, dataclasses.replace(cfg, cache=True), training=True), 6)
+    for (x1, y1), (x2, y2) in zip(streamed, cached):
+        assert x2.dtype == np.int16 and y2.dtype == np.uint8
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    pixels = np.concatenate([x for x, _ in cached])
+    labels = np.concatenate([y for _, y in cached])
+    assert ((pixels == -9999).all(axis=-1) == (labels[..., 0] == 255)).all()  # invalid: fill + ignore
+    assert (pixels > 0).any() and ((pixels == -9999).any() or sampling == "balanced")
+
+
 def test_raster_handles_outlive_threads_and_reopen_changed_files(tmp_path):
     """Reads check a handle out of a pool: a thread that ends leaves its handle for the next
     one (no reopening, warm GDAL cache), and a file rewritten on disk is reopened."""

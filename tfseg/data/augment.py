@@ -82,10 +82,17 @@ CV2_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.i
 TRANSPOSE_ELEMENT_SIZES = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32}
 
 
-def _cv2_codes(cv2, k: int, flip_cols: bool, flip_rows: bool):
-    rotate = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
-    flip = -1 if flip_cols and flip_rows else 1 if flip_cols else 0 if flip_rows else None
-    return rotate.get(k), flip
+def turns(k: int, flip_cols: bool, flip_rows: bool) -> tuple[bool, bool, bool]:
+    """Rotate k * 90 degrees counter-clockwise then flip, as at most one transpose followed by
+    one reversal: ``(transpose, reverse_rows, reverse_cols)`` (``np.rot90(x)`` is the transpose
+    of ``x`` with its rows then reversed; two reversals of one axis cancel)."""
+    k %= 4
+    return bool(k % 2), (k in (1, 2)) != bool(flip_rows), (k in (2, 3)) != bool(flip_cols)
+
+
+def _flip_code(reverse_rows: bool, reverse_cols: bool):
+    """cv2.flip's code for these reversals (None: none)."""
+    return -1 if reverse_rows and reverse_cols else 0 if reverse_rows else 1 if reverse_cols else None
 
 
 def _planar(image: np.ndarray) -> bool:
@@ -121,26 +128,26 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
             _store(_cv2().merge(planes, dst=out), out)
             return out
         image = _cv2().merge(planes)
-    if k % 2 and not image.flags.c_contiguous:
-        # a transpose walks the source column-wise: on a view into a large cached scene every
-        # row is on another page, ~5x slower than one sequential copy first
-        image = np.ascontiguousarray(image)
     cv_ok = (
         image.dtype in CV2_DTYPES and channels <= 512 and image.dtype == out.dtype
         and image.strides[-1] == image.dtype.itemsize and image.strides[-2] == pixel
         and (k % 2 == 0 or pixel in TRANSPOSE_ELEMENT_SIZES)
     )
     if cv_ok:
+        # one pass (a flip or a copy), or for odd k two: the flip (or a copy) reads the source
+        # row by row, then the transpose; a transpose straight from a view into a large cached
+        # scene would walk it column-wise, every row on another page (~5x slower)
         cv2 = _cv2()
-        rotate, flip = _cv2_codes(cv2, k, flip_cols, flip_rows)
-        if rotate is None and flip is None:
-            np.copyto(out, image)
-            return out
-        if rotate is None:
-            return _store(cv2.flip(image, flip, dst=out), out)
-        if flip is None:
-            return _store(cv2.rotate(image, rotate, dst=out), out)
-        return _store(cv2.flip(cv2.rotate(image, rotate), flip, dst=out), out)
+        transpose, reverse_rows, reverse_cols = turns(k, flip_cols, flip_rows)
+        if not transpose:
+            code = _flip_code(reverse_rows, reverse_cols)
+            if code is None:
+                np.copyto(out, image)
+                return out
+            return _store(cv2.flip(image, code, dst=out), out)
+        code = _flip_code(reverse_cols, reverse_rows)  # before the transpose the axes swap roles
+        upright = cv2.flip(image, code) if code is not None else np.ascontiguousarray(image)
+        return _store(cv2.transpose(upright, dst=out), out)
     view = np.rot90(image, k, axes=(0, 1)) if k else image
     if flip_cols:
         view = view[:, ::-1]

@@ -46,6 +46,9 @@ from .tiling import grid_windows_owned, random_window
 log = logging.getLogger("tfseg.data")
 
 MAX_REDRAWS = 50  # candidate windows per training window (above max_nodata_fraction: the next)
+# a training window of cached scenes, drawn and judged before any pixel is copied (one int32 row)
+WINDOW_FIELDS = ("scene", "col", "row", "k", "flip_cols", "flip_rows", "blank")
+KEEP, IGNORE_LABEL, BLANK = 0, 1, 2  # "blank": the window as read / label all ignore / nothing read
 
 
 def dataset_dtype(scenes) -> np.dtype:
@@ -333,6 +336,7 @@ class _RandomSampler:
         self.sizes = [s.size for s in scenes]
         self.multilabel = multilabel
         self.dtype, self.pixel_fill = dtype, fill
+        self.cached = all(isinstance(s, CachedScene) for s in scenes)
         self.index, self.probabilities, self.oversample = None, None, -1
         balanced = data_cfg.sampling == "balanced"
         if not balanced and data_cfg.oversample_class < 0:
@@ -370,10 +374,8 @@ class _RandomSampler:
         row = min(max(row0 + row - size // 2, 0), max(height - size, 0))
         return scene_index, Window(col, row, size, size)
 
-    def fill(self, index, image_out, label_out, rng, valid_out=None) -> None:
-        """Write window ``index`` into ``image_out`` (S, S, C) and ``label_out`` (S, S, K) (and
-        the valid mask into ``valid_out`` (S, S) when given), drawn from ``rng`` (a batch's
-        generator, or the window's own)."""
+    def _start(self, index, rng):
+        """The rotation/flip and the centre class (None: uniform) of window ``index``."""
         cfg = self.cfg
         # rot90/flips while the tile is copied (with scale: after the resize, in tf)
         flips = self._flips()
@@ -383,9 +385,23 @@ class _RandomSampler:
             centre = self.oversample
         elif self.probabilities is not None:
             centre = int(rng.choice(len(self.probabilities), p=self.probabilities))
-        read = False
+        return dihedral, centre
+
+    def _candidates(self, centre, rng):
+        """Up to ``MAX_REDRAWS`` candidate ``(scene_index, window)`` in drawing order (None: a
+        centred draw that found no pixel of its class)."""
         for _ in range(MAX_REDRAWS):
-            drawn = random_window(self.sizes, cfg.window_size, rng) if centre is None else self._centred_window(centre, rng)
+            yield (random_window(self.sizes, self.cfg.window_size, rng) if centre is None
+                   else self._centred_window(centre, rng))
+
+    def fill(self, index, image_out, label_out, rng, valid_out=None) -> None:
+        """Write window ``index`` into ``image_out`` (S, S, C) and ``label_out`` (S, S, K) (and
+        the valid mask into ``valid_out`` (S, S) when given), drawn from ``rng`` (a batch's
+        generator, or the window's own)."""
+        cfg = self.cfg
+        dihedral, centre = self._start(index, rng)
+        read = False
+        for drawn in self._candidates(centre, rng):
             if drawn is None:
                 continue
             scene_index, window = drawn
@@ -400,26 +416,32 @@ class _RandomSampler:
                 valid_out[...] = 0
         label_out[...] = cfg.ignore_index
 
+    def draw(self, index, rng) -> tuple:
+        """Window ``index`` of cached scenes as a :data:`WINDOW_FIELDS` row, judged from their
+        summed-area tables without reading a pixel (the window :meth:`fill` writes)."""
+        dihedral, centre = self._start(index, rng)
+        last = None
+        for drawn in self._candidates(centre, rng):
+            if drawn is None:
+                continue
+            last = drawn
+            scene_index, window = drawn
+            scene = self.scenes[scene_index]
+            inside = _inside_pixels(window, scene.size)
+            if (scene.ignored_count(window) / inside if inside else 1.0) <= self.cfg.max_nodata_fraction:
+                return (scene_index, int(window.col_off), int(window.row_off), *dihedral, KEEP)
+        if last is None:
+            return (0, 0, 0, *dihedral, BLANK)
+        return (last[0], int(last[1].col_off), int(last[1].row_off), *dihedral, IGNORE_LABEL)
+
     def _flips(self):
         aug = self.cfg.augment
         return None if aug.scale or not (aug.flip or aug.rot90) else aug
 
-    def fill_batch(self, b: int, image_out, label_out) -> None:
-        """Write batch ``b`` (windows ``b * B`` .. ``b * B + B - 1``, all drawn from
-        ``default_rng([seed, b, 2])``) into ``image_out`` (B, S, S, C) and ``label_out``
-        (B, S, S, K).
-
-        Uniform sampling draws the whole batch at once: per window a rotation/flip and
-        ``MAX_REDRAWS`` candidate windows (scene by area, offset uniform); the first candidate at
-        or below ``max_nodata_fraction`` is the window (cached scenes: all candidates judged at
-        once from the summed-area tables, streamed: read in turn; the same windows either way)."""
-        rng = np.random.default_rng([self.seed, int(b), 2])  # ~40 us each: one per batch
-        batch = image_out.shape[0]
-        if self.probabilities is not None or self.cfg.oversample_class >= 0:
-            for j in range(batch):
-                self.fill(int(b) * batch + j, image_out[j], label_out[j], rng)
-            return
-        cfg, size = self.cfg, self.cfg.window_size
+    def _uniform_candidates(self, b: int, batch: int, rng):
+        """Batch ``b``'s uniform draw: per window a rotation/flip (``ks`` (B,), ``flips`` (B, 2))
+        and ``MAX_REDRAWS`` candidates (``which`` scene, ``cols``, ``rows``, each (B, R))."""
+        size = self.cfg.window_size
         aug = self._flips()
         ks = rng.integers(0, 4, batch) if aug is not None and aug.rot90 else np.zeros(batch, int)
         flips = rng.random((batch, 2)) < 0.5 if aug is not None and aug.flip else np.zeros((batch, 2), bool)
@@ -432,27 +454,85 @@ class _RandomSampler:
                                len(self.sizes) - 1)
         cols = rng.integers(0, np.maximum(widths - size, 0)[which] + 1)
         rows = rng.integers(0, np.maximum(heights - size, 0)[which] + 1)
-        chosen = ignored = None
-        if all(isinstance(s, CachedScene) for s in self.scenes):
-            ignored = np.empty(which.shape)
-            for k, scene in enumerate(self.scenes):
-                at = which == k
-                inside = min(size, widths[k]) * min(size, heights[k])
-                ignored[at] = scene.ignored_counts(cols[at], rows[at], size) / inside
-            passing = ignored <= cfg.max_nodata_fraction
-            # the first passing candidate; none passing: the last one, all labels ignored
-            chosen = np.where(passing.any(axis=1), np.argmax(passing, axis=1), MAX_REDRAWS - 1)
+        return ks, flips, which, cols, rows
+
+    def _sampled_per_window(self) -> bool:
+        return self.probabilities is not None or self.cfg.oversample_class >= 0
+
+    def fill_batch(self, b: int, image_out, label_out) -> None:
+        """Write batch ``b`` (windows ``b * B`` .. ``b * B + B - 1``, all drawn from
+        ``default_rng([seed, b, 2])``) into ``image_out`` (B, S, S, C) and ``label_out``
+        (B, S, S, K).
+
+        Uniform sampling draws the whole batch at once: per window a rotation/flip and
+        ``MAX_REDRAWS`` candidate windows (scene by area, offset uniform), read in turn; the first
+        at or below ``max_nodata_fraction`` is the window. Cached scenes: the same windows, judged
+        all at once (:meth:`batch_windows`) and then copied (:meth:`write_windows`)."""
+        batch = image_out.shape[0]
+        if self.cached:
+            self.write_windows(self.batch_windows(b, batch), image_out, label_out)
+            return
+        rng = np.random.default_rng([self.seed, int(b), 2])  # ~40 us each: one per batch
+        if self._sampled_per_window():
+            for j in range(batch):
+                self.fill(int(b) * batch + j, image_out[j], label_out[j], rng)
+            return
+        cfg, size = self.cfg, self.cfg.window_size
+        ks, flips, which, cols, rows = self._uniform_candidates(b, batch, rng)
         for j in range(batch):
             dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
-            candidates = range(MAX_REDRAWS) if chosen is None else (int(chosen[j]),)
-            for r in candidates:
+            for r in range(MAX_REDRAWS):
                 window = Window(int(cols[j, r]), int(rows[j, r]), size, size)
-                counted = _write_tile(self.scenes[which[j, r]], window, cfg.ignore_index, image_out[j],
-                                      label_out[j], dihedral, self.pixel_fill, count_ignored=chosen is None)
-                if (counted if chosen is None else ignored[j, r]) <= cfg.max_nodata_fraction:
+                ignored = _write_tile(self.scenes[which[j, r]], window, cfg.ignore_index, image_out[j],
+                                      label_out[j], dihedral, self.pixel_fill)
+                if ignored <= cfg.max_nodata_fraction:
                     break
             else:
                 label_out[j] = cfg.ignore_index
+
+    def write_windows(self, table: np.ndarray, image_out, label_out) -> None:
+        """Copy the windows of a :meth:`batch_windows` table of cached scenes into the batch
+        buffers, each rotated/flipped in its one copy (a window inside its scene straight from
+        the cache's views, the hot path; others, e.g. past a small scene's edge, through
+        :func:`_write_tile`)."""
+        size, ignore, fill = self.cfg.window_size, self.cfg.ignore_index, self.pixel_fill
+        for j, (k, col, row, turns, flip_cols, flip_rows, blank) in enumerate(table.tolist()):
+            scene = self.scenes[k]
+            dihedral = (turns, flip_cols, flip_rows)
+            if blank == BLANK:
+                image_out[j] = fill
+            elif (col + size <= scene.image.shape[1] and row + size <= scene.image.shape[0]
+                  and _same_fill(scene.fill, fill)):
+                dihedral_into(scene.image[row : row + size, col : col + size], *dihedral, image_out[j])
+                if blank == KEEP:
+                    dihedral_into(scene.label_image[row : row + size, col : col + size], *dihedral, label_out[j])
+            else:
+                _write_tile(scene, Window(col, row, size, size), ignore, image_out[j], label_out[j], dihedral,
+                            fill, count_ignored=False)
+            if blank != KEEP:
+                label_out[j] = ignore
+
+    def batch_windows(self, b: int, batch: int) -> np.ndarray:
+        """Batch ``b`` of cached scenes as a (B, len(WINDOW_FIELDS)) int32 table, the windows
+        :meth:`fill_batch` writes, judged without reading a pixel (uniform sampling: all
+        candidates at once from the summed-area tables)."""
+        rng = np.random.default_rng([self.seed, int(b), 2])
+        if self._sampled_per_window():
+            return np.array([self.draw(int(b) * batch + j, rng) for j in range(batch)], np.int32)
+        size = self.cfg.window_size
+        ks, flips, which, cols, rows = self._uniform_candidates(b, batch, rng)
+        ignored = np.empty(which.shape)
+        for k, scene in enumerate(self.scenes):
+            at = which == k
+            width, height = self.sizes[k]
+            ignored[at] = scene.ignored_counts(cols[at], rows[at], size) / (min(size, width) * min(size, height))
+        passing = ignored <= self.cfg.max_nodata_fraction
+        found = passing.any(axis=1)
+        # the first passing candidate; none passing: the last one, all labels ignored
+        chosen = np.where(found, np.argmax(passing, axis=1), MAX_REDRAWS - 1)
+        pick = np.arange(batch), chosen
+        return np.stack([which[pick], cols[pick], rows[pick], ks, flips[:, 0], flips[:, 1],
+                         np.where(found, KEEP, IGNORE_LABEL)], axis=1).astype(np.int32)
 
     def __call__(self, index):
         size, scene = self.cfg.window_size, self.scenes[0]
