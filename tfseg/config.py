@@ -452,8 +452,10 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.task': binary expects exactly one class in data.classes, "
             f"got {len(cfg.data.classes)}: {cfg.data.classes}"
         )
+    # the task is resolved here, once: everything downstream reads cfg.data.task
+    cfg.data.task = resolve_task(cfg.data)
     if isinstance(cfg.train.threshold, list) and (
-            resolve_task(cfg.data) != "multilabel" or len(cfg.train.threshold) != len(cfg.data.classes)):
+            cfg.data.task != "multilabel" or len(cfg.train.threshold) != len(cfg.data.classes)):
         raise ConfigError(
             f"config key 'train.threshold': a list needs data.task=multilabel and one value per class "
             f"({len(cfg.data.classes)}: {cfg.data.classes}), got {cfg.train.threshold!r} with data.task="
@@ -556,7 +558,9 @@ def check_atrous_rates(rates, output_stride: int, tile, key: str = "data.window_
 
 
 def resolve_task(data_cfg) -> str:
-    """The effective label encoding of ``data.task`` (``auto`` resolved from the classes)."""
+    """The effective label encoding of ``data.task`` (``auto`` resolved from the classes).
+
+    :func:`validate` stores it in ``data.task``, so a loaded config never says ``auto``."""
     if data_cfg.task != "auto":
         return data_cfg.task
     return "binary" if len(data_cfg.classes) == 1 else "multiclass"

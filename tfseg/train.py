@@ -186,7 +186,7 @@ def build_config_model(cfg, num_bands: int, norm, nodata, seed: Optional[int] = 
     photometric layer (seeded with ``seed``, default ``train.seed``). Takes raw pixels."""
     from .models.hub import fixed_input_size
 
-    task = config_lib.resolve_task(cfg.data)
+    task = cfg.data.task
     aug = cfg.data.augment
     augment = None
     if aug.brightness or aug.contrast:
@@ -206,7 +206,7 @@ def make_model_card(cfg, norm, model, band_dtype, nodata, metrics: Optional[dict
     (with the loss's class weights and the class frequencies of ``class_index``, when any)."""
     return ModelCard.for_model(
         model, norm, band_dtype, nodata, classes=cfg.data.classes, palette=cfg.data.palette,
-        task=config_lib.resolve_task(cfg.data), threshold=cfg.train.threshold,
+        task=cfg.data.task, threshold=cfg.train.threshold,
         tile_size=cfg.data.window_size, recommended_overlap=cfg.export.recommended_overlap, model_name=cfg.model.name,
         backbone=cfg.model.backbone, metrics=metrics, ignore_index=cfg.data.ignore_index, class_weights=class_weights,
         class_frequencies=None if class_index is None else {k: v["frequency"] for k, v in class_index.summary().items()})
@@ -337,7 +337,7 @@ class _Run:
 
     @property
     def task(self) -> str:
-        return config_lib.resolve_task(self.cfg.data)
+        return self.cfg.data.task
 
     @property
     def classes(self) -> int:
@@ -710,7 +710,7 @@ def resolve_class_weights(cfg, class_index) -> list:
             log.warning("train.class_weights=auto: class %r never occurs in the training labels; its weight is "
                         "capped at train.class_weights_max=%g", name, cfg.train.class_weights_max)
     if weights:
-        names = weight_names(cfg.data, config_lib.resolve_task(cfg.data), len(weights))
+        names = weight_names(cfg.data, cfg.data.task, len(weights))
         log.info("class weights (%s): %s", how, ", ".join(f"{n} {float(w):.3f}" for n, w in zip(names, weights)))
     return list(weights)
 

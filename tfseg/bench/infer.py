@@ -4,7 +4,8 @@
    generated GeoTIFF scene (windowed reads, blending, GeoTIFF writes, polygons, overlay; wall
    time of the whole call) vs bare ``model.predict`` on the same number of preloaded raw tiles
    (uint8; the model normalizes them in its first layer on both paths). Both paths are warmed
-   up first (tracing excluded from both).
+   up first (tracing excluded from both) and take ``--rounds`` turns in alternation, so a load
+   drifting on a shared machine hits both alike.
 2. Memory: peak RSS (sampled every 20 ms) of a child process while it predicts a 4096² scene vs
    one predicting a 16384² scene (16x the pixels), same model and settings, model loaded and
    warmed up before; scenes are generated block by block.
@@ -173,7 +174,11 @@ def _run_child(run, scene, out, tile, overlap, batch) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: int, depth: int, filters: int) -> dict:
+def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: int, depth: int, filters: int,
+               rounds: int = 3) -> dict:
+    """Seconds of ``predict_scenes`` on one scene and of bare ``model.predict`` on as many
+    preloaded tiles, each summed over ``rounds`` turns taken in alternation (a load that drifts
+    on a shared machine hits both alike)."""
     from ..data.raster import open_raster, read_window_raw
     from ..inference import load_predictor
     from ..predict import PredictOptions, predict_scenes
@@ -184,25 +189,30 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     predictor = load_predictor(run)
     model = predictor.model
     predictor(np.zeros((batch, tile, tile, 3), np.uint8))  # warm-up (traces predict_on_batch)
-    shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
-    started = time.perf_counter()
-    summary = predict_scenes(predictor, [scene], workdir / "speed_out", PredictOptions(
-        tile_size=tile, overlap=overlap, batch_size=batch, progress=False))
-    e2e_seconds = time.perf_counter() - started
-    tiles = summary["tiles"]
-    # the same number of tiles, read beforehand (raw, as predict feeds them)
-    info = open_raster(scene)
-    rng = np.random.default_rng(0)
-    preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
-    for k in range(tiles):
-        r, c = rng.integers(0, scene_size - tile, 2)
-        preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
-    model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
-    started = time.perf_counter()
-    model.predict(preloaded, batch_size=batch, verbose=0)
-    bare_seconds = time.perf_counter() - started
-    return {"tiles": tiles, "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
-            "predict_seconds": summary["predict_seconds"], "postprocess_seconds": summary["postprocess_seconds"],
+    options = PredictOptions(tile_size=tile, overlap=overlap, batch_size=batch, progress=False)
+    preloaded = None
+    e2e_seconds = bare_seconds = predict_seconds = postprocess_seconds = 0.0
+    for _ in range(max(1, rounds)):
+        shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
+        started = time.perf_counter()
+        summary = predict_scenes(predictor, [scene], workdir / "speed_out", options)
+        e2e_seconds += time.perf_counter() - started
+        predict_seconds += summary["predict_seconds"]
+        postprocess_seconds += summary["postprocess_seconds"]
+        tiles = summary["tiles"]
+        if preloaded is None:  # the same number of tiles, read beforehand (raw, as predict feeds them)
+            info = open_raster(scene)
+            rng = np.random.default_rng(0)
+            preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
+            for k in range(tiles):
+                r, c = rng.integers(0, scene_size - tile, 2)
+                preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
+            model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
+        started = time.perf_counter()
+        model.predict(preloaded, batch_size=batch, verbose=0)
+        bare_seconds += time.perf_counter() - started
+    return {"tiles": tiles * max(1, rounds), "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
+            "predict_seconds": predict_seconds, "postprocess_seconds": postprocess_seconds,
             "num_polygons": summary["scenes"][0].get("num_polygons")}
 
 
@@ -281,6 +291,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--depth", type=int, default=4, help="UNet depth (default model: depth 4, 16 filters)")
     parser.add_argument("--filters", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="throughput: turns the two methods take in alternation (load drift)")
     parser.add_argument("--small", type=int, default=4096, help="side of the small RSS scene")
     parser.add_argument("--large", type=int, default=16384, help="side of the large RSS scene")
     parser.add_argument("--rss-tile-size", type=int, default=512)
@@ -327,7 +339,7 @@ def main(argv=None) -> int:
         return 0
     try:
         speed = throughput(workdir, args.scene_size, args.tile_size, args.overlap, args.batch_size, args.depth,
-                           args.filters)
+                           args.filters, args.rounds)
         run = make_run(workdir / "run_rss", args.rss_depth, args.rss_filters)
         small_scene = write_scene(workdir / "small.tif", args.small)
         small = _run_child(run, small_scene, workdir / "small_out", args.rss_tile_size, args.overlap, args.batch_size)
@@ -348,7 +360,7 @@ def main(argv=None) -> int:
         "rss_ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 4),
     }
     print(f"throughput: {args.scene_size}² scene, UNet depth {args.depth}/{args.filters} filters, tile {args.tile_size}, "
-          f"overlap {args.overlap}, batch {args.batch_size}, {speed['tiles']} tiles")
+          f"overlap {args.overlap}, batch {args.batch_size}, {speed['tiles']} tiles over {args.rounds} alternating rounds")
     print(f"  predict end-to-end  {e2e:8.2f} tiles/s  ({speed['e2e_seconds']:.1f} s: model+blend+write "
           f"{speed['predict_seconds']:.1f} s, polygons+overlay {speed['postprocess_seconds']:.1f} s, "
           f"{speed['num_polygons']} polygons)")

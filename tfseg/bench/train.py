@@ -61,13 +61,12 @@ def profile_config(cfg, bands: int = 3) -> dict:
     """:func:`profile_model` of the model ``cfg`` describes (random init), at ``data.window_size``."""
     import keras
 
-    from tfseg import config as config_lib
     from tfseg.models import build_model
     from tfseg.train import model_kwargs, num_outputs
 
     keras.mixed_precision.set_global_policy("float32")
     model = build_model(cfg.model.name, input_shape=(None, None, bands), classes=num_outputs(cfg.data),
-                        **model_kwargs(cfg.model, config_lib.resolve_task(cfg.data)))
+                        **model_kwargs(cfg.model, cfg.data.task))
     return {"model": cfg.model.name, "backbone": cfg.model.backbone,
             **profile_model(model, cfg.data.window_size)}
 

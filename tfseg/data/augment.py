@@ -112,13 +112,17 @@ def _store(result: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, out: np.ndarray) -> np.ndarray:
-    """Rotate (k * 90 degrees) then flip an interleaved H x W x C ``image`` (a view is fine)
-    into ``out``: the tile's one copy, written where the batch wants it.
+    """Rotate (k * 90 degrees) then flip an interleaved H x W x C (or H x W) ``image`` (a view
+    is fine) into ``out``: the tile's one copy, written where the batch wants it.
 
     OpenCV's SIMD rotate/flip on whole pixels (C channels at once) when the dtype and pixel
     size allow, numpy otherwise. Same result as ``np.rot90(k)`` then column / row flips.
     """
-    channels = image.shape[-1]
+    if image.ndim == 3 and image.shape[-1] == 1 and out.ndim == 3:
+        # one plane (a label, often a view with a zero-stride channel axis): OpenCV takes it as H x W
+        dihedral_into(image[..., 0], k, flip_cols, flip_rows, out[..., 0])
+        return out
+    channels = image.shape[-1] if image.ndim == 3 else 1
     pixel = image.dtype.itemsize * channels
     if _planar(image) and image.dtype in CV2_DTYPES and image.dtype == out.dtype:
         # C band planes (a band-sequential read seen as H x W x C): interleaved by cv2.merge,
@@ -130,7 +134,7 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
         image = _cv2().merge(planes)
     cv_ok = (
         image.dtype in CV2_DTYPES and channels <= 512 and image.dtype == out.dtype
-        and image.strides[-1] == image.dtype.itemsize and image.strides[-2] == pixel
+        and image.strides[-1] == image.dtype.itemsize and (image.ndim == 2 or image.strides[-2] == pixel)
         and (k % 2 == 0 or pixel in TRANSPOSE_ELEMENT_SIZES)
     )
     if cv_ok:

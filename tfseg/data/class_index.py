@@ -184,9 +184,8 @@ def compute_class_index(scenes: Sequence, data_cfg, block_rows: int = 1024) -> C
     Works on streamed scenes (vector / mask / colour labels, rasterized block by block) and on
     cached ones (:class:`tfseg.data.pipeline.CachedScene`).
     """
-    from ..config import resolve_task
 
-    multilabel = resolve_task(data_cfg) == "multilabel"
+    multilabel = data_cfg.task == "multilabel"
     categories = category_names(data_cfg, multilabel)
     ignore = data_cfg.ignore_index
     counts, all_cells, all_cumulative, cell_sizes, columns = [], [], [], [], []

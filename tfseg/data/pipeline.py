@@ -576,15 +576,13 @@ def build_dataset(
     ``class_index`` (:func:`tfseg.data.class_index.compute_class_index` of ``scenes``) drives
     balanced sampling and ``oversample_class``; computed here when needed and not given.
     """
-    from ..config import resolve_task
-
     if not scenes:
         raise ValueError("build_dataset: no scenes given (empty training or validation split)")
     cfg = data_cfg
     seed = cfg.seed if seed is None else seed
     size, bands, ignore = cfg.window_size, scenes[0].info.num_bands, cfg.ignore_index
     channels = num_label_channels(scenes[0])
-    multilabel = resolve_task(cfg) == "multilabel"
+    multilabel = cfg.task == "multilabel"
     if multilabel and channels != len(cfg.classes):
         raise ValueError(
             f"data.task is multilabel with {len(cfg.classes)} classes, but the labels of "

@@ -64,7 +64,6 @@ def target_spec(data_cfg) -> TargetSpec:
     """The building target channels asked for by ``data.options.targets`` (default ``[footprint]``:
     binary), validated: known channel names, ``data.task: multilabel`` and one class name per channel
     when there is more than the footprint. Shared by the spacenet, scenes and mask_folder formats."""
-    from ...config import resolve_task
     from ..labels import SPACENET_TARGETS
 
     options = data_cfg.options
@@ -77,7 +76,7 @@ def target_spec(data_cfg) -> TargetSpec:
             f"allowed: {list(SPACENET_TARGETS)} (each at most once)"
         )
     spec = TargetSpec(tuple(targets), int(options.get("boundary_width", 3)), int(options.get("contact_spacing", 10)))
-    if spec.multi and resolve_task(data_cfg) != "multilabel":
+    if spec.multi and data_cfg.task != "multilabel":
         raise DataFormatError(
             f"config key 'data.task': targets {targets} are multi-label channels; set data.task: multilabel"
         )

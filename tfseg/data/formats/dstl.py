@@ -111,7 +111,6 @@ def image_labels(geoms: dict, grid_size: tuple, width: int, height: int, source:
 
 
 def load_dstl(data_cfg):
-    from ...config import resolve_task
     from . import DataFormatError, check_band_count, split_scenes
 
     root = Path(data_cfg.root)
@@ -121,7 +120,7 @@ def load_dstl(data_cfg):
         raise DataFormatError(
             f"config key 'data.options.products': expected a subset of {list(PRODUCTS)}, got {products}"
         )
-    if resolve_task(data_cfg) != "multilabel" or len(data_cfg.classes) != len(CLASSES):
+    if data_cfg.task != "multilabel" or len(data_cfg.classes) != len(CLASSES):
         raise DataFormatError(
             f"config keys 'data.task'/'data.classes': Dstl labels are multilabel with "
             f"{len(CLASSES)} classes {CLASSES}; got task {data_cfg.task!r} and {len(data_cfg.classes)} classes"

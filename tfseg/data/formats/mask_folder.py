@@ -122,14 +122,13 @@ def _warn_orphan_labels(pairs, labels_dir: str) -> None:
 
 def load_mask_folder(data_cfg):
     """Scenes of ``data.format: mask_folder`` (see the module docstring)."""
-    from ...config import resolve_task
     from ..labels import MaskLabels, VectorLabels, check_same_grid
     from ..raster import open_raster
     from ..sources import Scene
     from . import check_band_count, split_scenes, target_spec
 
     root = Path(data_cfg.root)
-    task = resolve_task(data_cfg)
+    task = data_cfg.task  # resolved by config validation
     multilabel = task == "multilabel"
     targets = target_spec(data_cfg)
     labels_dir = data_cfg.options.get("labels_dir", "labels")
