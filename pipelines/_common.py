@@ -113,7 +113,7 @@ def link_view(pairs, folder: Path, name=lambda p: p.name) -> list:
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
-    from tfseg.tracking import write_json
+    from tfseg.fsutil import write_json
 
     path = run_dir / "pipeline.json"
     write_json(path, summary)

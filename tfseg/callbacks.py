@@ -30,7 +30,7 @@ import numpy as np
 from .figures import save_prediction_figure
 from .metrics import ConfusionMatrixMetric
 from .schedules import ResizableSchedule
-from .tracking import save_model_atomic, save_weights_atomic, write_json
+from .fsutil import save_model_atomic, save_weights_atomic, write_json
 
 # the training log: these callbacks' lines read "tfseg.train" as they did when they lived there
 log = logging.getLogger("tfseg.train")

@@ -36,7 +36,7 @@ from typing import Optional
 import yaml
 
 from .errors import TfsegError
-from .tracking import atomic_write_text
+from .fsutil import atomic_write_text
 
 log = logging.getLogger("tfseg.compare")
 

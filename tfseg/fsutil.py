@@ -1,16 +1,23 @@
-"""Filesystem helpers: directories that appear complete or not at all.
+"""Filesystem helpers: files and directories that appear complete or not at all.
+
+Every file a killed process could leave half-written is written atomically (a temporary file
+in the same directory, fsynced, then ``os.replace``); whole directories are staged beside
+their target and renamed into place.
 
 Example:
+    >>> write_json(Path("runs/r1/metrics.json"), {"val": {"iou": 0.9}})   # never truncated
     >>> with staged_directory(Path("models/buildings/3"), ".export") as staging:
     ...     write_everything_into(staging)
     # models/buildings/3 now holds the new content; readers never saw a half-written folder
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,3 +96,76 @@ def remove_stale_staging(target, prefix: str = ".staging") -> list:
         log.info("removed %d stale staging folder(s) of an interrupted run: %s", len(stale),
                  ", ".join(p.name for p in stale))
     return stale
+
+
+# ------------------------------------------------------------------------------------------
+# Atomic files
+# ------------------------------------------------------------------------------------------
+def atomic_write_text(path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: never a truncated file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def fsync_file(path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextmanager
+def atomic_path(path, suffix: str):
+    """Yield a temporary path (ending in ``suffix``, as Keras requires) next to ``path``; on
+    success it is fsynced and renamed onto ``path``, on failure removed.
+
+    Example:
+        >>> with atomic_path("run/model.keras", ".keras") as tmp:
+        ...     model.save(tmp)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    os.unlink(tmp)  # Keras refuses to overwrite without asking in some versions; start absent
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model_atomic(model, path) -> None:
+    """``model.save(path)`` (a ``.keras`` file) without ever leaving a truncated file at ``path``."""
+    with atomic_path(path, ".keras") as tmp:
+        model.save(tmp)
+
+
+def save_weights_atomic(model, path) -> None:
+    """``model.save_weights(path)`` (a ``.weights.h5`` file, optimizer state included), atomically."""
+    with atomic_path(path, ".weights.h5") as tmp:
+        model.save_weights(tmp)
+
+
+def zip_directory(source, target) -> Path:
+    """Zip ``source`` (e.g. the SavedModel ``export/``) into ``target`` atomically."""
+    source, target = Path(source), Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, ".zip") as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(source.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(source.parent))
+    return target

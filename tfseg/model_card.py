@@ -168,7 +168,7 @@ class ModelCard:
 
     def save(self, path) -> Path:
         """Write the card as JSON (atomically: readers never see half a file)."""
-        from .tracking import atomic_write_text
+        from .fsutil import atomic_write_text
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +374,7 @@ def embedded_card(keras_file) -> Optional[ModelCard]:
 def embed_card(keras_file, card: ModelCard) -> None:
     """Store ``card`` inside the ``.keras`` archive (Keras ignores the extra member), so a model
     file copied on its own still describes itself. Rewritten atomically."""
-    from .tracking import atomic_path
+    from .fsutil import atomic_path
 
     keras_file = Path(keras_file)
     with atomic_path(keras_file, ".keras") as tmp:

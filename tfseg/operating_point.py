@@ -98,7 +98,7 @@ def polygon_options_of(point: dict, base: Optional[PolygonOptions] = None) -> Po
 
 def write_search(run_dir, rows: Sequence[dict]) -> Path:
     """``RUN_DIR/operating_point_search.csv``: every grid point of the search."""
-    from .tracking import atomic_write_text
+    from .fsutil import atomic_write_text
 
     table = Path(run_dir) / "operating_point_search.csv"
     lines = [",".join(COLUMNS)] + [",".join(str(row[c]) for c in COLUMNS) for row in rows]

@@ -1,13 +1,6 @@
-"""Run directories (the local record of a run) and experiment tracking (Neptune; MLflow is
-:mod:`tfseg.tracking_mlflow`).
-
-A run directory holds ``config.yaml``, ``model_card.json``, ``history.csv``, ``model.keras``
-(best epoch), ``backup/`` (resume state), ``logs/`` (TensorBoard), ``metrics.json``,
-``predictions.png``, ``export/`` (SavedModel), ``mlflow_run.json`` (MLflow run id) and, with
-Neptune offline, ``.neptune/``.
-
-Every file a killed process could leave half-written is written atomically (temporary file in
-the same directory, then ``os.replace``).
+"""Experiment tracking: Neptune here, MLflow in :mod:`tfseg.tracking_mlflow`, both behind
+:class:`GuardedTracker`. The run directory (the local record of a run) is :mod:`tfseg.rundir`,
+atomic file writes are :mod:`tfseg.fsutil`; their names are importable from here too.
 
 Neptune (``tracking.neptune.mode``): ``auto`` = ``async`` when ``NEPTUNE_API_TOKEN`` and a
 project (``tracking.neptune.project`` or ``NEPTUNE_PROJECT``) are set, else ``offline``;
@@ -27,191 +20,43 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import shutil
 import socket
-import subprocess
-import tempfile
-import time
 import warnings
-import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-from .errors import TfsegError
 from . import config as config_lib
+# the run directory and atomic writes, where callers of this module have always found them
+from .fsutil import (atomic_path, atomic_write_text, fsync_file, save_model_atomic,  # noqa: F401
+                     save_weights_atomic, write_json, zip_directory)
+from .rundir import (RESUME_IGNORED_KEYS, RunDirError, default_run_dir, git_commit,  # noqa: F401
+                     package_versions, prepare_run_dir, remove_stale_temporaries)
 
 log = logging.getLogger("tfseg.tracking")
 
-# config keys that may differ when resuming a run (they do not change what is trained)
-RESUME_IGNORED_KEYS = {"tracking.neptune.mode", "tracking.neptune.project", "tracking.mlflow.mode",
-                       "tracking.mlflow.uri", "tracking.mlflow.experiment", "tracking.mlflow.log_model",
-                       "train.num_figure_tiles", "train.epoch_figures"}
 
+class GuardedTracker:
+    """Base of the trackers: every call to the tracking service goes through :meth:`_guard`;
+    the first error becomes one warning (``service``, what happened, ``_local_note``) and
+    switches tracking off, training goes on."""
 
-class RunDirError(TfsegError):
-    """The run directory cannot be used for this run; the message names it."""
+    service = "tracking"
+    _failed = False
 
+    def _local_note(self) -> str:
+        return "logged locally in its run directory"
 
-# ------------------------------------------------------------------------------------------
-# Atomic files
-# ------------------------------------------------------------------------------------------
-def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: never a truncated file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def fsync_file(path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-@contextmanager
-def atomic_path(path, suffix: str):
-    """Yield a temporary path (ending in ``suffix``, as Keras requires) next to ``path``; on
-    success it is fsynced and renamed onto ``path``, on failure removed.
-
-    Example:
-        >>> with atomic_path("run/model.keras", ".keras") as tmp:
-        ...     model.save(tmp)
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # Keras refuses to overwrite without asking in some versions; start absent
-    try:
-        yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def remove_stale_temporaries(run_path) -> list:
-    """Delete temporary files a killed process left in the run directory (and ``backup/``)."""
-    removed = []
-    for folder in (Path(run_path), Path(run_path) / "backup"):
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp*"):
-                if tmp.is_file():
-                    tmp.unlink(missing_ok=True)
-                    removed.append(tmp)
-    return removed
-
-
-def save_model_atomic(model, path) -> None:
-    """``model.save(path)`` (a ``.keras`` file) without ever leaving a truncated file at ``path``."""
-    with atomic_path(path, ".keras") as tmp:
-        model.save(tmp)
-
-
-def save_weights_atomic(model, path) -> None:
-    """``model.save_weights(path)`` (a ``.weights.h5`` file, optimizer state included), atomically."""
-    with atomic_path(path, ".weights.h5") as tmp:
-        model.save_weights(tmp)
-
-
-# ------------------------------------------------------------------------------------------
-# Run directory
-# ------------------------------------------------------------------------------------------
-def default_run_dir(cfg) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.tracking.name}"
-
-
-def prepare_run_dir(run_dir: Optional[str], cfg, overwrite: bool = False) -> tuple[Path, bool]:
-    """Create (or re-open) the run directory; returns ``(path, resuming)``.
-
-    A directory holding a run with a different config is refused (naming the differing keys)
-    unless ``overwrite``; one with the same config is resumed; an unrelated non-empty directory
-    is refused.
-    """
-    path = Path(run_dir) if run_dir else default_run_dir(cfg)
-    if path.exists() and not path.is_dir():
-        raise RunDirError(f"run directory {path} exists and is not a directory")
-    existing = path / "config.yaml"
-    if path.is_dir() and any(path.iterdir()):
-        if overwrite:
-            shutil.rmtree(path)
-        elif existing.is_file():
-            previous = config_lib.load(existing)
-            differences = {k: v for k, v in config_lib.diff(previous, cfg).items() if k not in RESUME_IGNORED_KEYS}
-            if differences:
-                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:10])
-                more = f" (and {len(differences) - 10} more)" if len(differences) > 10 else ""
-                raise RunDirError(
-                    f"run directory {path} already holds a different run (config keys differ: "
-                    f"{listed}{more}); use another --run-dir or --overwrite"
-                )
-            return path, True
-        else:
-            raise RunDirError(
-                f"run directory {path} is not empty and holds no tfseg run (no config.yaml); "
-                "use another --run-dir or --overwrite"
-            )
-    path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(existing, cfg.to_yaml())
-    return path, False
-
-
-def zip_directory(source, target) -> Path:
-    """Zip ``source`` (e.g. the SavedModel ``export/``) into ``target`` atomically."""
-    source, target = Path(source), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target, ".zip") as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(source.rglob("*")):
-                if file.is_file():
-                    archive.write(file, file.relative_to(source.parent))
-    return target
-
-
-# ------------------------------------------------------------------------------------------
-# Provenance
-# ------------------------------------------------------------------------------------------
-def git_commit(path=None) -> str:
-    """The git commit of the tfseg source tree (``"unknown"`` outside a repository), ``+dirty`` when modified."""
-    where = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        if not commit:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def package_versions() -> dict:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for name in ("tfseg", "tensorflow", "keras", "numpy", "rasterio", "shapely", "pyproj", "neptune"):
+    def _guard(self, fn, *args, **kwargs):
+        if self._failed:
+            return None
         try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - tracking must never kill training
+            self._failed = True
+            _warn(f"{self.service} tracking stopped after an error ({type(exc).__name__}: {_short(exc)}); "
+                  f"the run continues, {self._local_note()}")
+            return None
 
 # ------------------------------------------------------------------------------------------
 # Neptune
@@ -269,7 +114,7 @@ def _flat_params(cfg) -> dict:
     return out
 
 
-class NeptuneTracker:
+class NeptuneTracker(GuardedTracker):
     """A Neptune run attached to a run directory. Every call is guarded: an error becomes a
     single warning and tracking is switched off, training goes on.
 
@@ -279,9 +124,10 @@ class NeptuneTracker:
     ``source/git_commit``, ``source/versions/<package>``, ``tfseg/run_dir``.
     """
 
+    service = "Neptune"
+
     def __init__(self, run, mode: str, run_path: Path):
         self.run, self.mode, self.run_path = run, mode, Path(run_path)
-        self._failed = False
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -320,17 +166,6 @@ class NeptuneTracker:
         return tracker
 
     # -- logging -------------------------------------------------------------------------
-    def _guard(self, fn, *args, **kwargs):
-        if self._failed:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - tracking must never kill training
-            self._failed = True
-            _warn(f"Neptune tracking stopped after an error ({type(exc).__name__}: {_short(exc)}); "
-                  "the run continues, logged locally in its run directory")
-            return None
-
     def _log_start(self, cfg, dataset_name):
         run = self.run
         run["parameters"] = _flat_params(cfg)

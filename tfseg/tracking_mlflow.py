@@ -49,7 +49,9 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import TfsegError
-from .tracking import _flatten_numbers, _short, _warn, git_commit, write_json
+from .fsutil import write_json
+from .rundir import git_commit
+from .tracking import GuardedTracker, _flatten_numbers, _short, _warn
 
 log = logging.getLogger("tfseg.tracking")
 
@@ -189,12 +191,13 @@ def flat_numbers(tree: dict, prefix: str = "") -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
 
 
-class MlflowTracker:
+class MlflowTracker(GuardedTracker):
     """One MLflow run attached to a run directory; every call is guarded (one warning, then off)."""
+
+    service = "MLflow"
 
     def __init__(self, client, run_id: str, uri: str, run_path: Path):
         self.client, self.run_id, self.uri, self.run_path = client, run_id, uri, Path(run_path)
-        self._failed = False
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -237,16 +240,8 @@ class MlflowTracker:
         return tracker
 
     # -- logging -------------------------------------------------------------------------
-    def _guard(self, fn, *args, **kwargs):
-        if self._failed:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - tracking must never kill training
-            self._failed = True
-            _warn(f"MLflow tracking stopped after an error ({type(exc).__name__}: {_short(exc)}); "
-                  f"the run continues, recorded locally in {self.run_path}")
-            return None
+    def _local_note(self) -> str:
+        return f"recorded locally in {self.run_path}"
 
     def _log_start(self, cfg, dataset_name: str, precision: str) -> None:
         from mlflow.entities import Param, RunTag

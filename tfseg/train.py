@@ -53,8 +53,9 @@ from .models import PhotometricAugment, Preprocess, build_model
 from .postprocess import PolygonOptions
 from .schedules import ResizableSchedule  # re-exported: the base of OneCycle / WarmupCosine below
 from . import tracking_mlflow
-from .tracking import (NeptuneTracker, atomic_write_text, default_run_dir, prepare_run_dir,
-                       remove_stale_temporaries, write_json, zip_directory)
+from .fsutil import atomic_write_text, write_json, zip_directory
+from .rundir import default_run_dir, prepare_run_dir, remove_stale_temporaries
+from .tracking import NeptuneTracker
 
 log = logging.getLogger("tfseg.train")
 
