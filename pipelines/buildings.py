@@ -6,7 +6,7 @@
 1. **prepare**: pairs ``DATA_ROOT/images/X.tif`` with ``DATA_ROOT/masks/X.mask.tif`` and holds
    out a seeded ``data.val_fraction`` of the chips (``data.seed``) as validation, as symlinks
    under ``RUN_DIR/split/{train,val}/{images,masks}`` (no data is copied); ``split.json`` lists them.
-2. **train**: ``tfseg.train.train`` with ``configs/buildings_kampala.yaml`` (UNet + ResNet-34,
+2. **train**: ``tfseg.train_model`` with ``configs/buildings_kampala.yaml`` (UNet + ResNet-34,
    AdamW, one-cycle, BCE + Dice; ``data.root`` = the split) -> ``RUN_DIR`` (model.keras,
    history.csv, figures/epoch-*.png, predictions.png, export/ = the SavedModel).
 3. **evaluate** the held-out chips: pixel IoU/F1/precision/recall (``tfseg.evaluate pixels`` on
@@ -74,9 +74,9 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
     """
     import numpy as np
 
-    from tfseg.data.formats.mask_folder import pair_images_and_masks
+    import tfseg
 
-    pairs = pair_images_and_masks(data_root / "images", data_root / "masks", mask_suffix=None)
+    pairs = tfseg.pair_images_and_masks(data_root / "images", data_root / "masks")
     if len(pairs) < 3:
         raise PipelineError(f"{data_root}: need at least 3 image/mask pairs, found {len(pairs)}")
     rng = np.random.default_rng(seed)
@@ -110,8 +110,6 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
 def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, overwrite: bool = False) -> dict:
     """The whole pipeline; returns the metrics dict written to ``run_dir/pipeline_metrics.json``."""
     import tfseg
-    from tfseg import scoring
-    from tfseg.postprocess import merge_geojson
 
     started = time.time()
     data_root = resolve_data_root(data_root)
@@ -145,9 +143,9 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     # predict merged the chips' polygons (EPSG:4326, image_id = chip stem); the truth the same way
     labels = [(data_root / "labels" / f"{s}.geojson", s, "EPSG:4326") for s in split["heldout"]]
     truth = run_dir / "val_truth.geojson"
-    merge_geojson([part for part in labels if part[0].is_file()], truth)
+    tfseg.merge_polygons([part for part in labels if part[0].is_file()], truth)
     proposals = Path(shutil.copyfile(summary["polygons"], run_dir / "val_proposals.geojson"))
-    objects = scoring.score_geojson(truth, proposals)["overall"]
+    objects = tfseg.score_objects(truth, proposals)["overall"]
     log.info("objects: %s", objects)
 
     sample = val_images[0]

@@ -16,7 +16,7 @@
    (``ImageId,BuildingId,PolygonWKT_Pix,Confidence``; pixel coordinates of the product's chip).
 3. train (``tfseg.train.train``), export to ``RUN_DIR/models/spacenet/1`` (``tfseg.export``).
 4. predict the validation chips with the exported SavedModel → polygons + ``RUN_DIR/predict/proposals.csv``.
-5. score: ``tfseg.scoring.score_spacenet`` (= ``python -m tfseg.evaluate spacenet``): object
+5. score: ``tfseg.score_objects`` (= ``python -m tfseg.evaluate spacenet``): object
    precision/recall/F1 at IoU ≥ 0.5, per AOI and overall; plus the run's pixel IoU/F1.
 6. label path on the real sample (``--sample``, default ``../shared/data/spacenet_sample`` when
    present): GeoJSON → footprint mask GeoTIFF on the chip's grid, the footprints as a truth CSV,
@@ -87,8 +87,8 @@ def sample_label_path(sample: Path, out: Path) -> dict:
 
     from tfseg.data.labels import VectorLabels
     from tfseg.data.raster import open_raster
+    import tfseg
     from tfseg.postprocess import PolygonOptions, PolygonRecord, polygonize_array, write_spacenet_csv
-    from tfseg.scoring import score_spacenet
 
     image, geojson = sample / "sample_geotiff.tif", sample / "geotiff_labels.geojson"
     for path in (image, geojson):
@@ -107,7 +107,7 @@ def sample_label_path(sample: Path, out: Path) -> dict:
     # the round trip: no opening (thin footprints would be erased), only the 20 px² rule
     records = polygonize_array(mask > 0, None, PolygonOptions(opening_px=0, simplify_px=0.0))
     proposals = write_spacenet_csv(out / "sample_mask_polygons.csv", {image_id: records})
-    score = score_spacenet(truth, proposals)["overall"]
+    score = tfseg.score_objects(truth, proposals)["overall"]
     return {"footprints": len(polys), "mask_building_fraction": round(float((mask > 0).mean()), 4),
             "mask_polygons": len(records), "roundtrip_f1": round(score["F1Score"], 4),
             "roundtrip_precision": round(score["Precision"], 4), "roundtrip_recall": round(score["Recall"], 4),
@@ -115,8 +115,7 @@ def sample_label_path(sample: Path, out: Path) -> dict:
 
 
 def run(args) -> dict:
-    from tfseg import PredictOptions, load_scenes, predict_scenes
-    from tfseg.scoring import score_spacenet
+    from tfseg import PredictOptions, load_scenes, predict_scenes, score_objects
 
     from pipelines.generate import make_spacenet_aoi
 
@@ -141,7 +140,7 @@ def run(args) -> dict:
         export_dir, [s.info.path for s in val], run_dir / "predict",
         PredictOptions(probabilities="none", overlay=False, progress=False,
                        spacenet_csv=str(run_dir / "predict" / "proposals.csv")))
-    scores = score_spacenet(truth, run_dir / "predict" / "proposals.csv")
+    scores = score_objects(truth, run_dir / "predict" / "proposals.csv")
     overall = scores["overall"]
     metrics = {
         "product": cfg.data.options.get("product"), "bands": cfg.data.num_bands,

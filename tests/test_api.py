@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tfseg
-from tests.data.fixtures import tiny_synthetic_overrides
+from tests.data.fixtures import ORIGIN, write_geojson, write_geotiff, tiny_synthetic_overrides
 
 
 def test_import_is_light_and_lists_the_api():
@@ -99,3 +99,35 @@ def _write_truth(scene, path) -> None:
     with rasterio.open(path, "w", driver="GTiff", width=info.width, height=info.height, count=1, dtype="uint8",
                        crs=info.crs, transform=rasterio.Affine(*info.transform)) as dst:
         dst.write(mask, 1)
+
+
+def _square(x, y, side):
+    return {"type": "Polygon", "coordinates": [[(x, y), (x + side, y), (x + side, y - side), (x, y - side), (x, y)]]}
+
+
+def test_object_scores_merging_and_pairing_through_the_api(tmp_path):
+    """The helpers the pipelines use: pairing by stem, per-scene polygons merged with their
+    image ids, object F1 of GeoJSON (reprojected) and of SpaceNet CSVs, mixed kinds refused."""
+    x0, y0 = ORIGIN
+    for name in ("a", "b"):
+        write_geotiff(tmp_path / "images" / f"{name}.tif", np.zeros((1, 8, 8), np.uint8))
+        write_geotiff(tmp_path / "masks" / f"{name}.mask.tif", np.zeros((8, 8), np.uint8))
+    pairs = tfseg.pair_images_and_masks(tmp_path / "images", tmp_path / "masks")
+    assert [(i.name, m.name) for i, m in pairs] == [("a.tif", "a.mask.tif"), ("b.tif", "b.mask.tif")]
+    truth = {"a": [_square(x0 + 10, y0 - 10, 20), _square(x0 + 50, y0 - 10, 20)], "b": [_square(x0 + 10, y0 - 40, 30)]}
+    found = {"a": [_square(x0 + 11, y0 - 10, 20)], "b": [_square(x0 + 10, y0 - 40, 30), _square(x0 + 80, y0 - 80, 10)]}
+    parts = {}
+    for kind, polygons in (("truth", truth), ("found", found)):
+        parts[kind] = [(write_geojson(tmp_path / f"{kind}_{k}.geojson", v), k, "EPSG:4326") for k, v in polygons.items()]
+    merged = tfseg.merge_polygons(parts["truth"], tmp_path / "truth.geojson")
+    assert merged["count"] == 3 and not merged["excluded"]
+    tfseg.merge_polygons(parts["found"], tmp_path / "found.geojson")
+    overall = tfseg.score_objects(tmp_path / "truth.geojson", tmp_path / "found.geojson")["overall"]
+    assert (overall["TruePos"], overall["FalsePos"], overall["FalseNeg"]) == (2, 1, 1)
+    assert overall["F1Score"] == pytest.approx(2 / 3)
+    csv = tmp_path / "truth.csv"
+    csv.write_text("ImageId,BuildingId,PolygonWKT_Pix,Confidence\n"
+                   'img1,1,"POLYGON ((0 0, 30 0, 30 30, 0 30, 0 0))",1\n')
+    assert tfseg.score_objects(csv, csv)["overall"]["F1Score"] == 1.0
+    with pytest.raises(tfseg.TfsegError, match="both"):
+        tfseg.score_objects(csv, tmp_path / "found.geojson")

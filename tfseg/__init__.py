@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TfsegError", "load_config", "train_model", "evaluate_pixels", "predict_scenes", "PredictOptions",
-    "export_model", "load_predictor", "load_model_card", "load_scenes", "__version__",
+    "export_model", "load_predictor", "load_model_card", "load_scenes", "pair_images_and_masks", "score_objects",
+    "merge_polygons", "__version__",
 ]
 
 
@@ -206,6 +207,83 @@ def load_scenes(data_cfg):
     from .data.formats import load_scenes as _load
 
     return _load(data_cfg)
+
+
+def pair_images_and_masks(images, masks, mask_suffix=None) -> list:
+    """Pair image files with their mask files by stem, as the ``mask_folder`` format does.
+
+    Args:
+        images: a folder of images, or a list of image paths.
+        masks: a folder of masks, or a list of mask paths.
+        mask_suffix: the mask's extra suffix (``".mask"`` for ``X.tif`` <-> ``X.mask.tif``);
+            None = detected from the common namings (reported in the log).
+
+    Returns:
+        ``[(image_path, mask_path), ...]`` in image order. An image without a mask (or the
+        reverse) raises an error naming the files.
+
+    Example:
+        >>> pairs = tfseg.pair_images_and_masks("kampala/train/images", "kampala/train/masks")
+    """
+    from .data.formats.mask_folder import pair_images_and_masks as _pair
+
+    return _pair(images, masks, mask_suffix=mask_suffix)
+
+
+def score_objects(truth, proposals, min_area: float = 0.0) -> dict:
+    """Object (building) scores of proposed polygons against true ones, SpaceNet rules: a
+    proposal matches the unmatched truth polygon of highest IoU if that IoU is >= 0.5, per image
+    (``tfseg.evaluate spacenet`` / ``polygons``).
+
+    Args:
+        truth: a SpaceNet CSV (``ImageId``, ``PolygonWKT_Pix``; pixel coordinates) or a GeoJSON
+            file (any CRS; an ``image_id`` property groups features per image).
+        proposals: the same kind of file (``predict --spacenet-csv`` or the merged
+            ``polygons.geojson`` of ``predict``); GeoJSON proposals are reprojected to the
+            truth's CRS, and IoU is taken on ground areas (a UTM zone for geographic CRSs).
+        min_area: GeoJSON only: polygons smaller than this (m² / CRS units²) are dropped on both
+            sides.
+
+    Returns:
+        ``{"overall": {"TruePos", "FalsePos", "FalseNeg", "Precision", "Recall", "F1Score"},
+        "per_image": {...}, "per_aoi": {...}}``.
+
+    Example:
+        >>> tfseg.score_objects("truth.geojson", "out/polygons.geojson")["overall"]["F1Score"]
+    """
+    from pathlib import Path
+
+    from . import scoring
+
+    kinds = {Path(truth).suffix.lower() == ".csv", Path(proposals).suffix.lower() == ".csv"}
+    if len(kinds) != 1:
+        raise scoring.ScoringInputError(f"score_objects: {truth} and {proposals} must both be SpaceNet CSVs or "
+                                        "both GeoJSON files")
+    if kinds == {True}:
+        return scoring.score_spacenet(truth, proposals)
+    return scoring.score_geojson(truth, proposals, min_area=min_area)
+
+
+def merge_polygons(parts, output) -> dict:
+    """Merge per-scene polygon files into one GeoJSON FeatureCollection, each feature tagged
+    with its scene's ``image_id`` (what :func:`score_objects` groups by).
+
+    Args:
+        parts: ``(geojson_path, image_id, crs)`` per scene; ``crs`` the file's CRS (None:
+            pixel coordinates). Scenes in several CRSs are reprojected to EPSG:4326.
+        output: the merged GeoJSON file to write.
+
+    Returns:
+        ``{"count", "crs", "excluded"}`` (pixel-coordinate scenes that cannot be placed beside
+        georeferenced ones are left out and listed).
+
+    Example:
+        >>> tfseg.merge_polygons([("a.geojson", "a", "EPSG:4326"), ("b.geojson", "b", "EPSG:4326")],
+        ...                      "truth.geojson")
+    """
+    from .postprocess import merge_geojson
+
+    return merge_geojson(parts, output)
 
 
 def __getattr__(name):

@@ -14,8 +14,8 @@ categorical focal cross-entropy), ``dice``, ``jaccard`` (soft IoU), ``tversky``,
 (Lovasz-Softmax / Lovasz extension of the Jaccard index). A loss is a weighted sum of components.
 
 Example:
-    >>> loss = get_loss("bce_dice", classes=1, ignore_index=255, weights={"bce": 1, "dice": 2})
-    >>> loss = get_loss("focal", classes=6, task="multiclass", class_weights=[0.2, 1, 1, 1, 1, 3])
+    >>> loss = get_loss("bce_dice", num_classes=1, ignore_index=255, weights={"bce": 1, "dice": 2})
+    >>> loss = get_loss("focal", num_classes=6, task="multiclass", class_weights=[0.2, 1, 1, 1, 1, 3])
 """
 from __future__ import annotations
 
@@ -29,23 +29,23 @@ EPSILON = 1e-6
 TASKS = ("binary", "multiclass", "multilabel")
 
 
-def default_task(classes: int) -> str:
+def default_task(num_classes: int) -> str:
     """The task when none is given: binary for one output channel, else multiclass."""
-    return "binary" if classes == 1 else "multiclass"
+    return "binary" if num_classes == 1 else "multiclass"
 
 
-def check_task(task, classes: int) -> str:
-    task = task or default_task(classes)
+def check_task(task, num_classes: int) -> str:
+    task = task or default_task(num_classes)
     if task not in TASKS:
         raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
-    if task == "binary" and classes != 1:
-        raise ValueError(f"task 'binary' expects classes=1 (one sigmoid channel), got classes={classes}")
-    if task == "multiclass" and classes < 2:
-        raise ValueError(f"task 'multiclass' expects classes >= 2 (softmax channels), got classes={classes}")
+    if task == "binary" and num_classes != 1:
+        raise ValueError(f"task 'binary' expects num_classes=1 (one sigmoid channel), got num_classes={num_classes}")
+    if task == "multiclass" and num_classes < 2:
+        raise ValueError(f"task 'multiclass' expects num_classes >= 2 (softmax channels), got num_classes={num_classes}")
     return task
 
 
-def prepare_targets(y_true, y_pred, classes: int, ignore_index: int, task: str):
+def prepare_targets(y_true, y_pred, num_classes: int, ignore_index: int, task: str):
     """Targets, probabilities and a valid mask, all float32 (B, H, W, C) with C = model channels
     (multiclass: one-hot targets and a valid mask broadcast over classes)."""
     y_pred = ops.cast(y_pred, "float32")
@@ -53,7 +53,7 @@ def prepare_targets(y_true, y_pred, classes: int, ignore_index: int, task: str):
     valid = ops.cast(ops.not_equal(y_true, float(ignore_index)), "float32")
     labels = ops.where(valid > 0, y_true, ops.zeros_like(y_true))
     if task == "multiclass":
-        target = ops.one_hot(ops.cast(labels[..., 0], "int32"), classes)
+        target = ops.one_hot(ops.cast(labels[..., 0], "int32"), num_classes)
         valid = ops.broadcast_to(valid, ops.shape(target))
     else:
         target = labels
@@ -192,10 +192,10 @@ class SegmentationLoss(keras.losses.Loss):
     """A weighted sum of loss components, e.g. ``{"bce": 1.0, "dice": 2.0}`` (an F1-heavy mix).
 
     Example:
-        >>> loss = SegmentationLoss({"focal": 1, "lovasz": 0.5}, classes=4, task="multilabel")
+        >>> loss = SegmentationLoss({"focal": 1, "lovasz": 0.5}, num_classes=4, task="multilabel")
     """
 
-    def __init__(self, weights=None, classes: int = 1, ignore_index: int = 255, task=None, class_weights=None,
+    def __init__(self, weights=None, num_classes: int = 1, ignore_index: int = 255, task=None, class_weights=None,
                  focal_gamma: float = 2.0, tversky_alpha: float = 0.3, tversky_beta: float = 0.7,
                  name: str = "segmentation_loss", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -204,15 +204,15 @@ class SegmentationLoss(keras.losses.Loss):
         if unknown:
             raise ValueError(f"config key 'train.loss_weights': unknown loss component(s) {unknown}; "
                              f"available: {sorted(COMPONENTS)}")
-        self.classes, self.ignore_index = int(classes), int(ignore_index)
-        self.task = check_task(task, self.classes)
+        self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
+        self.task = check_task(task, self.num_classes)
         self.class_weights = list(class_weights) if class_weights else []
-        _class_weight_vector(self.class_weights, self.classes, self.task)  # validate now
+        _class_weight_vector(self.class_weights, self.num_classes, self.task)  # validate now
         self.focal_gamma, self.tversky_alpha, self.tversky_beta = focal_gamma, tversky_alpha, tversky_beta
 
     def call(self, y_true, y_pred):
-        target, probs, valid = prepare_targets(y_true, y_pred, self.classes, self.ignore_index, self.task)
-        ctx = {"task": self.task, "class_weights": _class_weight_vector(self.class_weights, self.classes, self.task),
+        target, probs, valid = prepare_targets(y_true, y_pred, self.num_classes, self.ignore_index, self.task)
+        ctx = {"task": self.task, "class_weights": _class_weight_vector(self.class_weights, self.num_classes, self.task),
                "focal_gamma": self.focal_gamma, "tversky_alpha": self.tversky_alpha,
                "tversky_beta": self.tversky_beta}
         total = 0.0
@@ -224,13 +224,13 @@ class SegmentationLoss(keras.losses.Loss):
         return scale_loss_for_distribution(total)
 
     def get_config(self):
-        return {**super().get_config(), "weights": self.weights, "classes": self.classes,
+        return {**super().get_config(), "weights": self.weights, "num_classes": self.num_classes,
                 "ignore_index": self.ignore_index, "task": self.task, "class_weights": self.class_weights,
                 "focal_gamma": self.focal_gamma, "tversky_alpha": self.tversky_alpha,
                 "tversky_beta": self.tversky_beta}
 
 
-def get_loss(name: str, classes: int = 1, ignore_index: int = 255, weights=None, task=None, class_weights=None,
+def get_loss(name: str, num_classes: int = 1, ignore_index: int = 255, weights=None, task=None, class_weights=None,
              **params) -> keras.losses.Loss:
     """A loss by config name (``train.loss``); ``weights`` (``train.loss_weights``) overrides the
     preset component weights; ``task`` defaults to binary for 1 class, else multiclass;
@@ -238,5 +238,5 @@ def get_loss(name: str, classes: int = 1, ignore_index: int = 255, weights=None,
     tversky_alpha, tversky_beta."""
     if name not in PRESETS:
         raise ValueError(f"config key 'train.loss': {name!r} is not available; available: {sorted(PRESETS)}")
-    return SegmentationLoss(weights or PRESETS[name], classes=classes, ignore_index=ignore_index, task=task,
+    return SegmentationLoss(weights or PRESETS[name], num_classes=num_classes, ignore_index=ignore_index, task=task,
                             class_weights=class_weights, name=name, **params)

@@ -19,8 +19,8 @@ from :func:`confusion_matrix_numpy`, the same layout) share :func:`per_class_sco
 :func:`metric_from_matrix`.
 
 Example:
-    >>> metrics = segmentation_metrics(classes=1, ignore_index=255)   # iou, f1, precision, ...
-    >>> metrics = segmentation_metrics(classes=3, task="multiclass",
+    >>> metrics = segmentation_metrics(num_classes=1, ignore_index=255)   # iou, f1, precision, ...
+    >>> metrics = segmentation_metrics(num_classes=3, task="multiclass",
     ...                                class_names=["road", "water", "building"])  # + iou_road, ...
 """
 from __future__ import annotations
@@ -49,31 +49,31 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
     workers (``SUM`` aggregation of the variable), and the score is computed from the sum.
     """
 
-    def __init__(self, kind: str = "iou", classes: int = 1, ignore_index: int = 255, threshold=0.5,
+    def __init__(self, kind: str = "iou", num_classes: int = 1, ignore_index: int = 255, threshold=0.5,
                  class_id=None, task=None, average: str = "auto", name=None, **kwargs):
         if kind not in KINDS:
             raise ValueError(f"metric kind {kind!r} is not available; available: {KINDS}")
         if average not in AVERAGES:
             raise ValueError(f"metric average {average!r} is not available; available: {AVERAGES}")
-        task = task or default_task(classes)
+        task = task or default_task(num_classes)
         if task not in TASKS:
             raise ValueError(f"task: expected binary, multiclass or multilabel, got {task!r}")
-        if class_id is not None and not 0 <= int(class_id) < max(classes, 2 if task == "binary" else 1):
-            raise ValueError(f"metric class_id {class_id} out of range for {classes} classes")
+        if class_id is not None and not 0 <= int(class_id) < max(num_classes, 2 if task == "binary" else 1):
+            raise ValueError(f"metric class_id {class_id} out of range for {num_classes} classes")
         super().__init__(name=name or kind, **kwargs)
-        self.kind, self.classes, self.ignore_index = kind, int(classes), int(ignore_index)
+        self.kind, self.num_classes, self.ignore_index = kind, int(num_classes), int(ignore_index)
         if isinstance(threshold, (list, tuple)):  # one per class: multilabel only
-            if task != "multilabel" or len(threshold) != int(classes):
-                raise ValueError(f"threshold: a list needs task multilabel and {classes} values (one per class), "
+            if task != "multilabel" or len(threshold) != int(num_classes):
+                raise ValueError(f"threshold: a list needs task multilabel and {num_classes} values (one per class), "
                                  f"got {list(threshold)!r} for task {task}")
             threshold = [float(t) for t in threshold]
         else:
             threshold = float(threshold)
         self.threshold, self.class_id, self.task, self.average = threshold, class_id, task, average
         if task == "multilabel":
-            shape = (self.classes, 2, 2)
+            shape = (self.num_classes, 2, 2)
         else:
-            self.num_labels = 2 if task == "binary" else self.classes
+            self.num_labels = 2 if task == "binary" else self.num_classes
             shape = (self.num_labels, self.num_labels)
         self.matrix = self.add_variable(shape=shape, initializer="zeros", dtype="float32", name="matrix")
 
@@ -91,10 +91,10 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
             y_true = ops.broadcast_to(y_true, ops.shape(y_pred))
             truth = ops.cast(ops.where(valid, y_true, ops.zeros_like(y_true)) > 0.5, "int32")
             pred = ops.cast(y_pred >= ops.convert_to_tensor(self.threshold, "float32"), "int32")
-            channel = ops.broadcast_to(ops.arange(self.classes, dtype="int32"), ops.shape(truth))
+            channel = ops.broadcast_to(ops.arange(self.num_classes, dtype="int32"), ops.shape(truth))
             index = ops.reshape(channel * 4 + truth * 2 + pred, (-1,))
             weights = ops.reshape(ops.cast(valid, "float32"), (-1,))
-            size = self.classes * 4
+            size = self.num_classes * 4
         else:
             if self.task == "binary":
                 pred = ops.cast(ops.reshape(y_pred, (-1,)) >= self.threshold, "int32")
@@ -111,13 +111,13 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         self.matrix.assign_add(ops.reshape(ops.cast(counts, "float32"), self.matrix.shape))
 
     def result(self):
-        return metric_from_matrix(self.matrix, self.kind, self.classes, self.class_id, self.task, self.average)
+        return metric_from_matrix(self.matrix, self.kind, self.num_classes, self.class_id, self.task, self.average)
 
     def reset_state(self):
         self.matrix.assign(ops.zeros(self.matrix.shape, "float32"))
 
     def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "classes": self.classes, "ignore_index": self.ignore_index,
+        return {**super().get_config(), "kind": self.kind, "num_classes": self.num_classes, "ignore_index": self.ignore_index,
                 "threshold": self.threshold, "class_id": self.class_id, "task": self.task, "average": self.average}
 
 
@@ -157,9 +157,9 @@ def present_mean(scores):
     return ops.where(count > 0, total / ops.maximum(count, 1.0), math.nan)
 
 
-def metric_from_matrix(matrix, kind: str, classes: int, class_id=None, task=None, average: str = "auto"):
+def metric_from_matrix(matrix, kind: str, num_classes: int, class_id=None, task=None, average: str = "auto"):
     """A metric value from accumulated confusion matrices (see the module docstring)."""
-    task = task or default_task(classes)
+    task = task or default_task(num_classes)
     matrix = ops.cast(matrix, "float32")
     if kind == "accuracy":
         if task == "multilabel":
@@ -175,7 +175,7 @@ def metric_from_matrix(matrix, kind: str, classes: int, class_id=None, task=None
     return present_mean(scores)
 
 
-def confusion_matrix_numpy(truth: np.ndarray, pred: np.ndarray, valid: np.ndarray, classes: int,
+def confusion_matrix_numpy(truth: np.ndarray, pred: np.ndarray, valid: np.ndarray, num_classes: int,
                            task: str) -> np.ndarray:
     """The confusion matrix of :class:`ConfusionMatrixMetric` in numpy (int64), for evaluation.
 
@@ -184,10 +184,10 @@ def confusion_matrix_numpy(truth: np.ndarray, pred: np.ndarray, valid: np.ndarra
     """
     if task == "multilabel":
         valid = np.broadcast_to(valid if valid.ndim == 3 else valid[..., None], truth.shape)
-        channel = np.broadcast_to(np.arange(classes), truth.shape)
+        channel = np.broadcast_to(np.arange(num_classes), truth.shape)
         index = channel * 4 + (truth > 0).astype(np.int64) * 2 + (pred > 0).astype(np.int64)
-        return np.bincount(index[valid], minlength=classes * 4).reshape(classes, 2, 2)
-    labels = 2 if task == "binary" else classes
+        return np.bincount(index[valid], minlength=num_classes * 4).reshape(num_classes, 2, 2)
+    labels = 2 if task == "binary" else num_classes
     index = truth[valid].astype(np.int64) * labels + pred[valid].astype(np.int64)
     return np.bincount(index, minlength=labels * labels).reshape(labels, labels)
 
@@ -202,12 +202,12 @@ def scores_from_matrix(matrix, task: str, class_names) -> dict:
     ``precision``, ``recall``, ``accuracy``, ``miou`` and ``per_class`` {name: {iou, f1, precision,
     recall}} (``None`` = absent class). Binary: top-level scores are the foreground's and
     ``per_class`` is left out."""
-    classes = len(class_names) if task != "binary" else 1
+    num_classes = len(class_names) if task != "binary" else 1
     per_kind = {kind: [_number(v) for v in ops.convert_to_numpy(per_class_scores(matrix, kind, task))]
                 for kind in ("iou", "f1", "precision", "recall")}
-    result = {kind: _number(metric_from_matrix(matrix, kind, classes, task=task))
+    result = {kind: _number(metric_from_matrix(matrix, kind, num_classes, task=task))
               for kind in ("iou", "f1", "precision", "recall", "accuracy")}
-    result["miou"] = _number(metric_from_matrix(matrix, "iou", classes, task=task, average="macro"))
+    result["miou"] = _number(metric_from_matrix(matrix, "iou", num_classes, task=task, average="macro"))
     if task != "binary":
         result["per_class"] = {name: {kind: per_kind[kind][k] for kind in per_kind}
                                for k, name in enumerate(class_names)}
@@ -218,22 +218,22 @@ def _metric_suffix(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_").lower() or "class"
 
 
-def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold=0.5, task=None,
+def segmentation_metrics(num_classes: int = 1, ignore_index: int = 255, threshold=0.5, task=None,
                          class_names=None, per_class_kinds=("iou", "f1")):
     """The standard set ``iou, f1, precision, recall, accuracy`` (binary: positive class;
     multiclass / multilabel: mean over classes). With ``class_names`` (several classes), also
     ``<kind>_<classname>`` per class for ``per_class_kinds``; for binary tasks also ``miou``
     (mean IoU over background and foreground)."""
-    task = task or default_task(classes)
-    metrics = [ConfusionMatrixMetric(kind, classes, ignore_index, threshold, task=task) for kind in KINDS]
+    task = task or default_task(num_classes)
+    metrics = [ConfusionMatrixMetric(kind, num_classes, ignore_index, threshold, task=task) for kind in KINDS]
     if class_names is None:
         return metrics
     if task == "binary":
-        metrics.append(ConfusionMatrixMetric("iou", classes, ignore_index, threshold, task=task, average="macro",
+        metrics.append(ConfusionMatrixMetric("iou", num_classes, ignore_index, threshold, task=task, average="macro",
                                              name="miou"))
         return metrics
-    if len(class_names) != classes:
-        raise ValueError(f"class_names: expected {classes} names, got {len(class_names)}: {list(class_names)}")
+    if len(class_names) != num_classes:
+        raise ValueError(f"class_names: expected {num_classes} names, got {len(class_names)}: {list(class_names)}")
     seen = set()
     for class_id, class_name in enumerate(class_names):
         suffix = _metric_suffix(class_name)
@@ -241,6 +241,6 @@ def segmentation_metrics(classes: int = 1, ignore_index: int = 255, threshold=0.
             suffix = f"{suffix}_{class_id}"
         seen.add(suffix)
         for kind in per_class_kinds:
-            metrics.append(ConfusionMatrixMetric(kind, classes, ignore_index, threshold, class_id=class_id,
+            metrics.append(ConfusionMatrixMetric(kind, num_classes, ignore_index, threshold, class_id=class_id,
                                                  task=task, name=f"{kind}_{suffix}"))
     return metrics

@@ -341,7 +341,7 @@ class _Run:
         return self.cfg.data.task
 
     @property
-    def classes(self) -> int:
+    def num_classes(self) -> int:
         return num_outputs(self.cfg.data)
 
 
@@ -432,10 +432,10 @@ def _build_model(run: _Run) -> None:
     with run.strategy.scope():
         run.model = build_config_model(cfg, run.num_bands, run.norm, run.nodata,
                                        seed=cfg.train.seed + run.initial_epoch)
-        run.loss = get_loss(cfg.train.loss, run.classes, cfg.data.ignore_index, cfg.train.loss_weights or None,
+        run.loss = get_loss(cfg.train.loss, run.num_classes, cfg.data.ignore_index, cfg.train.loss_weights or None,
                             task=run.task, class_weights=run.weights or None)
         run.schedule = make_schedule(train_cfg, run.steps)
-        run.metrics = segmentation_metrics(run.classes, cfg.data.ignore_index, cfg.train.threshold, run.task,
+        run.metrics = segmentation_metrics(run.num_classes, cfg.data.ignore_index, cfg.train.threshold, run.task,
                                            cfg.data.classes)
         run.model.compile(
             optimizer=make_optimizer(train_cfg, run.steps, run.schedule),
@@ -581,7 +581,7 @@ def _evaluate_best(run: _Run):
     """``(model, scores)``: the best checkpoint, scored over the validation scenes."""
     cfg = run.cfg
     best = keras.saving.load_model(run.best_file, compile=False)
-    best.compile(loss=run.loss, metrics=segmentation_metrics(run.classes, cfg.data.ignore_index, cfg.train.threshold,
+    best.compile(loss=run.loss, metrics=segmentation_metrics(run.num_classes, cfg.data.ignore_index, cfg.train.threshold,
                                                              run.task, cfg.data.classes))
     # final scores over the validation scenes, on the grid the epochs' validation used (with
     # data.eval_overlap: each tile sees context past the pixels it scores, as tfseg.predict's
