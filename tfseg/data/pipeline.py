@@ -438,8 +438,8 @@ class _RandomSampler:
         aug = self.cfg.augment
         return None if aug.scale or not (aug.flip or aug.rot90) else aug
 
-    def _uniform_candidates(self, b: int, batch: int, rng):
-        """Batch ``b``'s uniform draw: per window a rotation/flip (``ks`` (B,), ``flips`` (B, 2))
+    def _uniform_candidates(self, batch: int, rng):
+        """A batch's uniform draw: per window a rotation/flip (``ks`` (B,), ``flips`` (B, 2))
         and ``MAX_REDRAWS`` candidates (``which`` scene, ``cols``, ``rows``, each (B, R))."""
         size = self.cfg.window_size
         aug = self._flips()
@@ -478,7 +478,7 @@ class _RandomSampler:
                 self.fill(int(b) * batch + j, image_out[j], label_out[j], rng)
             return
         cfg, size = self.cfg, self.cfg.window_size
-        ks, flips, which, cols, rows = self._uniform_candidates(b, batch, rng)
+        ks, flips, which, cols, rows = self._uniform_candidates(batch, rng)
         for j in range(batch):
             dihedral = (int(ks[j]), bool(flips[j, 0]), bool(flips[j, 1]))
             for r in range(MAX_REDRAWS):
@@ -520,7 +520,7 @@ class _RandomSampler:
         if self._sampled_per_window():
             return np.array([self.draw(int(b) * batch + j, rng) for j in range(batch)], np.int32)
         size = self.cfg.window_size
-        ks, flips, which, cols, rows = self._uniform_candidates(b, batch, rng)
+        ks, flips, which, cols, rows = self._uniform_candidates(batch, rng)
         ignored = np.empty(which.shape)
         for k, scene in enumerate(self.scenes):
             at = which == k
