@@ -48,10 +48,11 @@ SLIM_RESNET34 = ["model.backbone=resnet34", "model.encoder_weights=", "model.dec
 BALANCED = ["data.sampling=balanced", "data.balance_alpha=0.5", "train.class_weights=auto",
             "train.class_weights_method=inverse_sqrt"]
 # the land-cover recipes compared in docs/results_landcover.md (same data, split and time budget)
+UNIFORM = ["data.sampling=uniform", "train.class_weights=[]"]
 RECIPES = {
-    "unet": [],  # the config as committed: plain UNet d4/16, uniform windows, no class weights
-    "unet-resnet34": SLIM_RESNET34,  # UNet on ResNet-34 (random init) with the slim decoder
-    "unet-balanced": BALANCED,  # UNet d4/16 + balanced windows + automatic class weights
+    "unet": UNIFORM,  # plain UNet d4/16, uniform windows, no class weights (the config before the comparison)
+    "unet-resnet34": SLIM_RESNET34 + UNIFORM,  # UNet on ResNet-34 (random init) with the slim decoder
+    "unet-balanced": BALANCED,  # UNet d4/16 + balanced windows + automatic class weights (the config now)
     "unet-resnet34-balanced": SLIM_RESNET34 + BALANCED,
 }
 
