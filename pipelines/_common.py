@@ -21,9 +21,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
 import tfseg  # noqa: E402
-from tfseg import config as config_lib  # noqa: E402  (the --set argument and ConfigError)
+
+tfseg.quiet_tensorflow()  # before anything imports TensorFlow / Keras
 
 log = logging.getLogger("tfseg.pipelines")
 
@@ -44,7 +44,7 @@ def parser(prog: str, description: str, default_run_dir: str, data_help: str) ->
     p.add_argument("--data-root", default="", help=data_help)
     p.add_argument("--config", default="", help="config YAML (default: the pipeline's config in configs/)")
     p.add_argument("--quick", action="store_true", help="minutes-long smoke version (tiny budget, CI)")
-    config_lib.add_overrides_argument(p, "config overrides, applied last (e.g. train.epochs=5)")
+    tfseg.add_overrides_argument(p, "config overrides, applied last (e.g. train.epochs=5)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--verbose", action="store_true", help="Keras progress bars")
     return p
@@ -53,7 +53,7 @@ def parser(prog: str, description: str, default_run_dir: str, data_help: str) ->
 def load_config(path, overrides: list):
     try:
         return tfseg.load_config(path, overrides)
-    except config_lib.ConfigError as exc:
+    except tfseg.ConfigError as exc:
         raise PipelineError(str(exc)) from None
 
 
@@ -113,10 +113,8 @@ def link_view(pairs, folder: Path, name=lambda p: p.name) -> list:
 
 
 def write_summary(run_dir: Path, summary: dict) -> Path:
-    from tfseg.fsutil import write_json
-
     path = run_dir / "pipeline.json"
-    write_json(path, summary)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
 
 

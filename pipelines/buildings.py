@@ -35,8 +35,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
     sys.exit("run it from the repository root as: python -m pipelines.buildings [ARGS]")
 
+import tfseg  # noqa: E402
 from pipelines import _common as common  # noqa: E402
-from pipelines._common import REPO, PipelineError, config_lib  # noqa: E402
+from pipelines._common import REPO, PipelineError  # noqa: E402
 
 log = logging.getLogger("tfseg.pipelines.buildings")
 
@@ -74,8 +75,6 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
     """
     import numpy as np
 
-    import tfseg
-
     pairs = tfseg.pair_images_and_masks(data_root / "images", data_root / "masks")
     if len(pairs) < 3:
         raise PipelineError(f"{data_root}: need at least 3 image/mask pairs, found {len(pairs)}")
@@ -109,8 +108,6 @@ def prepare_split(data_root: Path, split_dir: Path, val_fraction: float, seed: i
 
 def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, overwrite: bool = False) -> dict:
     """The whole pipeline; returns the metrics dict written to ``run_dir/pipeline_metrics.json``."""
-    import tfseg
-
     started = time.time()
     data_root = resolve_data_root(data_root)
     run_dir = Path(run_dir)
@@ -179,7 +176,7 @@ def main(argv=None) -> int:
                              "relative to the repository)")
     parser.add_argument("--run-dir", default="runs/buildings_kampala", help="run directory")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
-    config_lib.add_overrides_argument(parser, "config overrides")
+    tfseg.add_overrides_argument(parser, "config overrides")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 8 chips, 128 px, 1 epoch x 2 steps")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory holding another config")
     args = parser.parse_args(argv)

@@ -37,10 +37,9 @@ if __package__ in (None, ""):  # run as a file: the pipelines are modules of the
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tfseg._tf import tensorflow as _tf  # noqa: E402,F401  (quiet TensorFlow start-up)
 import tfseg  # noqa: E402
-from tfseg import compare as compare_lib  # noqa: E402
-from tfseg import config as config_lib  # noqa: E402
+
+tfseg.quiet_tensorflow()  # before anything imports TensorFlow / Keras
 
 log = logging.getLogger("tfseg.pipelines.compare_architectures")
 
@@ -86,8 +85,7 @@ def load_models(path) -> list:
 def plan(models: list, config=None, shared=(), quick: bool = False, data_root: str = "",
          experiment: str = "architectures") -> list:
     """``[(label, Config)]`` for every model, validated before anything trains."""
-    from tfseg.models import BUILDERS
-
+    available = tfseg.available_models()
     base = list(BUDGET) + (list(QUICK) if quick else []) + [f"tracking.mlflow.experiment={experiment}"]
     if data_root:
         base.append(f"data.root={data_root}")
@@ -96,12 +94,12 @@ def plan(models: list, config=None, shared=(), quick: bool = False, data_root: s
         overrides = base + list(shared) + list(entry.get("overrides", [])) + [f"tracking.name={entry['label']}"]
         try:
             cfg = tfseg.load_config(config, overrides)
-        except config_lib.ConfigError as exc:
+        except tfseg.ConfigError as exc:
             raise ValueError(f"model '{entry['label']}': {exc}") from None
-        if cfg.model.name not in BUILDERS:
+        if cfg.model.name not in available:
             raise ValueError(
                 f"model '{entry['label']}': model.name={cfg.model.name!r} is not available in this build "
-                f"(available: {sorted(BUILDERS)})")
+                f"(available: {available})")
         planned.append((entry["label"], cfg))
     return planned
 
@@ -135,24 +133,7 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
 def report(planned: list, run_dirs: list, target, metric: str) -> list:
     """The comparison report from the MLflow runs of the study (run directories for runs MLflow
     did not record)."""
-    from tfseg import tracking_mlflow
-
-    uri, run_ids, local = "", [], []
-    for (label, cfg), run_dir in zip(planned, run_dirs):
-        resolved = tracking_mlflow.resolve(cfg, run_dir)
-        record = run_dir / tracking_mlflow.RUN_FILE
-        logged = json.loads(record.read_text()) if record.is_file() else {}
-        if resolved and logged.get("tracking_uri") == resolved[0] and uri in ("", resolved[0]):
-            uri = resolved[0]
-            run_ids.append(logged["run_id"])
-        else:
-            if resolved:
-                log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", label,
-                            tracking_mlflow.display_uri(resolved[0]))
-            local.append(run_dir)
-    if uri:
-        log.info("report from MLflow (%s): %d runs", tracking_mlflow.display_uri(uri), len(run_ids))
-    return compare_lib.compare(local, target, metric=metric, mlflow_uri=uri, run_ids=run_ids)
+    return tfseg.compare_runs([(cfg, run_dir) for (_, cfg), run_dir in zip(planned, run_dirs)], target, metric)
 
 
 def profile_run(label: str, run_dir: Path, tile: int) -> dict:
@@ -160,16 +141,17 @@ def profile_run(label: str, run_dir: Path, tile: int) -> dict:
     ``run_dir/profile.json``)."""
     import keras
 
-    from tfseg.bench.train import profile_model
-
     cached = run_dir / "profile.json"
     if cached.is_file():
         return {"label": label, **json.loads(cached.read_text())}
     keras.backend.clear_session()
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    result = profile_model(model, tile)
+    result = tfseg.profile_model(run_dir, tile)
     cached.write_text(json.dumps(result, indent=2))
     return {"label": label, **result}
+
+
+def _number(value, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def write_profiles(profiles: list, rows: list, report: Path, metric: str) -> str:
@@ -180,8 +162,8 @@ def write_profiles(profiles: list, rows: list, report: Path, metric: str) -> str
         row = best.get(p["label"], {})
         value = row.get(metric, "")
         lines.append(f"| {p['label']} | {p['params']:,} | {p['train_gflops_per_img']:.1f} "
-                     f"({p['tile']}x{p['tile']}x{p['bands']}) | {compare_lib._fmt(value)} | "
-                     f"{compare_lib._fmt(row.get('train_seconds', ''), 'train_seconds')} |")
+                     f"({p['tile']}x{p['tile']}x{p['bands']}) | {_number(value, 4)} | "
+                     f"{_number(row.get('train_seconds', ''), 1)} |")
     text = "\n".join(lines) + "\n"
     report.mkdir(parents=True, exist_ok=True)
     (report / "models.md").write_text(text)
@@ -193,7 +175,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.compare_architectures", description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="reports/architectures", help="output directory (runs/ and report/)")
     parser.add_argument("--config", help="base YAML config (default: configs/default.yaml)")
-    config_lib.add_overrides_argument(parser, "overrides applied to every model (same data and budget)")
+    tfseg.add_overrides_argument(parser, "overrides applied to every model (same data and budget)")
     parser.add_argument("--models", help="YAML/JSON list of {label, overrides} (default: fcn8, unet, efficientnet-fpn, "
                                          "unetpp, resnet34-deeplabv3plus)")
     parser.add_argument("--quick", action="store_true", help="a few-minutes version (small scenes, 3 epochs)")
@@ -205,12 +187,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         models = load_models(args.models) if args.models else DEFAULT_MODELS
-        rows = run(models, args.output, args.config, args.overrides, args.quick, args.data_root, args.metric,
-                   verbose=1 if args.verbose else 0, experiment=args.experiment)
+        run(models, args.output, args.config, args.overrides, args.quick, args.data_root, args.metric,
+            verbose=1 if args.verbose else 0, experiment=args.experiment)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(compare_lib.to_markdown(rows, args.metric, "min" if args.metric.endswith("loss") else "max"))
+    print((Path(args.output) / "report" / "comparison.md").read_text())
     print((Path(args.output) / "report" / "models.md").read_text())
     print(f"report: {Path(args.output) / 'report' / 'index.html'}")
     return 0

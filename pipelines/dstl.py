@@ -31,6 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
     sys.exit("run it from the repository root as: python -m pipelines.dstl [ARGS]")
 
+import tfseg  # noqa: E402
 from pipelines import _common as common  # noqa: E402
 
 CONFIGS = {"unet20": common.REPO / "configs" / "dstl_unet20.yaml",
@@ -45,9 +46,7 @@ QUICK = {"unet20": ["train.epochs=2", "data.train_windows_per_epoch=8", "data.ba
 
 def per_class_scores(history: Path, monitor: str, mode: str) -> dict:
     """``{class: {"iou", "f1"}}`` of the best epoch's validation columns ``val_iou_<c>``/``val_f1_<c>``."""
-    from tfseg.compare import best_row, read_history
-
-    best = best_row(read_history(history), monitor, mode)
+    best = tfseg.best_epoch(history, monitor, mode)
     if best is None:
         raise common.PipelineError(f"{history}: no epochs")
     out = {}
@@ -76,11 +75,8 @@ def write_stacked(scene, path: Path) -> Path:
     """The scene's stacked bands (float32, its three-band grid) as one GeoTIFF for ``predict``."""
     import numpy as np
     import rasterio
-    from rasterio.windows import Window
 
-    from tfseg.data.raster import read_window
-
-    image, _ = read_window(scene.info, Window(0, 0, scene.info.width, scene.info.height))
+    image, _ = tfseg.read_raster(scene.info)
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", driver="GTiff", width=image.shape[1], height=image.shape[0], count=image.shape[2],
                        dtype="float32", crs=scene.info.crs, transform=scene.info.affine) as dst:
@@ -90,8 +86,6 @@ def write_stacked(scene, path: Path) -> Path:
 
 def run(args) -> dict:
     import warnings
-
-    from tfseg import PredictOptions, load_scenes, predict_scenes
 
     from pipelines.generate import make_dstl_dataset
 
@@ -103,7 +97,7 @@ def run(args) -> dict:
         "expected three_band/, sixteen_band/, "
         "train_wkt_v4.csv and grid_sizes.csv (the Kaggle download, unzipped)",
         make_dstl_dataset, GENERATED["quick" if args.quick else "full"])
-    _, val = load_scenes(cfg.data)
+    _, val = tfseg.load_scenes(cfg.data)
 
     train_dir = run_dir / "run"
     result = common.train_model(cfg, train_dir, args.overwrite, args.verbose)
@@ -112,8 +106,8 @@ def run(args) -> dict:
     sample = write_stacked(val[0], run_dir / "sample" / f"{val[0].name}_20band.tif")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not georeferenced.*")  # Dstl rasters have no CRS
-        predicted = predict_scenes(export_dir, [str(sample)], run_dir / "predict",
-                                   PredictOptions(probabilities="uint8", overlay=False, progress=False,
+        predicted = tfseg.predict_scenes(export_dir, [str(sample)], run_dir / "predict",
+                                   tfseg.PredictOptions(probabilities="uint8", overlay=False, progress=False,
                                                   polygons=False))
     pixels = label_pixels(val, cfg.data.classes)
     for name, count in pixels.items():

@@ -35,6 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
     sys.exit("run it from the repository root as: python -m pipelines.landcover [ARGS]")
 
+import tfseg  # noqa: E402
 from pipelines import _common as common  # noqa: E402
 
 CONFIG = common.REPO / "configs" / "landcover_dubai.yaml"
@@ -99,14 +100,11 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
     from matplotlib.patches import Patch
     from PIL import Image
 
-    from tfseg.data.colours import decode_colour_mask, read_colour_mask
-
     table = colour_table(cfg)
     fig, axes = plt.subplots(len(pairs), 3, figsize=(9, 3 * len(pairs)), squeeze=False)
     for row, (image, mask) in enumerate(pairs):
         rgb = np.asarray(Image.open(image).convert("RGB"))
-        truth, _ = decode_colour_mask(read_colour_mask(mask), cfg.data.palette, cfg.data.ignore_index,
-                                      cfg.data.classes, report=False)
+        truth = tfseg.read_class_mask(mask, cfg.data)
         with rasterio.open(predictions / f"{Path(_unique(image)).stem}_class.tif") as src:
             pred = src.read(1)
         step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_side)))

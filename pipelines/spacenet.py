@@ -35,6 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: the pipelines are modules of the checkout
     sys.exit("run it from the repository root as: python -m pipelines.spacenet [ARGS]")
 
+import tfseg  # noqa: E402
 from pipelines import _common as common  # noqa: E402
 
 CONFIGS = {"rgb": common.REPO / "configs" / "spacenet2_rgb.yaml", "mul": common.REPO / "configs" / "spacenet2_mul.yaml"}
@@ -45,38 +46,18 @@ QUICK = {"rgb": ["train.epochs=2", "data.train_windows_per_epoch=16", "data.batc
                  "model.depth=3", "model.filters=8", "train.num_figure_tiles=2"]}
 
 
-def pixel_polygons(geojson, info) -> list:
-    """The footprints of ``geojson`` in pixel coordinates (x = column, y = row) of raster ``info``."""
-    from shapely.affinity import affine_transform
-
-    from tfseg.data.labels import VectorLabels
-
-    labels = VectorLabels.from_file(geojson, info, require_overlap=False)
-    inv = ~info.affine
-    matrix = [inv.a, inv.b, inv.d, inv.e, inv.c, inv.f]
-    out = []
-    for geom in labels.geometries:
-        pix = affine_transform(geom, matrix)
-        out.extend(getattr(pix, "geoms", [pix]))
-    return out
-
-
 def truth_csv(scenes, label_files: dict, path: Path) -> Path:
     """SpaceNet truth CSV of ``scenes`` (their GeoJSON footprints in each chip's pixel grid)."""
-    from tfseg.postprocess import PolygonRecord, spacenet_image_id, write_spacenet_csv
-
     per_image = {}
     for scene in scenes:
-        polys = pixel_polygons(label_files[scene.name], scene.info)
-        per_image[spacenet_image_id(scene.info.path)] = [PolygonRecord(p) for p in polys]
-    return write_spacenet_csv(path, per_image)
+        polys = tfseg.read_pixel_polygons(label_files[scene.name], scene.info, require_overlap=False)
+        per_image[tfseg.spacenet_image_id(scene.info.path)] = [tfseg.PolygonRecord(p) for p in polys]
+    return tfseg.write_spacenet_csv(path, per_image)
 
 
 def geojson_of(image_path: Path) -> Path:
-    from tfseg.postprocess import spacenet_image_id
-
     aoi = image_path.parent.parent
-    return aoi / "geojson" / "buildings" / f"buildings_{spacenet_image_id(image_path)}.geojson"
+    return aoi / "geojson" / "buildings" / f"buildings_{tfseg.spacenet_image_id(image_path)}.geojson"
 
 
 def sample_label_path(sample: Path, out: Path) -> dict:
@@ -85,28 +66,23 @@ def sample_label_path(sample: Path, out: Path) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from tfseg.data.labels import VectorLabels
-    from tfseg.data.raster import open_raster
-    import tfseg
-    from tfseg.postprocess import PolygonOptions, PolygonRecord, polygonize_array, write_spacenet_csv
-
     image, geojson = sample / "sample_geotiff.tif", sample / "geotiff_labels.geojson"
     for path in (image, geojson):
         if not path.is_file():
             raise common.PipelineError(f"SpaceNet sample file not found: {path}")
     out.mkdir(parents=True, exist_ok=True)
-    info = open_raster(image)
-    labels = VectorLabels.from_file(geojson, info)
+    info = tfseg.open_raster(image)
+    labels = tfseg.read_vector_labels(geojson, info)
     mask = labels.rasterize(Window(0, 0, info.width, info.height), info).astype(np.uint8)
     with rasterio.open(out / "sample_footprints.tif", "w", driver="GTiff", width=info.width, height=info.height,
                        count=1, dtype="uint8", crs=info.crs, transform=info.affine) as dst:
         dst.write(mask[None])
     image_id = "sample_geotiff"
-    polys = pixel_polygons(geojson, info)
-    truth = write_spacenet_csv(out / "sample_truth.csv", {image_id: [PolygonRecord(p) for p in polys]})
+    polys = tfseg.read_pixel_polygons(geojson, info)
+    truth = tfseg.write_spacenet_csv(out / "sample_truth.csv", {image_id: [tfseg.PolygonRecord(p) for p in polys]})
     # the round trip: no opening (thin footprints would be erased), only the 20 px² rule
-    records = polygonize_array(mask > 0, None, PolygonOptions(opening_px=0, simplify_px=0.0))
-    proposals = write_spacenet_csv(out / "sample_mask_polygons.csv", {image_id: records})
+    records = tfseg.polygonize_mask(mask > 0, None, tfseg.PolygonOptions(opening_px=0, simplify_px=0.0))
+    proposals = tfseg.write_spacenet_csv(out / "sample_mask_polygons.csv", {image_id: records})
     score = tfseg.score_objects(truth, proposals)["overall"]
     return {"footprints": len(polys), "mask_building_fraction": round(float((mask > 0).mean()), 4),
             "mask_polygons": len(records), "roundtrip_f1": round(score["F1Score"], 4),

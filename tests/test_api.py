@@ -131,3 +131,89 @@ def test_object_scores_merging_and_pairing_through_the_api(tmp_path):
     assert tfseg.score_objects(csv, csv)["overall"]["F1Score"] == 1.0
     with pytest.raises(tfseg.TfsegError, match="both"):
         tfseg.score_objects(csv, tmp_path / "found.geojson")
+
+
+def test_rasters_labels_and_polygons_through_the_api(tmp_path):
+    """What the SpaceNet and Dstl pipelines read through ``tfseg.*``: raster metadata and pixels
+    (nodata -> invalid), vector labels on the raster's grid, mask -> polygons -> SpaceNet CSV."""
+    from rasterio.windows import Window
+
+    x0, y0 = ORIGIN
+    image = np.full((3, 64, 64), 50, np.uint8)
+    image[:, :, :8] = 0  # nodata columns
+    scene = write_geotiff(tmp_path / "RGB-PanSharpen_AOI_2_Vegas_img7.tif", image, nodata=0)
+    labels_file = write_geojson(tmp_path / "buildings.geojson", [_square(x0 + 10, y0 - 5, 10)])  # 20 x 20 px
+    info = tfseg.open_raster(scene)
+    assert (info.width, info.height, info.num_bands) == (64, 64, 3) and str(info.crs) == "EPSG:32636"
+    pixels, valid = tfseg.read_raster(scene)
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    assert not valid[:, :8].any() and valid[:, 8:].all()
+    part, part_valid = tfseg.read_raster(info, Window(56, 0, 16, 16))  # beyond the edge: padded, invalid
+    assert part.shape == (16, 16, 3) and not part_valid[:, 8:].any()
+    labels = tfseg.read_vector_labels(labels_file, info)
+    mask = labels.rasterize(Window(0, 0, 64, 64), info)
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    assert mask.sum() == 400 and mask[10:30, 20:40].all()
+    records = tfseg.polygonize_mask(mask > 0, options=tfseg.PolygonOptions(opening_px=0, simplify_px=0.0))
+    assert len(records) == 1 and records[0].geometry.area == pytest.approx(400, rel=0.01)
+    assert isinstance(records[0], tfseg.PolygonRecord) and records[0].confidence == 1.0
+    image_id = tfseg.spacenet_image_id(scene)
+    assert image_id == "AOI_2_Vegas_img7"
+    csv = tfseg.write_spacenet_csv(tmp_path / "found.csv", {image_id: records})
+    pixel_truth = tfseg.read_pixel_polygons(labels_file, scene)
+    assert len(pixel_truth) == 1 and pixel_truth[0].bounds == pytest.approx((20.0, 10.0, 40.0, 30.0), abs=1e-6)
+    truth = tfseg.write_spacenet_csv(tmp_path / "truth.csv", {image_id: [tfseg.PolygonRecord(p) for p in pixel_truth]})
+    assert tfseg.score_objects(truth, csv)["overall"]["F1Score"] == 1.0
+    far = write_geojson(tmp_path / "far.geojson", [_square(x0 + 5000, y0 - 5000, 10)])
+    with pytest.raises(tfseg.TfsegError, match="far.geojson"):
+        tfseg.read_vector_labels(far, scene)
+    assert len(tfseg.read_vector_labels(far, scene, require_overlap=False).geometries) == 1
+
+
+def test_class_masks_histories_models_and_the_set_option_through_the_api(tmp_path):
+    import argparse
+
+    from PIL import Image
+
+    cfg = tfseg.load_config(Path(__file__).resolve().parents[1] / "configs" / "landcover_dubai.yaml")
+    colours = np.zeros((4, 4, 3), np.uint8)
+    colours[:2] = (0x3C, 0x10, 0x98)  # building
+    colours[2:] = (0x6E, 0xC1, 0xE4)  # road
+    colours[3, 3] = 0  # black: ignored
+    Image.fromarray(colours).save(tmp_path / "mask.png")
+    classes = tfseg.read_class_mask(tmp_path / "mask.png", cfg.data)
+    building, road = cfg.data.classes.index("building"), cfg.data.classes.index("road")
+    assert (classes[:2] == building).all() and (classes[2, :] == road).all() and classes[3, 3] == cfg.data.ignore_index
+    history = tmp_path / "run" / "history.csv"
+    history.parent.mkdir()
+    history.write_text("epoch,val_iou,val_loss\n0,0.5,0.9\n1,0.7,0.8\n2,nan,0.7\n3,0.6,0.75\n")
+    assert tfseg.best_epoch(history)["epoch"] == 1
+    assert tfseg.best_epoch(tmp_path / "run", "val_loss", "min")["epoch"] == 2
+    assert tfseg.best_epoch(history, "val_f1") is None
+    assert {"unet", "fcn8", "fpn"} <= set(tfseg.available_models())
+    parser = argparse.ArgumentParser()
+    tfseg.add_overrides_argument(parser)
+    args = parser.parse_args(["--set", "train.epochs=3", "--set", "data.batch_size=2"])
+    assert tfseg.load_config(None, args.overrides).train.epochs == 3
+    with pytest.raises(tfseg.ConfigError, match="data.batch_size"):
+        tfseg.load_config(None, ["data.batch_size=0"])
+
+
+def test_pipelines_use_the_public_api_only():
+    """``pipelines/*.py`` import ``tfseg`` and the names of ``tfseg.__all__``, nothing deeper, and
+    do not edit ``sys.path``."""
+    import ast
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deep = [a.name for a in node.names if a.name.startswith("tfseg.")]
+                assert not deep, f"{path.name}:{node.lineno} imports {deep}"
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tfseg":
+                assert node.module == "tfseg", f"{path.name}:{node.lineno} imports from {node.module}"
+                names = {a.name for a in node.names}
+                assert names <= set(tfseg.__all__), f"{path.name}:{node.lineno} imports {names - set(tfseg.__all__)}"
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "tfseg":
+                assert node.attr in tfseg.__all__, f"{path.name}:{node.lineno} uses tfseg.{node.attr}"
+        assert "sys.path" not in path.read_text(), path.name

@@ -26,7 +26,9 @@ __version__ = "0.1.0"
 __all__ = [
     "TfsegError", "load_config", "train_model", "evaluate_pixels", "predict_scenes", "PredictOptions",
     "export_model", "load_predictor", "load_model_card", "load_scenes", "pair_images_and_masks", "score_objects",
-    "merge_polygons", "__version__",
+    "merge_polygons", "open_raster", "read_raster", "read_vector_labels", "read_pixel_polygons", "read_class_mask", "polygonize_mask",
+    "PolygonOptions", "PolygonRecord", "write_spacenet_csv", "spacenet_image_id", "best_epoch", "available_models",
+    "compare_runs", "profile_model", "ConfigError", "add_overrides_argument", "quiet_tensorflow", "__version__",
 ]
 
 
@@ -286,11 +288,319 @@ def merge_polygons(parts, output) -> dict:
     return merge_geojson(parts, output)
 
 
-def __getattr__(name):
-    """``tfseg.PredictOptions``: the :class:`tfseg.predict.PredictOptions` dataclass, imported
-    when first used."""
-    if name == "PredictOptions":
-        from .predict import PredictOptions
+def open_raster(path):
+    """Open a raster's metadata (size, bands, dtype, nodata, CRS, transform) without reading pixels.
 
-        return PredictOptions
+    Args:
+        path: a GeoTIFF / PNG / JPEG (anything GDAL reads).
+
+    Returns:
+        A :class:`tfseg.data.raster.RasterInfo` (``width``, ``height``, ``num_bands``, ``dtype``,
+        ``nodata``, ``crs``, ``affine``, ``path``); a file GDAL cannot open raises a
+        ``RasterError`` naming it.
+
+    Example:
+        >>> info = tfseg.open_raster("scene.tif")
+        >>> info.width, info.height, info.crs
+    """
+    from .data.raster import open_raster as _open
+
+    return _open(path)
+
+
+def read_raster(raster, window=None):
+    """Read pixels as tfseg's pipeline sees them: H x W x bands in the source dtype (float32 for
+    stacked multi-resolution scenes), nodata and NaN pixels set to 0, and the valid-pixel mask.
+
+    Args:
+        raster: a path or a :func:`open_raster` result (also a scene's ``.info``).
+        window: a ``rasterio.windows.Window`` (may reach beyond the raster: padded, invalid);
+            None = the whole raster.
+
+    Returns:
+        ``(image, valid)``: image (H, W, bands), valid (H, W) bool.
+
+    Example:
+        >>> image, valid = tfseg.read_raster("scene.tif")
+    """
+    from rasterio.windows import Window
+
+    from .data.raster import StackedRasterInfo, open_raster as _open, read_window, read_window_raw
+
+    info = _open(raster) if isinstance(raster, (str, _os.PathLike)) else raster
+    window = window if window is not None else Window(0, 0, info.width, info.height)
+    return (read_window if isinstance(info, StackedRasterInfo) else read_window_raw)(info, window)
+
+
+def read_vector_labels(path, raster, require_overlap: bool = True):
+    """Vector labels (GeoJSON / Shapefile / GeoPackage polygons) placed on a raster's grid.
+
+    Args:
+        path: the vector file (any CRS: reprojected to the raster's).
+        raster: a path or a :func:`open_raster` result.
+        require_overlap: raise an error naming both files when no polygon touches the raster
+            (a wrong CRS or a mismatched pair); False for chips that may hold no building.
+
+    Returns:
+        A :class:`tfseg.data.labels.VectorLabels`: ``.geometries`` (shapely, in the raster's
+        CRS) and ``.rasterize(window, info)`` (the 0/1 mask of a window, SpaceNet's burn rule).
+
+    Example:
+        >>> labels = tfseg.read_vector_labels("buildings.geojson", "scene.tif")
+        >>> mask = labels.rasterize(rasterio.windows.Window(0, 0, 512, 512), tfseg.open_raster("scene.tif"))
+    """
+    from .data.labels import VectorLabels
+    from .data.raster import open_raster as _open
+
+    info = _open(raster) if isinstance(raster, (str, _os.PathLike)) else raster
+    return VectorLabels.from_file(path, info, require_overlap=require_overlap)
+
+
+def read_pixel_polygons(path, raster, require_overlap: bool = True) -> list:
+    """The polygons of a vector file in a raster's pixel coordinates (x = column, y = row; what
+    SpaceNet CSVs hold), clipped to the raster.
+
+    Args:
+        path: the vector file (any CRS).
+        raster: a path or a :func:`open_raster` result.
+        require_overlap: as in :func:`read_vector_labels`.
+
+    Returns:
+        A list of shapely polygons (a multi-polygon split into its parts).
+
+    Example:
+        >>> truth = {"img1": [tfseg.PolygonRecord(p) for p in tfseg.read_pixel_polygons("img1.geojson", "img1.tif")]}
+        >>> tfseg.write_spacenet_csv("truth.csv", truth)
+    """
+    from .data.raster import open_raster as _open
+    from .postprocess import pixel_polygons
+
+    info = _open(raster) if isinstance(raster, (str, _os.PathLike)) else raster
+    return pixel_polygons(read_vector_labels(path, info, require_overlap).geometries, info)
+
+
+def read_class_mask(path, data_cfg):
+    """A colour-coded (or palette / grey) mask file decoded into class indices with the config's
+    palette, as training reads it.
+
+    Args:
+        path: the mask image (PNG / TIFF / JPEG; RGB, RGBA, palette or grey).
+        data_cfg: ``cfg.data`` of a ``colour_mask`` config (``palette``, ``classes``,
+            ``ignore_index``).
+
+    Returns:
+        (H, W) uint8 class indices, ``ignore_index`` where the colour is an ignored one. A
+        colour in no list raises an error naming the file and the colour.
+
+    Example:
+        >>> cfg = tfseg.load_config("configs/landcover_dubai.yaml")
+        >>> classes = tfseg.read_class_mask("masks/tile_1.png", cfg.data)
+    """
+    from .data.colours import decode_colour_mask, read_colour_mask
+
+    indices, _ = decode_colour_mask(read_colour_mask(path), data_cfg.palette, data_cfg.ignore_index,
+                                    data_cfg.classes, report=False)
+    return indices
+
+
+def polygonize_mask(mask, probabilities=None, options=None) -> list:
+    """Polygons of a binary mask in pixel coordinates (x = column, y = row), as ``predict``
+    makes them: speckle opening, minimum area, simplification, optional watershed instances.
+
+    Args:
+        mask: (H, W) bool / 0-1 array.
+        probabilities: (H, W) float probabilities, for each polygon's confidence.
+        options: :class:`tfseg.PolygonOptions` (``opening_px``, ``min_area_px``,
+            ``fill_holes``, ``simplify_px``, ``instances``, ...); None = the defaults.
+
+    Returns:
+        ``[PolygonRecord]``: ``.geometry`` (a shapely polygon) and ``.confidence`` (the mean
+        probability inside; 1.0 without ``probabilities``).
+
+    Example:
+        >>> records = tfseg.polygonize_mask(mask > 0, options=tfseg.PolygonOptions(opening_px=0))
+    """
+    from .postprocess import polygonize_array
+
+    return polygonize_array(mask, probabilities, options)
+
+
+def write_spacenet_csv(path, per_image: dict):
+    """Write polygons as a SpaceNet CSV (``ImageId, BuildingId, PolygonWKT_Pix, Confidence``;
+    an image with no polygon gets SpaceNet's ``POLYGON EMPTY`` row).
+
+    Args:
+        path: the CSV to write.
+        per_image: ``{image_id: [PolygonRecord, ...]}`` (pixel coordinates).
+
+    Returns:
+        The path written (``pathlib.Path``).
+
+    Example:
+        >>> tfseg.write_spacenet_csv("proposals.csv", {"img1": tfseg.polygonize_mask(mask)})
+    """
+    from .postprocess import write_spacenet_csv as _write
+
+    return _write(path, per_image)
+
+
+def spacenet_image_id(path) -> str:
+    """The SpaceNet ``ImageId`` of a chip file (``RGB-PanSharpen_AOI_2_Vegas_img1.tif`` →
+    ``AOI_2_Vegas_img1``; other names: the file stem).
+
+    Args:
+        path: the chip's path.
+
+    Returns:
+        The image id used in SpaceNet CSVs and by :func:`score_objects`.
+
+    Example:
+        >>> tfseg.spacenet_image_id("MUL_AOI_2_Vegas_img7.tif")
+        'AOI_2_Vegas_img7'
+    """
+    from .postprocess import spacenet_image_id as _image_id
+
+    return _image_id(path)
+
+
+def best_epoch(history, monitor: str = "val_iou", mode: str = "max"):
+    """The epoch of a run's ``history.csv`` with the best ``monitor`` value (NaN epochs skipped).
+
+    Args:
+        history: a ``history.csv`` path or a run directory.
+        monitor: the column to rank by (``val_iou``, ``val_loss``, ``val_iou_<class>``, ...).
+        mode: ``"max"`` or ``"min"``.
+
+    Returns:
+        The row as ``{column: value}`` (``epoch`` counts from 0), or None when no epoch has the
+        column.
+
+    Example:
+        >>> tfseg.best_epoch("runs/default")["val_iou"]
+    """
+    from pathlib import Path
+
+    from .compare import best_row, read_history
+
+    path = Path(history)
+    return best_row(read_history(path / "history.csv" if path.is_dir() else path), monitor, mode)
+
+
+def available_models() -> list:
+    """The names ``model.name`` accepts in this installation (optional adapters included when
+    their package is installed).
+
+    Returns:
+        Sorted model names.
+
+    Example:
+        >>> "unet" in tfseg.available_models()
+        True
+    """
+    from .models import BUILDERS
+
+    return sorted(BUILDERS)
+
+
+def compare_runs(runs, output, metric: str = "val_iou", mode=None) -> list:
+    """Compare trained runs side by side (``python -m tfseg.compare``): from their MLflow store
+    or server where every run was tracked there, else from the run directories.
+
+    Args:
+        runs: run directories, or ``(config, run_dir)`` pairs (the config names the MLflow
+            store the run was tracked in).
+        output: the report folder (``comparison.md`` / ``.csv``, curves, ``index.html``).
+        metric: the ranking metric (best epoch per run).
+        mode: ``"max"`` / ``"min"``; None = ``min`` for losses, else ``max``.
+
+    Returns:
+        The table rows, best first (``run``, ``best_epoch``, the metric, the val metrics,
+        ``params``, ``train_seconds``, ...).
+
+    Example:
+        >>> rows = tfseg.compare_runs(["runs/unet", "runs/fcn8"], "reports/unet_vs_fcn8")
+    """
+    from .compare import compare, compare_tracked
+
+    runs = list(runs)
+    if runs and all(isinstance(r, tuple) for r in runs):
+        return compare_tracked(runs, output, metric, mode)
+    return compare(runs, output, metric, mode)
+
+
+def profile_model(model, tile_size: int) -> dict:
+    """Size and cost of a model: parameters and training GFLOP per tile.
+
+    Args:
+        model: a built Keras model, a ``.keras`` file or a run directory.
+        tile_size: the tile's side in pixels.
+
+    Returns:
+        ``{"params", "train_gflops_per_img" (3 x forward FLOPs), "tile", "bands"}``.
+
+    Example:
+        >>> tfseg.profile_model("runs/default", 256)["params"]
+    """
+    from pathlib import Path
+
+    if isinstance(model, (str, _os.PathLike)):
+        import keras
+
+        path = Path(model)
+        model = keras.saving.load_model(path / "model.keras" if path.is_dir() else path, compile=False)
+    from .bench.train import profile_model as _profile
+
+    return _profile(model, tile_size)
+
+
+def add_overrides_argument(parser, help: str = "config overrides, applied last (e.g. train.epochs=5)") -> None:
+    """Add the ``--set KEY=VALUE ...`` option of tfseg's commands to an ``argparse`` parser.
+
+    Args:
+        parser: an ``argparse.ArgumentParser``.
+        help: the option's help text.
+
+    Returns:
+        None; the parsed values land in ``args.overrides``, for :func:`load_config`.
+
+    Example:
+        >>> tfseg.add_overrides_argument(parser)
+        >>> cfg = tfseg.load_config(args.config, parser.parse_args().overrides)
+    """
+    from .config import add_overrides_argument as _add
+
+    _add(parser, help)
+
+
+def quiet_tensorflow():
+    """Import TensorFlow without its C++ start-up notices (CUDA stubs, oneDNN) on stderr; call it
+    before anything else imports TensorFlow or Keras (tfseg's commands do).
+
+    Returns:
+        The ``tensorflow`` module.
+
+    Example:
+        >>> tf = tfseg.quiet_tensorflow()
+    """
+    from ._tf import tensorflow
+
+    return tensorflow
+
+
+_LAZY = {  # classes imported when first used (``import tfseg`` stays light)
+    "PredictOptions": ("predict", "PredictOptions"),
+    "PolygonOptions": ("postprocess", "PolygonOptions"),
+    "PolygonRecord": ("postprocess", "PolygonRecord"),
+    "ConfigError": ("config", "ConfigError"),
+}
+
+
+def __getattr__(name):
+    """``tfseg.PredictOptions``, ``PolygonOptions``, ``PolygonRecord``, ``ConfigError``: imported
+    when first used."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'tfseg' has no attribute {name!r}")

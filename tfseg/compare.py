@@ -255,6 +255,31 @@ def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = Non
     return write_report(runs, output, metric, mode, skipped)
 
 
+def compare_tracked(runs, output, metric: str = "val_iou", mode: Optional[str] = None) -> list:
+    """Compare ``(config, run_dir)`` pairs: from their MLflow store or server for the runs their
+    config tracked there (one store for the whole study), from the run directories for the others
+    (each named in a warning)."""
+    from . import tracking_mlflow
+
+    uri, run_ids, local = "", [], []
+    for cfg, run_dir in runs:
+        run_dir = Path(run_dir)
+        resolved = tracking_mlflow.resolve(cfg, run_dir)
+        record = run_dir / tracking_mlflow.RUN_FILE
+        logged = json.loads(record.read_text()) if record.is_file() else {}
+        if resolved and logged.get("tracking_uri") == resolved[0] and uri in ("", resolved[0]):
+            uri = resolved[0]
+            run_ids.append(logged["run_id"])
+        else:
+            if resolved:
+                log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", run_dir,
+                            tracking_mlflow.display_uri(resolved[0]))
+            local.append(run_dir)
+    if uri:
+        log.info("report from MLflow (%s): %d runs", tracking_mlflow.display_uri(uri), len(run_ids))
+    return compare(local, output, metric=metric, mode=mode, mlflow_uri=uri, run_ids=run_ids)
+
+
 def _labels(paths: list) -> list:
     """Run names: directory names, with the parent added where names repeat."""
     names = [p.name for p in paths]
