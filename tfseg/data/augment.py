@@ -124,14 +124,22 @@ def dihedral_into(image: np.ndarray, k: int, flip_cols: bool, flip_rows: bool, o
         return out
     channels = image.shape[-1] if image.ndim == 3 else 1
     pixel = image.dtype.itemsize * channels
-    if _planar(image) and image.dtype in CV2_DTYPES and image.dtype == out.dtype:
-        # C band planes (a band-sequential read seen as H x W x C): interleaved by cv2.merge,
-        # straight into ``out`` when nothing turns
+    if _planar(image) and image.dtype in CV2_DTYPES and image.dtype == out.dtype and out.flags.c_contiguous:
+        # C band planes (a band-sequential read seen as H x W x C): each plane turned on its own
+        # (one H x W plane stays in the CPU cache), then interleaved by cv2.merge straight into
+        # ``out``: one pass over the whole tile instead of three (merge, flip, transpose)
+        cv2 = _cv2()
+        transpose, reverse_rows, reverse_cols = turns(k, flip_cols, flip_rows)
         planes = list(image.transpose(2, 0, 1))
-        if not (k % 4 or flip_cols or flip_rows):
-            _store(_cv2().merge(planes, dst=out), out)
-            return out
-        image = _cv2().merge(planes)
+        if transpose:
+            code = _flip_code(reverse_cols, reverse_rows)  # before the transpose the axes swap roles
+            planes = [cv2.transpose(cv2.flip(p, code) if code is not None else p) for p in planes]
+        else:
+            code = _flip_code(reverse_rows, reverse_cols)
+            if code is not None:
+                planes = [cv2.flip(p, code) for p in planes]
+        _store(cv2.merge(planes, dst=out), out)
+        return out
     cv_ok = (
         image.dtype in CV2_DTYPES and channels <= 512 and image.dtype == out.dtype
         and image.strides[-1] == image.dtype.itemsize and (image.ndim == 2 or image.strides[-2] == pixel)
