@@ -13,12 +13,10 @@ tiles/s of
 - ``cached``: the same pipeline with ``data.cache: true`` (scenes decoded into memory once;
   the decode time is reported, not counted).
 
-Files are paged into the OS cache and read once through GDAL's block cache first, so neither
-method pays for the first disk read or for filling the block cache (a short run measured from a
-cold block cache favoured whichever method ran second). The tf.data side runs in a private pool
-of ``--workers`` threads (one intra-op thread each), the baseline in ``--workers`` threads; the
-methods take turns in ``--rounds`` rounds so that load drifting on a shared machine hits all
-three alike.
+Files are paged into the OS cache first, so neither method pays for the first disk read. The
+tf.data side runs in a private pool of ``--workers`` threads (one intra-op thread each), the
+baseline in ``--workers`` threads; the methods take turns in ``--rounds`` rounds so that load
+drifting on a shared machine hits all three alike.
 
 ``ratio`` = pipeline / raw_read, ``cached_ratio`` = cached / raw_read; the JSON figures are over
 both scenes (total tiles / total seconds for each method). ``bytes_per_tile``: bytes one tile
@@ -90,18 +88,10 @@ def generate_labels(path: Path, size: int, count: int = 4000, seed: int = 1) -> 
 
 
 def warm_page_cache(path: Path) -> None:
-    """Read the file once so both methods read from the OS page cache, then once through GDAL so
-    both find the scene's blocks in GDAL's block cache (``GDAL_CACHEMAX``) as they would after a
-    while: measured from a cold block cache, the method that runs first pays for filling it."""
-    import rasterio
-    from rasterio.windows import Window
-
+    """Read the file once so both methods read from the OS page cache (no order effect)."""
     with open(path, "rb") as f:
         while f.read(64 << 20):
             pass
-    with rasterio.open(path) as src:
-        for row in range(0, src.height, 512):
-            src.read(window=Window(0, row, src.width, min(512, src.height - row)))
 
 
 class RawReader:
