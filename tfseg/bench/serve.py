@@ -104,7 +104,7 @@ def _tile_body(tile: np.ndarray, payload: str) -> bytes:
     return json.dumps({"instances": tile[None].astype(np.int64).tolist()}).encode()
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m tfseg.bench serve", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--tile", type=int, default=512)
@@ -120,10 +120,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.payload == "png" and args.bands > 4:
         parser.error("--payload png carries at most 4 bands")
+    return args
 
-    from tfseg._tf import tensorflow as tf  # noqa: F401  (quiet import)
+
+def _export_bench_model(args, directory: Path):
+    """The benchmark's UNet (seeded; meanstd preprocessing of 16-bit bands) exported as a
+    SavedModel into ``directory``; -> the Keras model."""
     import keras
-    import orjson
 
     from tfseg.data.raster import Normalization
     from tfseg.export import export_saved_model
@@ -136,13 +139,101 @@ def main(argv=None) -> int:
     model = build_model("unet", input_shape=(None, None, args.bands), classes=args.classes,
                         depth=args.depth, filters=args.filters,
                         preprocessing=Preprocess.from_normalization(norm, nodata=0.0))
+    export_saved_model(model, directory, ModelCard.for_model(model, norm, "uint16", 0.0))
+    return model
+
+
+def _timed(times: list, call):
+    start = time.perf_counter()
+    result = call()
+    times.append((time.perf_counter() - start) * 1e3)
+    return result
+
+
+def _sequential(args, port: int, path: str, body: bytes, model, batch: np.ndarray, saved_model: Path) -> dict:
+    """``--repeats`` sequential ``:predict`` requests, each followed by the client's JSON
+    decode, the in-process Keras call and the exported signature called in-process (the graph
+    the server runs, without HTTP/JSON; the Keras call is eager), alternated so all see the
+    same machine load (these machines are shared); -> ms lists by name."""
+    import orjson
+    import tensorflow as tf
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(3):  # warm-up
+        status, reply = _request(conn, path, body)
+        if status != 200:
+            raise RuntimeError(f"warm-up request failed ({status}): {reply[:300]!r}")
+    for _ in range(3):
+        model(batch, training=False)
+    signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    signature(images=tf.constant(batch))
+    times = {"serve": [], "decode": [], "inproc": [], "graph": []}
+    for _ in range(args.repeats):
+        status, reply = _timed(times["serve"], lambda: _request(conn, path, body))
+        if status != 200:
+            raise RuntimeError(f"request failed ({status}): {reply[:300]!r}")
+        _timed(times["decode"], lambda: orjson.loads(reply))
+        _timed(times["inproc"], lambda: np.asarray(model(batch, training=False)))
+        _timed(times["graph"], lambda: signature(images=tf.constant(batch))["classes"].numpy())
+    conn.close()
+    return times
+
+
+def _concurrent(args, port: int, path: str, body: bytes) -> tuple[int, int, float]:
+    """``--clients`` threads sending ``--requests-per-client`` requests each; -> (requests,
+    errors: non-200 answers and connection failures, seconds)."""
+    errors = [0] * args.clients
+    done = [0] * args.clients
+
+    def client(index):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(args.requests_per_client):
+            try:
+                status, _ = _request(conn, path, body)
+                errors[index] += status != 200
+            except (OSError, http.client.HTTPException):
+                errors[index] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            done[index] += 1
+        conn.close()
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return int(sum(done)), int(sum(errors)), time.perf_counter() - start
+
+
+def _print_table(args, result: dict, times: dict, body_bytes: int, concurrent_seconds: float) -> None:
+    serve_p50, graph_p50 = _percentile(times["serve"], 50), _percentile(times["graph"], 50)
+    print(f"tfseg.serve vs in-process Keras: unet depth {args.depth} filters {args.filters}, "
+          f"{args.bands} bands, {args.classes} class(es), payload {args.payload}")
+    print(f"  {'request body':<34}{body_bytes / 1e6:>10.2f} MB")
+    print(f"  {'HTTP :predict p50 / p99':<34}{result['serve_p50_ms']:>10.1f} / {result['serve_p99_ms']:.1f} ms "
+          f"({args.tile}x{args.tile}, {args.repeats} sequential)")
+    print(f"  {'in-process Keras call p50':<34}{result['inproc_p50_ms']:>10.1f} ms")
+    print(f"  {'ratio p50 (goal <= 1.3)':<34}{result['ratio_p50']:>10.3f}")
+    print(f"  {'in-process SavedModel call p50':<34}{graph_p50:>10.1f} ms "
+          f"(same graph as the server; HTTP+JSON overhead p50 {serve_p50 - graph_p50:.1f} ms)")
+    print(f"  {'client JSON decode p50 (extra)':<34}{_percentile(times['decode'], 50):>10.1f} ms")
+    print(f"  {'concurrent requests / errors':<34}{result['requests']:>10d} / {result['errors']} "
+          f"({args.clients} clients x {args.requests_per_client}, {args.concurrent_tile}x{args.concurrent_tile}, "
+          f"{result['requests'] / concurrent_seconds:.1f} req/s)")
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    from tfseg._tf import tensorflow as tf  # noqa: F401  (quiet import)
+
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 4000, (args.tile, args.tile, args.bands)).astype(np.float32)
     small = rng.integers(0, 4000, (args.concurrent_tile, args.concurrent_tile, args.bands)).astype(np.float32)
-
     with tempfile.TemporaryDirectory(prefix="tfseg-bench-serve-") as tmp:
         base = Path(tmp) / "models" / "bench"
-        export_saved_model(model, base / "1", ModelCard.for_model(model, norm, "uint16", 0.0))
+        model = _export_bench_model(args, base / "1")
         process, port = start_server(base, "bench", Path(tmp) / "serve.log")
         # as in the server: keep the collector off TensorFlow's object graph while decoding replies
         gc.collect()
@@ -150,86 +241,21 @@ def main(argv=None) -> int:
         path = "/v1/models/bench:predict"
         try:
             body = _tile_body(tile, args.payload)
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-            for _ in range(3):  # warm-up
-                status, reply = _request(conn, path, body)
-                if status != 200:
-                    raise RuntimeError(f"warm-up request failed ({status}): {reply[:300]!r}")
-            batch = tile[None]
-            for _ in range(3):
-                model(batch, training=False)
-            # reference only (table): the exported signature called in-process, i.e. the same graph
-            # the server runs, without HTTP/JSON; the Keras call above runs eagerly
-            signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
-            signature(images=tf.constant(batch))
-            # alternate the sides so all see the same machine load (these machines are shared)
-            serve_ms, decode_ms, inproc_ms, graph_ms = [], [], [], []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                status, reply = _request(conn, path, body)
-                serve_ms.append((time.perf_counter() - start) * 1e3)
-                if status != 200:
-                    raise RuntimeError(f"request failed ({status}): {reply[:300]!r}")
-                start = time.perf_counter()
-                orjson.loads(reply)
-                decode_ms.append((time.perf_counter() - start) * 1e3)
-                start = time.perf_counter()
-                np.asarray(model(batch, training=False))
-                inproc_ms.append((time.perf_counter() - start) * 1e3)
-                start = time.perf_counter()
-                signature(images=tf.constant(batch))["classes"].numpy()
-                graph_ms.append((time.perf_counter() - start) * 1e3)
-            conn.close()
-
-            small_body = _tile_body(small, args.payload)
-            errors = [0] * args.clients
-            done = [0] * args.clients
-
-            def client(index):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                for _ in range(args.requests_per_client):
-                    try:
-                        status, _ = _request(conn, path, small_body)
-                        errors[index] += status != 200
-                    except (OSError, http.client.HTTPException):
-                        errors[index] += 1
-                        conn.close()
-                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                    done[index] += 1
-                conn.close()
-
-            start = time.perf_counter()
-            workers = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-            concurrent_seconds = time.perf_counter() - start
+            times = _sequential(args, port, path, body, model, tile[None], base / "1")
+            requests, errors, concurrent_seconds = _concurrent(args, port, path, _tile_body(small, args.payload))
         finally:
             stop_server(process)
 
+    serve_p50, inproc_p50 = _percentile(times["serve"], 50), _percentile(times["inproc"], 50)
     result = {
-        "serve_p50_ms": round(_percentile(serve_ms, 50), 2),
-        "serve_p99_ms": round(_percentile(serve_ms, 99), 2),
-        "inproc_p50_ms": round(_percentile(inproc_ms, 50), 2),
-        "ratio_p50": round(_percentile(serve_ms, 50) / _percentile(inproc_ms, 50), 3),
-        "requests": int(sum(done)),
-        "errors": int(sum(errors)),
+        "serve_p50_ms": round(serve_p50, 2),
+        "serve_p99_ms": round(_percentile(times["serve"], 99), 2),
+        "inproc_p50_ms": round(inproc_p50, 2),
+        "ratio_p50": round(serve_p50 / inproc_p50, 3),
+        "requests": requests,
+        "errors": errors,
     }
-    print(f"tfseg.serve vs in-process Keras: unet depth {args.depth} filters {args.filters}, "
-          f"{args.bands} bands, {args.classes} class(es), payload {args.payload}")
-    print(f"  {'request body':<34}{len(body) / 1e6:>10.2f} MB")
-    print(f"  {'HTTP :predict p50 / p99':<34}{result['serve_p50_ms']:>10.1f} / {result['serve_p99_ms']:.1f} ms "
-          f"({args.tile}x{args.tile}, {args.repeats} sequential)")
-    print(f"  {'in-process Keras call p50':<34}{result['inproc_p50_ms']:>10.1f} ms")
-    print(f"  {'ratio p50 (goal <= 1.3)':<34}{result['ratio_p50']:>10.3f}")
-    print(f"  {'in-process SavedModel call p50':<34}{_percentile(graph_ms, 50):>10.1f} ms "
-          f"(same graph as the server; HTTP+JSON overhead p50 "
-          f"{_percentile(serve_ms, 50) - _percentile(graph_ms, 50):.1f} ms)")
-    print(f"  {'client JSON decode p50 (extra)':<34}{_percentile(decode_ms, 50):>10.1f} ms")
-    print(f"  {'concurrent requests / errors':<34}{result['requests']:>10d} / {result['errors']} "
-          f"({args.clients} clients x {args.requests_per_client}, {args.concurrent_tile}x{args.concurrent_tile}, "
-          f"{result['requests'] / concurrent_seconds:.1f} req/s)")
+    _print_table(args, result, times, len(body), concurrent_seconds)
     if args.json:
         print(json.dumps(result))
     return 0

@@ -133,6 +133,8 @@ def measure(args, jit_compile: bool) -> dict:
 
 
 def main(argv=None) -> int:
+    from tfseg import _tf  # noqa: F401  (TensorFlow without its start-up notices; the parser imports it)
+
     args = _parser().parse_args(argv)
     if args.profile:
         return _profile_main(args)

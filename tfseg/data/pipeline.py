@@ -553,6 +553,24 @@ def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What every dataset mode of :func:`build_dataset` shares: tile and batch shape, the
+    tiles' dtype and fill, tf.data parallelism."""
+
+    size: int
+    bands: int
+    channels: int
+    batch: int
+    dtype: np.dtype
+    fill: float
+    parallel: int
+
+    @property
+    def spec(self):
+        return tf.as_dtype(self.dtype), tf.uint8
+
+
 def build_dataset(
     scenes: Sequence[Scene],
     data_cfg,
@@ -580,7 +598,31 @@ def build_dataset(
         raise ValueError("build_dataset: no scenes given (empty training or validation split)")
     cfg = data_cfg
     seed = cfg.seed if seed is None else seed
-    size, bands, ignore = cfg.window_size, scenes[0].info.num_bands, cfg.ignore_index
+    channels = _check_scenes(scenes, cfg)
+    raw_dtype = dataset_dtype(scenes)
+    fill = _dataset_fill(scenes, raw_dtype, nodata)
+    if cfg.cache:
+        # a fill the scene's own dtype cannot hold is written when the tile is copied
+        scenes = [cache_scene(s, cfg.ignore_index, fill=fill if fits_dtype(fill, native_dtype(s.info)) else 0.0)
+                  for s in scenes]
+    else:
+        scenes = prepare_labels(scenes, cfg.label_cache_mpix * 1_000_000)
+    layout = _Layout(
+        size=cfg.window_size, bands=scenes[0].info.num_bands, channels=channels,
+        batch=batch_size or cfg.batch_size, dtype=raw_dtype, fill=fill,
+        parallel=tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls,
+    )
+    if not training:
+        return _evaluation_grid(scenes, cfg, layout, drop_remainder)
+    sampler = _RandomSampler(scenes, cfg, seed, cfg.task == "multilabel", raw_dtype, fill, class_index)
+    if cfg.augment.scale:
+        return _training_tiles(sampler, cfg, layout, seed, drop_remainder)
+    return _training_batches(sampler, layout)
+
+
+def _check_scenes(scenes, cfg) -> int:
+    """The label channel count of ``scenes``, after checking it against ``data.task`` and that
+    every scene has the first one's bands."""
     channels = num_label_channels(scenes[0])
     multilabel = cfg.task == "multilabel"
     if multilabel and channels != len(cfg.classes):
@@ -593,13 +635,18 @@ def build_dataset(
             f"labels of {scenes[0].info.path} have {channels} channels (multi-label); "
             "set data.task: multilabel"
         )
+    bands = scenes[0].info.num_bands
     for scene in scenes:
         if scene.info.num_bands != bands:
             raise ValueError(
                 f"{scene.info.path}: {scene.info.num_bands} band(s), but {scenes[0].info.path} has "
                 f"{bands}; all scenes of a dataset must have the same bands"
             )
-    raw_dtype = dataset_dtype(scenes)
+    return channels
+
+
+def _dataset_fill(scenes, raw_dtype, nodata) -> float:
+    """The value invalid pixels hold in the tiles (``nodata`` as :func:`build_dataset` takes it)."""
     if isinstance(nodata, str):
         if nodata != "auto":
             raise ValueError(f"build_dataset: nodata must be a number, None or 'auto', got {nodata!r}")
@@ -608,66 +655,72 @@ def build_dataset(
     if not fits_dtype(fill, raw_dtype):
         raise ValueError(f"build_dataset: no-data value {nodata} cannot be stored in the tiles' dtype "
                          f"{raw_dtype} ({scenes[0].info.path})")
-    if cfg.cache:
-        # a fill the scene's own dtype cannot hold is written when the tile is copied
-        scenes = [cache_scene(s, ignore, fill=fill if fits_dtype(fill, native_dtype(s.info)) else 0.0) for s in scenes]
-    else:
-        scenes = prepare_labels(scenes, cfg.label_cache_mpix * 1_000_000)
-    parallel = tf.data.AUTOTUNE if cfg.num_parallel_calls < 0 else cfg.num_parallel_calls
-    spec = (tf.as_dtype(raw_dtype), tf.uint8)
-    max_ignored = cfg.max_nodata_fraction
+    return fill
 
-    def as_raw(image, mask):
-        return image.astype(raw_dtype, copy=False), mask
 
-    aug = cfg.augment
-    batch = batch_size or cfg.batch_size
+def _training_batches(sampler, layout: _Layout) -> tf.data.Dataset:
+    """Endless training batches, each written whole by one numpy call: batch b holds windows
+    b*B .. b*B+B-1 (the same windows as one per call), with far less per-element tf.data
+    overhead. Flips and turns happen in the sampler."""
+    shape = (layout.batch, layout.size, layout.size)
+
+    def sample_batch(b):  # each tile written straight into the batch buffers
+        image = aligned_empty((*shape, layout.bands), layout.dtype)
+        label = aligned_empty((*shape, layout.channels), np.uint8)
+        sampler.fill_batch(int(b), image, label)
+        return image, label
+
+    def batch_of(b):
+        image, mask = tf.numpy_function(sample_batch, [b], layout.spec, stateful=False)
+        image.set_shape([*shape, layout.bands])
+        mask.set_shape([*shape, layout.channels])
+        return image, mask
+
+    ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=layout.parallel, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _training_tiles(sampler, cfg, layout: _Layout, seed: int, drop_remainder: bool) -> tf.data.Dataset:
+    """Endless training tiles for random scale augmentation: each tile is read with its valid
+    mask as an extra label channel, resized, cropped and flipped in tf, then batched."""
+    size, bands = layout.size, layout.bands
+
+    def tile(j):
+        image, mask = sampler(j)
+        return image.astype(layout.dtype, copy=False), mask
 
     def set_shapes(i, image, mask):
         image.set_shape([size, size, bands])
-        mask.set_shape([size, size, channels + 1])
+        mask.set_shape([size, size, layout.channels + 1])
         return i, image, mask
 
-    if training and not aug.scale:
-        # whole batches per numpy call: batch b holds windows b*B .. b*B+B-1 (same windows as
-        # one per call), with far less per-element tf.data overhead
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill, class_index)
+    ds = tf.data.Dataset.counter()
+    ds = ds.map(
+        lambda i: (i, *tf.numpy_function(tile, [i], layout.spec, stateful=False)),
+        num_parallel_calls=layout.parallel,
+        deterministic=True,
+    ).map(set_shapes)
+    ds = ds.map(  # per-tile resize + flips in tf (labels nearest), then batches
+        lambda i, image, mask: _scale_and_flip(i, image, mask, cfg.augment, size, cfg.ignore_index, seed,
+                                               layout.fill),
+        num_parallel_calls=layout.parallel,
+        deterministic=True,
+    )
+    return ds.batch(layout.batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
-        def sample_batch(b):  # each tile written straight into the batch buffers
-            image = aligned_empty((batch, size, size, bands), raw_dtype)
-            label = aligned_empty((batch, size, size, channels), np.uint8)
-            sampler.fill_batch(int(b), image, label)
-            return image, label
 
-        def batch_of(b):
-            image, mask = tf.numpy_function(sample_batch, [b], spec, stateful=False)
-            image.set_shape([batch, size, size, bands])
-            mask.set_shape([batch, size, size, channels])
-            return image, mask
-
-        ds = tf.data.Dataset.counter().map(batch_of, num_parallel_calls=parallel, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
-    if training:
-        sampler = _RandomSampler(scenes, cfg, seed, multilabel, raw_dtype, fill, class_index)
-        ds = tf.data.Dataset.counter()
-        ds = ds.map(
-            lambda i: (i, *tf.numpy_function(lambda j: as_raw(*sampler(j)), [i], spec, stateful=False)),
-            num_parallel_calls=parallel,
-            deterministic=True,
-        ).map(set_shapes)
-        ds = ds.map(  # per-tile resize + flips in tf (labels nearest), then batches
-            lambda i, image, mask: _scale_and_flip(i, image, mask, aug, size, ignore, seed, fill),
-            num_parallel_calls=parallel,
-            deterministic=True,
-        )
-        return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+def _evaluation_grid(scenes, cfg, layout: _Layout, drop_remainder: bool) -> tf.data.Dataset:
+    """The finite grid of evaluation tiles over every scene (``data.eval_overlap``), labels
+    ignored where a neighbour tile owns the overlap; tiles above ``data.max_nodata_fraction``
+    (padding beyond small scenes not counted) are skipped."""
+    ignore, max_ignored = cfg.ignore_index, cfg.max_nodata_fraction
     windows = [(k, w, owned) for k, s in enumerate(scenes)
-               for w, owned in grid_windows_owned(*s.size, size, cfg.eval_overlap)]
+               for w, owned in grid_windows_owned(*s.size, layout.size, cfg.eval_overlap)]
 
     def read(i):
         k, window, (r0, r1, c0, c1) = windows[int(i)]
-        image, labels, _, ignored = _read_raw_tile(scenes[k], window, ignore, fill=fill)
-        image = image.astype(raw_dtype, copy=False)
+        image, labels, _, ignored = _read_raw_tile(scenes[k], window, ignore, fill=layout.fill)
+        image = image.astype(layout.dtype, copy=False)
         # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
         # (the label only: the model still sees the whole tile, nodata handling is unchanged)
         owned = np.zeros(labels.shape[:2], bool)
@@ -678,14 +731,13 @@ def build_dataset(
 
     ds = tf.data.Dataset.range(len(windows))
     ds = ds.map(
-        lambda i: tf.numpy_function(read, [i], (*spec, tf.bool), stateful=False),
-        num_parallel_calls=parallel,
+        lambda i: tf.numpy_function(read, [i], (*layout.spec, tf.bool), stateful=False),
+        num_parallel_calls=layout.parallel,
         deterministic=True,
     )
-    # skip grid tiles above max_nodata_fraction (padding beyond small scenes not counted)
-    ds = ds.filter(lambda image, mask, keep: keep).map(lambda image, mask, keep: _shaped(image, mask, size, bands,
-                                                                                          channels))
-    return ds.batch(batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    ds = ds.filter(lambda image, mask, keep: keep).map(
+        lambda image, mask, keep: _shaped(image, mask, layout.size, layout.bands, layout.channels))
+    return ds.batch(layout.batch, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def _shaped(image, mask, size: int, bands: int, channels: int):
