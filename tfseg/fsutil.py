@@ -104,7 +104,8 @@ def remove_stale_staging(target, prefix: str = ".staging") -> list:
 def atomic_write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and rename: never a truncated file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # ".<name>.<random>.tmp": the pattern rundir.remove_stale_temporaries clears after a kill
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -202,6 +202,17 @@ def fixed_input_shape(shape) -> Optional[tuple]:
     return (int(height), int(width)) if height is not None and width is not None else None
 
 
+def _loaded(path: Path, load):
+    """``load()``, with a damaged model's loader error (Keras', TensorFlow's) re-raised as a
+    :class:`ModelLoadError` naming ``path``; tfseg's own errors already name their file."""
+    try:
+        return load()
+    except (TfsegError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure, re-raised with the path
+        raise ModelLoadError(f"--model {path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+
+
 def load_predictor(path) -> Predictor:
     """A :class:`Predictor` for a run directory, a ``.keras`` file or an exported SavedModel dir."""
     path = Path(path)
@@ -209,13 +220,16 @@ def load_predictor(path) -> Predictor:
         raise ModelLoadError(f"--model {path}: no such file or directory (expected a run directory, "
                              "a .keras file or an exported SavedModel directory)")
     if path.is_dir() and (path / "saved_model.pb").is_file():
-        return SavedModelPredictor(path)
+        return _loaded(path, lambda: SavedModelPredictor(path))
     if path.is_dir() and not (path / "model.keras").is_file() and (path / "export" / "saved_model.pb").is_file():
-        return SavedModelPredictor(path / "export")
+        return _loaded(path / "export", lambda: SavedModelPredictor(path / "export"))
     if (path.is_dir() and (path / "model.keras").is_file()) or path.suffix == ".keras":
         from .export import load_run_model
 
-        model, card = load_run_model(path)
-        return KerasPredictor(model, card, source=str(path))
+        def keras_predictor():
+            model, card = load_run_model(path)
+            return KerasPredictor(model, card, source=str(path))
+
+        return _loaded(path / "model.keras" if path.is_dir() else path, keras_predictor)
     raise ModelLoadError(f"--model {path}: not a run directory (model.keras + model_card.json), "
                          "a .keras file or a SavedModel directory (saved_model.pb)")
