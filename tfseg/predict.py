@@ -284,7 +284,7 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
                 hit = masks[k] == 1
                 overlay[hit] = 0.55 * overlay[hit] + 0.45 * np.asarray(colours[k][:3], np.float32)
             overlay[masks[0] == CLASS_NODATA] *= 0.3
-            Image.fromarray(overlay.astype(np.uint8)).save(out_path)
+            Image.fromarray(overlay.astype(np.uint8)).save(out_path, compress_level=1)  # a preview: fast zlib level
             return Path(out_path)
         classes = csrc.read(1, out_shape=(out_h, out_w), resampling=Resampling.nearest)
         cmap = csrc.colormap(1) if csrc.count else {}
@@ -294,7 +294,7 @@ def write_overlay(scene_path, class_path, out_path, predictor: Predictor, max_si
         hit = classes == value
         overlay[hit] = 0.55 * overlay[hit] + 0.45 * np.asarray(colour[:3], np.float32)
     overlay[classes == CLASS_NODATA] *= 0.3
-    Image.fromarray(overlay.astype(np.uint8)).save(out_path)
+    Image.fromarray(overlay.astype(np.uint8)).save(out_path, compress_level=1)  # a preview: fast zlib level
     return Path(out_path)
 
 
