@@ -408,8 +408,22 @@ def _set_nested(node: dict, parts: list[str], value: Any) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices and ranges; raise ConfigError naming the key. Returns ``cfg``."""
+    """Check choices and ranges; raise ConfigError naming the key. Returns ``cfg`` with
+    ``data.task`` resolved (never ``auto`` afterwards)."""
     flat = _flatten(cfg.to_dict())
+    _check_choices(cfg, flat)
+    _check_ranges(flat)
+    _check_windows(cfg)
+    _validate_model(cfg.model, cfg.data.window_size)
+    _check_mlflow_uri(cfg)
+    _check_classes_and_task(cfg)
+    _check_data_lists(cfg)
+    _check_train(cfg)
+    _check_bands(cfg)
+    return cfg
+
+
+def _check_choices(cfg: Config, flat: dict) -> None:
     for key, allowed in CHOICES.items():
         if key == "model.backbone" and cfg.model.name == "sm":
             continue  # checked against segmentation-models' own list when the model is built
@@ -422,12 +436,18 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"config key '{key}': expected one of {allowed}, got {flat[key]!r}"
             )
+
+
+def _check_ranges(flat: dict) -> None:
     for key, (low, high) in RANGES.items():
         values = flat[key] if isinstance(flat[key], list) else [flat[key]]
         for value in values:
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
                 raise ConfigError(f"config key '{key}': expected a value in {bounds}, got {flat[key]!r}")
+
+
+def _check_windows(cfg: Config) -> None:
     if cfg.data.window_size % 32:
         raise ConfigError(
             f"config key 'data.window_size': expected a multiple of 32, got {cfg.data.window_size}"
@@ -437,7 +457,9 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.eval_overlap': expected less than data.window_size "
             f"({cfg.data.window_size}), got {cfg.data.eval_overlap}"
         )
-    _validate_model(cfg.model, cfg.data.window_size)
+
+
+def _check_mlflow_uri(cfg: Config) -> None:
     if cfg.tracking.mlflow.uri:
         from .tracking_mlflow import MlflowConfigError, check_uri
 
@@ -445,6 +467,9 @@ def validate(cfg: Config) -> Config:
             check_uri(cfg.tracking.mlflow.uri, "config key 'tracking.mlflow.uri'")
         except MlflowConfigError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _check_classes_and_task(cfg: Config) -> None:
     if not cfg.data.classes:
         raise ConfigError("config key 'data.classes': expected at least one class name, got []")
     if cfg.data.task == "binary" and len(cfg.data.classes) != 1:
@@ -460,6 +485,9 @@ def validate(cfg: Config) -> Config:
             f"config key 'train.threshold': a list needs data.task=multilabel and one value per class "
             f"({len(cfg.data.classes)}: {cfg.data.classes}), got {cfg.train.threshold!r} with data.task="
             f"{cfg.data.task!r}")
+
+
+def _check_data_lists(cfg: Config) -> None:
     if len(cfg.data.percentiles) != 2 or not 0 <= cfg.data.percentiles[0] < cfg.data.percentiles[1] <= 100:
         raise ConfigError(
             f"config key 'data.percentiles': expected [low, high] with 0 <= low < high <= 100, "
@@ -472,6 +500,9 @@ def validate(cfg: Config) -> Config:
             f"config key 'data.augment.scale': expected [] or [min, max] with 0 < min <= max, "
             f"got {cfg.data.augment.scale!r}"
         )
+
+
+def _check_train(cfg: Config) -> None:
     if cfg.train.reduce_lr_patience and cfg.train.schedule != "constant":
         raise ConfigError(
             f"config key 'train.reduce_lr_patience': ReduceLROnPlateau needs train.schedule=constant "
@@ -489,12 +520,14 @@ def validate(cfg: Config) -> Config:
             "config key 'train.max_minutes': not supported with train.strategy=multi_worker (each worker "
             "measures its own time and they could disagree on the last epoch); use train.epochs"
         )
+
+
+def _check_bands(cfg: Config) -> None:
     for i, band in enumerate(cfg.data.bands):
         if not isinstance(band, int) or isinstance(band, bool) or band < 1:
             raise ConfigError(
                 f"config key 'data.bands[{i}]': expected a 1-based band index (int >= 1), got {band!r}"
             )
-    return cfg
 
 
 def _validate_class_weights(weights) -> None:
