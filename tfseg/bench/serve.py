@@ -226,7 +226,7 @@ def _print_table(args, result: dict, times: dict, body_bytes: int, concurrent_se
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    from tfseg._tf import tensorflow as tf  # noqa: F401  (quiet import)
+    from tfseg import _tf  # noqa: F401  (TensorFlow without its start-up notices)
 
     rng = np.random.default_rng(0)
     tile = rng.integers(0, 4000, (args.tile, args.tile, args.bands)).astype(np.float32)

@@ -183,7 +183,6 @@ def main(argv=None) -> int:
 
 
 def _profile_main(args) -> int:
-    from tfseg._tf import tensorflow as _tf  # noqa: F401  (quiet TensorFlow start-up)
     from tfseg import config as config_lib
 
     try:
