@@ -128,6 +128,17 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
     return path
 
 
+def heldout_metrics(scores: dict) -> dict:
+    """The pipeline's summary of an ``evaluate_pixels`` report (``miou_real``: the five real classes)."""
+    return {
+        "miou": round(scores["miou"], 4),
+        "miou_real": round(sum(scores["per_class"][c]["iou"] for c in REAL_CLASSES) / len(REAL_CLASSES), 4),
+        "per_class_iou": {k: round(v["iou"], 4) for k, v in scores["per_class"].items()},
+        "per_class_f1": {k: round(v["f1"], 4) for k, v in scores["per_class"].items()},
+        "mean_f1": round(scores["f1"], 4),
+    }
+
+
 def run(args) -> dict:
     from tfseg import PredictOptions, evaluate_pixels, predict_scenes
 
@@ -162,15 +173,13 @@ def run(args) -> dict:
                    PredictOptions(probabilities="none", overlay=False, progress=False))
     figure = save_figure(cfg, figure_pairs, predictions, run_dir / "landcover_figure.png")
 
-    metrics = {
-        "miou": round(scores["miou"], 4),
-        "miou_real": round(sum(scores["per_class"][c]["iou"] for c in REAL_CLASSES) / len(REAL_CLASSES), 4),
-        "per_class_iou": {k: round(v["iou"], 4) for k, v in scores["per_class"].items()},
-        "per_class_f1": {k: round(v["f1"], 4) for k, v in scores["per_class"].items()},
-        "mean_f1": round(scores["f1"], 4),
-        "heldout_images": scores["num_images"],
-        "tile_val_iou": round(result["val"]["iou"], 4),
-    }
+    metrics = {**heldout_metrics(scores), "heldout_images": scores["num_images"],
+               "tile_val_iou": round(result["val"]["iou"], 4)}
+    if "class_offsets" in scores:  # the same images decided by plain argmax: what the offsets change
+        metrics["class_offsets"] = scores["class_offsets"]
+        plain = evaluate_pixels(run_dir, images, masks, overlap=EVAL_OVERLAP if not args.quick else 0,
+                                class_offsets=False)
+        metrics["without_class_offsets"] = heldout_metrics(plain)
     summary = {
         "pipeline": "landcover", "recipe": recipe or None, "quick": bool(args.quick), "data_root": str(root),
         "run_dir": str(run_dir),

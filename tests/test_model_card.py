@@ -24,7 +24,8 @@ from tfseg.model_card import (CARD_FILE, LegacyArtifactError, ModelCard, ModelCa
 
 FIELDS = ["classes", "colours", "task", "threshold", "band_names", "band_dtype", "num_bands", "nodata",
           "ignore_index", "normalization", "tile_size", "recommended_overlap", "size_multiple", "model",
-          "backbone", "metrics", "tfseg_version", "operating_point", "class_weights", "class_frequencies"]
+          "backbone", "metrics", "tfseg_version", "operating_point", "class_weights", "class_frequencies",
+          "class_offsets"]
 CONFIG = "data:\n  classes: [building]\n  window_size: 64\n"
 
 
@@ -42,7 +43,7 @@ def test_card_fields_round_trip_and_every_location(run, tmp_path):
     assert card.tile_size == 64 and card.band_dtype == "uint16" and card.nodata == 0.0 and card.task == "binary"
     assert card.recommended_overlap == 32 and card.size_multiple == 1 and card.operating_point is None
     assert card.class_weights is None and card.class_frequencies is None  # unweighted loss, no class index
-    older = {k: v for k, v in data.items() if k not in ("class_weights", "class_frequencies")}
+    older = {k: v for k, v in data.items() if k not in ("class_weights", "class_frequencies", "class_offsets")}
     assert ModelCard.from_dict(older) == card  # a card written before the optional fields still loads
     weighted = ModelCard.from_dict({**data, "class_weights": [0.5, 2], "class_frequencies": {"building": 0.2}})
     assert weighted.class_weights == [0.5, 2] and ModelCard.from_dict(weighted.to_dict()) == weighted

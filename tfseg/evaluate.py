@@ -30,6 +30,8 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import glob
 import json
 import sys
@@ -236,7 +238,7 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
                     tile_size: int = 0, overlap: int = -1, batch_size: int = 4, tta: int = 1,
                     mask_suffix: Optional[str] = None, image_pattern: str = "", mask_pattern: str = "",
                     threshold=None, *, predictions: Optional[Sequence[Path]] = None, wkt=None,
-                    grid_sizes=None) -> dict:
+                    grid_sizes=None, class_offsets: bool = True) -> dict:
     """Pixel metrics of ``model`` (path or :class:`Predictor`) by the definitions of
     :mod:`tfseg.metrics` (the ignore index and classes are the run's), at ``threshold`` (default
     the model's: its operating point's when it has one; multilabel: one value for all classes or
@@ -245,7 +247,9 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
     The prediction: ``images`` predicted whole with the sliding-window engine, or
     ``predictions`` (``tfseg.predict``'s ``<id>_class.tif`` / ``<id>_prob.tif``; only the model
     card of ``model`` is read). The truth: ``masks`` paired by name, or a Dstl ``wkt`` CSV with
-    its ``grid_sizes`` CSV (the image id: the image's stem, or the id in ``image_pattern``)."""
+    its ``grid_sizes`` CSV (the image id: the image's stem, or the id in ``image_pattern``).
+    ``class_offsets=False``: a multiclass model decides by plain argmax, without its card's
+    ``class_offsets`` (the report's ``class_offsets`` says which were used)."""
     from .data.pairing import compile_pattern
     from .data.raster import open_raster
 
@@ -264,6 +268,12 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
         predictor = model
     else:
         predictor = _card_predictor(model) if predictions is not None else load_predictor(model)
+    if not class_offsets and predictor.card.class_offsets is not None:
+        if predictions is not None:
+            raise ValueError("--no-class-offsets: the --predictions class maps were decided when they were predicted; "
+                             "score --images with the model instead")
+        predictor = copy.copy(predictor)  # the caller's predictor keeps its card
+        predictor.card = dataclasses.replace(predictor.card, class_offsets=None)
     task, ignore = _task(predictor), predictor.ignore_index
     inputs = list(images if images is not None else predictions)
     if wkt is not None:
@@ -315,6 +325,8 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
     if task == "binary":
         result["threshold"] = predictor.threshold if threshold is None else threshold
     result["num_images"] = len(pairs)
+    if predictor.card.class_offsets is not None:
+        result["class_offsets"] = dict(zip(predictor.class_names, predictor.card.class_offsets))
     return result
 
 
@@ -351,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     pixels.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
     pixels.add_argument("--threshold", type=float, default=None,
                         help="binary threshold (default: the model's operating point, else its training threshold)")
+    pixels.add_argument("--no-class-offsets", action="store_true",
+                        help="multiclass: decide by plain argmax, without the model card's class_offsets")
     pixels.add_argument("--json", action="store_true")
     spacenet = sub.add_parser("spacenet", help="SpaceNet building F1 of a proposals CSV against a truth CSV")
     spacenet.add_argument("--truth", required=True)
@@ -377,7 +391,7 @@ def main(argv=None) -> int:
                 _list_files(args.masks, "masks") if args.masks else None, args.tile_size, args.overlap,
                 args.batch_size, args.tta, args.mask_suffix, args.image_pattern, args.mask_pattern, args.threshold,
                 predictions=_list_predictions(args.predictions) if args.predictions else None, wkt=args.wkt,
-                grid_sizes=args.grid_sizes)
+                grid_sizes=args.grid_sizes, class_offsets=not args.no_class_offsets)
         elif args.command == "spacenet":
             result = score_spacenet(args.truth, args.proposals)
         else:

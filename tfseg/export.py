@@ -46,6 +46,8 @@ import tempfile
 from typing import Optional
 from pathlib import Path
 
+import numpy as np
+
 from .errors import INPUT_ERRORS, TfsegError, report
 from ._tf import tensorflow as tf  # noqa: I001  (quiet TF import first)
 import keras
@@ -110,17 +112,22 @@ def reflect_pad_to_multiple(images, multiple: int):
     return tf.gather(images, _reflect_indices(width, padded_w), axis=2)
 
 
-def make_serving_fn(model: keras.Model, multiple: int, threshold=0.5, multilabel: bool = False):
+def make_serving_fn(model: keras.Model, multiple: int, threshold=0.5, multilabel: bool = False,
+                    class_offsets=None):
     """A tf function: raw [N, H, W, C] (any real dtype) -> probabilities and class map of the same
     H, W. ``model`` normalizes itself (its first layer is :class:`~tfseg.models.Preprocess`).
     ``multilabel``: per-class 0/1 ``masks`` [N, H, W, K] instead of ``classes``, ``threshold``
-    one float or one per class."""
+    one float or one per class. ``class_offsets`` (multiclass): per-class log-probability offsets
+    of the argmax (:func:`tfseg.class_offsets.decide`; the probabilities stay as they are)."""
     binary = model.output_shape[-1] == 1
     channels = int(model.output_shape[-1])
     values = [float(t) for t in threshold] if isinstance(threshold, (list, tuple)) else [float(threshold)] * channels
     if len(values) != channels:
         raise ExportError(f"threshold: expected one value or {channels} (one per class), got {threshold!r}")
     thresholds = tf.constant(values, tf.float32)
+    if class_offsets is not None and len(class_offsets) != channels:
+        raise ExportError(f"class_offsets: expected {channels} values (one per class), got {class_offsets!r}")
+    scale = None if class_offsets is None else tf.constant(np.exp(np.asarray(class_offsets, np.float32)))
     bands = model.input_shape[-1]
 
     def serve(images):
@@ -135,7 +142,7 @@ def make_serving_fn(model: keras.Model, multiple: int, threshold=0.5, multilabel
         if binary:
             classes = tf.cast(probs[..., 0] >= thresholds[0], tf.int32)
         else:
-            classes = tf.argmax(probs, axis=-1, output_type=tf.int32)
+            classes = tf.argmax(probs if scale is None else probs * scale, axis=-1, output_type=tf.int32)
         return {"probabilities": probs, "classes": classes}
 
     return serve
@@ -223,7 +230,8 @@ def export_saved_model(model: keras.Model, output: Path, card: ModelCard) -> Pat
     output = Path(output)
     check_model_card(model, card)
     bands = card.num_bands
-    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel")
+    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel",
+                            card.class_offsets)
     card_json = card.to_json()
     from .inference import fixed_input_shape
 
@@ -271,7 +279,8 @@ def export_tflite(model: keras.Model, output: Path, card: ModelCard) -> Path:
     file = output if output.suffix == ".tflite" else output / "model.tflite"
     check_model_card(model, card)
     bands = card.num_bands
-    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel")
+    serve = make_serving_fn(model, card.size_multiple, card.thresholds(), card.task == "multilabel",
+                            card.class_offsets)
     # convert from a one-signature SavedModel: the converter then freezes the variables (a bare
     # concrete function keeps resource reads that fail at invoke time)
     archive = keras.export.ExportArchive()

@@ -85,9 +85,11 @@ def colourize_multilabel(masks: np.ndarray, colours, ignore_index: int = 255) ->
 
 
 def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int = 4, threshold=0.5,
-                           ignore_index: int = 255, colours=None, multilabel: bool = False) -> Path:
+                           ignore_index: int = 255, colours=None, multilabel: bool = False,
+                           class_offsets=None) -> Path:
     """Predict the first tiles of ``dataset`` that contain labelled pixels and save a PNG grid
-    (``multilabel``: every class drawn, overlaps as mixed colours, ``threshold`` one per class)."""
+    (``multilabel``: every class drawn, overlaps as mixed colours, ``threshold`` one per class;
+    ``class_offsets``: a multiclass card's argmax offsets, :func:`tfseg.class_offsets.decide`)."""
     images, truths = [], []
     for batch_images, batch_masks in dataset:
         for image, mask in zip(batch_images.numpy(), batch_masks.numpy()):
@@ -105,7 +107,9 @@ def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int =
         preds = (probs >= np.asarray(threshold, np.float32)).astype(np.uint8)
         paint = colourize_multilabel
     else:
-        preds = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else probs.argmax(-1)
+        from .class_offsets import decide
+
+        preds = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else decide(probs, class_offsets)
         paint = colourize
     if colours is None:
         colours = [(0.1, 0.1, 0.1), (1.0, 0.85, 0.1)] if probs.shape[-1] == 1 else plt.cm.tab10.colors

@@ -77,6 +77,9 @@ class ModelCard:
     each category of the training labels (binary adds ``background``, multi-label ``none``)
     to its share of the labelled training pixels, when training computed the class index.
     Both are optional: cards written without them still load.
+    ``class_offsets`` (multiclass only, optional): per-class offsets added to the
+    log-probabilities before the argmax (:mod:`tfseg.class_offsets`, chosen on validation with
+    ``train.class_offsets: fit``); every reader of the card decides the class map with them.
     """
 
     classes: list
@@ -99,6 +102,7 @@ class ModelCard:
     operating_point: Optional[dict] = None
     class_weights: Optional[list] = None
     class_frequencies: Optional[dict] = None
+    class_offsets: Optional[list] = None
 
     def __post_init__(self):
         self.validate()
@@ -293,6 +297,12 @@ class ModelCard:
         if self.class_frequencies is not None and (not isinstance(self.class_frequencies, dict) or not all(
                 isinstance(k, str) and _is_number(v) and 0 <= v <= 1 for k, v in self.class_frequencies.items())):
             fail("class_frequencies", "null or an object of category name -> share of training pixels in [0, 1]")
+        if self.class_offsets is not None and (
+                self.task != "multiclass" or not isinstance(self.class_offsets, list)
+                or len(self.class_offsets) != len(self.classes)
+                or not all(_is_number(v) and math.isfinite(v) for v in self.class_offsets)):
+            fail("class_offsets", f"null, or (multiclass) {len(self.classes)} finite numbers, one per class of "
+                                  f"{self.classes}")
 
 
 def check_normalization(norm: Normalization, num_bands: int) -> None:

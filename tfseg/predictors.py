@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from .class_offsets import decide
 from .data.raster import native_dtype
 from .errors import TfsegError
 from .model_card import ModelCard, load_model_card
@@ -119,7 +120,7 @@ class Predictor:
 
     def to_classes(self, probs: np.ndarray, threshold=None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
-        unless ``threshold`` is given) or argmax; multilabel: ``[..., K]`` 0/1 masks, each class
+        unless ``threshold`` is given) or argmax (after the card's ``class_offsets``, if any); multilabel: ``[..., K]`` 0/1 masks, each class
         with its own threshold."""
         if self.multilabel:
             return (probs >= self.thresholds(threshold)).astype(np.uint8)
@@ -129,7 +130,7 @@ class Predictor:
         bands = self.instance_bands()
         if bands is not None:  # a multi-label building model: its class map is the footprint
             return (probs[..., bands["footprint"] - 1] >= threshold).astype(np.uint8)
-        return np.argmax(probs, axis=-1).astype(np.uint8)
+        return decide(probs, self.card.class_offsets)
 
     def tiling(self, tile_size: int = 0, overlap: int = -1) -> tuple[int, int]:
         """Sliding-window tile size and overlap: the given ones, else the model's (overlap at most

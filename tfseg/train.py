@@ -566,13 +566,15 @@ def _finish(run: _Run) -> dict:
         point = _operating_point(cfg, best, card, run.val_scenes, run.global_batch, run.run_path, result)
         if point is not None:  # the card carries it: model_card.json, model.keras, the SavedModel
             card = card.with_operating_point(point)
+    if cfg.train.class_offsets == "fit":
+        card = _fit_class_offsets(cfg, best, card, run.val_scenes, run.global_batch, result)
     write_json(run.run_path / "metrics.json", result)
     card.save(run.run_path / CARD_FILE)
     embed_card(run.best_file, card)
     val_ds = _shard_off(run.val_ds) if cfg.train.strategy == "multi_worker" else run.val_ds
     save_prediction_figure(best, val_ds, run.run_path / "predictions.png", card.band_names,
                            cfg.train.num_figure_tiles, cfg.train.threshold, cfg.data.ignore_index,
-                           multilabel=run.task == "multilabel")
+                           multilabel=run.task == "multilabel", class_offsets=card.class_offsets)
     _export_and_track(run, best, card, result)
     return {**result, "run_dir": str(run.run_path), "chief": True, "steps": steps_done}
 
@@ -690,6 +692,27 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     log.info("operating point (object F1 %.4f on %d validation scenes, %d grid points, %.0f s): %s",
              point["object_f1"], len(val_scenes), len(rows), time.time() - started, point)
     return point
+
+
+def _fit_class_offsets(cfg, model, card: ModelCard, val_scenes, batch_size: int, result: dict) -> ModelCard:
+    """Multiclass: the card with per-class argmax offsets chosen on the stitched validation scenes
+    (:mod:`tfseg.class_offsets`); the search's report into ``result``. No validation scenes: the
+    card as it is, with a warning."""
+    from .class_offsets import choose_class_offsets
+    from .inference import KerasPredictor
+
+    if not val_scenes:
+        warnings.warn("train.class_offsets: fit, but the run has no validation scenes to fit them on "
+                      "(data.val_fraction / data.val_*): the model decides by plain argmax", stacklevel=2)
+        return card
+    started = time.time()
+    offsets, report = choose_class_offsets(KerasPredictor(model, card), val_scenes, cfg.data.window_size,
+                                           cfg.data.eval_overlap, batch_size, seed=cfg.data.seed)
+    result["class_offsets"] = {"offsets": dict(zip(card.classes, offsets)), **report}
+    log.info("class offsets (validation mIoU %.4f -> %.4f over %d pixels of %d scenes, %.0f s): %s",
+             report["miou_before"], report["miou_after"], report["pixels"], report["num_scenes"],
+             time.time() - started, dict(zip(card.classes, offsets)))
+    return dataclasses.replace(card, class_offsets=offsets)
 
 
 def weight_names(data_cfg, task: str, count: int) -> list:
