@@ -116,7 +116,8 @@ def test_config_key_is_checked(tmp_path):
     make_colour_mask(tmp_path)
     base, path = [f"data.root={tmp_path}"], CONFIGS / "colour_mask.yaml"
     assert config_module.load(path, base + ["train.class_offsets=fit"]).train.class_offsets == "fit"
-    with pytest.raises(config_module.ConfigError, match="train.class_offsets.*'none', 'fit'"):
+    assert config_module.load(path, base + ["train.class_offsets=fit_training"]).train.class_offsets == "fit_training"
+    with pytest.raises(config_module.ConfigError, match="train.class_offsets.*'none', 'fit', 'fit_training'"):
         config_module.load(path, base + ["train.class_offsets=auto"])
     with pytest.raises(config_module.ConfigError, match="train.class_offsets.*data.task=multiclass.*binary"):
         config_module.load(CONFIGS / "default.yaml", ["train.class_offsets=fit"])

@@ -66,6 +66,13 @@ def test_quick_balanced_recipe_on_dubai(tmp_path, capsys):
     assert set(summary["class_weights"]) == set(CLASSES)
     card = load_model_card(run_dir / "models" / "landcover" / "1")
     assert card.class_weights == pytest.approx([summary["class_weights"][c] for c in CLASSES])
+    # the config's argmax offsets, fitted on the training images (the validation images are held out)
+    fitted = json.loads((run_dir / "metrics.json").read_text())["class_offsets"]
+    assert fitted["searched_on"] == "training" and fitted["num_scenes"] == summary["train_images"]
+    assert card.class_offsets == [fitted["offsets"][c] for c in CLASSES]
+    assert printed["class_offsets"] == fitted["offsets"]
+    plain = printed["without_class_offsets"]  # the same held-out images by plain argmax
+    assert set(plain["per_class_iou"]) == set(CLASSES) and 0.0 <= plain["miou_real"] <= 1.0
     # the budget: shorter than the one quick epoch, so that epoch is run and the budget named as the reason
     assert summary["train"]["max_minutes"] == 0.05 and summary["train"]["epochs"] == 1
     assert summary["train"]["stop_reason"] == "max_minutes"

@@ -10,12 +10,14 @@ as the model gives them; only the class decision moves.
 With ``train.class_offsets: fit`` the best model predicts every validation scene whole at the end
 of training and :func:`fit_class_offsets` searches the offsets by coordinate ascent on the mean
 IoU over the classes present in the validation labels (a grid per class, three sweeps at most,
-ties keep the offset nearest 0). The vector goes to the model card (``class_offsets``: in
-``model_card.json``, inside ``model.keras`` and in the SavedModel, whose ``classes`` output
-applies it), and ``tfseg.predict``, ``tfseg.evaluate`` and ``tfseg.serve`` decide with it; the
+ties keep the offset nearest 0); ``train.class_offsets: fit_training`` fits them on the
+training scenes instead, for runs whose validation scenes are their held-out test set. The vector
+goes to the model card (``class_offsets``: in ``model_card.json``, inside ``model.keras`` and in
+the SavedModel, whose ``classes`` output applies it), and ``tfseg.predict``, ``tfseg.evaluate`` and ``tfseg.serve`` decide with it; the
 search's before/after scores go to ``metrics.json`` (``class_offsets``).
 
-They are tuned on the validation scenes: report held-out scores on other data.
+Tuned on the validation scenes, they make scores on those scenes optimistic: report held-out
+scores on other data.
 
 Example:
     >>> offsets, report = fit_class_offsets([(probs, valid)], [labels], num_classes=6)
@@ -29,7 +31,7 @@ import numpy as np
 
 GRID = tuple(np.round(np.arange(-2.0, 4.0001, 0.25), 2))  # log-probability offsets tried per class
 MAX_SWEEPS = 3
-MAX_PIXELS = 4_000_000  # a seeded sample of the validation pixels beyond this (the search's memory and time)
+MAX_PIXELS = 4_000_000  # a seeded sample of the pixels beyond this (the search's memory and time)
 _TINY = 1e-12
 
 
@@ -77,8 +79,8 @@ def fit_class_offsets(prob_maps: Sequence, labels: Sequence, num_classes: int, i
 
 
 def choose_class_offsets(predictor, scenes: Sequence, tile_size: int, overlap: int, batch_size: int = 8,
-                         max_pixels: int = MAX_PIXELS, seed: int = 0) -> tuple[list, dict]:
-    """Predict the validation ``scenes`` whole (one at a time: a seeded sample of at most about
+                         max_pixels: int = MAX_PIXELS, seed: int = 0, split: str = "validation") -> tuple[list, dict]:
+    """Predict the ``split``'s ``scenes`` whole (one at a time: a seeded sample of at most about
     ``max_pixels`` of their pixels is kept, not the maps) and fit the offsets on them; ``report`` adds
     ``num_scenes`` and ``searched_on``."""
     from rasterio.windows import Window
@@ -86,7 +88,7 @@ def choose_class_offsets(predictor, scenes: Sequence, tile_size: int, overlap: i
     from .object_metrics import stitched_probabilities
 
     if not scenes:
-        raise ValueError("class offsets: no validation scenes to fit them on")
+        raise ValueError(f"class offsets: no {split} scenes to fit them on")
     total = sum(s.info.width * s.info.height for s in scenes)
     fraction, rng = min(1.0, max_pixels / max(1, total)), np.random.default_rng(seed)
     samples = []
@@ -95,7 +97,7 @@ def choose_class_offsets(predictor, scenes: Sequence, tile_size: int, overlap: i
         label = scene.labels.rasterize(Window(0, 0, scene.info.width, scene.info.height), scene.info)
         samples.append(sample_pixels(probs, valid, label, predictor.ignore_index, fraction, rng))
     offsets, report = fit_offsets(*_joined(samples, predictor.num_classes), predictor.num_classes)
-    return offsets, {**report, "num_scenes": len(scenes), "searched_on": "validation"}
+    return offsets, {**report, "num_scenes": len(scenes), "searched_on": split}
 
 
 def _joined(samples: Sequence, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +116,7 @@ def fit_offsets(probs: np.ndarray, truth: np.ndarray, num_classes: int,
     ``classes_present``, ``sweeps``.
     """
     if len(truth) == 0:
-        raise ValueError("class offsets: no valid labelled validation pixels to fit them on")
+        raise ValueError("class offsets: no valid labelled pixels to fit them on")
     if probs.shape[1] != num_classes:
         raise ValueError(f"class offsets: the model gives {probs.shape[1]} probabilities per pixel, "
                          f"expected {num_classes} classes")

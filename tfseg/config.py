@@ -146,6 +146,7 @@ class TrainConfig:
     num_figure_tiles: int = 4
     object_f1: bool = False
     # multiclass: none | fit (per-class argmax offsets chosen on the validation scenes, tfseg.class_offsets)
+    # | fit_training (chosen on the training scenes: when the validation scenes are the held-out test set)
     class_offsets: str = "none"
     epoch_figures: bool = False  # RUN_DIR/figures/epoch-NNNN.png (input | truth | prediction) every epoch
 
@@ -218,7 +219,7 @@ CHOICES = {
     "train.strategy": ["default", "mirrored", "multi_worker"],
     "train.lr_scaling": ["none", "linear", "sqrt"],
     "train.class_weights_method": ["median_frequency", "inverse_sqrt"],
-    "train.class_offsets": ["none", "fit"],
+    "train.class_offsets": ["none", "fit", "fit_training"],
     "tracking.neptune.mode": ["auto", "offline", "async", "debug", "off"],
     "tracking.mlflow.mode": ["auto", "local", "server", "off"],
 }
@@ -488,9 +489,9 @@ def _check_classes_and_task(cfg: Config) -> None:
             f"config key 'train.threshold': a list needs data.task=multilabel and one value per class "
             f"({len(cfg.data.classes)}: {cfg.data.classes}), got {cfg.train.threshold!r} with data.task="
             f"{cfg.data.task!r}")
-    if cfg.train.class_offsets == "fit" and cfg.data.task != "multiclass":
+    if cfg.train.class_offsets != "none" and cfg.data.task != "multiclass":
         raise ConfigError(
-            f"config key 'train.class_offsets': fit needs data.task=multiclass (offsets move an argmax), got "
+            f"config key 'train.class_offsets': {cfg.train.class_offsets} needs data.task=multiclass (offsets move an argmax), got "
             f"data.task={cfg.data.task!r}; a {cfg.data.task} model decides by train.threshold"
             + (" (and train.object_f1 searches an operating point)" if cfg.data.task == "binary" else ""))
 

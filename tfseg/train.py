@@ -566,8 +566,10 @@ def _finish(run: _Run) -> dict:
         point = _operating_point(cfg, best, card, run.val_scenes, run.global_batch, run.run_path, result)
         if point is not None:  # the card carries it: model_card.json, model.keras, the SavedModel
             card = card.with_operating_point(point)
-    if cfg.train.class_offsets == "fit":
-        card = _fit_class_offsets(cfg, best, card, run.val_scenes, run.global_batch, result)
+    if cfg.train.class_offsets != "none":
+        on_training = cfg.train.class_offsets == "fit_training"
+        card = _fit_class_offsets(cfg, best, card, run.train_scenes if on_training else run.val_scenes,
+                                  "training" if on_training else "validation", run.global_batch, result)
     write_json(run.run_path / "metrics.json", result)
     card.save(run.run_path / CARD_FILE)
     embed_card(run.best_file, card)
@@ -694,23 +696,23 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
     return point
 
 
-def _fit_class_offsets(cfg, model, card: ModelCard, val_scenes, batch_size: int, result: dict) -> ModelCard:
-    """Multiclass: the card with per-class argmax offsets chosen on the stitched validation scenes
-    (:mod:`tfseg.class_offsets`); the search's report into ``result``. No validation scenes: the
-    card as it is, with a warning."""
+def _fit_class_offsets(cfg, model, card: ModelCard, scenes, split: str, batch_size: int, result: dict) -> ModelCard:
+    """Multiclass: the card with per-class argmax offsets chosen on the stitched ``scenes`` (the
+    ``split``: validation or training; :mod:`tfseg.class_offsets`); the search's report into
+    ``result``. No validation scenes: the card as it is, with a warning."""
     from .class_offsets import choose_class_offsets
     from .inference import KerasPredictor
 
-    if not val_scenes:
-        warnings.warn("train.class_offsets: fit, but the run has no validation scenes to fit them on "
-                      "(data.val_fraction / data.val_*): the model decides by plain argmax", stacklevel=2)
+    if not scenes:
+        warnings.warn(f"train.class_offsets: {cfg.train.class_offsets}, but the run has no {split} scenes to fit "
+                      "them on (data.val_fraction / data.val_*): the model decides by plain argmax", stacklevel=2)
         return card
     started = time.time()
-    offsets, report = choose_class_offsets(KerasPredictor(model, card), val_scenes, cfg.data.window_size,
-                                           cfg.data.eval_overlap, batch_size, seed=cfg.data.seed)
+    offsets, report = choose_class_offsets(KerasPredictor(model, card), scenes, cfg.data.window_size,
+                                           cfg.data.eval_overlap, batch_size, seed=cfg.data.seed, split=split)
     result["class_offsets"] = {"offsets": dict(zip(card.classes, offsets)), **report}
-    log.info("class offsets (validation mIoU %.4f -> %.4f over %d pixels of %d scenes, %.0f s): %s",
-             report["miou_before"], report["miou_after"], report["pixels"], report["num_scenes"],
+    log.info("class offsets (%s mIoU %.4f -> %.4f over %d pixels of %d scenes, %.0f s): %s",
+             split, report["miou_before"], report["miou_after"], report["pixels"], report["num_scenes"],
              time.time() - started, dict(zip(card.classes, offsets)))
     return dataclasses.replace(card, class_offsets=offsets)
 
