@@ -322,8 +322,12 @@ def polygonize_array(mask: np.ndarray, probs: Optional[np.ndarray] = None, optio
     return records
 
 
+BLOCK_PIXELS = 1 << 21  # polygonize_raster's default block: about 2 M pixels (rows = this / width) ...
+MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 64, 512  # ... within these rows
+
+
 def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
-                      block_rows: int = 512, pixel_area_m2: Optional[float] = None, class_probability_band=None,
+                      block_rows: Optional[int] = None, pixel_area_m2: Optional[float] = None, class_probability_band=None,
                       channel_bands: Optional[dict] = None, class_bands=None) -> list:
     """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
 
@@ -333,7 +337,9 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     ``prob_path``: the probability GeoTIFF (band ``class_probability_band[value]`` or 1 for a
     binary model) for confidences; ``channel_bands``: its ``{"boundary": band, "contact": band}``
     for the watershed markers of a model that predicts them. Memory: one block of rows plus the
-    objects found so far. With ``options.instances="watershed"`` objects that cross a block
+    objects found so far; ``block_rows`` defaults to about :data:`BLOCK_PIXELS` pixels a block
+    (512 rows of a 4096-wide scene, 128 of a 16384-wide one), so the block's working arrays do
+    not grow with the scene's width. With ``options.instances="watershed"`` objects that cross a block
     boundary are split once whole (their window re-read), so the split does not depend on blocks.
     """
     import rasterio
@@ -344,6 +350,7 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     margin = max(0, int(options.opening_px))
     with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else contextlib.nullcontext()) as psrc:
         height, width = src.height, src.width
+        block_rows = block_rows or max(MIN_BLOCK_ROWS, min(MAX_BLOCK_ROWS, BLOCK_PIXELS // max(1, width)))
 
         def read_probs(band, window):
             probs = np.ma.filled(psrc.read(band, window=window, masked=True).astype(np.float32), 0.0)
