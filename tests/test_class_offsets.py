@@ -140,7 +140,8 @@ def test_savedmodel_and_predictor_decide_with_the_card_offsets(tmp_path):
     probs = np.asarray(model(tiles.astype(np.float32)), np.float32)
     expected = decide(probs, offsets)
     assert (expected != probs.argmax(-1)).mean() > 0.05  # the offsets move decisions here
-    out = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"](images=tf.constant(tiles.astype(np.float32)))
+    serving = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    out = serving(images=tf.constant(tiles.astype(np.float32)))
     np.testing.assert_array_equal(out["classes"].numpy(), expected)
     np.testing.assert_array_equal(KerasPredictor(model, written).to_classes(probs), expected)
     saved = load_predictor(tmp_path / "sm")
@@ -163,7 +164,8 @@ def test_training_fits_offsets_and_every_reader_decides_with_them(tmp_path):
     data = tmp_path / "data"
     make_colour_mask(data)
     cfg = config_module.load(CONFIGS / "colour_mask.yaml", [
-        f"data.root={data}", "data.window_size=32", "data.eval_overlap=8", "data.batch_size=4", "data.train_windows_per_epoch=8",
+        f"data.root={data}", "data.window_size=32", "data.eval_overlap=8", "data.batch_size=4",
+        "data.train_windows_per_epoch=8",
         "data.val_fraction=0.34", "model.depth=2", "model.filters=4", "train.epochs=1",
         "train.class_offsets=fit", "tracking.neptune.mode=off", "tracking.mlflow.mode=off", "train.num_figure_tiles=1"])
     run = tmp_path / "run"

@@ -13,8 +13,9 @@ IoU over the classes present in the validation labels (a grid per class, three s
 ties keep the offset nearest 0); ``train.class_offsets: fit_training`` fits them on the
 training scenes instead, for runs whose validation scenes are their held-out test set. The vector
 goes to the model card (``class_offsets``: in ``model_card.json``, inside ``model.keras`` and in
-the SavedModel, whose ``classes`` output applies it), and ``tfseg.predict``, ``tfseg.evaluate`` and ``tfseg.serve`` decide with it; the
-search's before/after scores go to ``metrics.json`` (``class_offsets``).
+the SavedModel, whose ``classes`` output applies it), and ``tfseg.predict``, ``tfseg.evaluate``
+and ``tfseg.serve`` decide with it; the search's before/after scores go to ``metrics.json``
+(``class_offsets``).
 
 Tuned on the validation scenes, they make scores on those scenes optimistic: report held-out
 scores on other data.

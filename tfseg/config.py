@@ -491,8 +491,8 @@ def _check_classes_and_task(cfg: Config) -> None:
             f"{cfg.data.task!r}")
     if cfg.train.class_offsets != "none" and cfg.data.task != "multiclass":
         raise ConfigError(
-            f"config key 'train.class_offsets': {cfg.train.class_offsets} needs data.task=multiclass (offsets move an argmax), got "
-            f"data.task={cfg.data.task!r}; a {cfg.data.task} model decides by train.threshold"
+            f"config key 'train.class_offsets': {cfg.train.class_offsets} needs data.task=multiclass (offsets move "
+            f"an argmax), got data.task={cfg.data.task!r}; a {cfg.data.task} model decides by train.threshold"
             + (" (and train.object_f1 searches an operating point)" if cfg.data.task == "binary" else ""))
 
 
