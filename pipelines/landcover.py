@@ -175,11 +175,9 @@ def run(args) -> dict:
 
     metrics = {**heldout_metrics(scores), "heldout_images": scores["num_images"],
                "tile_val_iou": round(result["val"]["iou"], 4)}
-    if "class_offsets" in scores:  # the same images decided by plain argmax: what the offsets change
+    if "class_offsets" in scores:  # the same predictions decided by plain argmax: what the offsets change
         metrics["class_offsets"] = scores["class_offsets"]
-        plain = evaluate_pixels(run_dir, images, masks, overlap=EVAL_OVERLAP if not args.quick else 0,
-                                class_offsets=False)
-        metrics["without_class_offsets"] = heldout_metrics(plain)
+        metrics["without_class_offsets"] = heldout_metrics(scores["without_class_offsets"])
     summary = {
         "pipeline": "landcover", "recipe": recipe or None, "quick": bool(args.quick), "data_root": str(root),
         "run_dir": str(run_dir),

@@ -204,6 +204,7 @@ def test_training_fits_offsets_and_every_reader_decides_with_them(tmp_path):
     with_offsets = evaluate_pixels(run, [image], [mask])
     plain = evaluate_pixels(run, [image], [mask], class_offsets=False)
     assert with_offsets["class_offsets"] == dict(zip(cfg.data.classes, offsets)) and "class_offsets" not in plain
+    assert with_offsets["without_class_offsets"]["per_class"] == plain["per_class"]  # one pass, both decisions
     # predict's class map, scored as it is, is what evaluate decides with the offsets
     scored = evaluate_pixels(run, masks=[mask], predictions=[Path(entry["classes"])])
     assert scored["per_class"] == with_offsets["per_class"]

@@ -48,6 +48,7 @@ from .data.colours import decode_colour_mask, read_colour_mask
 from .data.formats.mask_folder import MaskFolderError, pair_images_and_masks  # noqa: F401  (MaskFolderError: API)
 from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_values, class_mask_lookup
 from .data.pairing import IMAGE_SUFFIXES
+from .class_offsets import decide
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
 from .metrics import confusion_matrix_numpy, scores_from_matrix
 
@@ -249,7 +250,8 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
     card of ``model`` is read). The truth: ``masks`` paired by name, or a Dstl ``wkt`` CSV with
     its ``grid_sizes`` CSV (the image id: the image's stem, or the id in ``image_pattern``).
     ``class_offsets=False``: a multiclass model decides by plain argmax, without its card's
-    ``class_offsets`` (the report's ``class_offsets`` says which were used)."""
+    ``class_offsets`` (the report's ``class_offsets`` says which were used; with them, predicting
+    ``images``, ``without_class_offsets`` holds the plain-argmax report of the same predictions)."""
     from .data.pairing import compile_pattern
     from .data.raster import open_raster
 
@@ -299,7 +301,8 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
                 mask_pattern, mask_suffix = "{id}" + mask_suffix + ".*", None
         pairs = pair_images_and_masks(inputs, masks, mask_suffix, image_pattern=image_pattern,
                                       mask_pattern=mask_pattern)
-    matrix = None
+    matrix = plain_matrix = None
+    plain_too = images is not None and predictor.card.class_offsets is not None  # same pass, plain argmax
     if images is not None:
         tile, overlap = predictor.tiling(tile_size, overlap)
     for path, truth_key in pairs:
@@ -320,13 +323,18 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
         valid = (valid[..., None] if truth.ndim == 3 else valid) & (truth != ignore)
         counts = confusion_matrix_numpy(truth, pred, valid, predictor.num_classes, task)
         matrix = counts if matrix is None else matrix + counts
-    result = scores_from_matrix(matrix, task, predictor.class_names if task == "binary" else
-                                predictor.class_names[:predictor.num_classes])
+        if plain_too:
+            counts = confusion_matrix_numpy(truth, decide(sink.probs), valid, predictor.num_classes, task)
+            plain_matrix = counts if plain_matrix is None else plain_matrix + counts
+    names = predictor.class_names if task == "binary" else predictor.class_names[:predictor.num_classes]
+    result = scores_from_matrix(matrix, task, names)
     if task == "binary":
         result["threshold"] = predictor.threshold if threshold is None else threshold
     result["num_images"] = len(pairs)
     if predictor.card.class_offsets is not None:
         result["class_offsets"] = dict(zip(predictor.class_names, predictor.card.class_offsets))
+    if plain_matrix is not None:  # what the offsets changed, from the same predictions
+        result["without_class_offsets"] = scores_from_matrix(plain_matrix, task, names)
     return result
 
 

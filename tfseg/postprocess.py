@@ -327,7 +327,8 @@ MIN_BLOCK_ROWS, MAX_BLOCK_ROWS = 64, 512  # ... within these rows
 
 
 def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = (1,), options: Optional[PolygonOptions] = None,
-                      block_rows: Optional[int] = None, pixel_area_m2: Optional[float] = None, class_probability_band=None,
+                      block_rows: Optional[int] = None, pixel_area_m2: Optional[float] = None,
+                      class_probability_band=None,
                       channel_bands: Optional[dict] = None, class_bands=None) -> list:
     """Objects of the classes ``class_values`` in a class GeoTIFF, read in row blocks.
 
@@ -339,8 +340,9 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     for the watershed markers of a model that predicts them. Memory: one block of rows plus the
     objects found so far; ``block_rows`` defaults to about :data:`BLOCK_PIXELS` pixels a block
     (512 rows of a 4096-wide scene, 128 of a 16384-wide one), so the block's working arrays do
-    not grow with the scene's width. With ``options.instances="watershed"`` objects that cross a block
-    boundary are split once whole (their window re-read), so the split does not depend on blocks.
+    not grow with the scene's width. With ``options.instances="watershed"`` objects that cross a
+    block boundary are split once whole (their window re-read), so the split does not depend on
+    blocks.
     """
     import rasterio
     from rasterio.windows import Window

@@ -120,8 +120,8 @@ class Predictor:
 
     def to_classes(self, probs: np.ndarray, threshold=None) -> np.ndarray:
         """Class map (uint8) from ``[..., K]`` probabilities: threshold (binary; the predictor's
-        unless ``threshold`` is given) or argmax (after the card's ``class_offsets``, if any); multilabel: ``[..., K]`` 0/1 masks, each class
-        with its own threshold."""
+        unless ``threshold`` is given) or argmax (after the card's ``class_offsets``, if any);
+        multilabel: ``[..., K]`` 0/1 masks, each class with its own threshold."""
         if self.multilabel:
             return (probs >= self.thresholds(threshold)).astype(np.uint8)
         threshold = self.threshold if threshold is None else threshold

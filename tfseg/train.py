@@ -699,13 +699,13 @@ def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_pa
 def _fit_class_offsets(cfg, model, card: ModelCard, scenes, split: str, batch_size: int, result: dict) -> ModelCard:
     """Multiclass: the card with per-class argmax offsets chosen on the stitched ``scenes`` (the
     ``split``: validation or training; :mod:`tfseg.class_offsets`); the search's report into
-    ``result``. No validation scenes: the card as it is, with a warning."""
+    ``result``. No such scenes: the card as it is, with a warning."""
     from .class_offsets import choose_class_offsets
     from .inference import KerasPredictor
 
     if not scenes:
         warnings.warn(f"train.class_offsets: {cfg.train.class_offsets}, but the run has no {split} scenes to fit "
-                      "them on (data.val_fraction / data.val_*): the model decides by plain argmax", stacklevel=2)
+                      "them on (see data.val_fraction): the model decides by plain argmax", stacklevel=2)
         return card
     started = time.time()
     offsets, report = choose_class_offsets(KerasPredictor(model, card), scenes, cfg.data.window_size,
