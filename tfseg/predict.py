@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -151,7 +152,8 @@ class GeoTiffSink:
         import rasterio
 
         profile = dict(driver="GTiff", width=self.info.width, height=self.info.height, tiled=True,
-                       blockxsize=self.block, blockysize=self.block, compress="deflate", BIGTIFF="IF_SAFER")
+                       blockxsize=self.block, blockysize=self.block, compress="deflate", BIGTIFF="IF_SAFER",
+                       num_threads="ALL_CPUS")
         if self.info.crs:
             profile.update(crs=self.info.crs, transform=rasterio.Affine(*self.info.transform[:6]))
         profile.update(extra)
@@ -613,6 +615,49 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         for name, c in zip(predictor.class_map_names, sink.class_counts)
     }
     outputs = []
+    # the plain overlay needs only the finished class map: it is drawn in a second thread while
+    # the polygons are traced (both release the GIL in GDAL, numpy and zlib for most of their time)
+    overlay = output / f"{stem}_overlay.png" if options.overlay else None
+    plain_overlay = overlay is not None and not (options.truth and want_polygons)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # per scene: nothing shared across a runner's forks
+        drawn = pool.submit(write_overlay, info.path, sink.class_path, overlay, predictor) if plain_overlay else None
+        try:
+            records = _write_polygon_outputs(entry, outputs, sink, predictor, info, options, output, stem,
+                                             want_polygons, bands, channel_bands, polygon_classes, transform,
+                                             area)
+        except BaseException:
+            if drawn is not None:
+                _quietly(drawn)
+            raise
+        if drawn is not None:
+            drawn.result()
+    if overlay is not None:
+        if not plain_overlay:  # TP / FP / FN outlines and their counts
+            entry["objects"] = write_object_overlay(info, records, options.truth, overlay)
+        entry["overlay"] = str(overlay)
+        outputs.append(overlay.name)
+    if sink.class_path and not options.classes:
+        sink.class_path.unlink(missing_ok=True)
+    entry.update(tiles=stats["tiles"], tile=stats["tile"], stride=stats["stride"], margin=stats["margin"],
+                 pixels=stats["pixels"], predict_seconds=round(stats["seconds"], 3),
+                 postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
+                 started=round(started, 3), finished=round(time.time(), 3), worker=worker_id())
+    return entry
+
+
+def _quietly(future) -> None:
+    """Wait for ``future`` without raising (an earlier error is already on its way)."""
+    try:
+        future.result()
+    except Exception:  # noqa: BLE001 - the first error is the one reported
+        pass
+
+
+def _write_polygon_outputs(entry, outputs, sink, predictor, info, options, output, stem, want_polygons, bands,
+                           channel_bands, polygon_classes, transform, area):
+    """The probability / class entries and the polygon outputs of one scene; the polygon records
+    (None without polygons)."""
+    records = None
     if sink.prob_path:
         entry["probabilities"] = str(sink.prob_path)
         outputs.append(sink.prob_path.name)
@@ -637,21 +682,7 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
             write_spacenet_csv(rows, {spacenet_image_id(info.path): [
                 r for r in records if r.class_index == polygon_classes[0]]})
             outputs.append(rows.name)
-    if options.overlay:
-        overlay = output / f"{stem}_overlay.png"
-        if options.truth and want_polygons:  # TP / FP / FN outlines and their counts
-            entry["objects"] = write_object_overlay(info, records, options.truth, overlay)
-        else:
-            write_overlay(info.path, sink.class_path, overlay, predictor)
-        entry["overlay"] = str(overlay)
-        outputs.append(overlay.name)
-    if sink.class_path and not options.classes:
-        sink.class_path.unlink(missing_ok=True)
-    entry.update(tiles=stats["tiles"], tile=stats["tile"], stride=stats["stride"], margin=stats["margin"],
-                 pixels=stats["pixels"], predict_seconds=round(stats["seconds"], 3),
-                 postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
-                 started=round(started, 3), finished=round(time.time(), 3), worker=worker_id())
-    return entry
+    return records
 
 
 def worker_id() -> str:
