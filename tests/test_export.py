@@ -248,8 +248,11 @@ def test_threshold_override_of_a_footprint_boundary_contact_card():
     assert moved.operating_point["tuned_threshold"] == 0.6
     back = export_lib.with_threshold(moved, 0.6)  # at the tuned threshold again: nothing to record
     assert back.operating_point == tuned.operating_point and back.threshold == [0.6, 0.4, 0.3]
-    # without an operating point the override is the card's threshold, as before
-    assert export_lib.with_threshold(card, 0.45).threshold == 0.45
+    # without an operating point too, only the footprint channel moves (the others place markers)
+    assert export_lib.with_threshold(card, 0.45).threshold == [0.45, 0.4, 0.3]
+    # another multi-label card: the one value is every class's
+    _, landcover = raw_pixels(model, norm, classes=["trees", "water", "roads"], threshold=[0.5, 0.4, 0.3])
+    assert export_lib.with_threshold(landcover, 0.45).thresholds() == [0.45, 0.45, 0.45]
 
 
 def test_cli_errors_name_the_argument(tmp_path, capsys):

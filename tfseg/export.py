@@ -319,13 +319,20 @@ def read_tflite_ops(file) -> str:
 
 
 def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
-    """``card`` deciding at ``threshold`` (``--threshold``). With an operating point, its threshold
-    moves too (the footprint channel's for a multi-label building model), so the exported model
+    """``card`` deciding at ``threshold`` (``--threshold``): the footprint channel's for a
+    multi-label building model (footprint / boundary / contact; the others keep theirs), else the
+    card's one threshold (every class of another multi-label model). With an operating point, its
+    threshold moves too, so the exported model
     and its card agree; the point's other settings (min area, opening) and its validation scores
     were chosen at the old threshold: kept as they are, that threshold recorded as
     ``tuned_threshold`` and a note printed."""
     point = card.operating_point
     if not point:
+        if card.task == "multilabel" and "footprint" in card.classes:
+            # the footprint channel decides; the boundary / contact thresholds place the markers
+            thresholds = card.thresholds()
+            thresholds[card.classes.index("footprint")] = float(threshold)
+            return dataclasses.replace(card, threshold=thresholds)
         return dataclasses.replace(card, threshold=threshold)
     tuned = float(point.get("tuned_threshold", point["threshold"]))
     point = {k: v for k, v in point.items() if k != "tuned_threshold"}
@@ -403,8 +410,9 @@ def main(argv=None) -> int:
                              "for --format tflite a .tflite file or a directory")
     parser.add_argument("--format", choices=list(EXPORT_FORMATS), default="savedmodel")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="binary decision threshold (default: the card's: the operating point's when training "
-                             "chose one, else train.threshold)")
+                        help="decision threshold (default: the card's: the operating point's when training "
+                             "chose one, else train.threshold); a footprint/boundary/contact model: the footprint "
+                             "channel's only; another multi-label model: every class's")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
 
