@@ -11,7 +11,7 @@ from tfseg._tf import tensorflow as tf  # noqa: I001
 import keras
 
 from tfseg import config as config_module
-from tfseg.class_offsets import GRID, decide, fit_class_offsets, fit_offsets
+from tfseg.class_offsets import GRID, TooFewClassesError, decide, fit_class_offsets, fit_offsets
 from tfseg.data.raster import Normalization
 from tfseg.model_card import CARD_FILE, ModelCard, ModelCardError, load_model_card
 
@@ -68,8 +68,26 @@ def test_fit_leaves_a_perfect_model_and_absent_classes_at_zero():
     np.put_along_axis(probs, label[..., None].astype(np.int64), 0.85, -1)
     offsets, report = fit_offsets(probs.reshape(-1, 4), label.reshape(-1).astype(np.int64), 4)
     assert report["classes_present"] == 3  # class 3 never occurs: nothing to tune it on
+    assert report["classes_absent"] == [3] and report["pixels_left_out"] == 0
     assert report["miou_before"] == report["miou_after"] == 1.0
     assert offsets == [0.0] * 4  # every offset that keeps the score is a tie: 0 is kept
+
+
+def test_a_class_absent_from_the_labels_is_not_suppressed():
+    """Scoring the pixels the model gives an unlabelled class as errors would pay the other classes
+    for taking them over: those pixels are left out, and the class keeps most of them."""
+    probs, label = rare_class_scene(bias=0.0)
+    label = np.where(label == 2, 0, label).astype(np.int64)  # labels that never say "class 2"
+    plain = probs.argmax(-1)
+    offsets, report = fit_offsets(probs.reshape(-1, 3), label.reshape(-1), 3)
+    assert report["classes_absent"] == [2] and report["pixels_left_out"] == int((plain == 2).sum())
+    assert report["pixels"] == label.size - report["pixels_left_out"]
+    assert offsets[2] == 0.0 and min(offsets[0], offsets[1]) <= 0.0  # not both raised over class 2
+    assert (decide(probs, offsets) == 2).sum() >= 0.75 * (plain == 2).sum()
+    with pytest.raises(TooFewClassesError, match="only class 0; fitting offsets needs at least two classes"):
+        fit_offsets(probs.reshape(-1, 3), np.zeros(label.size, np.int64), 3)
+    with pytest.raises(ValueError, match="expected 3 values"):
+        decide(probs, 0.5)  # a scalar: the same error, not a TypeError
 
 
 def test_fit_ignores_invalid_and_ignored_pixels_and_samples_at_most_max_pixels():
@@ -80,7 +98,9 @@ def test_fit_ignores_invalid_and_ignored_pixels_and_samples_at_most_max_pixels()
     valid[:, :40] = False
     _, report = fit_class_offsets([(probs, valid)], [label], 3)
     assert report["pixels"] == 150 * 160
-    _, sampled = fit_class_offsets([(probs, valid)], [label], 3, max_pixels=5000)
+    # seed 1: the scene's labels were drawn from the uniform stream of seed 0 (its sample would
+    # keep exactly the pixels of draws below 0.2, all class 0)
+    _, sampled = fit_class_offsets([(probs, valid)], [label], 3, max_pixels=5000, seed=1)
     assert 4000 < sampled["pixels"] < 6000
     with pytest.raises(ValueError, match="no valid labelled"):
         fit_class_offsets([(probs, np.zeros_like(valid))], [label], 3)
@@ -208,5 +228,11 @@ def test_training_fits_offsets_and_every_reader_decides_with_them(tmp_path):
     # predict's class map, scored as it is, is what evaluate decides with the offsets
     scored = evaluate_pixels(run, masks=[mask], predictions=[Path(entry["classes"])])
     assert scored["per_class"] == with_offsets["per_class"]
-    with pytest.raises(ValueError, match="--no-class-offsets"):
+    with pytest.raises(ValueError, match="--no-class-offsets: the --predictions _class.tif maps"):
         evaluate_pixels(run, masks=[mask], predictions=[Path(entry["classes"])], class_offsets=False)
+    # probability rasters are decided here: with and without the offsets, as for --images
+    probs_out = predict_scenes(run, [image], tmp_path / "pred_prob", PredictOptions(
+        probabilities="float16", overlay=False, progress=False))["scenes"][0]["probabilities"]
+    from_probs = evaluate_pixels(run, masks=[mask], predictions=[Path(probs_out)], class_offsets=False)
+    with_probs = evaluate_pixels(run, masks=[mask], predictions=[Path(probs_out)])
+    assert "class_offsets" not in from_probs and with_probs["class_offsets"] == dict(zip(cfg.data.classes, offsets))

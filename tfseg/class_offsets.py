@@ -36,6 +36,10 @@ MAX_PIXELS = 4_000_000  # a seeded sample of the pixels beyond this (the search'
 _TINY = 1e-12
 
 
+class TooFewClassesError(ValueError):
+    """The labels the offsets would be fitted on hold fewer than two classes."""
+
+
 def decide(probs: np.ndarray, offsets: Optional[Sequence[float]] = None) -> np.ndarray:
     """Class map (uint8) of ``[..., K]`` probabilities: ``argmax_k(p_k * exp(b_k))`` (plain argmax
     without offsets)."""
@@ -43,7 +47,7 @@ def decide(probs: np.ndarray, offsets: Optional[Sequence[float]] = None) -> np.n
         return np.argmax(probs, axis=-1).astype(np.uint8)
     scale = np.exp(np.asarray(offsets, np.float32))
     if scale.shape != (probs.shape[-1],):
-        raise ValueError(f"class offsets: expected {probs.shape[-1]} values (one per class), got {len(scale)}")
+        raise ValueError(f"class offsets: expected {probs.shape[-1]} values (one per class), got {scale.size}")
     return np.argmax(probs * scale, axis=-1).astype(np.uint8)
 
 
@@ -112,9 +116,13 @@ def fit_offsets(probs: np.ndarray, truth: np.ndarray, num_classes: int,
     """``(offsets, report)``: the per-class offsets of best mean IoU on ``N x K`` probabilities
     and their ``N`` true classes.
 
-    The mean runs over the classes present in ``truth``; a class absent from it keeps offset 0
-    (nothing to tune it on). ``report``: ``miou_before``, ``miou_after``, ``pixels``,
-    ``classes_present``, ``sweeps``.
+    The mean runs over the classes present in ``truth``. A class absent from it keeps offset 0
+    (nothing to tune it on), and the pixels that plain argmax gives it are left out of the
+    search: scored as errors, they would pay the present classes for taking them over, i.e. for
+    suppressing a class the labels say nothing about. Fewer than two classes present:
+    :class:`TooFewClassesError`. ``report``: ``miou_before``, ``miou_after``, ``pixels``
+    (searched on), ``classes_present``, ``classes_absent`` (indices), ``pixels_left_out``,
+    ``sweeps``.
     """
     if len(truth) == 0:
         raise ValueError("class offsets: no valid labelled pixels to fit them on")
@@ -123,10 +131,21 @@ def fit_offsets(probs: np.ndarray, truth: np.ndarray, num_classes: int,
                          f"expected {num_classes} classes")
     if truth.max() >= num_classes:
         raise ValueError(f"class offsets: label value {int(truth.max())} is not a class index below {num_classes}")
-    log_probs = np.log(np.maximum(probs, _TINY))
     present = np.bincount(truth, minlength=num_classes) > 0
+    if present.sum() < 2:
+        raise TooFewClassesError(f"class offsets: the labels hold only class {int(np.flatnonzero(present)[0])}; "
+                                 "fitting offsets needs at least two classes")
+    log_probs = np.log(np.maximum(probs, _TINY))
+    plain = np.argmax(log_probs, 1)
+    left_out = 0
+    if not present.all():
+        keep = present[plain]
+        left_out = int(len(keep) - keep.sum())
+        log_probs, truth, plain = log_probs[keep], truth[keep], plain[keep]
+        if len(truth) == 0:
+            raise ValueError("class offsets: the model gives every labelled pixel to a class absent from the labels")
     offsets = np.zeros(num_classes, np.float32)
-    start = best = _mean_iou(truth, np.argmax(log_probs, 1), num_classes, present)
+    start = best = _mean_iou(truth, plain, num_classes, present)
     order = sorted(grid, key=abs)  # ties keep the offset nearest 0
     sweeps = 0
     for sweeps in range(1, MAX_SWEEPS + 1):
@@ -145,5 +164,6 @@ def fit_offsets(probs: np.ndarray, truth: np.ndarray, num_classes: int,
         if not moved:
             break
     report = {"miou_before": round(start, 6), "miou_after": round(best, 6), "pixels": int(len(truth)),
-              "classes_present": int(present.sum()), "sweeps": sweeps}
+              "classes_present": int(present.sum()), "classes_absent": [int(c) for c in np.flatnonzero(~present)],
+              "pixels_left_out": left_out, "sweeps": sweeps}
     return [float(v) for v in offsets], report

@@ -271,9 +271,9 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
     else:
         predictor = _card_predictor(model) if predictions is not None else load_predictor(model)
     if not class_offsets and predictor.card.class_offsets is not None:
-        if predictions is not None:
-            raise ValueError("--no-class-offsets: the --predictions class maps were decided when they were predicted; "
-                             "score --images with the model instead")
+        if predictions is not None and any(_prediction_id(Path(p))[1] == "class" for p in predictions):
+            raise ValueError("--no-class-offsets: the --predictions _class.tif maps were decided when they were "
+                             "predicted; give the _prob.tif rasters (decided here) or score --images with the model")
         predictor = copy.copy(predictor)  # the caller's predictor keeps its card
         predictor.card = dataclasses.replace(predictor.card, class_offsets=None)
     task, ignore = _task(predictor), predictor.ignore_index

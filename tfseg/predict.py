@@ -153,7 +153,7 @@ class GeoTiffSink:
 
         profile = dict(driver="GTiff", width=self.info.width, height=self.info.height, tiled=True,
                        blockxsize=self.block, blockysize=self.block, compress="deflate", BIGTIFF="IF_SAFER",
-                       num_threads="ALL_CPUS")
+                       num_threads=os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS"))  # deflate in parallel
         if self.info.crs:
             profile.update(crs=self.info.crs, transform=rasterio.Affine(*self.info.transform[:6]))
         profile.update(extra)
@@ -619,7 +619,14 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
     # the polygons are traced (both release the GIL in GDAL, numpy and zlib for most of their time)
     overlay = output / f"{stem}_overlay.png" if options.overlay else None
     plain_overlay = overlay is not None and not (options.truth and want_polygons)
-    with ThreadPoolExecutor(max_workers=1) as pool:  # per scene: nothing shared across a runner's forks
+    # the overlay thread's scene read filters rasterio's NotGeoreferencedWarning (catch_warnings
+    # changes the process-wide filters): this block takes the same filter first and restores the
+    # filters after both threads, so their changes cannot interleave past it (a missing CRS was
+    # reported above already)
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=1) as pool:  # per scene: nothing forked
+        from rasterio.errors import NotGeoreferencedWarning
+
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         drawn = pool.submit(write_overlay, info.path, sink.class_path, overlay, predictor) if plain_overlay else None
         try:
             records = _write_polygon_outputs(entry, outputs, sink, predictor, info, options, output, stem,

@@ -162,7 +162,8 @@ class _SerializedPredictor:
 
 
 def configure_threads(threads: int) -> None:
-    """TensorFlow (and OpenCV) threads of this process; must run before TensorFlow starts."""
+    """TensorFlow, OpenCV and GDAL (compression of the GeoTIFF outputs) threads of this process;
+    must run before TensorFlow starts."""
     from . import _tf  # noqa: F401  (TensorFlow without its start-up notices on the worker's stderr)
 
     if threads <= 0:
@@ -176,6 +177,7 @@ def configure_threads(threads: int) -> None:
     except RuntimeError:  # TensorFlow already started in this process: keep its settings
         pass
     cv2.setNumThreads(threads)
+    os.environ["GDAL_NUM_THREADS"] = str(threads)  # read by the GeoTIFF sink (tfseg.predict)
 
 
 def worker_predictor(model: str, threads: int):

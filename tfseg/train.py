@@ -700,7 +700,7 @@ def _fit_class_offsets(cfg, model, card: ModelCard, scenes, split: str, batch_si
     """Multiclass: the card with per-class argmax offsets chosen on the stitched ``scenes`` (the
     ``split``: validation or training; :mod:`tfseg.class_offsets`); the search's report into
     ``result``. No such scenes: the card as it is, with a warning."""
-    from .class_offsets import choose_class_offsets
+    from .class_offsets import TooFewClassesError, choose_class_offsets
     from .inference import KerasPredictor
 
     if not scenes:
@@ -708,8 +708,19 @@ def _fit_class_offsets(cfg, model, card: ModelCard, scenes, split: str, batch_si
                       "them on (see data.val_fraction): the model decides by plain argmax", stacklevel=2)
         return card
     started = time.time()
-    offsets, report = choose_class_offsets(KerasPredictor(model, card), scenes, cfg.data.window_size,
-                                           cfg.data.eval_overlap, batch_size, seed=cfg.data.seed, split=split)
+    try:
+        offsets, report = choose_class_offsets(KerasPredictor(model, card), scenes, cfg.data.window_size,
+                                               cfg.data.eval_overlap, batch_size, seed=cfg.data.seed, split=split)
+    except TooFewClassesError as exc:
+        warnings.warn(f"train.class_offsets: {cfg.train.class_offsets}, but on the {split} scenes {exc}: the model "
+                      "decides by plain argmax", stacklevel=2)
+        result["class_offsets"] = {"skipped": str(exc), "searched_on": split}
+        return card
+    absent = [card.classes[c] for c in report["classes_absent"]]
+    if absent:
+        log.warning("class offsets: %s never occur in the %s labels: they keep offset 0, and the %d pixels the "
+                    "model gives them were left out of the search", ", ".join(absent), split,
+                    report["pixels_left_out"])
     result["class_offsets"] = {"offsets": dict(zip(card.classes, offsets)), **report}
     log.info("class offsets (%s mIoU %.4f -> %.4f over %d pixels of %d scenes, %.0f s): %s",
              split, report["miou_before"], report["miou_after"], report["pixels"], report["num_scenes"],
