@@ -236,3 +236,30 @@ def test_training_fits_offsets_and_every_reader_decides_with_them(tmp_path):
     from_probs = evaluate_pixels(run, masks=[mask], predictions=[Path(probs_out)], class_offsets=False)
     with_probs = evaluate_pixels(run, masks=[mask], predictions=[Path(probs_out)])
     assert "class_offsets" not in from_probs and with_probs["class_offsets"] == dict(zip(cfg.data.classes, offsets))
+
+
+@pytest.mark.slow
+def test_training_whose_labels_hold_one_class_keeps_plain_argmax(tmp_path):
+    """Validation labels of one class cannot fit offsets: a warning saying so, the search's
+    reason in metrics.json, and a card without offsets (plain argmax), not a failed run."""
+    from PIL import Image
+
+    from tfseg.train import train
+
+    data = tmp_path / "dubai"
+    make_colour_mask(data)
+    for mask in data.glob("Tile */masks/*.png"):  # every pixel "land"
+        size = Image.open(mask).size
+        Image.new("RGB", size, (0x84, 0x29, 0xF6)).save(mask)
+    cfg = config_module.load(CONFIGS / "colour_mask.yaml", [
+        f"data.root={data}", "data.window_size=32", "data.eval_overlap=8", "data.batch_size=4",
+        "data.train_windows_per_epoch=8", "data.val_fraction=0.34", "model.depth=2", "model.filters=4",
+        "train.epochs=1", "train.class_offsets=fit", "tracking.neptune.mode=off", "tracking.mlflow.mode=off",
+        "train.num_figure_tiles=1"])
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="train.class_offsets: fit, but the validation scenes cannot fit them .*only "
+                                         "class 1.*plain argmax"):
+        train(cfg, run, verbose=0)
+    skipped = json.loads((run / "metrics.json").read_text())["class_offsets"]
+    assert skipped["searched_on"] == "validation" and "at least two classes" in skipped["skipped"]
+    assert load_model_card(run / CARD_FILE).class_offsets is None

@@ -322,10 +322,9 @@ def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
     """``card`` deciding at ``threshold`` (``--threshold``): the footprint channel's for a
     multi-label building model (footprint / boundary / contact; the others keep theirs), else the
     card's one threshold (every class of another multi-label model). With an operating point, its
-    threshold moves too, so the exported model
-    and its card agree; the point's other settings (min area, opening) and its validation scores
-    were chosen at the old threshold: kept as they are, that threshold recorded as
-    ``tuned_threshold`` and a note printed."""
+    threshold moves too, so the exported model and its card agree; the point's other settings
+    (min area, opening) and its validation scores were chosen at the old threshold: kept as they
+    are, that threshold recorded as ``tuned_threshold`` and a note printed."""
     point = card.operating_point
     if not point:
         if card.task == "multilabel" and "footprint" in card.classes:

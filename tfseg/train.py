@@ -712,8 +712,8 @@ def _fit_class_offsets(cfg, model, card: ModelCard, scenes, split: str, batch_si
         offsets, report = choose_class_offsets(KerasPredictor(model, card), scenes, cfg.data.window_size,
                                                cfg.data.eval_overlap, batch_size, seed=cfg.data.seed, split=split)
     except TooFewClassesError as exc:
-        warnings.warn(f"train.class_offsets: {cfg.train.class_offsets}, but on the {split} scenes {exc}: the model "
-                      "decides by plain argmax", stacklevel=2)
+        warnings.warn(f"train.class_offsets: {cfg.train.class_offsets}, but the {split} scenes cannot fit them "
+                      f"({exc}): the model decides by plain argmax", stacklevel=2)
         result["class_offsets"] = {"skipped": str(exc), "searched_on": split}
         return card
     absent = [card.classes[c] for c in report["classes_absent"]]
