@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tfseg.bench.__main__ import main
 
 
@@ -33,3 +35,21 @@ def test_bench_pipeline_breakdown_prints_every_stage(tmp_path, capsys):
         assert name == scene and len(values) == len(stages) and all(float(v) > 0 for v in values)
     assert set(json.loads(lines[-1])) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio",
                                           "bytes_per_tile"}
+
+
+def test_bench_pipeline_isolated_runs_each_method_in_its_own_process(tmp_path, capsys):
+    assert main(["pipeline", "--json", "--isolated", "--size", "512", "--tiles", "16", "--batch-size", "4",
+                 "--turns", "2", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result.pop("isolated") is True
+    assert set(result) == {"pipeline_tiles_per_s", "raw_read_tiles_per_s", "ratio", "cached_ratio", "bytes_per_tile"}
+    assert result["bytes_per_tile"] == {"raw_read": 622592.0, "pipeline": 622592.0 + 256 * 256}
+    assert abs(result["ratio"] - result["pipeline_tiles_per_s"] / result["raw_read_tiles_per_s"]) < 0.01
+    rows = [line for line in lines if line.startswith(("rgb_uint8", "mul_uint16"))]
+    assert len(rows) == 2 and all(len(row.split("turns (raw / pipeline / cached): ")[1].split(" / ")) == 3
+                                  for row in rows)  # every method's counted turns, two each
+    assert all(len(part.split(",")) == 2 for row in rows for part in row.split(": ")[1].split(" / "))
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--isolated", "--breakdown", "--size", "512", "--cache-dir", str(tmp_path)])
+    assert "does not combine with --isolated" in capsys.readouterr().err

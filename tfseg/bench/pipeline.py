@@ -18,6 +18,12 @@ tf.data side runs in a private pool of ``--workers`` threads (one intra-op threa
 baseline in ``--workers`` threads; the methods take turns in ``--rounds`` rounds so that load
 drifting on a shared machine hits all three alike.
 
+``--isolated``: each method of each scene instead runs alone in a process of its own (its GDAL
+block cache, handles and threads to itself, as in training, where only the pipeline reads), one
+turn of ``--tiles`` tiles to warm the caches (not counted), then ``--turns`` counted turns; the
+figures are steady-state rates of a warm host (the default run measures mostly cold block
+caches, which the methods fill at different rates). The JSON adds ``"isolated": true``.
+
 ``ratio`` = pipeline / raw_read, ``cached_ratio`` = cached / raw_read; the JSON figures are over
 both scenes (total tiles / total seconds for each method). ``bytes_per_tile``: bytes one tile
 occupies as delivered (pipeline: image + label of a batch / batch size; raw_read: the image
@@ -183,6 +189,87 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
     return out
 
 
+METHODS = ("raw", "pipeline", "cached")
+
+
+def isolated_rate(method: str, path: Path, labels_path: Path, window: int, batch_size: int, workers: int,
+                  tiles: int, turns: int) -> dict:
+    """Tiles/s of one ``method`` alone in this process: a warm-up turn of ``tiles`` tiles (not
+    counted), then ``turns`` counted turns; ``{"tiles_per_s", "turns"}`` (each turn's rate)."""
+    warm_page_cache(path)
+    if method == "raw":
+        import rasterio
+
+        with rasterio.open(path) as src:
+            size = src.width
+        reader = RawReader(str(path), size, window, workers)
+        run, nbytes = reader.seconds, float(reader._read((0, 0)))
+    else:
+        from .._tf import tensorflow as tf
+        from ..config import DataConfig
+        from ..data.labels import VectorLabels
+        from ..data.pipeline import build_dataset, cache_scene
+        from ..data.raster import open_raster
+        from ..data.sources import Scene
+
+        info = open_raster(path)
+        scene = Scene(info, VectorLabels.from_file(labels_path, info), name=path.stem)
+        cfg = DataConfig(window_size=window, batch_size=batch_size, num_parallel_calls=workers,
+                         cache=method == "cached")
+        if cfg.cache:
+            scene = cache_scene(scene, cfg.ignore_index)
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = workers
+        options.threading.max_intra_op_parallelism = 1
+        dataset = build_dataset([scene], cfg, training=True).with_options(options)
+        nbytes = tile_bytes(dataset)
+
+        def run(n):
+            return pipeline_seconds(dataset, batch_size, n)
+    run(tiles)  # warm-up: this process's handles, block cache and threads
+    seconds = [run(tiles) for _ in range(max(1, turns))]
+    return {"tiles_per_s": tiles * len(seconds) / sum(seconds), "turns": [round(tiles / s, 1) for s in seconds],
+            "bytes_per_tile": nbytes}
+
+
+def _isolated_child(method: str, path: Path, labels_path: Path, args) -> dict:
+    """:func:`isolated_rate` in a fresh ``python -m tfseg.bench pipeline --child`` process."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tfseg.bench", "pipeline", "--child", method, str(path), str(labels_path),
+           "--window", str(args.window), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+           "--tiles", str(args.tiles), "--turns", str(args.turns)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main_isolated(args, paths: dict, labels_path: Path) -> dict:
+    """``--isolated``: every method of every scene alone in its own process (see the module doc)."""
+    rows, totals = [], {method: 0.0 for method in METHODS}
+    for name, _, _ in SCENES:
+        rates = {method: _isolated_child(method, paths[name], labels_path, args) for method in METHODS}
+        rows.append((name, rates))
+        for method in METHODS:
+            totals[method] += args.tiles / rates[method]["tiles_per_s"]  # seconds per method
+    print(f"isolated processes, steady state ({args.turns} turn(s) of {args.tiles} tiles after one warm-up turn)")
+    print(f"{'scene':<12} {'raw tiles/s':>12} {'pipeline':>10} {'cached':>10} {'ratio':>7} {'cached_ratio':>13}")
+    for name, rates in rows:
+        raw, streamed, cached = (rates[m]["tiles_per_s"] for m in METHODS)
+        turns = " / ".join(",".join(f"{v:.0f}" for v in rates[m]["turns"]) for m in METHODS)
+        print(f"{name:<12} {raw:>12.1f} {streamed:>10.1f} {cached:>10.1f} {streamed / raw:>7.2f} "
+              f"{cached / raw:>13.2f}   turns (raw / pipeline / cached): {turns}")
+    n = args.tiles * len(SCENES)
+    sizes = {key: round(float(np.mean([rates[method]["bytes_per_tile"] for _, rates in rows])), 1)
+             for key, method in (("pipeline", "pipeline"), ("raw_read", "raw"))}
+    return {"pipeline_tiles_per_s": round(n / totals["pipeline"], 2),
+            "raw_read_tiles_per_s": round(n / totals["raw"], 2),
+            "ratio": round(totals["raw"] / totals["pipeline"], 3),
+            "cached_ratio": round(totals["raw"] / totals["cached"], 3), "bytes_per_tile": sizes, "isolated": True}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.bench pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -195,7 +282,20 @@ def main(argv=None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also print single-thread ms per tile of each stage (where the time goes)")
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "tfseg_bench_pipeline"))
+    parser.add_argument("--isolated", action="store_true",
+                        help="each method alone in its own process, warm (steady state) instead of taking turns")
+    parser.add_argument("--turns", type=int, default=3, help="--isolated: counted turns of --tiles tiles per method")
+    parser.add_argument("--child", nargs=3, metavar=("METHOD", "SCENE", "LABELS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        method, scene_path, labels_path = args.child
+        if method not in METHODS:
+            parser.error(f"--child: method must be one of {', '.join(METHODS)}, got {method!r}")
+        print(json.dumps(isolated_rate(method, Path(scene_path), Path(labels_path), args.window, args.batch_size,
+                                       args.workers, args.tiles, args.turns)))
+        return 0
+    if args.isolated and args.breakdown:
+        parser.error("--breakdown times the stages in this process; it does not combine with --isolated")
 
     from .._tf import tensorflow as tf  # quiet TF start-up
     from ..config import DataConfig
@@ -209,6 +309,12 @@ def main(argv=None) -> int:
     paths = {name: generate_scene(cache / f"{name}_{args.size}.tif", args.size, bands, dtype)
              for name, bands, dtype in SCENES}
     print(f"scenes ready in {time.perf_counter() - start:.1f} s under {cache}")
+    if args.isolated:
+        result = main_isolated(args, paths, labels_path)
+        print(f"all scenes: {result} (window {args.window}, batch {args.batch_size}, {args.workers} workers)")
+        if args.json:
+            print(json.dumps(result))
+        return 0
 
     # the default data config (nodata check at 0.5, flips + rot90), windows/batch/parallelism set
     base = DataConfig(window_size=args.window, batch_size=args.batch_size, num_parallel_calls=args.workers)
