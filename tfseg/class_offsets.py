@@ -30,13 +30,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .errors import TfsegError
+
 GRID = tuple(np.round(np.arange(-2.0, 4.0001, 0.25), 2))  # log-probability offsets tried per class
 MAX_SWEEPS = 3
 MAX_PIXELS = 4_000_000  # a seeded sample of the pixels beyond this (the search's memory and time)
 _TINY = 1e-12
 
 
-class TooFewClassesError(ValueError):
+class TooFewClassesError(TfsegError):
     """The labels the offsets would be fitted on hold fewer than two classes."""
 
 
