@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -319,20 +318,14 @@ def read_tflite_ops(file) -> str:
 
 
 def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
-    """``card`` deciding at ``threshold`` (``--threshold``): the footprint channel's for a
-    multi-label building model (footprint / boundary / contact; the others keep theirs), else the
-    card's one threshold (every class of another multi-label model). With an operating point, its
-    threshold moves too, so the exported model and its card agree; the point's other settings
+    """``card`` deciding at ``threshold`` (``--threshold``; see
+    :meth:`ModelCard.with_decision_threshold`). With an operating point, its threshold moves too,
+    so the exported model and its card agree; the point's other settings
     (min area, opening) and its validation scores were chosen at the old threshold: kept as they
     are, that threshold recorded as ``tuned_threshold`` and a note printed."""
     point = card.operating_point
     if not point:
-        if card.task == "multilabel" and "footprint" in card.classes:
-            # the footprint channel decides; the boundary / contact thresholds place the markers
-            thresholds = card.thresholds()
-            thresholds[card.classes.index("footprint")] = float(threshold)
-            return dataclasses.replace(card, threshold=thresholds)
-        return dataclasses.replace(card, threshold=threshold)
+        return card.with_decision_threshold(threshold)
     tuned = float(point.get("tuned_threshold", point["threshold"]))
     point = {k: v for k, v in point.items() if k != "tuned_threshold"}
     point["threshold"] = float(threshold)

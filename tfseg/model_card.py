@@ -200,17 +200,23 @@ class ModelCard:
             return [float(t) for t in self.threshold]
         return [float(self.threshold)] * self.num_outputs
 
-    def with_operating_point(self, point: dict) -> "ModelCard":
-        """This card with ``point`` (object post-processing chosen on validation, see
-        :mod:`tfseg.operating_point`) as its operating point; its threshold becomes the card's
-        decision threshold (of the footprint channel for a multi-label building model), so every
-        reader of the card (predict, evaluate, the SavedModel's ``classes`` output, serve) uses it."""
-        threshold = float(point["threshold"])
+    def with_decision_threshold(self, threshold: float) -> "ModelCard":
+        """This card deciding at ``threshold``: the footprint channel's for a multi-label building
+        model (footprint / boundary / contact: the others keep theirs, they place the markers),
+        else the card's one threshold (every class of another multi-label model)."""
+        threshold = float(threshold)
         if self.task == "multilabel" and "footprint" in self.classes:
             thresholds = self.thresholds()
             thresholds[self.classes.index("footprint")] = threshold
-            threshold = thresholds
-        return dataclasses.replace(self, operating_point=dict(point), threshold=threshold)
+            return dataclasses.replace(self, threshold=thresholds)
+        return dataclasses.replace(self, threshold=threshold)
+
+    def with_operating_point(self, point: dict) -> "ModelCard":
+        """This card with ``point`` (object post-processing chosen on validation, see
+        :mod:`tfseg.operating_point`) as its operating point; its threshold becomes the card's
+        decision threshold (:meth:`with_decision_threshold`), so every reader of the card
+        (predict, evaluate, the SavedModel's ``classes`` output, serve) uses it."""
+        return dataclasses.replace(self.with_decision_threshold(point["threshold"]), operating_point=dict(point))
 
     def check_scene(self, name: str, num_bands: int, dtype, nodata=None) -> list:
         """Raise :class:`ModelCardError` when a scene's band count or dtype does not match the

@@ -615,27 +615,44 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
         for name, c in zip(predictor.class_map_names, sink.class_counts)
     }
     outputs = []
+    if sink.prob_path:
+        entry["probabilities"] = str(sink.prob_path)
+        outputs.append(sink.prob_path.name)
+    if sink.class_path and options.classes:
+        entry["classes"] = str(sink.class_path)
+        outputs.append(sink.class_path.name)
     # the plain overlay needs only the finished class map: it is drawn in a second thread while
-    # the polygons are traced (both release the GIL in GDAL, numpy and zlib for most of their time)
+    # the polygons are traced (both release the GIL in GDAL, numpy and zlib for most of their
+    # time); leaving the pool waits for it, also when the polygons fail
     overlay = output / f"{stem}_overlay.png" if options.overlay else None
     plain_overlay = overlay is not None and not (options.truth and want_polygons)
+    from rasterio.errors import NotGeoreferencedWarning
+
     # the overlay thread's scene read filters rasterio's NotGeoreferencedWarning (catch_warnings
     # changes the process-wide filters): this block takes the same filter first and restores the
     # filters after both threads, so their changes cannot interleave past it (a missing CRS was
     # reported above already)
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=1) as pool:  # per scene: nothing forked
-        from rasterio.errors import NotGeoreferencedWarning
-
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         drawn = pool.submit(write_overlay, info.path, sink.class_path, overlay, predictor) if plain_overlay else None
-        try:
-            records = _write_polygon_outputs(entry, outputs, sink, predictor, info, options, output, stem,
-                                             want_polygons, bands, channel_bands, polygon_classes, transform,
-                                             area)
-        except BaseException:
-            if drawn is not None:
-                _quietly(drawn)
-            raise
+        if want_polygons:
+            prob_bands = {v: (bands["footprint"] if bands else v + 1) for v in polygon_classes}
+            records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
+                                        pixel_area_m2=area, class_probability_band=prob_bands,
+                                        channel_bands=channel_bands if sink.prob_path else None,
+                                        class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
+                                        else None)
+            geojson = output / f"{stem}_polygons.geojson"
+            write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_map_names, area)
+            entry["polygons"] = str(geojson)
+            entry["num_polygons"] = len(records)
+            entry["polygon_options"] = _json_polygon_options(options.polygon)
+            outputs.append(geojson.name)
+            if options.spacenet_csv:  # this scene's rows; the run's CSV concatenates them in input order
+                rows = output / f"{stem}_proposals.csv"
+                write_spacenet_csv(rows, {spacenet_image_id(info.path): [
+                    r for r in records if r.class_index == polygon_classes[0]]})
+                outputs.append(rows.name)
         if drawn is not None:
             drawn.result()
     if overlay is not None:
@@ -650,46 +667,6 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
                  postprocess_seconds=round(time.perf_counter() - post_started, 3), outputs=outputs,
                  started=round(started, 3), finished=round(time.time(), 3), worker=worker_id())
     return entry
-
-
-def _quietly(future) -> None:
-    """Wait for ``future`` without raising (an earlier error is already on its way)."""
-    try:
-        future.result()
-    except Exception:  # noqa: BLE001 - the first error is the one reported
-        pass
-
-
-def _write_polygon_outputs(entry, outputs, sink, predictor, info, options, output, stem, want_polygons, bands,
-                           channel_bands, polygon_classes, transform, area):
-    """The probability / class entries and the polygon outputs of one scene; the polygon records
-    (None without polygons)."""
-    records = None
-    if sink.prob_path:
-        entry["probabilities"] = str(sink.prob_path)
-        outputs.append(sink.prob_path.name)
-    if sink.class_path and options.classes:
-        entry["classes"] = str(sink.class_path)
-        outputs.append(sink.class_path.name)
-    if want_polygons:
-        prob_bands = {v: (bands["footprint"] if bands else v + 1) for v in polygon_classes}
-        records = polygonize_raster(sink.class_path, sink.prob_path, polygon_classes, options.polygon,
-                                    pixel_area_m2=area, class_probability_band=prob_bands,
-                                    channel_bands=channel_bands if sink.prob_path else None,
-                                    class_bands={v: v + 1 for v in polygon_classes} if predictor.multilabel
-                                    else None)
-        geojson = output / f"{stem}_polygons.geojson"
-        write_geojson(geojson, records, transform, info.crs, options.epsg4326, predictor.class_map_names, area)
-        entry["polygons"] = str(geojson)
-        entry["num_polygons"] = len(records)
-        entry["polygon_options"] = _json_polygon_options(options.polygon)
-        outputs.append(geojson.name)
-        if options.spacenet_csv:  # this scene's rows; the run's CSV concatenates them in input order
-            rows = output / f"{stem}_proposals.csv"
-            write_spacenet_csv(rows, {spacenet_image_id(info.path): [
-                r for r in records if r.class_index == polygon_classes[0]]})
-            outputs.append(rows.name)
-    return records
 
 
 def worker_id() -> str:

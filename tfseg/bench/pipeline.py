@@ -136,6 +136,27 @@ def tile_bytes(dataset) -> float:
     return (images.numpy().nbytes + labels.numpy().nbytes) / int(images.shape[0])
 
 
+def private_options(workers: int):
+    """tf.data options of every measured pipeline: a private pool of ``workers`` threads, one
+    intra-op thread each (the baseline's parallelism, strictly)."""
+    from .._tf import tensorflow as tf
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = workers
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def bench_scene(path: Path, labels_path: Path, name: str):
+    """The generated scene at ``path`` with the generated buildings as its vector labels."""
+    from ..data.labels import VectorLabels
+    from ..data.raster import open_raster
+    from ..data.sources import Scene
+
+    info = open_raster(path)
+    return Scene(info, VectorLabels.from_file(labels_path, info), name=name)
+
+
 def pipeline_seconds(dataset, batch_size: int, tiles: int) -> float:
     """Seconds for ``tiles`` tiles (whole batches) of a fresh iterator after one warm-up batch;
     the iterator is dropped afterwards, so it does no work while the other methods run."""
@@ -157,7 +178,6 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
     batching and tf.data) streamed and cached, on one thread."""
     import dataclasses
 
-    from .._tf import tensorflow as tf
     from ..data.pipeline import (_RandomSampler, build_dataset, dataset_dtype, dataset_nodata, fill_value,
                                  num_label_channels, prepare_labels)
 
@@ -165,9 +185,7 @@ def stage_breakdown(scene, cached_scene, data_cfg, path: str, size: int, window:
     reader = RawReader(path, size, window, 1)
     out["raw_read"] = reader.seconds(tiles) / tiles * 1e3
     reader.close()
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
+    options = private_options(1)
     one = dataclasses.replace(data_cfg, num_parallel_calls=1)
     # labels as build_dataset prepares them: rasterized once per scene (within label_cache_mpix)
     streamed = prepare_labels([scene], data_cfg.label_cache_mpix * 1_000_000)[0]
@@ -205,23 +223,15 @@ def isolated_rate(method: str, path: Path, labels_path: Path, window: int, batch
         reader = RawReader(str(path), size, window, workers)
         run, nbytes = reader.seconds, float(reader._read((0, 0)))
     else:
-        from .._tf import tensorflow as tf
         from ..config import DataConfig
-        from ..data.labels import VectorLabels
         from ..data.pipeline import build_dataset, cache_scene
-        from ..data.raster import open_raster
-        from ..data.sources import Scene
 
-        info = open_raster(path)
-        scene = Scene(info, VectorLabels.from_file(labels_path, info), name=path.stem)
+        scene = bench_scene(path, labels_path, path.stem)
         cfg = DataConfig(window_size=window, batch_size=batch_size, num_parallel_calls=workers,
                          cache=method == "cached")
         if cfg.cache:
             scene = cache_scene(scene, cfg.ignore_index)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = workers
-        options.threading.max_intra_op_parallelism = 1
-        dataset = build_dataset([scene], cfg, training=True).with_options(options)
+        dataset = build_dataset([scene], cfg, training=True).with_options(private_options(workers))
         nbytes = tile_bytes(dataset)
 
         def run(n):
@@ -297,11 +307,8 @@ def main(argv=None) -> int:
     if args.isolated and args.breakdown:
         parser.error("--breakdown times the stages in this process; it does not combine with --isolated")
 
-    from .._tf import tensorflow as tf  # quiet TF start-up
+    from .. import _tf  # noqa: F401  (quiet TF start-up)
     from ..config import DataConfig
-    from ..data.labels import VectorLabels
-    from ..data.raster import open_raster
-    from ..data.sources import Scene
 
     cache = Path(args.cache_dir)
     start = time.perf_counter()
@@ -321,8 +328,7 @@ def main(argv=None) -> int:
     rows, totals, breakdowns = [], {"pipeline": 0.0, "raw": 0.0, "cached": 0.0}, []
     sizes = {"pipeline": [], "raw_read": []}
     for name, bands, dtype in SCENES:
-        info = open_raster(paths[name])
-        scene = Scene(info, VectorLabels.from_file(labels_path, info), name=name)
+        scene = bench_scene(paths[name], labels_path, name)
         warm_page_cache(paths[name])
         from ..data.pipeline import build_dataset, cache_scene
 
@@ -332,9 +338,7 @@ def main(argv=None) -> int:
         reader = RawReader(str(paths[name]), args.size, args.window, args.workers)
         # same parallelism, strictly: every tf.data stage (window reads, normalization) shares a
         # private pool of --workers threads, one intra-op thread each, like the baseline's pool
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = args.workers
-        options.threading.max_intra_op_parallelism = 1
+        options = private_options(args.workers)
         streamed_ds = build_dataset([scene], base, training=True).with_options(options)
         cached_ds = build_dataset([cached_scene], dataclasses.replace(base, cache=True),
                                   training=True).with_options(options)
