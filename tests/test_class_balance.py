@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tfseg import config as config_module
-from tfseg.data.class_index import (ClassIndex, class_weights, compute_class_index, sampling_probabilities)
+from tfseg.data.class_index import (ClassIndex, ClassIndexError, class_weights, compute_class_index,
+                                    sampling_probabilities)
 from tfseg.data.labels import MaskLabels, PixelPolygonLabels
 from tfseg.data.pipeline import build_dataset
 from tfseg.data.raster import open_raster
@@ -132,6 +133,30 @@ def test_binary_and_multilabel_balanced(tmp_path):
     assert y.shape[-1] == 2
 
 
+def test_balanced_batches_streamed_equal_cached_with_nodata(tmp_path):
+    """With image nodata (the left half) and the class index of the labels as stored (as
+    tfseg.train passes it), the centre pixel is looked for in labels ignored under nodata in both
+    modes: streamed and cached batches are the same, and no window is centred on nodata."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 255, (128, 128)).astype(np.uint8)
+    image[:, :64] = 0
+    mask = np.zeros((128, 128), np.uint8)
+    mask[::7] = 1
+    scene = Scene(open_raster(write_geotiff(tmp_path / "b.tif", image, nodata=0)),
+                  MaskLabels(open_raster(write_geotiff(tmp_path / "b.mask.tif", mask))), "b")
+    cfg = _cfg(classes=["line"], window_size=32, batch_size=8, sampling="balanced", balance_alpha=1.0,
+               max_nodata_fraction=1.0)
+    index = compute_class_index([scene], cfg)
+    out = []
+    for cache in (False, True):
+        ds = build_dataset([scene], dataclasses.replace(cfg, cache=cache), training=True, class_index=index)
+        out.append([(x.numpy(), y.numpy()) for x, y in ds.take(3)])
+    for (x1, y1), (x2, y2) in zip(*out):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        assert (y1[:, 16, 16, 0] != 255).all()
+
+
 def test_auto_class_weights_on_a_known_frequency_table(caplog):
     # two scenes of 100 labelled pixels: class counts per scene
     counts = np.array([[50, 40, 10, 0], [80, 0, 20, 0]])
@@ -146,7 +171,7 @@ def test_auto_class_weights_on_a_known_frequency_table(caplog):
     # inverse sqrt: p = 130/200, 40/200, 30/200 -> median 0.2
     weights, _ = class_weights(index, "inverse_sqrt", max_weight=2.0)
     assert weights == pytest.approx([np.sqrt(0.2 / 0.65), 1.0, min(np.sqrt(0.2 / 0.15), 2.0), 2.0], rel=1e-5)
-    with pytest.raises(ValueError, match="train.class_weights_method"):
+    with pytest.raises(ClassIndexError, match="train.class_weights_method"):
         class_weights(index, "inverse")
 
 

@@ -138,3 +138,35 @@ def test_to_rgb_bands_palette_geotiff_grey_and_rgb(tmp_path):
     np.testing.assert_array_equal(to_rgb_bands(data, open_raster(grey)), np.repeat(data, 3, axis=-1))
     four = np.concatenate([RGB[labels], np.zeros((6, 5, 1), np.uint8)], -1)  # 3+ bands: the first three
     np.testing.assert_array_equal(to_rgb_bands(four, None), RGB[labels])
+
+
+def test_16bit_colour_masks_are_refused_at_load_time_and_when_read(tmp_path):
+    """A 16-bit RGB mask decodes (PIL's 8-bit view) to the palette colours but to no colour in
+    training (rasterio's 16-bit values): it is an error naming the file wherever it is read, and
+    the load-time check decodes exactly as training does."""
+    from rasterio.windows import Window
+
+    from tfseg import config as config_module
+    from tfseg.data.formats import load_scenes
+    from tfseg.data.labels import ColourMaskLabels
+
+    mask = np.zeros((3, 4, 4), np.uint16)
+    mask[:, :, :2] = np.array(parse_hex(PALETTE["building"]), np.uint16)[:, None, None] * 257
+    write_geotiff(tmp_path / "images" / "t.tif", np.ones((3, 4, 4), np.uint8))
+    write_geotiff(tmp_path / "masks" / "t.tif", mask)
+    path = tmp_path / "masks" / "t.tif"
+    with pytest.raises(ColourMaskError, match=r"colour mask .*masks/t.tif: uint16 pixels, but colour masks must be "
+                                              r"8-bit"):
+        read_colour_mask(path)
+    with pytest.raises(ColourMaskError, match=r"masks/t.tif: uint16 pixels"):
+        ColourMaskLabels(open_raster(path), PALETTE, list(PALETTE))
+    cfg = config_module.from_dict({"data": {"format": "colour_mask", "root": str(tmp_path), "classes": list(PALETTE),
+                                            "palette": PALETTE, "val_fraction": 0.0}}).data
+    with pytest.raises(ColourMaskError, match=r"masks/t.tif: uint16 pixels"):
+        load_scenes(cfg)
+    # an 8-bit mask: the load-time decoding is the training decoding (and read_colour_mask's)
+    write_geotiff(path, (mask // 257).astype(np.uint8))
+    labels = ColourMaskLabels(open_raster(path), PALETTE, list(PALETTE))
+    decoded, unknown = labels.decode(Window(0, 0, 4, 4))
+    assert unknown == {"#000000": 8} and (decoded[:, :2] == 0).all() and (decoded[:, 2:] == 255).all()
+    np.testing.assert_array_equal(decode_colour_mask(read_colour_mask(path), PALETTE, report=False)[0], decoded)

@@ -1,6 +1,7 @@
 """Every data format on generated fixtures: layout, alignment, label encoding, bad input."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -378,3 +379,139 @@ def test_pairing_patterns_and_unpaired_files_listed_with_counts(tmp_path, caplog
         all_scenes(cfg)
     (image_dir / "3_sat.jpg").unlink()
     assert sorted(all_scenes(cfg)) == ["1_sat", "2_sat"]
+
+
+# ---------------------------------------------------------------------- mask values, vector labels
+def _mask_pair(root, stem, mask, nodata=None, split=""):
+    folder = Path(root) / split if split else Path(root)
+    write_geotiff(folder / "images" / f"{stem}.tif", np.ones((3,) + mask.shape, np.uint8))
+    write_geotiff(folder / "masks" / f"{stem}.tif", mask, nodata=nodata)
+
+
+@pytest.mark.parametrize(("task", "classes"), [("binary", ["a"]), ("multiclass", ["a", "b", "c"])])
+def test_float_mask_nan_nodata_is_ignored(tmp_path, task, classes):
+    """NaN in a float mask (its declared nodata) is ignored, binary and multiclass; a fractional
+    value is an error naming the file, never truncated to a class."""
+    from tfseg.data.labels import apply_lookup, class_mask_lookup
+
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:8, 4:8] = 1
+    mask[0, :] = np.nan
+    _mask_pair(tmp_path, "t", mask, nodata=float("nan"))
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path), classes=classes, task=task, val_fraction=0.0)
+    (scene,) = load_scenes(cfg)[0]
+    label = full_label(scene)
+    assert (label[0] == 255).all() and (label[4:8, 4:8] == 1).all() and (label[1:4] == 0).all()
+    assert (apply_lookup(mask, class_mask_lookup({0.0, 1.0, float("nan")}, 3))[0] == 255).all()
+    mask[9, 9] = 0.5
+    _mask_pair(tmp_path, "t", mask)  # no nodata declared: NaN is still ignored, 0.5 is no class
+    with pytest.raises(LabelError, match=r"masks/t.tif.*0.5"):
+        load_scenes(cfg)
+
+
+def test_binary_mask_encoding_is_decided_once_for_the_dataset(tmp_path, caplog):
+    """What 255 means in a binary mask is one decision for all the dataset's masks: a tile of a
+    {0,1} + 255-ignore dataset holding only {0,255} keeps 255 as ignore; {0,255} masks declaring
+    nodata 255 keep their objects; files holding only 1 beside files holding only 255 are
+    ambiguous (an error naming them) until data.options.object_value says which."""
+    objects = np.zeros((16, 16), np.uint8)
+    objects[4:8, 4:8] = 1
+    ignored = objects.copy()
+    ignored[0] = 255
+    background = np.zeros((16, 16), np.uint8)
+    background[:3] = 255  # a background-only tile with an ignore strip
+    _mask_pair(tmp_path / "a", "objects", ignored, split="train")
+    _mask_pair(tmp_path / "a", "empty", background, split="val")
+    train, val = load_scenes(data_cfg(format="mask_folder", root=str(tmp_path / "a")))
+    assert (full_label(val[0])[:3] == 255).all() and (full_label(val[0])[3:] == 0).all()
+    assert (full_label(train[0])[0] == 255).all() and (full_label(train[0])[4:8, 4:8] == 1).all()
+    # {0,255} masks with nodata 255: 255 is the object (a warning says so)
+    _mask_pair(tmp_path / "b", "x", objects * 255, nodata=255)
+    _mask_pair(tmp_path / "b", "y", objects * 255, nodata=255)
+    with caplog.at_level(logging.WARNING):
+        train, _ = load_scenes(data_cfg(format="mask_folder", root=str(tmp_path / "b"), val_fraction=0.0))
+    assert all((full_label(s)[4:8, 4:8] == 1).all() and full_label(s).sum() == 16 for s in train)
+    assert "2 binary mask(s) declare nodata 255" in caplog.text
+    # ambiguous: x holds {0,1}, y only {0,255}
+    _mask_pair(tmp_path / "c", "x", objects)
+    _mask_pair(tmp_path / "c", "y", background)
+    cfg = data_cfg(format="mask_folder", root=str(tmp_path / "c"), val_fraction=0.0)
+    with pytest.raises(LabelError, match=r"hold 1 and not 255 \(e.g. .*x.tif\) and 1 hold 255 and not 1 "
+                                         r"\(e.g. .*y.tif\).*data.options.object_value"):
+        load_scenes(cfg)
+    labels = {s.name: full_label(s) for s in load_scenes(dataclasses.replace(cfg, options={"object_value": 1}))[0]}
+    assert (labels["y"][:3] == 255).all() and (labels["x"][4:8, 4:8] == 1).all()
+    with pytest.raises(LabelError, match=r"x.tif: holds 1, but these binary masks hold objects as 255"):
+        load_scenes(dataclasses.replace(cfg, options={"object_value": 255}))
+    with pytest.raises(MaskFolderError, match=r"'data.options.object_value': expected 1 .* or 255 .*got 2"):
+        load_scenes(dataclasses.replace(cfg, options={"object_value": 2}))
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (7, r"feature 1 has c=7: expected an integer class index in 0..2 \(3 classes"),
+    (255, r"feature 1 has c=255: expected an integer class index in 0..2"),
+    (1.7, r"feature 1 has c=1.7: expected an integer class index"),
+    (300, r"feature 1 has c=300: expected"),
+    (None, r"feature 1 has c=None: expected"),
+    ("road", r"feature 1 has c='road'.*data.options.class_names: true"),
+])
+def test_vector_class_attribute_must_be_a_class_index(tmp_path, value, expected):
+    import json
+
+    make_scenes(tmp_path)
+    doc = json.loads((tmp_path / "labels.geojson").read_text())
+    doc["features"][0]["properties"]["c"] = 2.0  # an integral float (GeoPackage reals) is fine
+    doc["features"][1]["properties"]["c"] = value
+    (tmp_path / "labels.geojson").write_text(json.dumps(doc))
+    cfg = data_cfg(format="scenes", root=str(tmp_path), classes=["bg", "a", "b"], label_attribute="c")
+    with pytest.raises(LabelError, match=r"label file .*labels.geojson: " + expected):
+        load_scenes(cfg)
+    doc["features"][1]["properties"]["c"] = "1"
+    (tmp_path / "labels.geojson").write_text(json.dumps(doc))
+    train, _ = load_scenes(cfg)
+    assert train[0].labels.values.tolist() == [2, 1]
+
+
+def test_geojson_without_crs_member_in_projected_coordinates_names_the_file(tmp_path):
+    """RFC 7946 GeoJSON is lon/lat; a file without a crs member holding projected coordinates is
+    an error naming the file and the assumed CRS, not a PROJ error mid-reprojection."""
+    import json
+
+    from tfseg.data.labels import VectorLabels
+    from tfseg.data.raster import open_raster
+
+    info = open_raster(write_geotiff(tmp_path / "a.tif", np.ones((32, 32), np.uint8)))
+    ring = [[500002, 3499998], [500010, 3499998], [500010, 3499990], [500002, 3499990], [500002, 3499998]]
+    feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(LabelError, match=r"label file .*p.geojson: no 'crs' member, so .* lon/lat \(OGC:CRS84.*"
+                                         r"outside the lon/lat range.*crs member"):
+        VectorLabels.from_file(tmp_path / "p.geojson", info)
+    # a reprojection that fails (latitude 95 in EPSG:4326) names the file, the feature and both CRSs
+    feature["geometry"]["coordinates"] = [[[33, 95], [33.1, 95], [33.1, 94.9], [33, 95]]]
+    crs = {"type": "name", "properties": {"name": "EPSG:4326"}}
+    (tmp_path / "p.geojson").write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": [feature]}))
+    with pytest.raises(LabelError, match=r"p.geojson: feature 0 cannot be reprojected from EPSG:4326 to the CRS of "
+                                         r"raster .*a.tif"):
+        VectorLabels.from_file(tmp_path / "p.geojson", info)
+
+
+def test_points_and_lines_in_label_files_are_dropped_with_a_warning(tmp_path, caplog):
+    import json
+
+    from tfseg.data.labels import VectorLabels
+    from tfseg.data.raster import open_raster
+
+    info = open_raster(write_geotiff(tmp_path / "a.tif", np.ones((32, 32), np.uint8)))
+    x, y = info.affine * (5.5, 5.5)
+    square = [list(info.affine * corner) for corner in ((4, 4), (12, 4), (12, 12), (4, 12), (4, 4))]
+    geometries = [{"type": "Point", "coordinates": [x, y]}, {"type": "LineString", "coordinates": [[x, y], [x + 9, y]]},
+                  {"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [square]},
+                                                                {"type": "Point", "coordinates": [x, y]}]}]
+    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": info.crs}},
+           "features": [{"type": "Feature", "properties": {}, "geometry": g} for g in geometries]}
+    (tmp_path / "l.geojson").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        labels = VectorLabels.from_file(tmp_path / "l.geojson", info)
+    assert "l.geojson: dropped 3 geometries other than polygons (1 LineString, 2 Point)" in caplog.text
+    assert len(labels.geometries) == 1 and labels.rasterize(Window(0, 0, 32, 32), info).sum() == 64

@@ -325,16 +325,14 @@ def test_cached_windows_cut_in_tf_equal_the_streamed_ones(tmp_path, sampling):
     """Cached scenes are cropped and turned by tf ops from each batch's window table: scenes of
     three shapes (one variable each), one smaller than the window (padded with fill / ignore),
     and a uint8 scene whose invalid pixels take the int16 dataset's -9999 fill, give the batches
-    the streamed path reads, for uniform and class-balanced sampling (balanced: without nodata,
-    where the two differ by design: a cached scene's labels are ignore there, so a centre class is
-    not found on it)."""
+    the streamed path reads, for uniform and class-balanced sampling, with nodata in every scene
+    (balanced: both look for the centre class in labels ignored under nodata)."""
     rng = np.random.default_rng(5)
     shapes = {"a": (70, 90), "b": (48, 40), "c": (20, 26)}  # c is smaller than the 32 px window
     for name, (height, width) in shapes.items():
         dtype, nodata = (np.int16, -9999) if name == "a" else (np.uint8, 0)
         data = rng.integers(1, 200, (3, height, width)).astype(dtype)
-        if sampling == "uniform":
-            data[:, :4, :] = nodata
+        data[:, :4, :] = nodata
         write_geotiff(tmp_path / "images" / f"{name}.tif", data, nodata=nodata)
         mask = (rng.random((height, width)) < 0.1).astype(np.uint8)
         write_geotiff(tmp_path / "masks" / f"{name}.tif", mask)
@@ -349,7 +347,7 @@ def test_cached_windows_cut_in_tf_equal_the_streamed_ones(tmp_path, sampling):
     pixels = np.concatenate([x for x, _ in cached])
     labels = np.concatenate([y for _, y in cached])
     assert ((pixels == -9999).all(axis=-1) == (labels[..., 0] == 255)).all()  # invalid: fill + ignore
-    assert (pixels > 0).any() and ((pixels == -9999).any() or sampling == "balanced")
+    assert (pixels > 0).any() and (pixels == -9999).any()
 
 
 def test_raster_handles_outlive_threads_and_reopen_changed_files(tmp_path):
@@ -416,3 +414,140 @@ def test_evaluation_grid_counts_every_pixel_once(tmp_path):
     truth = scene.labels.rasterize(Window(0, 0, 80, 80), scene.info)
     assert int((labels != 255).sum()) == 80 * 80  # not 9 * 32 * 32 = 9216
     assert int((labels == 1).sum()) == int((truth == 1).sum())
+
+
+def _mixed_dtype_scenes(tmp_path):
+    """An int16 96² scene (nodata -9999, an 8x8 nodata corner) and a uint16 32² one (no nodata):
+    tiles of int32, invalid pixels -9999."""
+    from tfseg.data.labels import MaskLabels
+    from tfseg.data.sources import Scene
+
+    big = np.full((96, 96), 100, np.int16)
+    big[:8, :8] = -9999
+    scenes = []
+    for name, image, nodata in (("s16", big, -9999), ("u16", np.full((32, 32), 200, np.uint16), None)):
+        info = open_raster(write_geotiff(tmp_path / f"{name}.tif", image, nodata=nodata))
+        mask = open_raster(write_geotiff(tmp_path / f"{name}.mask.tif", np.ones(image.shape, np.uint8)))
+        scenes.append(Scene(info, MaskLabels(mask), name))
+    return scenes
+
+
+def test_mixed_dtypes_evaluation_and_read_tile_hold_the_dataset_fill(tmp_path):
+    """Evaluation tiles and read_tile are allocated in the dataset's dtype: a uint16 scene padded
+    past its edge holds the int16 scenes' -9999 (no overflow inside tf.data)."""
+    scenes = _mixed_dtype_scenes(tmp_path)
+    cfg = data_cfg(window_size=64, batch_size=1, max_nodata_fraction=1.0, task="binary", classes=["a"])
+    tiles = [(x.numpy(), y.numpy()) for x, y in build_dataset(scenes, cfg, training=False)]
+    small = [(x, y) for x, y in tiles if (x == 200).any()]
+    assert len(small) == 1 and all(x.dtype == np.int32 for x, _ in tiles)
+    x, y = small[0]
+    assert (x[0, 32:, :] == -9999).all() and (x[0, :32, :32] == 200).all() and (y[0, 32:] == 255).all()
+    assert (tiles[0][0][0, :8, :8] == -9999).all() and (tiles[0][1][0, :8, :8] == 255).all()
+    image, label = read_tile(scenes[1], Window(0, 0, 64, 64), 255, fill=-9999)
+    assert image.dtype == np.int32 and (image[40:, 40:] == -9999).all() and (image[:32, :32] == 200).all()
+    image, _ = read_tile(scenes[1], Window(0, 0, 64, 64), 255, fill=float("nan"))  # a float run's NaN fill
+    assert image.dtype == np.float32 and np.isnan(image[40:, 40:]).all()
+    assert read_tile(scenes[1], Window(0, 0, 64, 64), 255, dtype=np.int32)[0].dtype == np.int32
+
+
+def test_validation_split_takes_the_training_dtype_and_nodata(tmp_path):
+    """The validation split is built in the training scenes' dtype with their nodata (as
+    tfseg.train passes them): int16 (-9999) + uint16 training, uint16-only validation; float
+    (NaN) training, integer validation. A validation dtype that does not cast safely is an error."""
+    from tfseg.data.pipeline import DatasetError, dataset_dtype, dataset_nodata
+    from tfseg.errors import TfsegError
+
+    train = _mixed_dtype_scenes(tmp_path)
+    val = train[1:]
+    cfg = data_cfg(window_size=64, batch_size=1, max_nodata_fraction=1.0, task="binary", classes=["a"])
+    dtype, nodata = dataset_dtype(train), dataset_nodata(train)
+    with pytest.raises(DatasetError, match=r"no-data value -9999.0 cannot be stored in the tiles' dtype uint16"):
+        build_dataset(val, cfg, training=False, nodata=nodata)
+    (x, y), = [(x.numpy(), y.numpy()) for x, y in build_dataset(val, cfg, training=False, nodata=nodata, dtype=dtype)]
+    assert x.dtype == np.int32 and (x[0, 32:] == -9999).all() and (x[0, :32, :32] == 200).all()
+    (x, _), = [(x.numpy(), y.numpy()) for x, y in build_dataset(val, cfg, training=False, nodata=None,
+                                                                 dtype=np.float32)]
+    assert x.dtype == np.float32 and np.isnan(x[0, 32:]).all() and (x[0, :32, :32] == 200).all()
+    with pytest.raises(TfsegError, match=r"s16.tif: int16 pixels cannot be held by the tiles' dtype uint16"):
+        build_dataset(train, cfg, training=False, nodata=0, dtype=np.uint16)
+
+
+def test_scale_augmentation_never_labels_pixels_blended_with_nodata():
+    """The valid mask is resized bilinearly, like the image: a pixel whose interpolation touches
+    a nodata pixel is invalid (fill, label ignore), so every labelled pixel holds a true value."""
+    import tensorflow as tf
+
+    from tfseg.config import AugmentConfig
+    from tfseg.data.pipeline import _scale_and_flip
+
+    image = np.full((64, 64, 1), 1000, np.uint16)
+    image[:, 32:] = 0  # the right half is nodata (fill 0)
+    mask = np.zeros((64, 64, 2), np.uint8)
+    mask[:, :32, 0], mask[:, :32, 1], mask[:, 32:, 0] = 1, 1, 255
+    for scale in (1.5, 0.7):
+        aug = AugmentConfig(flip=False, rot90=False, scale=[scale, scale])
+        out, label = _scale_and_flip(tf.constant(3, tf.int64), tf.constant(image), tf.constant(mask), aug, 64, 255,
+                                     0, 0.0)
+        out, label = out.numpy()[..., 0], label.numpy()[..., 0]
+        assert (label != 255).any() and set(np.unique(out[label != 255]).tolist()) == {1000}, scale
+        assert set(np.unique(label).tolist()) <= {1, 255} and (out[label == 255] == 0).all()
+
+
+def test_dataset_mask_and_alpha_band_mark_invalid_pixels(tmp_path):
+    """A GeoTIFF's internal mask (no nodata value) and an RGBA file's alpha band mark invalid
+    pixels, as a nodata value does; the alpha band is a mask, not an image band (unless asked
+    for by index); normalization statistics leave masked pixels out."""
+    import rasterio
+
+    from tfseg.data.labels import MaskLabels
+    from tfseg.data.raster import read_window_raw
+    from tfseg.data.sources import Scene
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(10, 60, (3, 8, 8)).astype(np.uint8)
+    masked = write_geotiff(tmp_path / "masked.tif", pixels)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "r+") as dst:
+        mask = np.full((8, 8), 255, np.uint8)
+        mask[:4] = 0
+        dst.write_mask(mask)
+    rgba = write_geotiff(tmp_path / "rgba.tif", np.concatenate([pixels, mask[None]]), photometric="RGB",
+                         alpha="YES")
+    for path in (masked, rgba):
+        info = open_raster(path)
+        image, valid = read_window_raw(info, Window(0, 0, 8, 8))
+        assert info.num_bands == 3 and image.shape == (8, 8, 3), path
+        assert not valid[:4].any() and valid[4:].all() and (image[:4] == 0).all(), path
+        np.testing.assert_array_equal(image[4:], pixels[:, 4:].transpose(1, 2, 0))
+        norm = compute_normalization([info])
+        np.testing.assert_allclose(norm.mean, pixels[:, 4:].reshape(3, -1).mean(axis=1))
+        labels = MaskLabels(open_raster(write_geotiff(tmp_path / "m.tif", np.ones((8, 8), np.uint8))))
+        _, label = read_tile(Scene(info, labels), Window(0, 0, 8, 8), 255)
+        assert (label[:4] == 255).all() and (label[4:] == 1).all()
+    with_alpha = open_raster(rgba, bands=[1, 2, 3, 4])
+    assert read_window_raw(with_alpha, Window(0, 0, 8, 8))[0].shape == (8, 8, 4)
+    # a nodata value and a dataset mask together: both are invalid
+    tagged = pixels.copy()
+    tagged[:, 7, 7] = 5
+    both = write_geotiff(tmp_path / "both.tif", tagged, nodata=5)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(both, "r+") as dst:
+        dst.write_mask(mask)
+    _, valid = read_window_raw(open_raster(both), Window(0, 0, 8, 8))
+    assert not valid[:4].any() and not valid[7, 7] and valid[4:7].all()
+
+
+def test_dataset_input_errors_are_tfseg_errors(tmp_path):
+    from tfseg.data.pipeline import DatasetError, cache_scene
+
+    scenes = _mixed_dtype_scenes(tmp_path)
+    cfg = data_cfg(window_size=64, task="binary", classes=["a"])
+    with pytest.raises(DatasetError, match="no scenes given"):
+        build_dataset([], cfg, training=False)
+    with pytest.raises(DatasetError, match="nodata must be a number"):
+        build_dataset(scenes, cfg, training=False, nodata="zero")
+    with pytest.raises(DatasetError, match=r"data.task is multilabel with 2 classes"):
+        build_dataset(scenes, data_cfg(task="multilabel", classes=["a", "b"]), training=False)
+    rgb = open_raster(write_geotiff(tmp_path / "rgb.tif", np.ones((3, 32, 32), np.uint16)))
+    with pytest.raises(DatasetError, match=r"rgb.tif: 3 band\(s\), but .*s16.tif has 1"):
+        build_dataset([scenes[0], dataclasses.replace(scenes[1], info=rgb)], cfg, training=False)
+    with pytest.raises(DatasetError, match="cached with no-data fill 0.0"):
+        cache_scene(cache_scene(scenes[1], 255), 255, fill=7.0)

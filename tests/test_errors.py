@@ -30,7 +30,8 @@ def test_every_error_class_of_tfseg_is_a_tfseg_error():
     # the walk reaches the data formats, the Beam runner and the trackers too
     for name in ("tfseg.rundir.RunDirError", "tfseg.data.formats.DataFormatError", "tfseg.scoring.ScoringInputError",
                  "tfseg.predict_beam.BeamPipelineError", "tfseg.tracking_mlflow.MlflowConfigError",
-                 "tfseg.data.pairing.PairingError", "tfseg.predictors.NodataWarning"):
+                 "tfseg.data.pairing.PairingError", "tfseg.data.pipeline.DatasetError",
+                 "tfseg.predictors.NodataWarning"):
         assert name in found, name
     errors = {name: cls for name, cls in found.items() if not issubclass(cls, Warning)}
     outside = sorted(name for name, cls in errors.items() if not issubclass(cls, TfsegError))

@@ -417,7 +417,7 @@ def _build_datasets(run: _Run) -> None:
     run.train_ds = build_dataset(run.train_scenes, cfg.data, training=True, seed=train_seed,
                                  batch_size=run.global_batch, nodata=run.nodata, class_index=run.class_index)
     run.val_ds = build_dataset(run.val_scenes, cfg.data, training=False, batch_size=run.global_batch,
-                               nodata=run.nodata)
+                               nodata=run.nodata, dtype=run.band_dtype)
     if cfg.train.strategy == "multi_worker":
         run.train_ds, run.val_ds = _shard_off(run.train_ds), _shard_by_data(run.val_ds)
     run.steps = cfg.train.steps_per_epoch or max(1, cfg.data.train_windows_per_epoch // run.global_batch)
@@ -593,7 +593,7 @@ def _evaluate_best(run: _Run):
     # in the label) and no tile skipped for nodata (nodata pixels carry the ignore label)
     final_data = dataclasses.replace(cfg.data, max_nodata_fraction=1.0)
     final_ds = build_dataset(run.val_scenes, final_data, training=False, batch_size=run.global_batch,
-                             nodata=run.nodata)
+                             nodata=run.nodata, dtype=run.band_dtype)
     return best, best.evaluate(final_ds, verbose=0, return_dict=True)
 
 

@@ -14,12 +14,17 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+VALID_EPS = 1e-3  # a resized pixel is valid when its valid-source weight is at least 1 - VALID_EPS
+
 
 def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, seed: int,
                  valid_channel: bool = False):
     """``image`` (S, S, C) float32 and ``label`` (S, S, K) uint8, augmented identically.
 
-    With ``valid_channel`` the last label channel is a valid-pixel mask (padded with 0).
+    With ``valid_channel`` the last label channel is a valid-pixel mask (padded with 0). A random
+    scale resizes it bilinearly, as the image: a pixel stays valid only where every source pixel
+    of its interpolation was valid (weight >= 1 - ``VALID_EPS``); the others get 0 there and
+    ``ignore_index`` in every label channel, so no value blended with nodata is ever labelled.
     """
     seeds = tf.random.experimental.stateless_split(
         tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)]), 6
@@ -29,7 +34,14 @@ def augment_pair(index, image, label, aug, window_size: int, ignore_index: int, 
         factor = tf.exp(tf.random.stateless_uniform([], seeds[0], np.log(low), np.log(high)))
         new = tf.cast(tf.round(window_size * factor), tf.int32)
         image = tf.image.resize(image, [new, new], "bilinear")
-        label = tf.image.resize(label, [new, new], "nearest")
+        if valid_channel:
+            weight = tf.image.resize(tf.cast(label[..., -1:] > 0, tf.float32), [new, new], "bilinear")
+            valid = weight >= 1.0 - VALID_EPS
+            classes = tf.image.resize(label[..., :-1], [new, new], "nearest")
+            label = tf.concat([tf.where(valid, classes, tf.cast(ignore_index, label.dtype)),
+                               tf.cast(valid, label.dtype)], axis=-1)
+        else:
+            label = tf.image.resize(label, [new, new], "nearest")
         pad = tf.maximum(window_size - new, 0)
         before = tf.random.stateless_uniform([2], seeds[1], 0, pad + 1, dtype=tf.int32)
         paddings = [[before[0], pad - before[0]], [before[1], pad - before[1]], [0, 0]]

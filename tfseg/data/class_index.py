@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from rasterio.windows import Window
@@ -144,15 +144,24 @@ def _cell_size(width: int, height: int) -> int:
     return size
 
 
-def label_planes(scene, window: Window) -> np.ndarray:
-    """(h, w, K) uint8 labels of ``window`` (inside the scene), as the pipeline sees them."""
+def label_planes(scene, window: Window, ignore_index: Optional[int] = None) -> np.ndarray:
+    """(h, w, K) uint8 labels of ``window`` (inside the scene). With ``ignore_index``, as the
+    pipeline sees them: ``ignore_index`` where the image is invalid (nodata, masked), in streamed
+    scenes as in cached ones, so both draw the same windows; without it, a streamed scene's labels
+    as stored (what the class index counts)."""
     from .pipeline import CachedScene
+    from .raster import read_window_view
 
     if isinstance(scene, CachedScene):
         col, row = int(window.col_off), int(window.row_off)
         return scene.label_image[row : row + int(window.height), col : col + int(window.width)]
     label = scene.labels.rasterize(window, scene.info)
-    return label[..., None] if label.ndim == 2 else label
+    label = label[..., None] if label.ndim == 2 else label
+    if ignore_index is not None:
+        _, valid = read_window_view(scene.info, window)
+        if not valid.all():
+            label = np.where(valid[..., None], label, np.uint8(ignore_index))
+    return label
 
 
 def category_mask(planes: np.ndarray, category: int, multilabel: bool) -> np.ndarray:
@@ -266,8 +275,8 @@ def class_weights(index: ClassIndex, method: str, max_weight: float = 10.0) -> t
     Weights are capped at ``max_weight`` (the median class weighs 1).
     """
     if method not in WEIGHT_METHODS:
-        raise ValueError(f"config key 'train.class_weights_method': expected one of {list(WEIGHT_METHODS)}, "
-                         f"got {method!r}")
+        raise ClassIndexError(f"config key 'train.class_weights_method': expected one of {list(WEIGHT_METHODS)}, "
+                              f"got {method!r}")
     counts = index.counts.astype(np.float64)
     if index.multilabel:  # weights per class channel; 'none' is not a class of the loss
         counts = counts[:, :-1]

@@ -4,7 +4,7 @@ Used by the labels (:class:`tfseg.data.labels.ColourMaskLabels`), the ``colour_m
 format and ``tfseg.evaluate pixels``; it depends on nothing else of tfseg but raster access.
 
 - ``read_colour_mask(path) -> uint8 HxWx3``: any PNG/JPEG/GeoTIFF mask as RGB ("P" mode and
-  grey masks converted).
+  grey masks converted), decoded as training decodes it; a mask that is not 8-bit is an error.
 - ``decode_colour_mask(rgb, palette, ignore_index=255, classes=None, report=True, source="")
   -> (labels uint8 HxW, unknown {"#rrggbb": pixel_count})``: colours in ``palette``
   (name -> "#RRGGBB") become the index of that name in ``classes`` (default: palette order);
@@ -102,9 +102,17 @@ def to_rgb_bands(data: np.ndarray, info) -> np.ndarray:
         return data[..., :3]
     from .raster import raster_handle
 
+    with raster_handle(info.path) as src:
+        return _rgb(data, src)
+
+
+def _rgb(data: np.ndarray, src) -> np.ndarray:
+    """HxWxB raw 8-bit values of the open dataset ``src`` -> HxWx3 RGB: three bands as they are,
+    one band through its colour map (palette "P" masks) or repeated (grey masks)."""
+    if data.shape[-1] >= 3:
+        return data[..., :3]
     try:
-        with raster_handle(info.path) as src:
-            colormap = src.colormap(1)
+        colormap = src.colormap(1)
     except ValueError:  # no colour map: a grey mask
         colormap = None
     if colormap:
@@ -116,15 +124,34 @@ def to_rgb_bands(data: np.ndarray, info) -> np.ndarray:
     return np.repeat(data[..., :1], 3, axis=-1)
 
 
+def check_colour_mask_dtype(dtype, path) -> None:
+    """Colour masks are 8-bit: a 16-bit (or float) mask is a ColourMaskError naming ``path``,
+    never decoded to colours that match no palette entry (or a high byte that does)."""
+    if np.dtype(dtype) != np.uint8:
+        raise ColourMaskError(
+            f"colour mask {path}: {np.dtype(dtype)} pixels, but colour masks must be 8-bit (uint8) RGB, palette "
+            "or grey images whose colours are the data.palette's #RRGGBB; convert it to 8 bits"
+        )
+
+
 def read_colour_mask(path) -> np.ndarray:
-    """An RGB uint8 HxWx3 array of any colour mask file ("P" mode / grey / RGBA converted)."""
-    from PIL import Image
+    """An RGB uint8 HxWx3 array of any colour mask file ("P" mode / grey / RGBA converted),
+    decoded exactly as training decodes it (rasterio: the first three bands, or the colour map
+    / grey value of one band). A mask that is not 8-bit is a ColourMaskError naming the file."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"colour mask not found: {path}")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                check_colour_mask_dtype(src.dtypes[0], path)
+                data = np.moveaxis(src.read(list(range(1, min(src.count, 3) + 1))), 0, -1)
+                return np.ascontiguousarray(_rgb(data, src))
+    except RasterioError as exc:
         raise ColourMaskError(f"cannot read colour mask {path} (corrupt?): {exc}") from None

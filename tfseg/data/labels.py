@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,7 +17,9 @@ import numpy as np
 import rasterio.features
 import rasterio.windows
 import shapely
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 from shapely.geometry import box, mapping, shape
@@ -32,18 +35,85 @@ class LabelError(TfsegError):
     """Labels cannot be used with their raster; the message names the file."""
 
 
+ASSUMED_CRS = "OGC:CRS84"  # RFC 7946: a GeoJSON file without a "crs" member is lon/lat
+POLYGONAL = ("Polygon", "MultiPolygon")
+
+
 def read_vector_file(path) -> tuple[list[dict], Optional[str]]:
     """Features and CRS of a GeoJSON file (RFC 7946 default CRS84 when it names none).
 
     GeoPackage and other formats are read through fiona/pyogrio when installed. Features without
-    a geometry (``"geometry": null``) are dropped and counted in one warning.
+    a geometry (``"geometry": null``) are dropped and counted in one warning; so are points and
+    lines (labels are areas: only polygons, and the polygons of a geometry collection, are
+    burned). A GeoJSON file without a ``crs`` member whose coordinates are not lon/lat is a
+    LabelError naming the file.
     """
     features, crs = _read_vector_features(path)
     kept = [f for f in features if f.get("geometry")]
     if len(kept) < len(features):
         log.warning("label file %s: %d of %d feature(s) have no geometry and were dropped", path,
                     len(features) - len(kept), len(features))
-    return kept, crs
+    return polygon_features(kept, f"label file {path}"), crs
+
+
+def polygon_features(features: Sequence[dict], source: str = "labels") -> list[dict]:
+    """``features`` with their polygons only: points and lines (also those in a geometry
+    collection) are dropped and counted by type in one warning naming ``source``."""
+    kept, dropped = [], {}
+    for feat in features:
+        geom = feat.get("geometry") or {}
+        kind = geom.get("type")
+        if kind in POLYGONAL:
+            kept.append(feat)
+            continue
+        parts = (geom.get("geometries") or []) if kind == "GeometryCollection" else [geom]
+        polygons = [g for g in parts if (g or {}).get("type") in POLYGONAL]
+        for g in parts:
+            if (g or {}).get("type") not in POLYGONAL:
+                name = (g or {}).get("type") or "null"
+                dropped[name] = dropped.get(name, 0) + 1
+        if polygons:  # a collection: its polygons
+            kept.append(feat if len(polygons) == len(parts) else
+                        {**feat, "geometry": {"type": "GeometryCollection", "geometries": polygons}})
+    if dropped:
+        detail = ", ".join(f"{n} {kind}" for kind, n in sorted(dropped.items()))
+        log.warning("%s: dropped %d geometr%s other than polygons (%s): labels are areas, only polygons are "
+                    "burned", source, sum(dropped.values()), "y" if sum(dropped.values()) == 1 else "ies", detail)
+    return kept
+
+
+def _coordinate_bounds(features: Sequence[dict]) -> Optional[tuple[float, float, float, float]]:
+    """(xmin, ymin, xmax, ymax) of every coordinate of ``features`` (None: no coordinates)."""
+    lows, highs = [], []
+
+    def walk(coords):
+        if not isinstance(coords, (list, tuple)) or not coords:
+            return
+        if isinstance(coords[0], (int, float)):  # one position
+            coords = [coords]
+        if isinstance(coords[0], (list, tuple)) and coords[0] and isinstance(coords[0][0], (int, float)):
+            xy = np.asarray([c[:2] for c in coords], float)
+            lows.append(xy.min(axis=0))
+            highs.append(xy.max(axis=0))
+            return
+        for part in coords:
+            walk(part)
+
+    def geometry(geom):
+        if not isinstance(geom, dict):
+            return
+        if geom.get("type") == "GeometryCollection":
+            for g in geom.get("geometries") or []:
+                geometry(g)
+        else:
+            walk(geom.get("coordinates"))
+
+    for feat in features:
+        geometry(feat.get("geometry"))
+    if not lows:
+        return None
+    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+    return float(low[0]), float(low[1]), float(high[0]), float(high[1])
 
 
 def _read_vector_features(path) -> tuple[list[dict], Optional[str]]:
@@ -71,7 +141,17 @@ def _read_vector_features(path) -> tuple[list[dict], Optional[str]]:
         crs_obj = doc.get("crs")
         if crs_obj:
             crs = (crs_obj.get("properties") or {}).get("name")
-        return features, crs or "OGC:CRS84"
+        if not crs:
+            bounds = _coordinate_bounds(features)
+            if bounds is not None and not (-180 <= bounds[0] and bounds[2] <= 180 and -90 <= bounds[1]
+                                           and bounds[3] <= 90):
+                raise LabelError(
+                    f"label file {path}: no 'crs' member, so its coordinates are read as lon/lat ({ASSUMED_CRS}, "
+                    f"RFC 7946), but they span {tuple(round(v, 3) for v in bounds)}, outside the lon/lat range: "
+                    "projected coordinates? Name their CRS in a crs member, e.g. "
+                    '"crs": {"type": "name", "properties": {"name": "EPSG:32636"}}'
+                )
+        return features, crs or ASSUMED_CRS
     try:
         import pyogrio  # noqa: F401  (optional: GeoPackage, shapefiles)
 
@@ -93,6 +173,42 @@ def _read_vector_features(path) -> tuple[list[dict], Optional[str]]:
         for k, g in enumerate(geoms)
     ]
     return features, meta.get("crs")
+
+
+def _reprojected(geom_json: dict, src: CRS, dst: CRS, crs: Optional[str], info: RasterInfo, source: str,
+                 index: int) -> dict:
+    """``geom_json`` reprojected from ``src`` to ``dst``; a failure (e.g. projected coordinates
+    read as lon/lat) is a LabelError naming the file, the feature and both CRSs."""
+    try:
+        return transform_geom(src, dst, geom_json)
+    except (CPLE_BaseError, RasterioError) as exc:
+        hint = (f" (a GeoJSON file without a 'crs' member is read as lon/lat, {ASSUMED_CRS}: name the CRS "
+                "of projected coordinates in a crs member)" if crs == ASSUMED_CRS else "")
+        raise LabelError(
+            f"label file {source}: feature {index} cannot be reprojected from {crs} to the CRS of raster "
+            f"{info.path} ({info.crs}): {exc}{hint}"
+        ) from None
+
+
+def class_value(raw, num_classes: Optional[int], what: str) -> int:
+    """The burn value of a class attribute value ``raw``: an integer class index (an int, an
+    integral float such as 2.0, or a string of digits) below ``num_classes`` (None: below 255,
+    the usual ignore index); anything else (1.7, null, 300, the ignore index, more than the
+    classes) is a LabelError starting with ``what`` (the file, the feature and the value)."""
+    value = None
+    if isinstance(raw, (int, np.integer)) and not isinstance(raw, (bool, np.bool_)):
+        value = int(raw)
+    elif isinstance(raw, (float, np.floating)) and float(raw).is_integer():
+        value = int(raw)
+    elif isinstance(raw, str) and raw.strip().isdigit():
+        value = int(raw.strip())
+    limit = num_classes if num_classes is not None else 255
+    if value is None or not 0 <= value < limit:
+        classes = f" ({num_classes} classes, 0 = the first)" if num_classes is not None else " (255 = ignore)"
+        names = (" (class names need data.options.class_names: true)"
+                 if isinstance(raw, str) and value is None else "")
+        raise LabelError(f"{what}: expected an integer class index in 0..{limit - 1}{classes}{names}")
+    return value
 
 
 def repair(geom, counter: dict):
@@ -125,15 +241,18 @@ class VectorLabels:
         class_attribute: str = "",
         class_values: Optional[dict] = None,
         require_overlap: bool = True,
+        num_classes: Optional[int] = None,
     ) -> "VectorLabels":
         """Read ``path``, reproject its polygons into ``info``'s CRS, repair invalid ones.
 
-        Raises LabelError when the raster has no CRS, or when the labels do not overlap the
-        raster at all (a wrong-CRS mistake would otherwise give a silently empty mask).
+        Raises LabelError when the raster has no CRS, when the labels do not overlap the
+        raster at all (a wrong-CRS mistake would otherwise give a silently empty mask), or when a
+        ``class_attribute`` value is no class index below ``num_classes`` (default: below 256).
         """
         features, crs = read_vector_file(path)
         return cls.from_features(
-            features, crs, info, class_attribute, class_values, require_overlap, source=str(path)
+            features, crs, info, class_attribute, class_values, require_overlap, source=str(path),
+            num_classes=num_classes,
         )
 
     @classmethod
@@ -146,11 +265,12 @@ class VectorLabels:
         class_values: Optional[dict] = None,
         require_overlap: bool = True,
         source: str = "",
+        num_classes: Optional[int] = None,
     ) -> "VectorLabels":
         without = sum(1 for f in features if not f.get("geometry"))
         if without:
             log.warning("labels %s: %d feature(s) have no geometry and were dropped", source, without)
-        features = [f for f in features if f.get("geometry")]
+        features = polygon_features([f for f in features if f.get("geometry")], f"labels {source}")
         if not features:
             return cls([], np.zeros(0, np.uint8), source)
         if info.crs is None:
@@ -158,13 +278,16 @@ class VectorLabels:
                 f"raster {info.path} has no CRS, so vector labels {source} cannot be placed on it"
             )
         dst = CRS.from_string(info.crs)
-        src = CRS.from_string(crs) if crs else dst
+        try:
+            src = CRS.from_string(crs) if crs else dst
+        except CRSError as exc:
+            raise LabelError(f"label file {source}: unknown CRS {crs!r}: {exc}") from None
         counter: dict = {}
         geoms, values = [], []
         for i, feat in enumerate(features):
             geom_json = feat["geometry"]
             if src != dst:
-                geom_json = transform_geom(src, dst, geom_json)
+                geom_json = _reprojected(geom_json, src, dst, crs, info, source, i)
             geom = repair(shape(geom_json), counter)
             if geom is None or geom.is_empty:
                 counter["empty"] = counter.get("empty", 0) + 1
@@ -177,13 +300,14 @@ class VectorLabels:
                     )
                 raw = props[class_attribute]
                 if class_values is not None:
-                    if raw not in class_values:
+                    if not isinstance(raw, Hashable) or raw not in class_values:
                         raise LabelError(
                             f"label file {source}: feature {i} has {class_attribute}={raw!r}, "
                             f"expected one of {sorted(class_values)}"
                         )
                     raw = class_values[raw]
-                values.append(int(raw))
+                values.append(class_value(raw, num_classes, f"label file {source}: feature {i} has "
+                                                           f"{class_attribute}={raw!r}"))
             else:
                 values.append(1)
             geoms.append(geom)
@@ -286,10 +410,17 @@ class MaskLabels:
 
 
 def apply_lookup(data: np.ndarray, lookup: Optional[np.ndarray], nodata=None, ignore_index: int = 255) -> np.ndarray:
-    """uint8 labels of raw mask values checked by :func:`class_mask_lookup` & co: only a nodata tag
-    outside 0..255 (e.g. 65535 in a 16-bit mask) can remain, and it becomes ``ignore_index``
-    (never clipped onto 255, which is a class value in {0,255} masks)."""
-    tagged = data == nodata if nodata is not None and not 0 <= nodata < 256 else None
+    """uint8 labels of raw mask values checked by :func:`class_mask_lookup` & co: only NaN (a
+    float mask) and a nodata tag outside 0..255 (e.g. 65535 in a 16-bit mask) can remain, and they
+    become ``ignore_index`` (never cast to an index, never clipped onto 255, which is a class value
+    in {0,255} masks)."""
+    tagged = None
+    if data.dtype.kind == "f":
+        nan = np.isnan(data)
+        tagged = nan if nan.any() else None
+    if nodata is not None and not np.isnan(nodata) and not 0 <= nodata < 256:
+        hit = data == nodata
+        tagged = hit if tagged is None else tagged | hit
     if tagged is not None:
         data = np.where(tagged, 0, data)
     if lookup is not None:
@@ -327,11 +458,15 @@ def mask_values(path, band: int = 1) -> set:
 
 
 def _without_nodata(values, nodata) -> set:
-    values = set(values)
+    """``values`` without NaN (never a class: ignored) and without the file's ``nodata``."""
+    values = {v for v in values if v == v}
     if nodata is not None and not np.isnan(nodata):
         values.discard(nodata)
-        values.discard(int(nodata))
     return values
+
+
+def _integral(value) -> bool:
+    return float(value).is_integer()
 
 
 def _bad_values_error(source, values, bad, expected) -> "LabelError":
@@ -343,10 +478,12 @@ def _bad_values_error(source, values, bad, expected) -> "LabelError":
 def class_mask_lookup(values, num_classes: int, ignore_index: int = 255, source: str = "",
                       nodata=None) -> np.ndarray:
     """Raw value -> label for a class-index mask holding ``values`` (training and evaluation):
-    0..K-1 are the classes, ``ignore_index`` and the file's ``nodata`` are ignored; any other value
-    (e.g. 7 with 5 classes, or 300 in a 16-bit mask) is a LabelError naming ``source`` and the value.
+    0..K-1 are the classes, ``ignore_index``, NaN and the file's ``nodata`` are ignored; any other
+    value (e.g. 7 with 5 classes, 2.5 in a float mask, or 300 in a 16-bit mask) is a LabelError
+    naming ``source`` and the value.
     """
-    bad = {v for v in _without_nodata(values, nodata) if not (v == ignore_index or 0 <= v < num_classes)}
+    bad = {v for v in _without_nodata(values, nodata)
+           if not (_integral(v) and (v == ignore_index or 0 <= v < num_classes))}
     if bad:
         raise _bad_values_error(source, values, bad, f"expected class indices 0..{num_classes - 1} or "
                                                      f"{ignore_index} = ignore")
@@ -356,34 +493,74 @@ def class_mask_lookup(values, num_classes: int, ignore_index: int = 255, source:
 
 
 def check_multilabel_values(values, ignore_index: int = 255, source: str = "", nodata=None) -> None:
-    """A multi-label mask band holds 0/1 (``ignore_index`` = ignore); anything else is a LabelError."""
+    """A multi-label mask band holds 0/1 (``ignore_index``, NaN and ``nodata`` = ignore); anything
+    else is a LabelError."""
     bad = {v for v in _without_nodata(values, nodata) if v not in (0, 1, ignore_index)}
     if bad:
         raise _bad_values_error(source, values, bad, f"expected 0/1 per class band, {ignore_index} = ignore")
 
 
-def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata=None) -> np.ndarray:
+BINARY_OBJECT_VALUES = (1, 255)  # the raw object value of {0,1} (255 = ignore) and of {0,255} binary masks
+
+
+def binary_values(values, source: str = "", nodata=None) -> set:
+    """The raw values of a binary mask that tell its encoding: NaN and a ``nodata`` value other
+    than 0, 1 or 255 left out (they are ignored). Anything but {0, 1, 255} is a LabelError naming
+    ``source``. A nodata of 255 stays: whether 255 is an object or ignored is the encoding's call."""
+    kept = _without_nodata(values, None if nodata in (0, 1, 255) else nodata)
+    if not kept <= {0, 1, 255}:
+        raise LabelError(
+            f"mask {source or '<array>'}: a binary mask must hold {{0,1}} (255 = ignore) or {{0,255}}, "
+            f"found values {sorted(kept)[:10]}"
+        )
+    return {int(v) for v in kept}
+
+
+def binary_object_value(file_values: dict, what: str = "binary masks") -> int:
+    """The raw value of the object class (1 or 255) of a set of binary masks, decided once for all
+    of them from ``file_values`` (file -> :func:`binary_values`), so that no file's 255 flips
+    between object and ignore with its content: no 255 anywhere -> 1; no 1 anywhere -> 255 ({0,255}
+    masks); a file holding both -> 1 ({0,1} masks, 255 = ignore). Some files holding only 1 and
+    others only 255 is ambiguous (a {0,1} mask whose tile has only ignore, or {0,255} masks mixed
+    in): a LabelError naming files of both kinds."""
+    ones = sorted(str(f) for f, v in file_values.items() if 1 in v)
+    high = sorted(str(f) for f, v in file_values.items() if 255 in v)
+    if not high:
+        return 1
+    if not ones:
+        return 255
+    if set(ones) & set(high):
+        return 1
+    raise LabelError(
+        f"{what}: {len(ones)} file(s) hold 1 and not 255 (e.g. {', '.join(ones[:3])}) and {len(high)} hold 255 "
+        f"and not 1 (e.g. {', '.join(high[:3])}): 255 is either the object ({{0,255}} masks) or ignore "
+        "({0,1} masks, 255 = ignore); say which with data.options.object_value: 1 or 255"
+    )
+
+
+def binary_mask_lookup(values, ignore_index: int = 255, source: str = "", nodata=None,
+                       object_value: Optional[int] = None) -> np.ndarray:
     """Raw value -> label for a binary mask holding ``values``: the one rule shared by training
     and ``tfseg.evaluate``.
 
-    {0,255}: 255 is the object. {0,1}: 1 is the object, and 255 (if present) means ignore.
-    A ``nodata`` value that is not 0/1 (or 255 in a {0,255} mask) is ignored. Anything else is an
-    error naming ``source``.
+    ``object_value`` 1: {0,1} masks, 1 is the object and 255 means ignore; 255: {0,255} masks, 255
+    is the object (even where it is the file's nodata). Training decides it once for the dataset
+    (:func:`binary_object_value`); ``None`` decides it from this file's values alone ({0,255}:
+    255; otherwise 1). NaN and a ``nodata`` value other than 0/1/255 are ignored. Anything else
+    is an error naming ``source``.
     """
-    values = {int(v) for v in _without_nodata(values, nodata)}
+    values = binary_values(values, source, nodata)
+    if object_value is None:
+        object_value = binary_object_value({source: values})
+    if object_value not in BINARY_OBJECT_VALUES:
+        raise LabelError(f"mask {source or '<array>'}: the object value of a binary mask is 1 or 255, "
+                         f"got {object_value!r}")
+    if object_value == 255 and 1 in values:
+        raise LabelError(f"mask {source or '<array>'}: holds 1, but these binary masks hold objects as 255 "
+                         f"({{0,255}}); found values {sorted(values)}")
     lookup = np.full(256, ignore_index, np.uint8)
     lookup[0] = 0
-    if values <= {0, 255} and 255 in values:
-        lookup[255] = 1
-    elif values <= {0, 1, 255}:
-        lookup[1] = 1
-    else:
-        raise LabelError(
-            f"mask {source or '<array>'}: a binary mask must hold {{0,1}} (255 = ignore) or {{0,255}}, "
-            f"found values {sorted(values)[:10]}"
-        )
-    if nodata is not None and not np.isnan(nodata) and 0 <= nodata < 256 and lookup[int(nodata)] == ignore_index:
-        lookup[int(nodata)] = ignore_index
+    lookup[object_value] = 1
     return lookup
 
 
@@ -401,17 +578,29 @@ class ColourMaskLabels:
     ignore_index: int = 255
     num_channels = 1
 
-    def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
+    def __post_init__(self):
+        from .colours import check_colour_mask_dtype
+
+        check_colour_mask_dtype(self.info.dtype, self.info.path)
+
+    def decode(self, window: Window, fill: int = 255) -> tuple[np.ndarray, dict]:
+        """Class indices (uint8 HxW, ``fill`` outside the mask) of ``window`` and its colours not
+        in the palette (``{"#RRGGBB": pixels}``): the one decoding of training and of the
+        load-time check."""
         from .colours import decode_colour_mask, to_rgb_bands
 
         out = np.full((int(window.height), int(window.width)), fill, np.uint8)
+        unknown: dict = {}
         data, where = _read_mask_window(self.info, window, tuple(range(1, min(self.info.count, 3) + 1)))
         if data is not None:
             rgb = to_rgb_bands(data, self.info)
-            out[where], _ = decode_colour_mask(
-                rgb, self.palette, self.ignore_index, classes=self.classes, report=False
+            out[where], unknown = decode_colour_mask(
+                rgb, self.palette, self.ignore_index, classes=self.classes, report=False, source=self.info.path
             )
-        return out
+        return out, unknown
+
+    def rasterize(self, window: Window, info: RasterInfo, fill: int = 255) -> np.ndarray:
+        return self.decode(window, fill)[0]
 
 
 @dataclass

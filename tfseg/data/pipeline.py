@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from rasterio.windows import Window
 
+from ..errors import TfsegError
 from .augment import augment_pair, dihedral_into, draw_dihedral
 from .class_index import category_mask, compute_class_index, label_planes, sampling_probabilities
 from .labels import MaskLabels, RasterizedLabels
@@ -44,6 +45,13 @@ from .sources import Scene
 from .tiling import grid_windows_owned, random_window
 
 log = logging.getLogger("tfseg.data")
+
+
+class DatasetError(TfsegError):
+    """Scenes cannot be built into a dataset (an empty split, bands or labels that differ or do
+    not fit ``data.task``, a dtype or no-data value the tiles cannot hold); the message names
+    the file or argument."""
+
 
 MAX_REDRAWS = 50  # candidate windows per training window (above max_nodata_fraction: the next)
 # a training window of cached scenes, drawn and judged before any pixel is copied (one int32 row)
@@ -143,8 +151,8 @@ def cache_scene(scene: Scene, ignore_index: int, block_rows: int = 1024, fill: f
     invalid pixels hold ``fill``."""
     if isinstance(scene, CachedScene):
         if not _same_fill(scene.fill, fill):
-            raise ValueError(f"{scene.info.path}: cached with no-data fill {scene.fill}, but the dataset "
-                             f"needs {fill}")
+            raise DatasetError(f"{scene.info.path}: cached with no-data fill {scene.fill}, but the dataset "
+                               f"needs {fill}")
         return scene
     info = scene.info
     dtype = native_dtype(info)
@@ -277,17 +285,31 @@ def fits_dtype(value: float, dtype) -> bool:
     return not math.isnan(value) and float(value).is_integer() and np.iinfo(dtype).min <= value <= np.iinfo(dtype).max
 
 
-def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0, fill=0):
-    """Image (S, S, C) in the source dtype (invalid -> ``fill``), label (S, S, K) uint8, valid
-    (S, S) uint8 and the ignored fraction. With ``augment`` the tile is rotated/flipped
+def _read_raw_tile(scene, window, ignore_index: int, augment=None, seed: int = 0, index: int = 0, fill=0,
+                   dtype=None):
+    """Image (S, S, C) in ``dtype`` (the dataset's; default the source dtype, promoted when it
+    cannot hold ``fill``) with invalid pixels = ``fill``, label (S, S, K) uint8, valid (S, S)
+    uint8 and the ignored fraction. With ``augment`` the tile is rotated/flipped
     (deterministically from ``seed``, ``index``) while it is copied: one copy per tile."""
     size = int(window.width), int(window.height)
-    image = np.empty((size[1], size[0], scene.info.num_bands), native_dtype(scene.info))
+    image = np.empty((size[1], size[0], scene.info.num_bands), tile_dtype(scene.info, fill, dtype))
     label = np.empty((size[1], size[0], num_label_channels(scene)), np.uint8)
     valid = np.empty((size[1], size[0]), np.uint8)
     dihedral = draw_dihedral(augment, seed, index) if augment is not None else (0, False, False)
     ignored = _write_tile(scene, window, ignore_index, image, label, dihedral, fill, valid)
     return image, label, valid, ignored
+
+
+def tile_dtype(info, fill: float, dtype=None) -> np.dtype:
+    """``dtype`` when given, else ``info``'s source dtype, promoted to the smallest one that also
+    holds ``fill`` (e.g. int32 for a uint16 scene with fill -9999, float32 with a NaN fill)."""
+    if dtype is not None:
+        return np.dtype(dtype)
+    own = native_dtype(info)
+    if fits_dtype(fill, own):
+        return own
+    integer = not math.isnan(fill) and float(fill).is_integer()
+    return np.result_type(own, np.min_scalar_type(int(fill)) if integer else np.float32)
 
 
 def prepare_labels(scenes, budget_pixels: int) -> list:
@@ -307,13 +329,14 @@ def prepare_labels(scenes, budget_pixels: int) -> list:
     return out
 
 
-def read_tile(scene, window, ignore_index: int, fill=0):
-    """Raw image in the source dtype (invalid pixels -> ``fill``) and uint8 label (nodata ->
-    ignore) for one window, as the pipeline emits them.
+def read_tile(scene, window, ignore_index: int, fill=0, dtype=None):
+    """Raw image (invalid pixels -> ``fill``) and uint8 label (nodata -> ignore) for one window,
+    as the pipeline emits them. The image is in ``dtype`` (the dataset's, e.g. the run's band
+    dtype), by default the source dtype, promoted when it cannot hold ``fill`` (:func:`tile_dtype`).
 
     The label is HxW for class-index labels and HxWxK for multi-label ones.
     """
-    image, label, _, _ = _read_raw_tile(scene, window, ignore_index, fill=fill)
+    image, label, _, _ = _read_raw_tile(scene, window, ignore_index, fill=fill, dtype=dtype)
     return image, (label[..., 0] if num_label_channels(scene) == 1 else label)
 
 
@@ -360,10 +383,11 @@ class _RandomSampler:
 
     def _centred_window(self, category: int, rng):
         """A window centred on a pixel of ``category`` (None when the drawn cell holds none of
-        it in the labels the pipeline reads, e.g. nodata in a cached scene)."""
+        it in the labels the pipeline reads: ignored under image nodata, streamed or cached)."""
         scene_index = int(rng.choice(len(self.scenes), p=self.scene_probabilities[:, category]))
         col0, row0, col1, row1 = self.index.draw_cell(scene_index, category, rng)
-        planes = label_planes(self.scenes[scene_index], Window(col0, row0, col1 - col0, row1 - row0))
+        planes = label_planes(self.scenes[scene_index], Window(col0, row0, col1 - col0, row1 - row0),
+                              self.cfg.ignore_index)
         hits = np.flatnonzero(category_mask(planes, category, self.multilabel))
         if not hits.size:
             return None
@@ -580,9 +604,12 @@ def build_dataset(
     drop_remainder: bool = False,
     nodata="auto",
     class_index=None,
+    dtype=None,
 ) -> tf.data.Dataset:
     """Batches of ``(image, label)``: image (B, S, S, C) in the source dtype
-    (:func:`dataset_dtype`), label uint8 (B, S, S, K).
+    (:func:`dataset_dtype`, or ``dtype`` when given: a validation split takes the training
+    scenes' dtype, the model's input; every scene's dtype must cast to it safely), label uint8
+    (B, S, S, K).
 
     Training streams an endless sequence of random windows; evaluation a finite grid over every
     scene with ``data.eval_overlap``, whose labels are ``ignore_index`` where a neighbour tile
@@ -595,12 +622,16 @@ def build_dataset(
     balanced sampling and ``oversample_class``; computed here when needed and not given.
     """
     if not scenes:
-        raise ValueError("build_dataset: no scenes given (empty training or validation split)")
+        raise DatasetError("build_dataset: no scenes given (empty training or validation split)")
     cfg = data_cfg
     seed = cfg.seed if seed is None else seed
     channels = _check_scenes(scenes, cfg)
-    raw_dtype = dataset_dtype(scenes)
+    raw_dtype = dataset_dtype(scenes) if dtype is None else _checked_dtype(scenes, dtype)
     fill = _dataset_fill(scenes, raw_dtype, nodata)
+    if training and class_index is None and (cfg.sampling == "balanced" or cfg.oversample_class >= 0):
+        # from the labels as stored, before caching (whose labels are ignore under nodata): the same
+        # index, hence the same windows, streamed or cached
+        class_index = compute_class_index(scenes, cfg)
     if cfg.cache:
         # a fill the scene's own dtype cannot hold is written when the tile is copied
         scenes = [cache_scene(s, cfg.ignore_index, fill=fill if fits_dtype(fill, native_dtype(s.info)) else 0.0)
@@ -626,35 +657,50 @@ def _check_scenes(scenes, cfg) -> int:
     channels = num_label_channels(scenes[0])
     multilabel = cfg.task == "multilabel"
     if multilabel and channels != len(cfg.classes):
-        raise ValueError(
+        raise DatasetError(
             f"data.task is multilabel with {len(cfg.classes)} classes, but the labels of "
             f"{scenes[0].info.path} have {channels} channel(s)"
         )
     if not multilabel and channels != 1:
-        raise ValueError(
+        raise DatasetError(
             f"labels of {scenes[0].info.path} have {channels} channels (multi-label); "
             "set data.task: multilabel"
         )
     bands = scenes[0].info.num_bands
     for scene in scenes:
         if scene.info.num_bands != bands:
-            raise ValueError(
+            raise DatasetError(
                 f"{scene.info.path}: {scene.info.num_bands} band(s), but {scenes[0].info.path} has "
                 f"{bands}; all scenes of a dataset must have the same bands"
             )
     return channels
 
 
+def _checked_dtype(scenes, dtype) -> np.dtype:
+    """``dtype`` (the tiles' dtype asked of :func:`build_dataset`), after checking that every
+    scene's pixels cast to it without loss."""
+    dtype = np.dtype(dtype)
+    for scene in scenes:
+        own = native_dtype(scene.info)
+        if not np.can_cast(own, dtype, "safe"):
+            raise DatasetError(
+                f"{scene.info.path}: {own} pixels cannot be held by the tiles' dtype {dtype} (the training "
+                f"scenes' dtype, the model's input) without loss; store the scene as {dtype} or as a dtype "
+                "that casts to it"
+            )
+    return dtype
+
+
 def _dataset_fill(scenes, raw_dtype, nodata) -> float:
     """The value invalid pixels hold in the tiles (``nodata`` as :func:`build_dataset` takes it)."""
     if isinstance(nodata, str):
         if nodata != "auto":
-            raise ValueError(f"build_dataset: nodata must be a number, None or 'auto', got {nodata!r}")
+            raise DatasetError(f"build_dataset: nodata must be a number, None or 'auto', got {nodata!r}")
         nodata = dataset_nodata(scenes, raw_dtype)
     fill = fill_value(nodata)
     if not fits_dtype(fill, raw_dtype):
-        raise ValueError(f"build_dataset: no-data value {nodata} cannot be stored in the tiles' dtype "
-                         f"{raw_dtype} ({scenes[0].info.path})")
+        raise DatasetError(f"build_dataset: no-data value {nodata} cannot be stored in the tiles' dtype "
+                           f"{raw_dtype} ({scenes[0].info.path})")
     return fill
 
 
@@ -719,8 +765,7 @@ def _evaluation_grid(scenes, cfg, layout: _Layout, drop_remainder: bool) -> tf.d
 
     def read(i):
         k, window, (r0, r1, c0, c1) = windows[int(i)]
-        image, labels, _, ignored = _read_raw_tile(scenes[k], window, ignore, fill=layout.fill)
-        image = image.astype(layout.dtype, copy=False)
+        image, labels, _, ignored = _read_raw_tile(scenes[k], window, ignore, fill=layout.fill, dtype=layout.dtype)
         # score each pixel once: the part of the overlap owned by a neighbour tile is ignored
         # (the label only: the model still sees the whole tile, nodata handling is unchanged)
         owned = np.zeros(labels.shape[:2], bool)

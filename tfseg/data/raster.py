@@ -42,6 +42,10 @@ class RasterInfo:
     crs: Optional[str]
     transform: tuple
     bands: list = field(default_factory=list)  # 1-based band indexes to read
+    # 1-based band whose GDAL mask is the file's per-dataset valid mask (an internal or external
+    # ``.msk`` mask, or an alpha band): 0 = none, nothing more is read
+    mask_band: int = 0
+    alpha_bands: list = field(default_factory=list)  # bands GDAL uses as the mask (not image bands)
 
     @property
     def num_bands(self) -> int:
@@ -160,10 +164,27 @@ def raster_handle(path):
 close_handles = _POOL.close
 
 
+def _dataset_mask(src) -> tuple[int, list]:
+    """``(mask_band, alpha_bands)`` of an open dataset: the first band whose GDAL mask is a
+    per-dataset mask (an internal / external ``.msk`` mask or an alpha band; 0 = none) and the
+    bands GDAL uses as that alpha mask (RGBA, grey + alpha)."""
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    flags = src.mask_flag_enums
+    mask_band = next((b for b, f in enumerate(flags, 1) if MaskFlags.per_dataset in f), 0)
+    alpha = []
+    if any(MaskFlags.alpha in f for f in flags):
+        alpha = [b for b, interp in enumerate(src.colorinterp, 1) if interp == ColorInterp.alpha]
+    return mask_band, alpha
+
+
 def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> RasterInfo:
     """Open ``path`` and describe it; raise RasterError naming the file if it is unusable.
 
     ``check_read`` decodes the last block so truncated files fail here rather than mid-training.
+    The file's GDAL dataset mask (an internal or ``.msk`` mask, or an alpha band) marks its
+    invalid pixels, as its nodata value does; an alpha band is a mask, not an image band: it is
+    not among the default ``bands`` (ask for it by index to read it as a band).
     """
     path = str(path)
     if not Path(path).is_file():
@@ -173,7 +194,8 @@ def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> Ras
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as src:
                 count = src.count
-                bands = list(bands) or list(range(1, count + 1))
+                mask_band, alpha = _dataset_mask(src)
+                bands = list(bands) or [b for b in range(1, count + 1) if b not in alpha]
                 bad = [b for b in bands if not 1 <= b <= count]
                 if bad:
                     raise RasterError(
@@ -193,6 +215,8 @@ def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> Ras
                     crs=src.crs.to_string() if src.crs else None,
                     transform=tuple(src.transform)[:6],
                     bands=bands,
+                    mask_band=mask_band,
+                    alpha_bands=alpha,
                 )
     except RasterError:
         raise
@@ -203,7 +227,8 @@ def open_raster(path, bands: Sequence[int] = (), check_read: bool = True) -> Ras
 def read_window(info: RasterInfo, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """Read ``window`` (may extend past the edges) as float32 HxWxC plus a bool HxW valid mask.
 
-    Pixels outside the raster, equal to nodata, or NaN in any band are invalid and set to 0.
+    Pixels outside the raster, equal to nodata (in every band), NaN in any band or masked by
+    the file's dataset mask / alpha band (0) are invalid and set to 0.
     """
     if isinstance(info, StackedRasterInfo):
         return _read_stacked(info, window)
@@ -248,12 +273,16 @@ def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarr
     inside = c0 == col and r0 == row and c1 == col + width and r1 == row + height
     if c1 <= c0 or r1 <= r0:
         return np.full((height, width, info.num_bands), fill, dtype), np.zeros((height, width), bool)
+    masked = None
     if isinstance(info, ArrayInfo):
         data = np.moveaxis(info.array[r0:r1, c0:c1][..., [b - 1 for b in info.bands]], -1, 0)
     else:
+        part = Window(c0, r0, c1 - c0, r1 - r0)
         try:
             with raster_handle(info.path) as src:
-                data = src.read(info.bands, window=Window(c0, r0, c1 - c0, r1 - r0))
+                data = src.read(info.bands, window=part)
+                # the dataset mask only where the file has one (RasterInfo.mask_band, from open_raster)
+                masked = src.read_masks(info.mask_band, window=part) if info.mask_band else None
         except rasterio.errors.RasterioError as exc:
             raise RasterError(f"cannot read window {window} of {info.path}: {exc}") from None
     data = data.astype(dtype, copy=False)  # (C, H, W): band-sequential checks are fastest
@@ -263,6 +292,8 @@ def read_window_view(info: RasterInfo, window: Window, fill=0) -> tuple[np.ndarr
         ok = data[0] != nodata
         for band in data[1:]:
             ok |= band != nodata
+    if masked is not None:
+        ok = masked != 0 if ok is None else ok & (masked != 0)
     if dtype.kind == "f":
         nan = np.isnan(data)
         if nan.any():
@@ -301,6 +332,8 @@ def _read_stacked(info: StackedRasterInfo, window: Window, fill=0) -> tuple[np.n
                         resampling=Resampling.bilinear, boundless=True, fill_value=0,
                         masked=False,
                     )
+                    masked = src.read_masks(comp.mask_band, window=src_window, out_shape=(height, width),
+                                            boundless=True) if comp.mask_band else None
             except rasterio.errors.RasterioError as exc:
                 raise RasterError(f"cannot read window {src_window} of {comp.path}: {exc}") from None
             image = np.moveaxis(data, 0, -1).astype(np.float32)
@@ -312,6 +345,8 @@ def _read_stacked(info: StackedRasterInfo, window: Window, fill=0) -> tuple[np.n
             ok &= ((rows >= 0) & (rows < comp.height))[:, None] & ((cols >= 0) & (cols < comp.width))[None, :]
             if comp.nodata is not None and not np.isnan(comp.nodata):
                 ok &= ~np.all(image == comp.nodata, axis=-1)
+            if masked is not None:
+                ok &= masked != 0
         parts.append(image)
         valid &= ok
     image = np.concatenate(parts, axis=-1)
@@ -332,7 +367,8 @@ def band_names(info: RasterInfo) -> list:
 
 
 def read_decimated(info: RasterInfo, max_pixels: int = 1_000_000) -> np.ndarray:
-    """The whole raster read decimated (nearest) to at most ``max_pixels``, as float64 (N, C)."""
+    """The whole raster read decimated (nearest) to at most ``max_pixels``, as float64 (N, C);
+    pixels masked by the file's dataset mask / alpha band are NaN."""
     factor = max(1.0, np.sqrt(info.width * info.height / max_pixels))
     out_h, out_w = max(1, int(info.height / factor)), max(1, int(info.width / factor))
     if isinstance(info, ArrayInfo):
@@ -341,15 +377,18 @@ def read_decimated(info: RasterInfo, max_pixels: int = 1_000_000) -> np.ndarray:
         data = info.array[rows][:, cols][..., [b - 1 for b in info.bands]]
         return data.reshape(-1, info.num_bands).astype(np.float64)
     if isinstance(info, StackedRasterInfo):
-        parts = []
-        for comp in info.components:
-            with raster_handle(comp.path) as src:
-                data = src.read(comp.bands, out_shape=(comp.num_bands, out_h, out_w))
-            parts.append(np.moveaxis(data, 0, -1).astype(np.float64))
+        parts = [_read_decimated_file(comp, out_h, out_w) for comp in info.components]
         return np.concatenate(parts, axis=-1).reshape(-1, info.num_bands)
+    return _read_decimated_file(info, out_h, out_w).reshape(-1, info.num_bands)
+
+
+def _read_decimated_file(info: RasterInfo, out_h: int, out_w: int) -> np.ndarray:
+    """``info``'s bands read decimated to ``out_h`` x ``out_w`` as float64 HxWxC, masked pixels NaN."""
     with raster_handle(info.path) as src:
-        data = src.read(info.bands, out_shape=(info.num_bands, out_h, out_w))
-    return np.moveaxis(data, 0, -1).reshape(-1, info.num_bands).astype(np.float64)
+        data = np.moveaxis(src.read(info.bands, out_shape=(info.num_bands, out_h, out_w)), 0, -1).astype(np.float64)
+        if info.mask_band:
+            data[src.read_masks(info.mask_band, out_shape=(out_h, out_w)) == 0] = np.nan
+    return data
 
 
 @dataclass
@@ -416,7 +455,7 @@ def compute_normalization(
     max_pixels_per_scene: int = 1_000_000,
     band_names: Sequence[str] = (),
 ) -> Normalization:
-    """Per-band statistics over valid (non-nodata, non-NaN) pixels of the training scenes.
+    """Per-band statistics over valid (non-nodata, non-NaN, not masked) pixels of the training scenes.
 
     Large scenes are read decimated (nearest) to at most ``max_pixels_per_scene`` pixels, so this
     is bounded in time and memory whatever the scene size.

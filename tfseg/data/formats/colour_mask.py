@@ -7,7 +7,7 @@ Dataset layout for ``data.format: colour_mask`` (e.g. the Dubai land-cover archi
 ``root/**/<images_dir>/<stem>.<jpg|png|tif>`` with ``root/**/<masks_dir>/<stem><mask_suffix>.png``
 next to it (default ``images``/``masks``, suffix ""); folders may contain spaces. Colours outside
 the palette are reported once per dataset with their pixel counts (``data.ignore_colours: error``
-turns them into an error naming the file).
+turns them into an error naming the file). Masks are 8-bit: a 16-bit mask is an error naming it.
 
 Example:
     >>> labels, unknown = decode_colour_mask(read_colour_mask("m.png"),
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 def load_colour_mask(data_cfg):
     """Scenes of ``data.format: colour_mask`` (see the module docstring)."""
+    from rasterio.windows import Window
+
     from ..labels import ColourMaskLabels, check_same_grid
     from ..raster import open_raster
     from . import DataFormatError, check_band_count, split_scenes
@@ -47,10 +49,10 @@ def load_colour_mask(data_cfg):
         check_band_count(info, data_cfg)
         mask_info = open_raster(mask_path)
         check_same_grid(info, mask_info)
+        # an 8-bit mask (else a ColourMaskError naming it); one full decode per mask at load time, the
+        # training decoding itself: catches bad colours before training starts
         labels = ColourMaskLabels(mask_info, dict(data_cfg.palette), list(data_cfg.classes), data_cfg.ignore_index)
-        # one full decode per mask at load time: catches bad colours before training starts
-        rgb = read_colour_mask(mask_path)
-        _, unknown = decode_colour_mask(rgb, data_cfg.palette, data_cfg.ignore_index, data_cfg.classes, report=False)
+        _, unknown = labels.decode(Window(0, 0, mask_info.width, mask_info.height))
         if unknown and data_cfg.ignore_colours == "error":
             raise ColourMaskError(
                 f"colour mask {mask_path}: colours not in data.palette {unknown} "

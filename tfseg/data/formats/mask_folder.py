@@ -15,14 +15,18 @@ Dataset layout for ``data.format: mask_folder`` (e.g. ``kampala_buildings/train`
 both works with patterns, ``.`` = the root itself), searched recursively so ``root/<area>/images`` works too; ``root/train/...``
 + ``root/val/...`` are used as the split when both exist, otherwise scenes are split by
 ``data.val_fraction`` (seeded). Binary
-masks hold {0,1} (255 = ignore) or {0,255}; multi-class masks hold class indices (``data.ignore_index``
-= ignore); multi-label masks one 0/1 band per class. The file's nodata is ignored; any other value
-(a class index >= the number of classes, 300 in a 16-bit mask) is an error naming file and value.
+masks hold {0,1} (255 = ignore) or {0,255}, one encoding for the whole dataset: decided once from
+the values of all its masks (a 255 is never an object in one file and ignored in another; files
+holding only 1 beside files holding only 255 are an error naming them), or set by
+``data.options.object_value`` (1 or 255); multi-class masks hold class indices (``data.ignore_index``
+= ignore); multi-label masks one 0/1 band per class. The file's nodata and NaN are ignored (in a
+{0,255} binary mask 255 stays the object); any other value (a class index >= the number of classes,
+300 in a 16-bit mask, 2.5 in a float mask) is an error naming file and value.
 Masks must be on the image's grid (same size; same georeferencing when both are GeoTIFFs): a
 mismatch raises an error naming both files.
 
 Options (``data.options``): ``images_dir``, ``masks_dir``, ``mask_suffix``, ``image_pattern``,
-``mask_pattern``, ``labels_dir`` (default ``labels``), ``targets`` (with ``boundary_width``,
+``mask_pattern``, ``object_value``, ``labels_dir`` (default ``labels``), ``targets`` (with ``boundary_width``,
 ``contact_spacing``).
 
 Per-image vector labels: ``<labels_dir>/X.geojson`` beside ``<images_dir>/X.tif`` (any CRS,
@@ -50,9 +54,12 @@ log = logging.getLogger(__name__)
 
 # data.options of this format (and of colour_mask, which pairs files the same way): name -> type
 PAIRING_OPTIONS = {"images_dir": str, "masks_dir": str, "mask_suffix": str, "image_pattern": str, "mask_pattern": str}
+# binary masks: the raw value of the object class, 1 ({0,1}, 255 = ignore) or 255 ({0,255}); default: decided
+# once from the values of all the dataset's masks
+MASK_OPTIONS = {"object_value": int}
 # building target channels made from per-image GeoJSON labels (tfseg.data.formats.target_spec)
 TARGET_OPTIONS = {"targets": list[str], "boundary_width": int, "contact_spacing": int}
-OPTIONS = {**PAIRING_OPTIONS, "labels_dir": str, **TARGET_OPTIONS}
+OPTIONS = {**PAIRING_OPTIONS, **MASK_OPTIONS, "labels_dir": str, **TARGET_OPTIONS}
 
 MaskFolderError = PairingError  # images and masks cannot be paired; the message names the files
 
@@ -90,10 +97,12 @@ def find_pairs(data_cfg, split: str = "") -> list[tuple[Path, Path]]:
     return _pairs_under(root, data_cfg.options)
 
 
-def file_lookup(mask_path, mask_info, task: str, num_classes: int, ignore_index: int):
+def file_lookup(mask_path, mask_info, task: str, num_classes: int, ignore_index: int,
+                object_value: Optional[int] = None, values: Optional[set] = None):
     """The raw value -> label table of one mask file (``None`` for multi-label: values as they
-    are), after checking every value it holds: a value that is no class (or > 255) is an error
-    naming the file and the value, never clipped or silently ignored."""
+    are), after checking every value it holds (``values``: the file's, when already read): a value
+    that is no class (or > 255) is an error naming the file and the value, never clipped or
+    silently ignored. Binary masks: ``object_value`` is the dataset's (:func:`binary_object_values`)."""
     from ..labels import binary_mask_lookup, check_multilabel_values, class_mask_lookup, mask_values
 
     source, nodata = str(mask_path), mask_info.nodata
@@ -101,10 +110,33 @@ def file_lookup(mask_path, mask_info, task: str, num_classes: int, ignore_index:
         for band in range(1, num_classes + 1):
             check_multilabel_values(mask_values(mask_path, band), ignore_index, f"{source} (band {band})", nodata)
         return None
-    values = mask_values(mask_path)
-    if task == "binary":  # what 255 means depends on the file's values ({0,1,255} vs {0,255})
-        return binary_mask_lookup(values, ignore_index, source, nodata)
+    values = mask_values(mask_path) if values is None else values
+    if task == "binary":
+        return binary_mask_lookup(values, ignore_index, source, nodata, object_value)
     return class_mask_lookup(values, num_classes, ignore_index, source, nodata)
+
+
+def binary_object_values(masks, data_cfg) -> tuple[int, dict]:
+    """``(object_value, values)``: the raw object value (1 or 255) of a dataset's binary masks,
+    ``data.options.object_value`` or decided once from the values of all of them
+    (:func:`tfseg.data.labels.binary_object_value`: a 255 never means "object" in one file and
+    "ignore" in another), and each file's values (``masks``: ``(path, RasterInfo)``)."""
+    from ..labels import BINARY_OBJECT_VALUES, binary_object_value, binary_values, mask_values
+
+    values = {str(path): mask_values(path) for path, _ in masks}
+    option = data_cfg.options.get("object_value")
+    option = int(option) if option is not None else None  # type-checked by check_options
+    if option is not None and option not in BINARY_OBJECT_VALUES:
+        raise MaskFolderError(f"config key 'data.options.object_value': expected 1 ({{0,1}} masks, 255 = ignore) "
+                              f"or 255 ({{0,255}} masks), got {option!r}")
+    checked = {str(path): binary_values(values[str(path)], str(path), info.nodata) for path, info in masks}
+    object_value = option if option is not None else binary_object_value(checked, f"binary masks under {data_cfg.root}")
+    if object_value == 255:
+        tagged = [str(path) for path, info in masks if info.nodata == 255 and 255 in checked[str(path)]]
+        if tagged:
+            log.warning("%d binary mask(s) declare nodata 255, but 255 is the object value of these {0,255} masks: "
+                        "read as objects, e.g. %s", len(tagged), tagged[0])
+    return object_value, values
 
 
 def _warn_orphan_labels(pairs, labels_dir: str) -> None:
@@ -133,7 +165,7 @@ def load_mask_folder(data_cfg):
     targets = target_spec(data_cfg)
     labels_dir = data_cfg.options.get("labels_dir", "labels")
 
-    def scenes_of(pairs):
+    def scenes_of(pairs):  # the mask labels get their lookup once every mask file is known
         scenes = []
         for image_path, mask_path in pairs:
             info = open_raster(image_path, data_cfg.bands)
@@ -158,12 +190,23 @@ def load_mask_folder(data_cfg):
                     f"mask {mask_path} has {mask_info.count} band(s); multilabel with "
                     f"{channels} classes needs one band per class"
                 )
-            lookup = file_lookup(mask_path, mask_info, task, len(data_cfg.classes), data_cfg.ignore_index)
-            scenes.append(Scene(info, MaskLabels(mask_info, lookup, channels), name=image_path.stem,
+            scenes.append(Scene(info, MaskLabels(mask_info, None, channels), name=image_path.stem,
                                 vectors=vectors if task == "binary" else None))
         _warn_orphan_labels(pairs, labels_dir)
         return scenes
 
+    if "object_value" in data_cfg.options and task != "binary":
+        raise MaskFolderError(f"config key 'data.options.object_value': binary masks only (data.task is {task!r})")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        return scenes_of(find_pairs(data_cfg, "train")), scenes_of(find_pairs(data_cfg, "val"))
-    return split_scenes(scenes_of(find_pairs(data_cfg)), data_cfg)
+        splits = scenes_of(find_pairs(data_cfg, "train")), scenes_of(find_pairs(data_cfg, "val"))
+    else:
+        splits = (scenes_of(find_pairs(data_cfg)),)
+    masked = [s for split in splits for s in split if isinstance(s.labels, MaskLabels)]
+    object_value, values = None, {}
+    if task == "binary" and masked:  # one encoding for every mask of the dataset, both splits
+        object_value, values = binary_object_values([(s.labels.info.path, s.labels.info) for s in masked], data_cfg)
+    for scene in masked:
+        mask = scene.labels.info
+        scene.labels.lookup = file_lookup(mask.path, mask, task, len(data_cfg.classes), data_cfg.ignore_index,
+                                          object_value, values.get(str(mask.path)))
+    return splits if len(splits) == 2 else split_scenes(splits[0], data_cfg)

@@ -3,8 +3,10 @@ shapefile with ``pyogrio``) in any CRS, with an optional class attribute.
 
 Layout: ``root/train/*.tif`` and ``root/val/*.tif`` (or only ``root/*.tif``, split by
 ``data.val_fraction``), labels in ``data.options.labels`` (default ``root/labels.geojson``).
-With ``data.label_attribute`` the attribute gives the class index, or a class name from
-``data.classes`` (mapped to its index); without it every polygon is class 1 (binary).
+With ``data.label_attribute`` the attribute gives the class index (0 .. number of classes - 1; binary:
+0 or 1), or a class name from ``data.classes`` (mapped to its index); any other value (1.7, null, the
+ignore index, a class beyond ``data.classes``) is a LabelError naming the file, the feature and the
+value. Without it every polygon is class 1 (binary).
 ``data.options.targets`` (``footprint``, ``boundary``, ``contact``; see the spacenet format)
 turns binary footprints into instance-aware multi-label target channels.
 
@@ -59,6 +61,7 @@ def load_scene_folder(folder: Path, vector_file: Path, data_cfg, split: str) -> 
         labels = VectorLabels.from_features(
             features, crs, info, class_attribute=data_cfg.label_attribute,
             class_values=values, require_overlap=False, source=str(vector_file),
+            num_classes=max(len(data_cfg.classes), 2),  # binary: 0 = background, 1 = the class
         )
         scenes.append(Scene(info, labels, name=path.stem, vectors=labels))
     _check_labels_overlap(scenes, vector_file)
