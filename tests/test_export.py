@@ -1,6 +1,7 @@
 """SavedModel export: parity with the Keras model, every signature, the model card, CLI, TFLite."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -269,7 +270,8 @@ def test_tflite_plain_unet_converts_and_matches(multiclass, tmp_path):
     run = _run_dir(tmp_path, model, norm)
     assert main(["--model", str(run), "--output", str(tmp_path / "lite"), "--format", "tflite"]) == 0
     file = tmp_path / "lite" / "model.tflite"
-    assert load_model_card(file.parent / CARD_FILE).classes == CLASSES
+    assert load_model_card(file).classes == CLASSES  # model.model_card.json beside it
+    assert (tmp_path / "lite" / "model.model_card.json").is_file() and not (tmp_path / "lite" / CARD_FILE).exists()
     assert export_lib.read_tflite_ops(file) == "builtins"
     interpreter = tf.lite.Interpreter(model_path=str(file))
     runner = interpreter.get_signature_runner("serving_default")
@@ -333,3 +335,74 @@ def test_multilabel_head_is_described_as_such(tmp_path):
     norm = Normalization("meanstd", [0.0, 0.0], [1.0, 1.0], [], [], [])
     wrapped, card = raw_pixels(model, norm, "float32", None)
     assert load_model_card(export_saved_model(wrapped, tmp_path / "m", card)).task == "multilabel"
+
+
+@pytest.mark.filterwarnings("ignore:.*Interpreter is deprecated")
+def test_tflite_in_a_run_directory_leaves_the_run_card_alone(binary, tmp_path, capsys):
+    """The card of NAME.tflite is NAME.model_card.json: exporting into the run directory keeps the
+    run's model_card.json (and the card inside model.keras) as they were, two .tflite files in a
+    folder keep their own cards, and an existing card is not replaced without --overwrite."""
+    model, norm, _, _ = binary
+    run = tmp_path / "run"
+    run.mkdir()
+    wrapped, card = raw_pixels(model, norm, "uint16", classes=["building"], threshold=0.5)
+    wrapped.save(run / "model.keras")
+    card.save(run / CARD_FILE)
+    before = (run / CARD_FILE).read_text()
+    assert main(["--model", str(run), "--output", str(run / "model.tflite"), "--format", "tflite",
+                 "--threshold", "0.3"]) == 0
+    assert (run / CARD_FILE).read_text() == before and load_model_card(run).threshold == 0.5
+    assert load_model_card(run / "model.tflite").threshold == 0.3
+    assert export_lib.read_tflite_ops(run / "model.tflite") == "builtins"  # model.tflite.json
+    (run / "model.tflite").unlink()  # only the card is left: still refused
+    assert main(["--model", str(run), "--output", str(run / "model.tflite"), "--format", "tflite"]) == 2
+    assert "model.model_card.json" in capsys.readouterr().err
+    assert load_model_card(tmp_path / "run" / "model.model_card.json").threshold == 0.3
+    assert main(["--model", str(run), "--output", str(run / "other.tflite"), "--format", "tflite"]) == 0
+    assert load_model_card(run / "other.tflite").threshold == 0.5
+    assert load_model_card(run / "model.model_card.json").threshold == 0.3  # not clobbered
+
+
+def test_cli_threshold_on_a_multiclass_model_is_refused(multiclass, tmp_path, capsys):
+    model, norm, _, _ = multiclass
+    run = _run_dir(tmp_path, model, norm)
+    assert main(["--model", str(run), "--output", str(tmp_path / "m" / "1"), "--threshold", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "--threshold 0.3" in err and "multiclass" in err and not (tmp_path / "m" / "1").exists()
+    with pytest.raises(ExportError, match="--threshold 0.3: the model is multiclass"):
+        export_lib.export_model(run, tmp_path / "m" / "2", threshold=0.3)
+
+
+def test_bytes_signature_refuses_an_image_of_another_dtype_than_the_card(multiclass, binary):
+    """A uint8 model takes 8-bit PNG/JPEG only, a uint16 model 16-bit PNG only: the values of
+    the other kind are on another scale, and the error names both dtypes."""
+    _, _, _, loaded = multiclass  # uint8
+    import cv2  # PIL writes 16-bit PNGs of one band only
+
+    png16 = cv2.imencode(".png", np.full((8, 8, 3), 300, np.uint16))[1].tobytes()
+    assert png16[24] == 16
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes: the model was trained on uint8 "
+                                                             r"imagery.*16-bit PNG \(uint16 pixels\)"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant([png16]))
+    _, _, _, loaded_bin = binary  # uint16
+    png8 = _png(np.full((8, 8), 200, np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"trained on uint16 imagery: send a 16-bit PNG.*"
+                                                             r"8-bit PNG or a JPEG \(uint8 pixels\)"):
+        loaded_bin.signatures["serving_bytes"](image_bytes=tf.constant([png8]))
+    from tfseg.export import bytes_dtype_message, image_bytes_dtype
+
+    assert image_bytes_dtype(png16) == "uint16" and image_bytes_dtype(png8) == "uint8"
+    assert image_bytes_dtype(b"hello") is None
+    assert "float32 imagery, which PNG/JPEG" in bytes_dtype_message("float32", "uint8")
+
+
+def test_a_card_that_does_not_describe_the_preprocessing_layer_is_refused(tmp_path):
+    model = build_model("unet", input_shape=(None, None, 2), classes=1, depth=2, filters=2)
+    norm = Normalization("meanstd", [10.0, 20.0], [3.0, 4.0], [], [], [])
+    wrapped, card = raw_pixels(model, norm, "uint16", 0.0)
+    with pytest.raises(ExportError, match=r"preprocessing layer does not match its model card.*nodata 0.0 "
+                                          r"\(card: 65535.0\)"):
+        export_saved_model(wrapped, tmp_path / "a", dataclasses.replace(card, nodata=65535.0))
+    other = Normalization("meanstd", [10.0, 25.0], [3.0, 4.0], [], [], [])
+    with pytest.raises(ExportError, match=r"offset \[10.0, 20.0\] \(card: \[10.0, 25.0\]\)"):
+        export_saved_model(wrapped, tmp_path / "b", dataclasses.replace(card, normalization=other))

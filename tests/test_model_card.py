@@ -3,6 +3,7 @@ mismatches, older artifacts (refused, then upgraded), and one trained model givi
 probabilities through evaluation, prediction, export and serving."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import zipfile
@@ -83,6 +84,14 @@ def test_card_fields_round_trip_and_every_location(run, tmp_path):
     (lambda d: d.update(class_weights=[1.0, -1.0]), "class_weights"),
     (lambda d: d.update(class_weights=[1.0, 2.0, 3.0]), "class_weights"),  # binary: 1 or 2 weights
     (lambda d: d.update(class_frequencies={"building": 2}), "class_frequencies"),
+    (lambda d: d.update(metrics={"iou": "high"}), "metrics"),
+    (lambda d: d["normalization"].update(band_names=["band1"], std=[1.0, 0.0, 1.0]), "normalization.band_names"),
+    (lambda d: d["normalization"].update(band_names="rgb"), "normalization.band_names"),
+    (lambda d: d["normalization"].update(band_names=["x", "y", "z"]), "normalization.band_names"),
+    (lambda d: d.update(colours={"building": "#zzzzzz"}), "colours"),
+    (lambda d: d.update(operating_point={"min_area_px": 3}), "operating_point"),  # no threshold
+    (lambda d: d.update(operating_point={"threshold": 0.9}), "operating_point"),  # not the card's threshold
+    (lambda d: d.update(classes=["building", "building"], task="multiclass"), "classes"),
 ])
 def test_missing_or_wrong_field_names_the_field_and_the_file(run, tmp_path, change, field):
     data = json.loads((run / CARD_FILE).read_text())
@@ -231,3 +240,91 @@ def test_operating_point_sets_the_decision_threshold(run):
     multi = ModelCard.from_dict({**card.to_dict(), "task": "multilabel", "classes": ["boundary", "footprint"],
                                  "colours": {"boundary": "#ff0000", "footprint": "#00ff00"}, "threshold": 0.5})
     assert multi.with_operating_point(point).threshold == [0.5, 0.7]
+
+
+def test_undefined_metric_is_null_and_a_nan_is_stored_as_null(run):
+    """Training records an undefined score (no class in truth or prediction) as None; a NaN is
+    stored as null (JSON has no NaN); other non-numbers are still refused."""
+    card = load_model_card(run)
+    undefined = dataclasses.replace(card, metrics={"iou": None, "f1": 0.5})  # what training does at its end
+    assert undefined.metrics == {"iou": None, "f1": 0.5}
+    from_nan = dataclasses.replace(card, metrics={"iou": float("nan"), "f1": 0.5})
+    assert from_nan.metrics == {"iou": None, "f1": 0.5} and from_nan == undefined
+    assert '"iou": null' in from_nan.to_json() and ModelCard.from_dict(json.loads(from_nan.to_json())) == undefined
+    assert ModelCard.from_dict(json.loads(from_nan.to_json().replace('"iou": null', '"iou": NaN'))) == undefined
+    with pytest.raises(ModelCardError, match="field 'metrics'"):
+        dataclasses.replace(card, metrics={"iou": float("inf")})
+
+
+def test_card_lookup_errors_name_the_file(run, tmp_path):
+    """A binary file, a .tflite's card (NAME.model_card.json beside it), bad JSON in a
+    SavedModel's metadata signature and a .keras whose embedded card differs from the one beside it."""
+    card = load_model_card(run)
+    binary = tmp_path / "model.tflite"
+    binary.write_bytes(b"\x1c\x00\x00\x00TFL3\xff\xfe\x80")
+    with pytest.raises(ModelCardError, match=r"model.tflite: no model.model_card.json beside it"):
+        load_model_card(binary)
+    assert card_main(["show", str(binary)]) == 2
+    (tmp_path / CARD_FILE).write_text(card.to_json())  # another model's card in the folder is not used
+    with pytest.raises(ModelCardError, match="model.model_card.json"):
+        load_model_card(binary)
+    card.save(tmp_path / "model.model_card.json")
+    assert load_model_card(binary) == card
+    garbage = tmp_path / "card.bin"
+    garbage.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ModelCardError, match=r"card.bin: not a model card \(binary data"):
+        load_model_card(garbage)
+
+    module = tf.Module()
+    module.metadata = tf.function(lambda: {"metadata": tf.constant("{not json")}, input_signature=[])
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"metadata": module.metadata.get_concrete_function()})
+    with pytest.raises(ModelCardError, match=r"SavedModel .*sm \(metadata signature\): not valid JSON"):
+        load_model_card(tmp_path / "sm")
+
+    from tfseg.model_card import embed_card
+
+    folder = tmp_path / "copied"
+    folder.mkdir()
+    shutil.copy(run / "model.keras", folder / "model.keras")
+    embed_card(folder / "model.keras", card)
+    dataclasses.replace(card, threshold=0.3).save(folder / CARD_FILE)  # a foreign card beside it
+    with pytest.raises(ModelCardError, match=r"model.keras: the model card inside it and .*model_card.json beside "
+                                             r"it differ \(fields \['threshold'\]\)"):
+        load_model_card(folder / "model.keras")
+    card.save(folder / CARD_FILE)
+    assert load_model_card(folder / "model.keras") == card
+
+
+def test_upgrade_reads_band_dtype_as_tfseg_reads_the_scenes(tmp_path, capsys):
+    """Old runs recorded the training file's dtype (float64); tfseg reads it as float32, so the
+    upgraded card says float32 and accepts its own training scene; a mismatch names both the
+    stored dtype and the one it is read as."""
+    from tfseg.data.raster import open_raster
+    from tfseg.inference import RasterSource
+
+    old = save_legacy_run(conv_model(), tmp_path / "old", config=CONFIG)
+    (old / "export" / "assets").mkdir(parents=True)
+    (old / "export" / "assets" / "tfseg_metadata.json").write_text(json.dumps({"band_dtype": "float64"}))
+    assert card_main(["upgrade", str(old), "--nodata", "none"]) == 0
+    card = load_model_card(old)
+    assert card.band_dtype == "float32" and card.nodata is None
+    scene = write_geotiff(tmp_path / "f64.tif", np.random.default_rng(0).random((3, 16, 16)) * 200)
+    assert open_raster(scene).dtype == "float64"
+    predictor = load_predictor(old)
+    predictor.check_source(RasterSource(open_raster(scene)))  # accepted
+    other = dataclasses.replace(card, band_dtype="uint16", nodata=0.0)
+    with pytest.raises(ModelCardError, match=r"f64.tif: the scene's pixels are stored as float64 and read as "
+                                             r"float32 but the model was trained on uint16"):
+        other.check_scene("f64.tif", 3, np.float32, None, stored_dtype="float64")
+
+
+def test_upgrade_cli_errors_name_the_option_and_the_run(tmp_path, capsys):
+    old = save_legacy_run(conv_model(), tmp_path / "old", config=CONFIG)
+    assert card_main(["upgrade", str(old), "--band-dtype", "foo", "--nodata", "0"]) == 2
+    assert "--band-dtype: expected a numeric dtype name" in capsys.readouterr().err
+    assert card_main(["upgrade", str(old), "--nodata", "abc"]) == 2
+    assert "--nodata 'abc': expected a finite number" in capsys.readouterr().err
+    assert card_main(["upgrade", str(old), "--band-dtype", "uint8", "--nodata", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert str(old) in err and "nodata -1.0" in err and "uint8" in err
+    assert not (old / CARD_FILE).exists() and not (old / "model.pre-card.keras").exists()  # nothing written

@@ -144,12 +144,42 @@ def test_check_source_refuses_other_bands_and_dtype_naming_scene_and_model(tmp_p
     predictor = keras_predictor(oracle_model(), band_dtype="uint16")
     predictor.source = "runs/buildings"
     predictor.check_source(ArraySource(np.zeros((8, 8, 3), np.uint16), name="tile"))  # accepted
-    with pytest.raises(ValueError, match=r"tile: the scene has 4 band\(s\) but the model \(model runs/buildings\) "
-                                         r"was trained on 3 band\(s\)"):
+    with pytest.raises(ModelCardError, match=r"tile \(model runs/buildings\): the scene has 4 band\(s\) but the "
+                                             r"model was trained on 3 band\(s\)"):
         predictor.check_source(ArraySource(np.zeros((8, 8, 4), np.uint16), name="tile"))
+    with pytest.raises(ModelCardError, match=r"tile \(model runs/buildings\): the scene's pixels are float64 but "
+                                             r"the model was trained on uint16"):  # in memory too
+        predictor.check_source(ArraySource(np.zeros((8, 8, 3), np.float64), name="tile"))
     scene = write_geotiff(tmp_path / "bytes.tif", np.zeros((3, 16, 16), np.uint8))
     with pytest.raises(ModelCardError, match=r"bytes.tif \(model runs/buildings\).*uint8.*trained on uint16"):
         predictor.check_source(RasterSource(open_raster(scene)))
+    doubles = write_geotiff(tmp_path / "doubles.tif", np.zeros((3, 16, 16), np.float64))
+    with pytest.raises(ModelCardError, match=r"doubles.tif .*stored as float64 and read as float32 but the model "
+                                             r"was trained on uint16"):
+        predictor.check_source(RasterSource(open_raster(doubles)))
+
+
+def test_in_memory_arrays_and_tiling_arguments_raise_tfseg_errors():
+    """predict_array checks the array against the card like a raster; bad tiling / TTA / batch
+    arguments are input errors (TfsegError) naming the option."""
+    from tfseg.inference import InferenceArgumentError, plan_tiles, predict_array, tta_views
+
+    predictor = keras_predictor(oracle_model(), band_dtype="uint16")
+    image = np.full((16, 16, 3), 120, np.uint16)
+    probs, valid = predict_array(predictor, image, tile_size=16, overlap=0)
+    assert probs.shape == (16, 16, 1) and valid.all()
+    with pytest.raises(ModelCardError, match="array: the scene's pixels are float64 but the model was trained on "
+                                             "uint16"):
+        predict_array(predictor, image.astype(np.float64), tile_size=16, overlap=0)
+    with pytest.raises(ModelCardError, match=r"array: the scene has 2 band\(s\)"):
+        predict_array(predictor, image[..., :2], tile_size=16, overlap=0)
+    cases = [(lambda: tta_views(3), "--tta"), (lambda: plan_tiles(predictor, [64], [64], 64, 64, None), "--overlap"),
+             (lambda: predict_array(predictor, image, tile_size=16, overlap=0, batch_size=0), "--batch-size"),
+             (lambda: predictor.thresholds([0.1, 0.2]), "threshold")]
+    for call, option in cases:
+        with pytest.raises(InferenceArgumentError, match=option) as error:
+            call()
+        assert isinstance(error.value, TfsegError)
 
 
 @pytest.mark.parametrize("kind", ["empty saved_model.pb", "garbage model.keras beside a valid card"])

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -230,6 +231,11 @@ BAD_REQUESTS = [
     ("image bomb", json.dumps({"signature_name": "serving_bytes", "instances": [{"b64": BOMB}]}).encode(),
      "more than the server's limit of 1000000 (--max-image-pixels)"),
     ("oversize body", json.dumps({"instances": [[[[1, 2, 3]] * 40000]]}).encode(), "exceeds the server's limit"),
+    ("16-bit PNG for a uint8 model", json.dumps({"signature_name": "serving_bytes", "instances": [
+        {"b64": base64.b64encode(cv2.imencode(".png", np.full((8, 8, 3), 300, np.uint16))[1].tobytes()).decode()}]}
+    ).encode(),
+     "the image holds uint16 pixels but the model was trained on uint8 imagery"),
+    ("bare nan literal", b'{"instances": [[[[1, nan, 3]]]]}', "JSON Parse error"),
 ]
 
 
@@ -240,6 +246,30 @@ def test_bad_request_is_400_and_server_keeps_serving(server, case, raw, message)
     status, body = client.predict(raw=raw)
     assert status == 400 and set(body) == {"error"} and message in body["error"], (status, body)
     _good(client, model, norm)
+
+
+def test_nan_and_infinity_literals_are_accepted_like_tf_serving(server):
+    """Float imagery marks missing pixels with NaN; TF Serving's REST API parses NaN / Infinity,
+    so tfseg.serve does too: a NaN pixel is no data, as the card's nodata value (0) is."""
+    client, model, norm, _ = server
+    images = _images(seed=5).astype(np.float64)
+    images[0, 2, 3] = 0.0  # nodata
+    status, expected = client.predict({"instances": images.tolist()})
+    assert status == 200, expected
+    text = json.dumps({"instances": images.tolist()})
+    for body in (text.replace("[0.0, 0.0, 0.0]", "[NaN, NaN, NaN]", 1), text.replace("[0.0, 0.0, 0.0]",
+                                                                                    "[NaN, 0.0, 0.0]", 1)):
+        assert "NaN" in body
+        status, got = client.predict(raw=body.encode())  # the fast numeric path
+        assert status == 200, got
+        np.testing.assert_allclose(got["predictions"][0]["probabilities"], expected["predictions"][0]["probabilities"],
+                                   atol=1e-6)
+    body = '{"inputs": {"images": ' + json.dumps(images.tolist()).replace("255.0", "Infinity") + '}}'
+    status, got = client.predict(raw=body.encode())  # the general parser
+    assert status == 200 and len(got["outputs"]["probabilities"][0]) == images.shape[1], got
+    body = '{"signature_name": "serving_uint8", "instances": [[[[1, NaN, 3]]]]}'
+    status, got = client.predict(raw=body.encode())
+    assert status == 400 and "expected uint8 values, got float" in got["error"]
 
 
 def test_wrong_method_and_unsupported_api(server):
@@ -351,3 +381,46 @@ def test_version_policy_all_and_a_broken_version_is_skipped(server, tmp_path):
     assert manager.get("m", "1").version == 1 and manager.get("m", None).version == 2
     latest = ModelManager(tmp_path / "m", "m", policy="latest", poll_seconds=0)
     assert latest.versions() == [2]
+
+
+def test_fixed_input_size_model_is_served(tmp_path):
+    """A model that only takes 32x32 inputs (an encoder with a fixed size) loads: the warm-up
+    call uses the signature's height and width."""
+    from tfseg.serve import ModelManager, ServingApp
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Reshape((32, 32, 4))(keras.layers.Reshape((32 * 32 * 4,))(x))
+    core = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(x))
+    norm = Normalization("meanstd", [100.0] * 3, [50.0] * 3, [], [], [])
+    model = with_preprocessing(core, Preprocess.from_normalization(norm, nodata=0.0))
+    export_saved_model(model, tmp_path / "m" / "1", ModelCard.for_model(model, norm, "uint8", 0.0, tile_size=32))
+    manager = ModelManager(tmp_path / "m", "m", poll_seconds=0)
+    assert manager.versions() == [1]
+    images = _images((1, 32, 32, 3), seed=1)
+    body = ServingApp(manager).predict(manager.get("m", None), json.dumps({"instances": images.tolist()}).encode())
+    expected = np.asarray(model(images.astype(np.float32), training=False))[0]
+    np.testing.assert_allclose(np.asarray(body["predictions"][0]["probabilities"]), expected, atol=1e-5)
+
+
+def test_no_loadable_version_names_each_version_and_why(server, tmp_path, capsys):
+    """Every version failing to load: the error says why for each (e.g. an export from before
+    the model card: how to upgrade it), not only that there is no version."""
+    from tfseg.predictors import ModelLoadError
+    from tfseg.serve import ModelManager
+
+    _, _, _, base = server
+    newest = max(int(p.name) for p in base.iterdir() if p.name.isdigit())
+    legacy = tmp_path / "m" / "1"
+    shutil.copytree(base / str(newest), legacy)
+    (legacy / "assets" / "model_card.json").unlink()
+    (legacy / "assets" / "tfseg_metadata.json").write_text("{}")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(ModelLoadError, match=r"could be loaded: version 2: .*; version 1: LegacyArtifactError: "
+                                             r".*before the model card.*tfseg.model_card upgrade"):
+        ModelManager(tmp_path / "m", "m", poll_seconds=0)
+    assert serve_main(["--model-base-path", str(tmp_path / "m"), "--model-name", "m", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "version 1: LegacyArtifactError" in err and "version 2:" in err

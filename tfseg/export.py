@@ -52,7 +52,7 @@ from ._tf import tensorflow as tf  # noqa: I001  (quiet TF import first)
 import keras
 
 from .fsutil import staged_directory
-from .model_card import CARD_FILE, LegacyArtifactError, ModelCard, load_model_card
+from .model_card import CARD_FILE, LegacyArtifactError, ModelCard, load_model_card, tflite_card_path
 
 IMAGE_INPUT = "images"
 BYTES_INPUT = "image_bytes"
@@ -60,8 +60,11 @@ BYTES_INPUT = "image_bytes"
 TENSOR_SIGNATURES = {"serving_default": tf.float32, "serving_uint8": tf.uint8, "serving_int32": tf.int32}
 BYTES_SIGNATURE = "serving_bytes"
 METADATA_SIGNATURE = "metadata"
-#: beside a .tflite file: which TFLite op sets the conversion needed
-TFLITE_INFO = "tflite.json"
+#: beside NAME.tflite: NAME.tflite.json, which TFLite op sets the conversion needed
+TFLITE_INFO_SUFFIX = ".tflite.json"
+#: the pixel dtype a PNG/JPEG decodes to (see :func:`decode_image_bytes`); the bytes signature
+#: takes it only for a model trained on that dtype
+BYTES_DTYPES = ("uint8", "uint16")
 #: channel counts a PNG/JPEG can carry (gray, gray+alpha, RGB, RGBA)
 MAX_BYTES_BANDS = 4
 
@@ -147,8 +150,13 @@ def make_serving_fn(model: keras.Model, multiple: int, threshold=0.5, multilabel
     return serve
 
 
-def decode_image_bytes(data, bands: int):
-    """One PNG (8- or 16-bit) or JPEG as float32 [H, W, bands] holding the stored values."""
+def decode_image_bytes(data, bands: int, band_dtype: Optional[str] = None):
+    """One PNG (8- or 16-bit) or JPEG as float32 [H, W, bands] holding the stored values.
+
+    ``band_dtype`` (the model card's): the image's pixel dtype (uint16 for a 16-bit PNG, else
+    uint8) must be it, else an ``InvalidArgumentError`` naming both (an 8-bit PNG's values are
+    not a uint16 model's, nor a 16-bit PNG's a uint8 model's; float and signed imagery cannot
+    travel as PNG/JPEG)."""
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
 
     def png():
@@ -164,10 +172,20 @@ def decode_image_bytes(data, bands: int):
     def jpeg():
         return tf.cast(tf.io.decode_jpeg(data, channels=0), tf.float32)
 
+    is_known = tf.logical_or(is_png, tf.io.is_jpeg(data))
     known = tf.debugging.Assert(
-        tf.logical_or(is_png, tf.io.is_jpeg(data)),
+        is_known,
         [f"{BYTES_INPUT}: expected PNG (8- or 16-bit) or JPEG data; the first bytes are", tf.strings.substr(data, 0, 8)])
-    with tf.control_dependencies([known]):
+    checks = [known]
+    if band_dtype is not None:  # the image's pixel dtype must be the model's (unknown data: the check above)
+        header = tf.strings.substr(tf.strings.join([data, b"\0" * 25]), 24, 1)  # short data: no out-of-range
+        is_png16 = tf.logical_and(is_png, tf.equal(tf.io.decode_raw(header, tf.uint8)[0], 16))
+        matches = tf.equal(is_png16, band_dtype == "uint16") if band_dtype in BYTES_DTYPES else tf.constant(False)
+        checks.append(tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_known), matches),
+            [bytes_dtype_message(band_dtype), "the image is", tf.where(is_png16, "a 16-bit PNG (uint16 pixels)",
+                                                                        "an 8-bit PNG or a JPEG (uint8 pixels)")]))
+    with tf.control_dependencies(checks):
         image = tf.cond(is_png, png, jpeg)
     tf.debugging.assert_equal(
         tf.shape(image)[-1], bands,
@@ -176,12 +194,35 @@ def decode_image_bytes(data, bands: int):
     return image
 
 
+def bytes_dtype_message(band_dtype: str, image_dtype: str = "") -> str:
+    """The error for a PNG/JPEG whose pixel dtype (``image_dtype``: uint8 or uint16) is not the
+    model's ``band_dtype``."""
+    image = f"the image holds {image_dtype} pixels but " if image_dtype else ""
+    if band_dtype in BYTES_DTYPES:
+        send = "a 16-bit PNG" if band_dtype == "uint16" else "an 8-bit PNG or a JPEG"
+        return (f"{BYTES_INPUT}: {image}the model was trained on {band_dtype} imagery: send {send} "
+                f"(or the raw pixels to serving_default)")
+    return (f"{BYTES_INPUT}: {image}the model was trained on {band_dtype} imagery, which PNG/JPEG (uint8 or uint16 "
+            f"pixels) cannot carry: send the raw pixels to serving_default")
+
+
+def image_bytes_dtype(data: bytes) -> Optional[str]:
+    """The pixel dtype a PNG (uint16 when 16-bit, else uint8) or JPEG (uint8) decodes to, read
+    from its header; None for other data."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24:
+        return "uint16" if data[24] == 16 else "uint8"
+    if data[:3] == b"\xff\xd8\xff":
+        return "uint8"
+    return None
+
+
 # ------------------------------------------------------------------------------------------
 # Model and card
 # ------------------------------------------------------------------------------------------
 def check_model_card(model: keras.Model, card: ModelCard, source: str = "model") -> None:
     """Raise :class:`ExportError` when ``model`` and ``card`` disagree (bands, outputs, size
-    multiple) or the model has no preprocessing layer (an artifact from before the card)."""
+    multiple, the preprocessing layer's nodata / offset / scale / clip and the card's
+    normalization) or the model has no preprocessing layer (an artifact from before the card)."""
     from .models import find_preprocess
 
     preprocess = find_preprocess(model)
@@ -200,6 +241,27 @@ def check_model_card(model: keras.Model, card: ModelCard, source: str = "model")
     if model_multiple(model) != card.size_multiple:
         raise ExportError(f"{source}: the model needs sizes in multiples of {model_multiple(model)} but its "
                           f"model card says {card.size_multiple}")
+    _check_preprocess(preprocess, card, source)
+
+
+def _check_preprocess(preprocess, card: ModelCard, source: str) -> None:
+    """The model's own preprocessing must compute what its card says (the card's numbers are
+    what clients, ``predict`` and the no-data handling rely on)."""
+    def differ(a, b) -> bool:
+        if a is None or b is None:
+            return (a is None) != (b is None)
+        return not np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-6, atol=0)
+
+    norm = card.normalization
+    clip = norm.clip
+    expected = {"nodata": card.nodata, "offset": norm.offset, "scale": norm.scale,
+                "clip_low": None if clip is None else clip[0], "clip_high": None if clip is None else clip[1]}
+    wrong = [f"{name} {getattr(preprocess, name)} (card: {None if want is None else np.asarray(want).tolist()})"
+             for name, want in expected.items() if differ(getattr(preprocess, name), want)]
+    if wrong:
+        raise ExportError(f"{source}: the model's preprocessing layer does not match its model card "
+                          f"(normalization {norm.method}, nodata {card.nodata}): {'; '.join(wrong)}; the card "
+                          f"belongs to another model or was edited by hand")
 
 
 def load_run_model(path) -> tuple[keras.Model, ModelCard]:
@@ -246,7 +308,7 @@ def export_saved_model(model: keras.Model, output: Path, card: ModelCard) -> Pat
         )
     if bands <= MAX_BYTES_BANDS:
         def serve_bytes(image_bytes):
-            images = tf.map_fn(lambda data: decode_image_bytes(data, bands), image_bytes,
+            images = tf.map_fn(lambda data: decode_image_bytes(data, bands, card.band_dtype), image_bytes,
                                fn_output_signature=tf.TensorSpec([None, None, bands], tf.float32))
             if height is not None:  # a clear error for an image of another size
                 images = tf.ensure_shape(images, [None, height, width, bands])
@@ -268,8 +330,11 @@ def export_saved_model(model: keras.Model, output: Path, card: ModelCard) -> Pat
 # TFLite
 # ------------------------------------------------------------------------------------------
 def export_tflite(model: keras.Model, output: Path, card: ModelCard) -> Path:
-    """Write ``model.tflite`` (float32 raw pixels [N, H, W, bands] in, same outputs), with the
-    model card beside it (``model_card.json``) and ``tflite.json`` (the op sets it needs).
+    """Write ``NAME.tflite`` (float32 raw pixels [N, H, W, bands] in, same outputs), with its
+    model card beside it as ``NAME.model_card.json`` and ``NAME.tflite.json`` (the op sets it
+    needs); a run directory's own ``model_card.json`` and other .tflite files in the folder are
+    left alone. Existing files are replaced (:func:`export_model` refuses them without
+    ``overwrite``).
 
     ``output`` is the ``.tflite`` file, or a directory that gets ``model.tflite``. Height/width
     are dynamic: call ``interpreter.resize_tensor_input`` before ``allocate_tensors``.
@@ -306,15 +371,21 @@ def export_tflite(model: keras.Model, output: Path, card: ModelCard) -> Path:
             raise ExportError(f"model {model.name!r} does not convert to TFLite ({'; '.join(errors)})")
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_bytes(flatbuffer)
-    card.save(file.parent / CARD_FILE)
-    (file.parent / TFLITE_INFO).write_text(json.dumps({"tflite_ops": label, "input": IMAGE_INPUT,
-                                                       "dtype": "float32"}, indent=2) + "\n")
+    card.save(tflite_card_path(file))
+    tflite_info_path(file).write_text(json.dumps({"tflite_ops": label, "input": IMAGE_INPUT,
+                                                  "dtype": "float32"}, indent=2) + "\n")
     return file
 
 
+def tflite_info_path(file) -> Path:
+    """``NAME.tflite.json`` beside ``NAME.tflite``."""
+    file = Path(file)
+    return file.with_name(file.stem + TFLITE_INFO_SUFFIX)
+
+
 def read_tflite_ops(file) -> str:
-    """``builtins`` or ``builtins+select_tf_ops``, from ``tflite.json`` beside a .tflite file."""
-    return json.loads((Path(file).parent / TFLITE_INFO).read_text())["tflite_ops"]
+    """``builtins`` or ``builtins+select_tf_ops``, from ``NAME.tflite.json`` beside ``NAME.tflite``."""
+    return json.loads(tflite_info_path(file).read_text())["tflite_ops"]
 
 
 def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
@@ -323,6 +394,9 @@ def with_threshold(card: ModelCard, threshold: float) -> ModelCard:
     so the exported model and its card agree; the point's other settings
     (min area, opening) and its validation scores were chosen at the old threshold: kept as they
     are, that threshold recorded as ``tuned_threshold`` and a note printed."""
+    if card.task == "multiclass":
+        raise ExportError(f"--threshold {threshold}: the model is multiclass (its class map is the argmax of "
+                          f"{len(card.classes)} softmax probabilities), a threshold does not apply; leave it out")
     point = card.operating_point
     if not point:
         return card.with_decision_threshold(threshold)
@@ -360,9 +434,20 @@ def export_target(output, format: str = "savedmodel") -> Path:
     return output if format == "savedmodel" or output.suffix == ".tflite" else output / "model.tflite"
 
 
-def exists_message(target: Path) -> str:
-    return (f"--output {target} already exists (published versions should not change; "
-            f"use a new VERSION or --overwrite)")
+def export_paths(output, format: str = "savedmodel") -> list:
+    """Every path an export writes: the SavedModel directory, or the ``.tflite`` file with its
+    card and op-set files."""
+    target = export_target(output, format)
+    return [target] if format == "savedmodel" else [target, tflite_card_path(target), tflite_info_path(target)]
+
+
+def existing_outputs_message(output, format: str = "savedmodel") -> Optional[str]:
+    """The error for an export whose output files exist already (None when none does)."""
+    existing = [str(p) for p in export_paths(output, format) if p.exists()]
+    if not existing:
+        return None
+    return (f"--output {', '.join(existing)} already exist{'s' if len(existing) == 1 else ''} (published "
+            f"versions should not change; use a new VERSION or --overwrite)")
 
 
 def export_loaded(model: keras.Model, card: ModelCard, output, format: str = "savedmodel",
@@ -383,12 +468,10 @@ def export_model(model, output, format: str = "savedmodel", threshold=None, over
     Raises :class:`ExportError` naming the argument (bad ``output``, ``format``, ``threshold``, an
     existing output without ``overwrite``) and the loading errors of :func:`load_run_model`.
     """
-    problem = check_export_output(output, format, threshold)
+    problem = check_export_output(output, format, threshold) or (None if overwrite else
+                                                                 existing_outputs_message(output, format))
     if problem:
         raise ExportError(problem)
-    target = export_target(output, format)
-    if target.exists() and not overwrite:
-        raise ExportError(exists_message(target))
     loaded, card = load_run_model(model)
     return export_loaded(loaded, card, output, format, threshold)
 
@@ -411,15 +494,20 @@ def main(argv=None) -> int:
     problem = check_export_output(args.output, args.format, args.threshold)
     if problem:
         parser.error(problem)
-    target = export_target(args.output, args.format)
-    if target.exists() and not args.overwrite:
-        return report(exists_message(target))
+    existing = None if args.overwrite else existing_outputs_message(args.output, args.format)
+    if existing:
+        return report(existing)
     try:
         model, card = load_run_model(args.model)
     except INPUT_ERRORS as error:
         return report(error, "--model: ")
+    if args.threshold is not None:
+        try:
+            card = with_threshold(card, args.threshold)
+        except INPUT_ERRORS as error:
+            return report(error)
     try:
-        out = export_loaded(model, card, args.output, args.format, args.threshold)
+        out = export_loaded(model, card, args.output, args.format)
     except ExportError as error:
         return report(error, code=1)
     if args.format == "tflite":

@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from .data.raster import RasterInfo, read_window_raw
 from .predictors import (  # re-exported: callers import the predictors from here
+    InferenceArgumentError,
     KerasPredictor,
     ModelLoadError,
     NodataWarning,
@@ -43,7 +44,8 @@ from .predictors import (  # re-exported: callers import the predictors from her
 )
 
 __all__ = [
-    "ArraySink", "ArraySource", "Job", "KerasPredictor", "ModelLoadError", "NodataWarning", "Predictor",
+    "ArraySink", "ArraySource", "InferenceArgumentError", "Job", "KerasPredictor", "ModelLoadError", "NodataWarning",
+    "Predictor",
     "RasterSource", "SavedModelPredictor", "SceneBlender", "TTA_VIEWS", "TileGrid", "TileReader",
     "fixed_input_shape", "load_predictor", "plan_tiles", "positions", "predict_array", "predict_tta",
     "predict_whole", "ramp_profile", "reflect_index", "run_sliding_window", "tta_views",
@@ -70,7 +72,7 @@ def _view(k: int, flip: bool):
 def tta_views(count: int) -> list:
     """1: identity; 2: + horizontal flip; 4: + vertical flip and 180° rotation; 8: all dihedral."""
     if count not in TTA_VIEWS:
-        raise ValueError(f"--tta: expected one of {list(TTA_VIEWS)} views, got {count}")
+        raise InferenceArgumentError(f"--tta: expected one of {list(TTA_VIEWS)} views, got {count}")
     views = {1: [(0, False)], 2: [(0, False), (0, True)], 4: [(0, False), (0, True), (2, True), (2, False)]}
     chosen = views.get(count) or [(k, f) for k in range(4) for f in (False, True)]
     return [_view(k, f) for k, f in chosen]
@@ -131,15 +133,18 @@ def _overlaps(origins: list, tile: int, index: int) -> tuple[int, int]:
 # Sources and sinks
 # ------------------------------------------------------------------------------------------
 class ArraySource:
-    """An in-memory HxWxC raw image (its own dtype; + optional HxW valid mask, default: pixels
-    without NaN) read like a raster."""
+    """An in-memory HxWxC raw image (its own dtype, which must be the model card's
+    ``band_dtype``; + optional HxW valid mask, default: pixels without NaN) read like a raster."""
 
     def __init__(self, image: np.ndarray, valid: Optional[np.ndarray] = None, name: str = "array"):
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., None]
         self.image = image
+        if image.ndim != 3:
+            raise InferenceArgumentError(f"{name}: expected an HxW or HxWxC image, got shape {image.shape}")
         self.height, self.width, self.num_bands = image.shape
+        self.dtype = image.dtype
         if valid is None:
             valid = ~np.isnan(image).any(axis=-1) if image.dtype.kind == "f" else np.ones(image.shape[:2], bool)
         self.valid = np.asarray(valid, bool)
@@ -231,13 +236,13 @@ def plan_tiles(predictor: Predictor, heights: Sequence[int], widths: Sequence[in
     m = max(1, predictor.size_multiple)
     fixed = predictor.fixed_size
     if fixed and (fixed[0] != fixed[1] or tile_size != fixed[0]):
-        raise ValueError(f"--tile-size {tile_size}: the model ({predictor.source or 'given'}) takes only "
+        raise InferenceArgumentError(f"--tile-size {tile_size}: the model ({predictor.source or 'given'}) takes only "
                          f"{fixed[0]}x{fixed[1]} tiles (its encoder has a fixed input size); use --tile-size "
                          f"{fixed[0]} or leave it unset")
     if tile_size < m:
-        raise ValueError(f"--tile-size {tile_size}: must be at least the model's size multiple {m}")
+        raise InferenceArgumentError(f"--tile-size {tile_size}: must be at least the model's size multiple {m}")
     if overlap < 0 or overlap >= tile_size:
-        raise ValueError(f"--overlap {overlap}: expected 0 <= overlap < tile size ({tile_size})")
+        raise InferenceArgumentError(f"--overlap {overlap}: expected 0 <= overlap < tile size ({tile_size})")
     tile = math.ceil(tile_size / m) * m
     if fixed:  # no shrinking to small scenes: tiles past the edges are mirror-padded
         tile_h, tile_w = fixed
@@ -436,7 +441,7 @@ def run_sliding_window(
     if not jobs:
         return {"tiles": 0, "seconds": 0.0, "pixels": 0}
     if batch_size < 1:
-        raise ValueError(f"--batch-size {batch_size}: expected >= 1")
+        raise InferenceArgumentError(f"--batch-size {batch_size}: expected >= 1")
     for job in jobs:
         predictor.check_source(job.source, job.name or job.source.name)
     grid = TileGrid.plan(predictor, [j.source.height for j in jobs], [j.source.width for j in jobs], tile_size,
@@ -473,7 +478,9 @@ def run_sliding_window(
 def predict_array(predictor: Predictor, image: np.ndarray, valid: Optional[np.ndarray] = None,
                   tile_size: int = 256, overlap: int = 32, batch_size: int = 4, tta: int = 1,
                   margin: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sliding-window prediction of an in-memory HxWxC raw image: (HxWxK probs, HxW valid)."""
+    """Sliding-window prediction of an in-memory HxWxC raw image (in the model card's
+    ``band_dtype``; another dtype or band count raises :class:`~tfseg.model_card.ModelCardError`):
+    (HxWxK probs, HxW valid)."""
     source = ArraySource(image, valid)
     sink = ArraySink(source.height, source.width, predictor.num_classes)
     run_sliding_window(predictor, [Job(source, sink, "array")], tile_size, overlap, batch_size, tta, margin)

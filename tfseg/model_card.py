@@ -15,21 +15,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Union
 
 import numpy as np
 
 from .errors import INPUT_ERRORS, TfsegError, report
-from .data.raster import Normalization
+from .data.raster import Normalization, native_dtype
 
 CARD_FILE = "model_card.json"
+#: beside a ``NAME.tflite`` file: its model card (several .tflite files may share a folder)
+TFLITE_CARD_SUFFIX = ".model_card.json"
 #: the export metadata file of tfseg versions before the model card (no preprocessing layer)
 LEGACY_METADATA_FILE = "tfseg_metadata.json"
 LEGACY_NORMALIZATION_FILE = "normalization.json"
 TASKS = ("binary", "multiclass", "multilabel")
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 NORMALIZATION_METHODS = ("meanstd", "percentile")
 DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0",
                    "#f032e6", "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8",
@@ -80,6 +85,9 @@ class ModelCard:
     ``class_offsets`` (multiclass only, optional): per-class offsets added to the
     log-probabilities before the argmax (:mod:`tfseg.class_offsets`, chosen on validation with
     ``train.class_offsets: fit``); every reader of the card decides the class map with them.
+    ``metrics`` maps a metric name to its validation score, or to ``None`` where the score is
+    undefined (e.g. IoU with the class absent from truth and prediction); a NaN given here is
+    stored as ``None`` (JSON has no NaN).
     """
 
     classes: list
@@ -105,6 +113,9 @@ class ModelCard:
     class_offsets: Optional[list] = None
 
     def __post_init__(self):
+        if isinstance(self.metrics, dict):  # undefined scores: NaN in Python, null in JSON
+            self.metrics = {k: None if isinstance(v, float) and math.isnan(v) else v
+                            for k, v in self.metrics.items()}
         self.validate()
 
     @classmethod
@@ -216,17 +227,27 @@ class ModelCard:
         :mod:`tfseg.operating_point`) as its operating point; its threshold becomes the card's
         decision threshold (:meth:`with_decision_threshold`), so every reader of the card
         (predict, evaluate, the SavedModel's ``classes`` output, serve) uses it."""
-        return dataclasses.replace(self.with_decision_threshold(point["threshold"]), operating_point=dict(point))
+        if not isinstance(point, dict) or not _is_number(point.get("threshold")):
+            raise ModelCardError(f"field 'operating_point': expected an object with a 'threshold', got {point!r}")
+        card = dataclasses.replace(self, operating_point=None).with_decision_threshold(point["threshold"])
+        return dataclasses.replace(card, operating_point=dict(point))
 
-    def check_scene(self, name: str, num_bands: int, dtype, nodata=None) -> list:
+    def check_scene(self, name: str, num_bands: int, dtype, nodata=None, stored_dtype=None) -> list:
         """Raise :class:`ModelCardError` when a scene's band count or dtype does not match the
-        card (naming both); return warnings (strings) for a different nodata value."""
+        card (naming both); return warnings (strings) for a different nodata value.
+
+        ``dtype`` is the dtype the scene's pixels are read as (:func:`tfseg.data.raster.native_dtype`:
+        float64 rasters are read as float32); ``stored_dtype``, the file's own dtype, is named in
+        the message too when it differs."""
         dtype = np.dtype(dtype)
         if num_bands != self.num_bands:
             raise ModelCardError(f"{name}: the scene has {num_bands} band(s) but the model was trained on "
                                  f"{self.num_bands} band(s) ({', '.join(self.band_names)})")
         if dtype != np.dtype(self.band_dtype):
-            raise ModelCardError(f"{name}: the scene's pixels are {dtype.name} but the model was trained on "
+            stored = None if stored_dtype is None else np.dtype(stored_dtype)
+            pixels = (f"stored as {stored.name} and read as {dtype.name}" if stored is not None and stored != dtype
+                      else dtype.name)
+            raise ModelCardError(f"{name}: the scene's pixels are {pixels} but the model was trained on "
                                  f"{self.band_dtype} imagery (its normalization statistics are in "
                                  f"{self.band_dtype} units)")
         warnings = []
@@ -243,9 +264,12 @@ class ModelCard:
 
         if not isinstance(self.classes, list) or not self.classes or not all(isinstance(c, str) for c in self.classes):
             fail("classes", "a non-empty list of class names")
+        if len(set(self.classes)) != len(self.classes):
+            duplicates = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            fail("classes", f"distinct class names (repeated: {duplicates})")
         if not isinstance(self.colours, dict) or set(self.colours) != set(self.classes) or not all(
-                isinstance(v, str) and len(v) == 7 and v.startswith("#") for v in self.colours.values()):
-            fail("colours", f"a '#RRGGBB' colour for each of {self.classes}")
+                isinstance(v, str) and _COLOUR.fullmatch(v) for v in self.colours.values()):
+            fail("colours", f"a '#RRGGBB' colour (6 hex digits) for each of {self.classes}")
         if self.task not in TASKS:
             fail("task", f"one of {list(TASKS)}")
         if self.task == "binary" and len(self.classes) != 1:
@@ -267,18 +291,12 @@ class ModelCard:
             dtype = None
         if not isinstance(self.band_dtype, str) or dtype is None or dtype.kind not in "uif":
             fail("band_dtype", "a numeric dtype name such as 'uint8', 'uint16', 'int16' or 'float32'")
-        if self.nodata is None:
-            if dtype.kind != "f":
-                fail("nodata", f"a number (the value no-data and padding pixels hold in {self.band_dtype} "
-                               f"imagery); null is only for float imagery")
-        elif not _is_number(self.nodata) or math.isnan(self.nodata):
-            fail("nodata", "a number or null (NaN always marks missing pixels in float imagery)")
-        elif dtype.kind in "ui" and not (float(self.nodata).is_integer()
-                                         and np.iinfo(dtype).min <= self.nodata <= np.iinfo(dtype).max):
-            fail("nodata", f"a value representable in {self.band_dtype}")
+        problem = nodata_problem(self.nodata, dtype)
+        if problem:
+            fail("nodata", problem)
         if not _is_int(self.ignore_index) or not 0 <= self.ignore_index <= 255:
             fail("ignore_index", "an integer in [0, 255]")
-        check_normalization(self.normalization, self.num_bands)
+        check_normalization(self.normalization, self.num_bands, self.band_names)
         for name in ("tile_size", "size_multiple"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 fail(name, "a positive integer")
@@ -289,11 +307,22 @@ class ModelCard:
                 fail(name, "a string")
         if not self.model:
             fail("model", "the architecture name")
-        if not isinstance(self.metrics, dict) or not all(isinstance(k, str) and _is_number(v)
-                                                         for k, v in self.metrics.items()):
-            fail("metrics", "an object of metric name -> number")
-        if self.operating_point is not None and not isinstance(self.operating_point, dict):
-            fail("operating_point", "an object or null")
+        if not isinstance(self.metrics, dict) or not all(
+                isinstance(k, str) and (v is None or (_is_number(v) and math.isfinite(v)))
+                for k, v in self.metrics.items()):
+            fail("metrics", "an object of metric name -> finite number, or null for an undefined score")
+        if self.operating_point is not None:
+            point = self.operating_point
+            if not isinstance(point, dict) or not _is_number(point.get("threshold")) or not (
+                    0 <= point["threshold"] <= 1):
+                fail("operating_point", "null, or an object with a 'threshold' in [0, 1] (the decision threshold "
+                                        "chosen on validation) and its other settings")
+            decided, which = self.thresholds(), "'threshold'"
+            if self.task == "multilabel" and "footprint" in self.classes:
+                decided, which = [decided[self.classes.index("footprint")]], "footprint channel's 'threshold'"
+            if any(float(t) != float(point["threshold"]) for t in decided):
+                fail("operating_point", f"a 'threshold' equal to the card's decision threshold (its {which}, "
+                                        f"{self.threshold!r}): the card decides at the operating point's threshold")
         if self.class_weights is not None:
             counts = [1, 2] if self.task == "binary" else [len(self.classes)]
             if not isinstance(self.class_weights, list) or len(self.class_weights) not in counts or not all(
@@ -311,9 +340,40 @@ class ModelCard:
                                   f"{self.classes}")
 
 
-def check_normalization(norm: Normalization, num_bands: int) -> None:
+def nodata_problem(nodata, dtype) -> Optional[str]:
+    """What a valid ``nodata`` for ``dtype`` imagery would be, when ``nodata`` is not one (else None)."""
+    dtype = np.dtype(dtype)
+    if nodata is None:
+        if dtype.kind != "f":
+            return (f"a number (the value no-data and padding pixels hold in {dtype.name} imagery); null is only "
+                    f"for float imagery")
+    elif not _is_number(nodata) or math.isnan(nodata):
+        return "a number or null (NaN always marks missing pixels in float imagery)"
+    elif dtype.kind in "ui":
+        low, high = np.iinfo(dtype).min, np.iinfo(dtype).max
+        if not (float(nodata).is_integer() and low <= nodata <= high):
+            return f"a value representable in {dtype.name} (an integer in [{low}, {high}])"
+    return None
+
+
+def read_dtype(value, what: str = "band_dtype") -> str:
+    """The dtype name imagery of dtype ``value`` is read as (:func:`tfseg.data.raster.native_dtype`:
+    float64 and 64-bit integers -> float32), or :class:`ModelCardError` naming ``what`` for a
+    value that is not a numeric dtype."""
+    try:
+        dtype = np.dtype(value) if isinstance(value, str) else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "uif":
+        raise ModelCardError(f"{what}: expected a numeric dtype name such as 'uint8', 'uint16', 'int16' or "
+                             f"'float32', got {value!r}")
+    return native_dtype(SimpleNamespace(dtype=dtype.name)).name  # the rule for a single-file raster
+
+
+def check_normalization(norm: Normalization, num_bands: int, band_names: Optional[list] = None) -> None:
     """Raise :class:`ModelCardError` for statistics that do not fit ``num_bands`` bands or that
-    would divide by zero (a constant band), naming the band."""
+    would divide by zero (a constant band), naming the band. ``norm.band_names`` is empty or
+    names every band (the same names as ``band_names``, the card's, when given)."""
     if norm.method not in NORMALIZATION_METHODS:
         raise ModelCardError(f"field 'normalization.method': expected one of {list(NORMALIZATION_METHODS)}, "
                              f"got {norm.method!r}")
@@ -326,7 +386,15 @@ def check_normalization(norm: Normalization, num_bands: int) -> None:
                 _is_number(v) and math.isfinite(v) for v in values):
             raise ModelCardError(f"field 'normalization.{key}': expected {num_bands} finite numbers "
                                  f"(one per band), got {values!r}")
-    names = list(norm.band_names) or [f"band{i + 1}" for i in range(num_bands)]
+    names = norm.band_names
+    if not isinstance(names, list) or (names and (len(names) != num_bands or not all(isinstance(b, str)
+                                                                                     for b in names))):
+        raise ModelCardError(f"field 'normalization.band_names': expected [] or {num_bands} band names (one per "
+                             f"band), got {names!r}")
+    if names and band_names is not None and names != list(band_names):
+        raise ModelCardError(f"field 'normalization.band_names': expected the card's band_names {band_names} "
+                             f"(the statistics are per band, in that order), got {names!r}")
+    names = list(names) or list(band_names or []) or [f"band{i + 1}" for i in range(num_bands)]
     for index in norm.constant_bands():
         spread = (f"std {norm.std[index]}" if norm.method == "meanstd"
                   else f"percentile range [{norm.low[index]}, {norm.high[index]}]")
@@ -362,13 +430,30 @@ def _same_nodata(scene_nodata, card_nodata, dtype) -> bool:
 # ------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------
+def _parse_card(data: bytes, source: str) -> ModelCard:
+    """A card from JSON bytes; undecodable or invalid JSON raises :class:`ModelCardError` naming ``source``."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelCardError(f"{source}: not a model card (binary data, not UTF-8 JSON text; expected a run "
+                             f"directory, a .keras or .tflite file, an exported SavedModel directory or a "
+                             f"{CARD_FILE})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelCardError(f"{source}: not valid JSON ({error})") from None
+    return ModelCard.from_dict(data, source)
+
+
 def read_card_file(path) -> ModelCard:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
-    return ModelCard.from_dict(data, str(path))
+    return _parse_card(path.read_bytes(), str(path))
+
+
+def tflite_card_path(tflite_file) -> Path:
+    """Where the card of ``NAME.tflite`` is: ``NAME.model_card.json`` beside it."""
+    tflite_file = Path(tflite_file)
+    return tflite_file.with_name(tflite_file.stem + TFLITE_CARD_SUFFIX)
 
 
 def embedded_card(keras_file) -> Optional[ModelCard]:
@@ -378,13 +463,10 @@ def embedded_card(keras_file) -> Optional[ModelCard]:
         with zipfile.ZipFile(keras_file) as archive:
             if CARD_FILE not in archive.namelist():
                 return None
-            data = archive.read(CARD_FILE).decode()
+            data = archive.read(CARD_FILE)
     except zipfile.BadZipFile:
         raise ModelCardError(f"{keras_file}: not a .keras archive (zip)") from None
-    try:
-        return ModelCard.from_dict(json.loads(data), f"{keras_file}:{CARD_FILE}")
-    except json.JSONDecodeError as error:
-        raise ModelCardError(f"{keras_file}:{CARD_FILE}: not valid JSON ({error})") from None
+    return _parse_card(data, f"{keras_file}:{CARD_FILE}")
 
 
 def embed_card(keras_file, card: ModelCard) -> None:
@@ -403,7 +485,8 @@ def embed_card(keras_file, card: ModelCard) -> None:
 
 def load_model_card(path) -> ModelCard:
     """The model card of a run directory (``RUN_DIR/model_card.json``), a ``.keras`` file (the
-    card beside it, else the one embedded in it), an exported SavedModel directory
+    one embedded in it and/or ``model_card.json`` beside it: when both exist they must agree), a
+    ``NAME.tflite`` file (``NAME.model_card.json`` beside it), an exported SavedModel directory
     (``assets/model_card.json``, else its ``metadata`` signature) or a card JSON file.
 
     Raises :class:`LegacyArtifactError` for artifacts of tfseg versions before the card,
@@ -431,13 +514,31 @@ def load_model_card(path) -> ModelCard:
     if path.suffix == ".keras":
         beside = path.parent / CARD_FILE
         if beside.is_file():
-            return read_card_file(beside)
-        card = embedded_card(path)
-        if card is not None:
+            card = read_card_file(beside)
+            # a damaged archive is reported by the model loader, naming the file
+            inside = embedded_card(path) if zipfile.is_zipfile(path) else None
+            if inside is not None and inside != card:
+                fields = [f.name for f in dataclasses.fields(ModelCard)
+                          if getattr(inside, f.name) != getattr(card, f.name)]
+                raise ModelCardError(
+                    f"{path}: the model card inside it and {beside} beside it differ (fields {fields}); the one "
+                    f"inside was saved with these weights, the one beside may belong to another model. Replace "
+                    f"{beside} with the embedded card (`python -m tfseg.model_card show {path}` prints it) or "
+                    f"move the .keras file to its own folder")
             return card
+        inside = embedded_card(path)
+        if inside is not None:
+            return inside
         if (path.parent / LEGACY_NORMALIZATION_FILE).is_file():
             raise LegacyArtifactError(_legacy_message(path, "this model"))
         raise ModelCardError(f"{path}: no {CARD_FILE} beside it or inside it")
+    if path.suffix == ".tflite":
+        card = tflite_card_path(path)
+        if not card.is_file():
+            raise ModelCardError(f"{path}: no {card.name} beside it (python -m tfseg.export --format tflite writes "
+                                 f"the card of NAME.tflite as NAME{TFLITE_CARD_SUFFIX}; re-export a .tflite "
+                                 f"written by an older tfseg)")
+        return read_card_file(card)
     return read_card_file(path)
 
 
@@ -448,8 +549,7 @@ def _card_from_signature(path: Path) -> ModelCard:
     if "metadata" not in loaded.signatures:
         raise ModelCardError(f"SavedModel {path}: no assets/{CARD_FILE} and no 'metadata' signature "
                              f"(not exported by tfseg.export?)")
-    text = loaded.signatures["metadata"]()["metadata"].numpy().decode()
-    return ModelCard.from_dict(json.loads(text), f"{path} (metadata signature)")
+    return _parse_card(loaded.signatures["metadata"]()["metadata"].numpy(), f"SavedModel {path} (metadata signature)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -463,7 +563,9 @@ def upgrade_run(run_dir, band_dtype: Optional[str] = None, nodata="auto") -> Mod
     did (same statistics, no-data pixels -> 0).
 
     The band dtype and nodata value come from the old export's metadata and the training
-    scenes of ``config.yaml`` (``band_dtype`` / ``nodata`` given here take precedence).
+    scenes of ``config.yaml`` (``band_dtype`` / ``nodata`` given here take precedence). The
+    band dtype is the one the scenes are read as (:func:`tfseg.data.raster.native_dtype`: old
+    runs recorded the file's own dtype, e.g. float64, which tfseg reads as float32).
     """
     import keras
 
@@ -485,12 +587,17 @@ def upgrade_run(run_dir, band_dtype: Optional[str] = None, nodata="auto") -> Mod
     norm = Normalization.load(run_dir / LEGACY_NORMALIZATION_FILE)
     old_meta_file = run_dir / "export" / "assets" / LEGACY_METADATA_FILE
     old_meta = json.loads(old_meta_file.read_text()) if old_meta_file.is_file() else {}
-    if band_dtype is None:
-        band_dtype = old_meta.get("band_dtype")
+    if band_dtype is not None:
+        band_dtype = read_dtype(band_dtype, "band_dtype")
+    elif old_meta.get("band_dtype") is not None:
+        band_dtype = read_dtype(old_meta["band_dtype"], f"{old_meta_file}: field 'band_dtype'")
     if band_dtype is None or nodata == "auto":
         scenes, _ = load_scenes(cfg.data)
         band_dtype = band_dtype or dataset_dtype(scenes).name
         nodata = dataset_nodata(scenes, band_dtype) if nodata == "auto" else nodata
+    problem = nodata_problem(nodata, band_dtype)  # e.g. -1 for uint8: refused before anything is loaded
+    if problem:
+        raise ModelCardError(f"{run_dir}: nodata {nodata!r} does not fit its {band_dtype} imagery: expected {problem}")
     old = keras.saving.load_model(run_dir / "model.keras", compile=False)
     if find_preprocess(old) is not None:
         raise ModelCardError(f"{run_dir / 'model.keras'}: already has a preprocessing layer")
@@ -503,6 +610,19 @@ def upgrade_run(run_dir, band_dtype: Optional[str] = None, nodata="auto") -> Mod
     embed_card(run_dir / "model.keras", card)
     card.save(run_dir / CARD_FILE)
     return card
+
+
+def _nodata_option(text: str) -> Optional[float]:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise ModelCardError(f"--nodata {text!r}: expected a finite number (the raw no-data value) or 'none' "
+                             f"(float imagery without one)")
+    return value
 
 
 def main(argv=None) -> int:
@@ -523,8 +643,9 @@ def main(argv=None) -> int:
         if args.command == "show":
             print(load_model_card(args.path).to_json(), end="")
             return 0
-        nodata = "auto" if args.nodata is None else (None if args.nodata.lower() == "none" else float(args.nodata))
-        card = upgrade_run(args.run_dir, args.band_dtype, nodata)
+        band_dtype = None if args.band_dtype is None else read_dtype(args.band_dtype, "--band-dtype")
+        nodata = "auto" if args.nodata is None else _nodata_option(args.nodata)
+        card = upgrade_run(args.run_dir, band_dtype, nodata)
     except INPUT_ERRORS as error:
         return report(error)
     print(f"{args.run_dir}: upgraded ({card.num_bands} {card.band_dtype} bands, nodata {card.nodata}); "

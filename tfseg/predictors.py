@@ -33,6 +33,11 @@ class ModelLoadError(TfsegError):
     """MODEL is not a run directory, a ``.keras`` file or an exported SavedModel; names the path."""
 
 
+class InferenceArgumentError(TfsegError):
+    """A prediction argument (tile size, overlap, batch size, TTA views, threshold) is unusable;
+    the message names it and what was expected."""
+
+
 class NodataWarning(UserWarning):
     """A scene's nodata value differs from the one the model was trained with."""
 
@@ -91,7 +96,8 @@ class Predictor:
         if values.size == 1:
             values = np.repeat(values, self.num_classes)
         if values.shape != (self.num_classes,):
-            raise ValueError(f"threshold: expected one value or {self.num_classes} (one per class), got {value!r}")
+            raise InferenceArgumentError(f"threshold: expected one value or {self.num_classes} (one per class), "
+                                         f"got {value!r}")
         return values
 
     @property
@@ -139,17 +145,17 @@ class Predictor:
         return tile, (overlap if overlap >= 0 else min(self.recommended_overlap, tile // 2))
 
     def check_source(self, source, name: str = "") -> None:
-        """Refuse a scene whose band count (or, for a raster file, dtype) differs from the model
-        card's; warn (:class:`NodataWarning`) about a different nodata value."""
+        """Refuse a scene (a raster file, or an in-memory array) whose band count or dtype differs
+        from the model card's (:class:`~tfseg.model_card.ModelCardError` naming both); warn
+        (:class:`NodataWarning`) about a raster's different nodata value."""
         name = name or getattr(source, "name", "scene")
         model = f" (model {self.source})" if self.source else ""
         info = getattr(source, "info", None)
-        if info is None:
-            if source.num_bands != self.num_bands:
-                raise ValueError(f"{name}: the scene has {source.num_bands} band(s) but the model{model} was "
-                                 f"trained on {self.num_bands} band(s)")
+        if info is None:  # in memory: its array's dtype is what the model gets
+            self.card.check_scene(f"{name}{model}", source.num_bands, source.dtype)
             return
-        for message in self.card.check_scene(f"{name}{model}", info.num_bands, native_dtype(info), info.nodata):
+        for message in self.card.check_scene(f"{name}{model}", info.num_bands, native_dtype(info), info.nodata,
+                                             stored_dtype=info.dtype):
             warnings.warn(message, NodataWarning, stacklevel=3)
 
 

@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency; keep a working
 
 from .errors import TfsegError
 from .model_card import CARD_FILE, LEGACY_METADATA_FILE, load_model_card
+from .predictors import ModelLoadError
 
 log = logging.getLogger("tfseg.serve")
 
@@ -75,14 +76,24 @@ def _dumps(obj) -> bytes:
 
 
 def _loads(body: bytes):
+    """Parse request JSON. Like TF Serving's REST API, the literals ``NaN``, ``Infinity`` and
+    ``-Infinity`` are accepted (float imagery marks missing pixels with NaN): strict orjson
+    first, the standard library's parser (which takes them) only when orjson refuses the body."""
+    error = None
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except ValueError as strict:
+            error = strict
     try:
-        return orjson.loads(body) if orjson is not None else json.loads(body)
-    except ValueError as error:
-        raise RequestError(f"JSON Parse error: {error}") from None
+        return json.loads(body)
+    except (ValueError, RecursionError) as lenient:  # UnicodeDecodeError is a ValueError
+        raise RequestError(f"JSON Parse error: {error or lenient}") from None
 
 
-_NUMERIC_BYTES = b"[]-+.,eE0123456789 \n\r\t"
-_NUMBER_BYTES = b"-+.eE0123456789 \n\r\t"
+_NAN_INF_BYTES = b"NaInfity"  # the letters of NaN, Infinity and -Infinity
+_NUMERIC_BYTES = b"[]-+.,eE0123456789 \n\r\t" + _NAN_INF_BYTES
+_NUMBER_BYTES = b"-+.eE0123456789 \n\r\t" + _NAN_INF_BYTES
 _BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
 _ENVELOPE_HEAD = re.compile(
     rb'\A\s*\{\s*(?:"signature_name"\s*:\s*"(?P<signature>[A-Za-z0-9_.\-/]*)"\s*,\s*)?'
@@ -182,14 +193,17 @@ class Servable:
                 for k, v in defs.items() if not k.startswith("__")}
 
     def _warm_up(self) -> None:
-        """One small call so the first client request does not pay for graph initialization."""
+        """One small call so the first client request does not pay for graph initialization: a
+        size-multiple square, or the signature's height and width where they are fixed (a model
+        with a fixed input size takes nothing else)."""
         from ._tf import tensorflow as tf
 
         spec = self.inputs.get(DEFAULT_SIGNATURE, {}).get("images")
         if spec is None or spec.shape.rank != 4 or spec.shape[-1] is None:
             return
         side = self.card.size_multiple if self.card is not None else 32
-        self.signatures[DEFAULT_SIGNATURE](images=tf.zeros([1, side, side, spec.shape[-1]], spec.dtype))
+        height, width = (side if size is None else size for size in spec.shape.as_list()[1:3])
+        self.signatures[DEFAULT_SIGNATURE](images=tf.zeros([1, height, width, spec.shape[-1]], spec.dtype))
 
 
 def list_versions(base_path: Path) -> list[int]:
@@ -208,9 +222,14 @@ class ModelManager:
         self._servables: dict[int, Servable] = {}
         self._lock = threading.Lock()
         self._failed: dict[int, tuple] = {}  # version -> saved_model.pb (mtime, size) when it failed
+        self._errors: dict[int, str] = {}  # version -> why it could not be loaded
         if not self.base_path.is_dir():
             raise FileNotFoundError(f"--model-base-path {self.base_path} is not a directory")
         self.refresh()
+        if not self._servables and self._errors:
+            reasons = "; ".join(f"version {v}: {self._errors[v]}" for v in sorted(self._errors, reverse=True))
+            raise ModelLoadError(f"no SavedModel version under --model-base-path {self.base_path} could be "
+                                 f"loaded: {reasons}")
         if not self._servables:
             raise FileNotFoundError(
                 f"no SavedModel version under --model-base-path {self.base_path} (expected "
@@ -249,8 +268,10 @@ class ModelManager:
             servable = Servable(self.name, version, self.base_path / str(version))
         except Exception as error:  # a broken version must not take the server down
             self._failed[version] = self._stamp(version)
+            self._errors[version] = f"{type(error).__name__}: {error}"
             log.error("could not load %s version %s: %s", self.name, version, error)
             return False
+        self._errors.pop(version, None)
         with self._lock:
             self._servables[version] = servable
         log.info("serving %s version %d from %s", self.name, version, servable.path)
@@ -401,11 +422,20 @@ def parse_predict_request(body: dict, servable: Servable) -> tuple[str, dict, bo
     raise RequestError("Missing 'inputs' or 'instances' key")
 
 
-def check_encoded_images(array: np.ndarray, input_name: str, max_pixels: int) -> None:
+def check_encoded_images(array: np.ndarray, input_name: str, max_pixels: int,
+                         band_dtype: Optional[str] = None) -> None:
     """Refuse PNG/JPEG inputs whose header promises more than ``max_pixels`` in all (a few KB of
-    PNG can decode to gigabytes); only the headers are read."""
+    PNG can decode to gigabytes), or (``band_dtype``: the model card's) whose pixel dtype (uint16
+    for a 16-bit PNG, else uint8) is not the model's; only the headers are read."""
     from PIL import Image
 
+    if band_dtype is not None:
+        from .export import bytes_dtype_message, image_bytes_dtype
+
+        for data in array.reshape(-1):
+            image_dtype = image_bytes_dtype(data)
+            if image_dtype is not None and image_dtype != band_dtype:
+                raise RequestError(f"input {input_name!r}: {bytes_dtype_message(band_dtype, image_dtype)}")
     total = 0
     for data in array.reshape(-1):
         try:
@@ -543,9 +573,11 @@ class ServingApp:
         from ._tf import tensorflow as tf
 
         signature, arrays, row_format = parse_predict_request(parse_body(body), servable)
+        # tfseg's bytes signature takes PNG/JPEG of the card's pixel dtype only (the graph checks it too)
+        band_dtype = servable.card.band_dtype if servable.card is not None and signature == "serving_bytes" else None
         for name, array in arrays.items():
             if array.dtype == object:
-                check_encoded_images(array, name, self.max_image_pixels)
+                check_encoded_images(array, name, self.max_image_pixels, band_dtype)
         try:
             outputs = servable.signatures[signature](**{k: tf.constant(v) for k, v in arrays.items()})
         except (tf.errors.InvalidArgumentError, TypeError, ValueError) as error:
@@ -596,7 +628,7 @@ def main(argv=None) -> int:
     try:
         manager = ModelManager(args.model_base_path, args.model_name, args.model_version_policy,
                                args.file_system_poll_wait_seconds)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, TfsegError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # move the loaded graphs out of the garbage collector's view: decoding a JSON image creates
