@@ -136,6 +136,34 @@ def test_pixels_multiclass_per_class(tmp_path):
     assert result["miou"] == pytest.approx(np.mean([land["iou"], 0.0, 1.0]))
 
 
+def test_pixels_threshold_is_a_probability_and_not_for_multiclass_models(chips, oracle_run, tmp_path, capsys):
+    from tfseg.errors import TfsegError
+
+    images, masks, _ = chips
+    assert evaluate.main(["pixels", "--model", str(oracle_run), "--images", str(images), "--masks", str(masks),
+                          "--threshold", "50"]) == 2
+    assert "--threshold 50.0: expected a probability in [0, 1]" in capsys.readouterr().err
+    run = save_run(bright_is_class_2_model(), tmp_path / "run", config="data:\n  classes: [land, road, building]\n")
+    image, mask = building_scene(40, 50, boxes=((5, 5, 20, 20),))
+    write_geotiff(tmp_path / "i" / "a.tif", image)
+    write_geotiff(tmp_path / "m" / "a_mask.tif", (mask * 2).astype(np.uint8))
+    with pytest.raises(TfsegError, match=r"--threshold 0.99: model .*run is multi-class.*argmax"):
+        evaluate.evaluate_pixels(run, [tmp_path / "i" / "a.tif"], [tmp_path / "m" / "a_mask.tif"], threshold=0.99)
+
+
+def test_minimum_area_in_m2_on_a_scene_without_pixel_area_is_an_error():
+    from shapely.geometry import box
+
+    from tfseg.object_metrics import SceneTruth, kept_records
+    from tfseg.postprocess import PixelAreaError, PolygonRecord
+
+    truth = SceneTruth("chip_3", [box(0, 0, 10, 10)], np.zeros((20, 20), bool), pixel_area=None)
+    records = [PolygonRecord(box(0, 0, 10, 10))]
+    with pytest.raises(PixelAreaError, match="min_area_m2 5.0: scene chip_3"):
+        kept_records(truth, records, min_area_m2=5.0)
+    assert kept_records(SceneTruth("utm", truth.polygons, truth.ignore, 0.25), records, min_area_m2=5.0) == records
+
+
 def _scene(tmp_path, name, image, mask):
     from tfseg.data.labels import MaskLabels, binary_mask_lookup
     from tfseg.data.raster import open_raster

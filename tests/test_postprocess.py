@@ -21,6 +21,7 @@ from tfseg.postprocess import (
     polygonize_raster,
     remove_speckle,
     spacenet_image_id,
+    split_instances,
     to_world,
     write_geojson,
     write_spacenet_csv,
@@ -220,3 +221,72 @@ def test_exact_distance_is_scipys_edt_bit_for_bit():
     assert not exact_distance(np.zeros((4, 5), bool)).any()
     full = np.ones((20, 24), bool)  # a crop wholly inside one building: no background
     np.testing.assert_array_equal(exact_distance(full), ndimage.distance_transform_edt(full))
+
+
+def test_watershed_objects_do_not_depend_on_the_block_size(tmp_path):
+    """Objects crossing block boundaries are split on their whole window as the whole-scene path
+    splits them: a courtyard cut by a boundary is filled (an island in it absorbed), and the
+    window's edge is not the object's (random blobs, with and without clean-up, at several block
+    sizes; no small piece is left unlabelled by the watershed on either path)."""
+    import cv2
+
+    ring = np.zeros((64, 64), np.uint8)
+    ring[10:50, 10:50] = 1
+    ring[26:38, 20:44] = 0  # a courtyard: one building of 1600 px² once filled
+    island = ring.copy()
+    island[22:42, 18:42] = 0
+    island[28:36, 26:34] = 1  # a courtyard with an island: filled, one building
+    noise = [np.random.default_rng(seed).random((120, 90)).astype(np.float32) for seed in range(6)]
+    masks = [ring, island] + [(cv2.GaussianBlur(n, (0, 0), 3) > 0.5).astype(np.uint8) for n in noise]
+    options = [PolygonOptions(instances="watershed"),
+               PolygonOptions(instances="watershed", opening_px=0, simplify_px=0, min_area_px=0)]
+    for index, mask in enumerate(masks):
+        assert (split_instances(mask)[mask > 0] > 0).all()  # every pixel in an instance (none dropped)
+        path = write_geotiff(tmp_path / f"m{index}.tif", mask)
+        for opts in options:
+            whole = sorted((r.geometry for r in polygonize_array(mask, None, opts)), key=lambda g: g.bounds)
+            for block_rows in (16, 30, 32):
+                streamed = sorted((r.geometry for r in polygonize_raster(path, None, [1], opts, block_rows=block_rows)),
+                                  key=lambda g: g.bounds)
+                assert len(streamed) == len(whole), (index, opts, block_rows)
+                for a, b in zip(whole, streamed):
+                    assert a.symmetric_difference(b).area < 1e-6, (index, opts, block_rows)
+    for name in ("m0.tif", "m1.tif"):
+        objects = polygonize_raster(tmp_path / name, None, [1], options[0], block_rows=30)
+        assert [r.geometry.area for r in objects] == [1600.0]
+
+
+def test_pixel_area_of_any_crs_and_rotated_geographic_grids():
+    from affine import Affine
+
+    t = rasterio.transform.from_origin(500000, 4000000, 0.5, 0.5)
+    assert pixel_area_m2("EPSG:2263", t, 10, 10) == pytest.approx(0.25 * 0.3048 ** 2, rel=1e-5)  # US feet
+    assert pixel_area_m2("EPSG:32633+5773", t, 10, 10) == pytest.approx(0.25)  # compound: its projected part
+    local = 'LOCAL_CS["site",LOCAL_DATUM["x",0],UNIT["metre",1],AXIS["x",EAST],AXIS["y",NORTH]]'
+    assert pixel_area_m2(local, t, 10, 10) is None and pixel_area_m2("EPSG:4978", t, 10, 10) is None
+    north_up = Affine(1e-5, 0, 32.58, 0, -1e-5, 0.35)
+    expected = pixel_area_m2("EPSG:4326", north_up, 10, 10)
+    for angle in (30, 45, 90):  # the pixel's parallelogram, not the bounding box of its diagonal
+        rotated = Affine.translation(32.58, 0.35) * Affine.rotation(angle) * Affine.scale(1e-5, -1e-5)
+        assert pixel_area_m2("EPSG:4326", rotated, 10, 10) == pytest.approx(expected, rel=1e-3)
+
+
+def test_min_area_m2_without_a_pixel_area_is_an_error_and_area_m2_null(tmp_path):
+    from tfseg.errors import TfsegError
+    from tfseg.postprocess import PixelAreaError, require_pixel_area
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 5:25] = 1
+    with pytest.raises(PixelAreaError, match="min_area_m2 50"):
+        polygonize_array(mask, None, PolygonOptions(min_area_m2=50.0))
+    with pytest.raises(PixelAreaError, match=r"c.tif: min_area_m2"):
+        polygonize_raster(write_geotiff(tmp_path / "c.tif", mask), None, [1], PolygonOptions(min_area_m2=50.0))
+    local = 'LOCAL_CS["site",LOCAL_DATUM["x",0],UNIT["metre",1],AXIS["x",EAST],AXIS["y",NORTH]]'
+    with pytest.raises(TfsegError, match=r"--min-area-m2: scene s.tif has a CRS \('site', Engineering CRS\)"):
+        require_pixel_area(local, TRANSFORM, 40, 40, "s.tif")
+    with pytest.raises(PixelAreaError, match="scene s.tif has no CRS"):
+        require_pixel_area(None, TRANSFORM, 40, 40, "s.tif")
+    records = polygonize_array(mask, None, PolygonOptions(opening_px=0))
+    out = write_geojson(tmp_path / "a.geojson", records, TRANSFORM, local, pixel_area=pixel_area_m2(local, TRANSFORM,
+                                                                                                   40, 40))
+    assert json.loads(out.read_text())["features"][0]["properties"]["area_m2"] is None

@@ -53,7 +53,7 @@ def test_blend_weights_partition_of_unity():
 def test_conv_model_sliding_equals_one_piece():
     """A conv-only model (receptive field 5 px) is translation-equivariant, so with a zero-weight
     margin >= its half receptive field the blended windows reproduce the one-piece prediction."""
-    predictor = keras_predictor(conv_model())
+    predictor = keras_predictor(conv_model(), band_dtype="float32")
     rng = np.random.default_rng(0)
     image = rng.normal(100, 50, (150, 170, 3)).astype(np.float32)
     valid = np.ones((150, 170), bool)
@@ -150,7 +150,7 @@ def test_tta_and_savedmodel_paths_agree(tmp_path, oracle_run):
     from tfseg.export import export_saved_model, load_run_model
 
     image, _ = building_scene(96, 80, boxes=((10, 10, 50, 40),))
-    image = image.transpose(1, 2, 0).astype(np.float32)
+    image = image.transpose(1, 2, 0)
     keras_pred = load_predictor(oracle_run)
     assert keras_pred.threshold == 0.5 and keras_pred.classes == ["building"] and keras_pred.tile_size == 64
     base, _ = predict_array(keras_pred, image, tile_size=64, overlap=16)
@@ -249,3 +249,156 @@ def test_cog_output_has_overviews(tmp_path, oracle_run):
         with rasterio.open(tmp_path / "out" / name) as ds:
             assert ds.overviews(1) and ds.profile["tiled"] and ds.crs.to_epsg() == 32636
     assert not list((tmp_path / "out").glob("*.tmp.tif"))
+
+
+# ------------------------------------------------------------------------------------------
+# Georeferencing kept, option checks before any scene is predicted
+# ------------------------------------------------------------------------------------------
+def card_predictor(classes=("a", "b", "c"), task="multiclass"):
+    """A Predictor of a model card alone (nothing is predicted by the checks that use it)."""
+    from tfseg.data.raster import Normalization
+    from tfseg.inference import Predictor
+    from tfseg.model_card import ModelCard
+
+    norm = Normalization("meanstd", [100.0] * 3, [50.0] * 3, [0.0] * 3, [255.0] * 3)
+    card = ModelCard(classes=list(classes), colours={c: "#ff0000" for c in classes}, task=task, threshold=0.5,
+                     band_names=["b1", "b2", "b3"], band_dtype="uint16", num_bands=3, nodata=0.0, ignore_index=255,
+                     normalization=norm, tile_size=64, recommended_overlap=16, size_multiple=1, model="card",
+                     backbone="", operating_point=None)
+    return Predictor(card, card.num_outputs, "card_model")
+
+
+def test_transform_without_crs_and_ground_control_points_are_kept(tmp_path, oracle_run):
+    from rasterio.control import GroundControlPoint
+
+    image, _ = building_scene(64, 80, boxes=((10, 10, 40, 40),))
+    local = rasterio.transform.from_origin(1000.0, 2000.0, 2.0, 2.0)
+    corners = ((0, 0), (0, 80), (64, 0), (64, 80))
+    gcps = [GroundControlPoint(r, c, 440000.0 + c / 2, 40512.0 - r / 2) for r, c in corners]
+    profile = dict(driver="GTiff", width=80, height=64, count=3, dtype="uint16")
+    plain, gcp_scene = tmp_path / "local.tif", tmp_path / "gcp.tif"
+    with rasterio.open(plain, "w", transform=local, **profile) as dst:  # a transform, no CRS
+        dst.write(image)
+    with rasterio.open(gcp_scene, "w", gcps=gcps, crs=rasterio.crs.CRS.from_epsg(32636), **profile) as dst:
+        dst.write(image)
+    with pytest.warns(UserWarning) as caught:
+        predict.predict_scenes(oracle_run, [plain, gcp_scene], tmp_path / "out",
+                               predict.PredictOptions(progress=False, overlay=False))
+    messages = [str(w.message) for w in caught]
+    assert any("local.tif: not georeferenced (no CRS)" in m for m in messages)
+    assert any("gcp.tif: georeferenced by ground control points" in m for m in messages)
+    assert not any("gcp.tif: not georeferenced" in m for m in messages)
+    for name in ("local_prob.tif", "local_class.tif"):
+        with rasterio.open(tmp_path / "out" / name) as ds:
+            assert ds.transform == local and ds.crs is None
+    for name in ("gcp_prob.tif", "gcp_class.tif"):
+        with rasterio.open(tmp_path / "out" / name) as ds:
+            points, crs = ds.gcps
+            assert crs.to_epsg() == 32636 and [(p.row, p.col, p.x, p.y) for p in points] == \
+                [(p.row, p.col, p.x, p.y) for p in gcps]
+
+
+def test_min_area_m2_on_a_scene_without_pixel_area_fails_before_predicting(tmp_path, oracle_run):
+    from tfseg.postprocess import PixelAreaError
+
+    image, _ = building_scene(64, 64, boxes=((10, 10, 40, 40),))
+    good = write_geotiff(tmp_path / "utm.tif", image)
+    plain = write_geotiff(tmp_path / "plain.tif", image, georeferenced=False)
+    out = tmp_path / "out"
+    with pytest.raises(PixelAreaError, match=r"--min-area-m2 50: scene .*plain.tif has no CRS"):
+        predict.predict_scenes(oracle_run, [good, plain], out, predict.PredictOptions(
+            progress=False, polygon_overrides={"min_area_m2": 50.0}))
+    assert not list(out.glob("*.tif"))  # refused before the first scene was predicted
+    # the model's operating point in m² is refused the same way, naming where it comes from
+    local = 'LOCAL_CS["site",LOCAL_DATUM["x",0],UNIT["metre",1],AXIS["x",EAST],AXIS["y",NORTH]]'
+    site = write_geotiff(tmp_path / "site.tif", image, crs=rasterio.crs.CRS.from_wkt(local))
+    assert predict.main(["--model", str(oracle_run), "--input", str(site), "--output", str(out), "--quiet",
+                         "--min-area-m2", "5"]) == 2
+    # without an m² option such a scene works: km² and area_m2 unknown (null, never NaN)
+    summary = predict.predict_scenes(oracle_run, [site], out, predict.PredictOptions(progress=False, overlay=False))
+    assert summary["km2"] is None and summary["scenes"][0]["km2"] is None
+
+    def no_nan(value):
+        raise AssertionError(f"{value} in a JSON output")
+
+    for name in ("site_polygons.geojson", "polygons.geojson", "summary.json"):
+        doc = json.loads((out / name).read_text(), parse_constant=no_nan)
+    doc = json.loads((out / "site_polygons.geojson").read_text())
+    assert [f["properties"]["area_m2"] for f in doc["features"]] == [None]
+
+
+def test_polygon_classes_are_checked_against_the_model(tmp_path, oracle_run, scene, capsys):
+    out = tmp_path / "out"
+
+    def refused(model, **options):
+        with pytest.raises(predict.PredictOptionError) as error:
+            predict.predict_scenes(model, [scene[0]], out, predict.PredictOptions(progress=False, **options))
+        return str(error.value)
+
+    assert "only class 1" in refused(oracle_run, polygon_classes=[2])
+    assert "only class 1" in refused(oracle_run, polygon_classes=[0])
+    multiclass = card_predictor()
+    assert "0 <= class < 3" in refused(multiclass, polygon_classes=[3], polygons=True)
+    assert "add --polygons" in refused(multiclass, polygon_classes=[2])  # multi-class: polygons are off by default
+    assert "--no-polygons" in refused(multiclass, polygon_classes=[2], polygons=False)
+    assert "twice" in refused(multiclass, polygon_classes=[1, 1], polygons=True)
+    assert not out.exists() or not list(out.glob("*.tif"))
+    assert predict.main(["--model", str(oracle_run), "--input", str(scene[0]), "--output", str(out), "--quiet",
+                         "--polygon-classes", "2"]) == 2
+    assert "--polygon-classes 2" in capsys.readouterr().err
+
+
+def test_threshold_is_a_probability_and_not_for_multiclass_models(tmp_path, oracle_run, scene, capsys):
+    for value in ("50", "-0.1", "nan"):
+        assert predict.main(["--model", str(oracle_run), "--input", str(scene[0]), "--output", str(tmp_path / "o"),
+                             "--quiet", "--threshold", value]) == 2
+        assert f"--threshold {float(value)}: expected a probability in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(predict.PredictOptionError, match=r"--threshold 0.99: model card_model is multi-class.*argmax"):
+        predict.predict_scenes(card_predictor(), [scene[0]], tmp_path / "o", predict.PredictOptions(
+            progress=False, threshold=0.99))
+    assert not list((tmp_path / "o").glob("*.tif"))
+    # none is recorded for a multi-class model (its summary, its markers), and its resolved options
+    # pass the check again (as a Beam worker checks them)
+    resolved = predict.resolve_options(card_predictor(), predict.PredictOptions())
+    assert resolved.threshold is None
+    predict.validate_options(resolved, card_predictor())
+
+
+def test_spacenet_csv_directory_is_checked_before_any_scene(tmp_path, oracle_run, scene):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = tmp_path / "out"
+    with pytest.raises(predict.OutputError, match=r"--spacenet-csv .*a_file"):
+        predict.predict_scenes(oracle_run, [scene[0]], out, predict.PredictOptions(
+            progress=False, overlay=False, spacenet_csv=str(blocker / "csv" / "proposals.csv")))
+    assert not out.exists() or not list(out.iterdir())
+    # a missing folder is made, like --output's
+    target = tmp_path / "results" / "proposals.csv"
+    summary = predict.predict_scenes(oracle_run, [scene[0]], out, predict.PredictOptions(
+        progress=False, overlay=False, spacenet_csv=str(target)))
+    assert summary["spacenet_csv"] == str(target) and target.read_text().startswith("ImageId,")
+
+
+def test_alpha_band_is_the_mask_and_older_four_band_models_still_read_it(tmp_path, oracle_run):
+    """An RGBA scene is three image bands plus its valid mask: a 3-band model predicts it with
+    the zero-alpha pixels as no data; a model trained on the alpha as a fourth band (before
+    alpha bands were masks) gets it as that band, with a warning saying so."""
+    from rasterio.transform import from_origin
+
+    image, _ = building_scene(64, 64, boxes=((10, 10, 40, 40),))
+    alpha = np.full((1, 64, 64), 65535, np.uint16)
+    alpha[:, :, :16] = 0
+    path = tmp_path / "rgba.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:32636",
+                       transform=from_origin(440000.0, 40000.0, 0.5, 0.5), photometric="RGB", alpha="YES") as dst:
+        dst.write(np.concatenate([image, alpha]))
+    predict.predict_scenes(oracle_run, [path], tmp_path / "three", predict.PredictOptions(
+        progress=False, overlay=False, polygons=False))
+    with rasterio.open(tmp_path / "three" / "rgba_prob.tif") as src:
+        probs = src.read(1, masked=True)
+    assert probs.mask[:, :16].all() and not probs.mask[:, 16:].any()
+    four = keras_predictor(conv_model(bands=4), bands=4)
+    with pytest.warns(UserWarning, match=r"alpha band\(s\) \[4\]"):
+        summary = predict.predict_scenes(four, [path], tmp_path / "four", predict.PredictOptions(
+            progress=False, overlay=False, polygons=False))
+    assert not summary["failures"]

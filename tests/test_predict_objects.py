@@ -81,6 +81,22 @@ def test_overlay_outlines_true_false_positives_and_misses(tmp_path, oracle_run, 
     assert {(0, 200, 0), (230, 20, 20), (30, 110, 255)} <= colours
 
 
+def test_overlay_counts_drop_what_the_spacenet_scorer_drops(tmp_path, oracle_run, touching):
+    """Truth slivers < 20 px² (and proposals <= 20 px²) are not counted, as `evaluate spacenet`
+    does not count them."""
+    from tests.data.fixtures import pixel_box_to_world
+
+    path, _ = touching
+    info = open_raster(path)
+    boxes = [(10, 10, 30, 30), (30, 16, 50, 36), (40, 70, 55, 90), (80, 2, 84, 6)]  # + a 16 px² sliver
+    truth = write_geojson(tmp_path / "truth.geojson", [pixel_box_to_world(*b, info.affine) for b in boxes])
+    out = tmp_path / "overlay"
+    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(out), "--quiet",
+                         "--tile-size", "64", "--overlay", "--truth", str(truth)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenes"][0]["objects"] == {"tp": 2, "fp": 1, "fn": 1}
+
+
 def test_instances_watershed_needs_a_building_model(tmp_path, touching, capsys):
     from tfseg.models import build_model
 

@@ -146,3 +146,39 @@ def test_polygons_reprojected_between_crs(tmp_path, capsys):
     assert counts(r) == (3, 1, 1)
     assert evaluate.main(["polygons", "--truth", str(truth), "--proposals", str(props), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["overall"]["TruePos"] == 3
+
+
+def test_polygons_without_image_ids_are_one_image(tmp_path):
+    """A truth file without image ids against tfseg.predict's merged polygons.geojson (every
+    feature with the scene's image_id) is one image, matched to the proposals' one scene."""
+    utm = [box(440000 + 20 * i, 40000, 440010 + 20 * i, 40010) for i in range(3)]
+    truth = _geojson(tmp_path / "truth.geojson", utm, "EPSG:32636")
+    merged = _geojson(tmp_path / "polygons.geojson", utm, "EPSG:32636")
+    doc = json.loads(merged.read_text())
+    for feature in doc["features"]:
+        feature["properties"]["image_id"] = "scene_7"
+    merged.write_text(json.dumps(doc))
+    assert counts(score_geojson(truth, merged)) == (3, 0, 0)
+    assert counts(score_geojson(merged, truth)) == (3, 0, 0)
+    assert counts(score_geojson(truth, _geojson(tmp_path / "other.geojson", utm, "EPSG:32636"))) == (3, 0, 0)
+    doc["features"][0]["properties"]["image_id"] = "scene_8"  # two scenes: which one is the truth's?
+    merged.write_text(json.dumps(doc))
+    with pytest.raises(ScoringInputError, match=r"truth.geojson has no image_id.*2 images \(scene_7, scene_8\)"):
+        score_geojson(truth, merged)
+    del doc["features"][0]["properties"]["image_id"]  # ids on some features only
+    merged.write_text(json.dumps(doc))
+    with pytest.raises(ScoringInputError, match=r"polygons.geojson: feature 0 has no image_id"):
+        score_geojson(truth, merged)
+
+
+@pytest.mark.parametrize("value, shown", [(None, "null"), ("high", '"high"'), (True, "true")])
+def test_polygons_confidence_that_is_no_number_names_the_file_and_feature(tmp_path, value, shown):
+    polys = [box(440000 + 20 * i, 40000, 440010 + 20 * i, 40010) for i in range(2)]
+    truth = _geojson(tmp_path / "truth.geojson", polys, "EPSG:32636")
+    props = _geojson(tmp_path / "props.geojson", polys, "EPSG:32636")
+    doc = json.loads(props.read_text())
+    doc["features"][1]["properties"]["confidence"] = value
+    props.write_text(json.dumps(doc))
+    with pytest.raises(ScoringInputError, match=rf"props.geojson feature 1: confidence {shown} is not a number"):
+        score_geojson(truth, props)
+    assert counts(score_geojson(props, truth)) == (2, 0, 0)  # a truth file's confidence is not read

@@ -50,6 +50,7 @@ from .data.labels import apply_lookup, binary_mask_lookup, check_multilabel_valu
 from .data.pairing import IMAGE_SUFFIXES
 from .class_offsets import decide
 from .inference import ArraySink, Job, Predictor, RasterSource, load_predictor, run_sliding_window
+from .predict import check_threshold
 from .metrics import confusion_matrix_numpy, scores_from_matrix
 
 
@@ -270,6 +271,7 @@ def evaluate_pixels(model, images: Optional[Sequence[Path]] = None, masks: Optio
         predictor = model
     else:
         predictor = _card_predictor(model) if predictions is not None else load_predictor(model)
+    check_threshold(threshold, predictor)  # a probability, and not for a multi-class (argmax) model
     if not class_offsets and predictor.card.class_offsets is not None:
         if predictions is not None and any(_prediction_id(Path(p))[1] == "class" for p in predictions):
             raise ValueError("--no-class-offsets: the --predictions _class.tif maps were decided when they were "
@@ -370,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     pixels.add_argument("--batch-size", type=int, default=4)
     pixels.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8])
     pixels.add_argument("--threshold", type=float, default=None,
-                        help="binary threshold (default: the model's operating point, else its training threshold)")
+                        help="decision threshold in [0, 1] of binary, building and multi-label models (default: the "
+                             "model's operating point, else its training threshold); multi-class models take none")
     pixels.add_argument("--no-class-offsets", action="store_true",
                         help="multiclass: decide by plain argmax, without the model card's class_offsets")
     pixels.add_argument("--json", action="store_true")

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from .postprocess import PolygonOptions, pixel_area_m2, pixel_polygons, polygonize_array
+from .postprocess import PixelAreaError, PolygonOptions, pixel_area_m2, pixel_polygons, polygonize_array
 from .scoring import PROPOSAL_MIN_AREA, TRUTH_MIN_AREA, Counts, match_polygons
 
 TRUTH_OPTIONS = PolygonOptions(opening_px=0, min_area_px=0.0, simplify_px=0.0, fill_holes=False)
@@ -75,15 +75,24 @@ def stitched_probabilities(predictor, scenes: Sequence, tile_size: int, overlap:
 def proposals(probs: np.ndarray, usable: np.ndarray, threshold: float, options: PolygonOptions,
               channels: Optional[dict] = None) -> list:
     """Predicted objects (PolygonRecord, pixel coordinates) of one footprint probability map;
-    ``usable``: pixels that are valid and not ignored."""
+    ``usable``: pixels that are valid and not ignored. A minimum area in m² is not applied here
+    (the map has no pixel area): :func:`kept_records` applies it with the scene's."""
+    import dataclasses
+
     mask = ((probs >= threshold) & usable).astype(np.uint8)
+    if options.min_area_m2:
+        options = dataclasses.replace(options, min_area_m2=0.0)
     return polygonize_array(mask, probs, options, channels=channels)
 
 
 def kept_records(truth: SceneTruth, records: Sequence, min_area_px: float = 0.0, min_area_m2: float = 0.0) -> list:
-    """The records that pass the area filters (the SpaceNet proposal rule included)."""
+    """The records that pass the area filters (the SpaceNet proposal rule included); a minimum
+    area in m² on a scene without a pixel area (no usable CRS) is a :class:`PixelAreaError`."""
+    if min_area_m2 and not truth.pixel_area:
+        raise PixelAreaError(f"min_area_m2 {min_area_m2}: scene {truth.name} has no CRS with a ground area (none, "
+                             "or one neither projected nor geographic); use a minimum area in pixels")
     return [r for r in records if r.geometry.area > PROPOSAL_MIN_AREA and r.geometry.area >= min_area_px
-            and not (min_area_m2 and truth.pixel_area and r.geometry.area * truth.pixel_area < min_area_m2)]
+            and not (min_area_m2 and r.geometry.area * truth.pixel_area < min_area_m2)]
 
 
 def match_records(truth: SceneTruth, records: Sequence, min_area_px: float = 0.0,

@@ -26,6 +26,13 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from .errors import TfsegError
+
+
+class PixelAreaError(TfsegError):
+    """A minimum area in m² was asked for where a pixel's ground area is unknown (no CRS, or a CRS
+    neither projected nor geographic); the message names the scene and the option."""
+
 
 def pixel_polygons(geometries, info) -> list:
     """``geometries`` in the scene's CRS as polygons in ``info``'s pixel coordinates, clipped to
@@ -148,20 +155,30 @@ def split_instances(mask: np.ndarray, boundary: Optional[np.ndarray] = None, con
         return np.zeros(mask.shape, np.int32)
     distance = exact_distance(mask)
     if boundary is None and contact is None:
-        markers, _ = ndimage.label(local_maxima(distance, allow_borders=True) & mask, np.ones((3, 3)))
-        labels = watershed(-distance, markers, mask=mask)
+        markers, count = ndimage.label(local_maxima(distance, allow_borders=True) & mask, np.ones((3, 3)))
+        # a component whose maxima plateau runs on (diagonally) into a higher neighbour's has none
+        labels = watershed(-distance, _mark_unmarked(markers, count, mask), mask=mask)
         return _merge_shallow(labels, distance, marker_depth_px, marker_depth_ratio)
     seeds = mask.copy()
     for channel in (boundary, contact):
         if channel is not None:
             seeds &= np.asarray(channel) < 0.5
     markers, count = ndimage.label(seeds)
+    # e.g. a thin building wholly covered by predicted boundary: one instance
+    return watershed(-distance, _mark_unmarked(markers, count, mask), mask=mask).astype(np.int32)
+
+
+def _mark_unmarked(markers: np.ndarray, count: int, mask: np.ndarray) -> np.ndarray:
+    """``markers`` (``count`` labels) plus one marker for each 4-connected component of ``mask``
+    that has none, so that the watershed leaves no pixel of the mask unlabelled (dropped)."""
+    from scipy import ndimage
+
     components, num_components = ndimage.label(mask)
     unmarked = np.setdiff1d(np.arange(1, num_components + 1), np.unique(components[markers > 0]))
-    if unmarked.size:  # e.g. a thin building wholly covered by predicted boundary: one instance
+    if unmarked.size:
         extra = np.isin(components, unmarked)
         markers[extra] = count + np.searchsorted(unmarked, components[extra]) + 1
-    return watershed(-distance, markers, mask=mask).astype(np.int32)
+    return markers
 
 
 def _merge_shallow(labels: np.ndarray, distance: np.ndarray, depth_px: float, depth_ratio: float) -> np.ndarray:
@@ -235,6 +252,9 @@ def finish_polygon(poly, options: PolygonOptions, pixel_area_m2: Optional[float]
     from shapely.validation import make_valid
 
     out = []
+    if options.min_area_m2 and not pixel_area_m2:
+        raise PixelAreaError(f"min_area_m2 {options.min_area_m2}: the ground area of a pixel is unknown here (no "
+                             "CRS, or one neither projected nor geographic); use a minimum area in pixels instead")
     for part in _parts(poly):
         if options.fill_holes:
             part = _polygon_fill_holes(part, options.max_hole_area_px)
@@ -348,6 +368,9 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
     from rasterio.windows import Window
 
     options = options or PolygonOptions()
+    if options.min_area_m2 and not pixel_area_m2:
+        raise PixelAreaError(f"{class_path}: min_area_m2 {options.min_area_m2} needs the ground area of a pixel "
+                             "(pixel_area_m2), which is unknown for this scene (see require_pixel_area)")
     records = []
     margin = max(0, int(options.opening_px))
     with rasterio.open(class_path) as src, (rasterio.open(prob_path) if prob_path else contextlib.nullcontext()) as psrc:
@@ -364,6 +387,7 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
             return {name: read_probs(band, window) for name, band in channel_bands.items()}
 
         for value in class_values:
+            first = len(records)  # this class's records start here
             pending = []  # (polygon, prob sum, count) touching an inner block boundary
             band = (class_probability_band or {}).get(value, 1)
             for top in range(0, height, block_rows):
@@ -395,10 +419,32 @@ def polygonize_raster(class_path, prob_path=None, class_values: Sequence[int] = 
                             records.append(PolygonRecord(piece, value, total / max(size, 1.0)))
             def resplit(merged, _band=band):
                 probs_of = (lambda w: read_probs(_band, w)) if psrc is not None else None
-                return _split_window(merged, options, probs_of, read_channels)
-            records.extend(_merge_pending(pending, value, options, pixel_area_m2,
-                                          resplit if options.instances == "watershed" else None))
+                return _split_window(merged, options, probs_of, read_channels, height, width)
+            merged = _merge_pending(pending, value, options, pixel_area_m2,
+                                    resplit if options.instances == "watershed" else None)
+            if merged and options.fill_holes:
+                records[first:] = _drop_absorbed(records[first:], merged)
+            else:
+                records.extend(merged)
     return records
+
+
+def _drop_absorbed(records: list, merged: list) -> list:
+    """``records`` + ``merged`` without the objects that lie in a hole filled only once its
+    object was merged from blocks (an island in a courtyard cut by a block boundary): filled
+    whole, as the whole-scene path fills it, that object covers them."""
+    from shapely import STRtree
+
+    everything = records + merged
+    tree = STRtree([r.geometry for r in merged])
+    drop = set()
+    for i, k in zip(*tree.query([r.geometry for r in everything], predicate="intersects")):
+        inner, outer = everything[int(i)].geometry, merged[int(k)].geometry
+        # mostly covered by a larger object (not itself, nor the island of its own courtyard; simplified
+        # neighbours may overlap by a pixel's fraction)
+        if inner.area < outer.area and inner.intersection(outer).area > 0.5 * inner.area:
+            drop.add(int(i))
+    return [r for i, r in enumerate(everything) if i not in drop]
 
 
 def _cut_components(mask: np.ndarray, cut_top: bool, cut_bottom: bool) -> np.ndarray:
@@ -415,17 +461,25 @@ def _cut_components(mask: np.ndarray, cut_top: bool, cut_bottom: bool) -> np.nda
     return np.isin(labels, sorted(ids)) if ids else np.zeros(mask.shape, bool)
 
 
-def _split_window(merged, options: PolygonOptions, read_probs, read_channels) -> list:
-    """(polygon, prob sum, count) of the instances of one whole object (a merged polygon)."""
+def _split_window(merged, options: PolygonOptions, read_probs, read_channels, height: int, width: int) -> list:
+    """(polygon, prob sum, count) of the instances of one whole object (a merged polygon), split as
+    the whole-scene path (:func:`polygonize_array`) splits it: its holes filled first (a courtyard
+    cut by a block boundary is one only once the parts are merged), and its window padded by one
+    pixel of background (clipped to the ``height`` x ``width`` scene), so the distance transform
+    sees the object's own edge rather than the window's (OpenCV takes outside the array as
+    foreground, as at the scene's edge)."""
     from rasterio import features
     from rasterio.transform import Affine
     from rasterio.windows import Window
 
     left, top, right, bottom = merged.bounds
-    x0, y0, x1, y1 = int(math.floor(left)), int(math.floor(top)), int(math.ceil(right)), int(math.ceil(bottom))
+    x0, y0 = max(0, int(math.floor(left)) - 1), max(0, int(math.floor(top)) - 1)
+    x1, y1 = min(width, int(math.ceil(right)) + 1), min(height, int(math.ceil(bottom)) + 1)
     window = Window(x0, y0, x1 - x0, y1 - y0)
     mask = features.rasterize([(merged, 1)], out_shape=(y1 - y0, x1 - x0), transform=Affine.translation(x0, y0),
                               dtype="uint8") > 0
+    if options.fill_holes:
+        mask = fill_holes_mask(mask, options.max_hole_area_px) > 0
     probs = read_probs(window) if read_probs else None
     labels = _instance_labels(mask, options, read_channels(window))
     return [c[:3] for c in _components(mask, probs, row_offset=y0, labels=labels, col_offset=x0)]
@@ -473,20 +527,63 @@ def _merge_pending(pending, value, options, pixel_area_m2, resplit=None) -> list
 # ------------------------------------------------------------------------------------------
 # Coordinates and areas
 # ------------------------------------------------------------------------------------------
+def _horizontal_crs(crs):
+    """The horizontal part of a pyproj CRS (of a compound CRS; the source of a bound one)."""
+    if crs.is_compound and crs.sub_crs_list:
+        crs = crs.sub_crs_list[0]
+    return crs.source_crs if crs.is_bound and crs.source_crs is not None else crs
+
+
 def pixel_area_m2(crs, transform, width: int, height: int) -> Optional[float]:
-    """Ground area of one pixel in m² (at the scene centre for geographic CRSs); None without a CRS."""
+    """Ground area of one pixel in m², or None where it cannot be computed.
+
+    Projected CRS: the pixel's area (|determinant| of the transform) in the CRS's linear unit,
+    converted to metres (US survey feet, ...). Geographic CRS: the geodesic area, on the CRS's
+    ellipsoid, of the pixel's parallelogram (its four corners, so rotated transforms too) at the
+    scene centre. None without a CRS and for a CRS that is neither (engineering/local, geocentric).
+    """
     if crs is None:
         return None
-    from pyproj import CRS, Geod
+    from pyproj import CRS
 
-    crs = CRS.from_user_input(crs)
-    if crs.is_projected:
-        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        return abs(transform.a * transform.e - transform.b * transform.d) * unit * unit
-    lon0, lat0 = transform @ (width / 2, height / 2)
-    lon1, lat1 = transform @ (width / 2 + 1, height / 2 + 1)
-    area, _ = Geod(ellps="WGS84").polygon_area_perimeter([lon0, lon1, lon1, lon0], [lat0, lat0, lat1, lat1])
-    return abs(area)
+    horizontal = _horizontal_crs(CRS.from_user_input(crs))
+    axes = horizontal.axis_info[:2]
+    if len(axes) < 2:
+        return None
+    if horizontal.is_projected:
+        area = abs(transform.a * transform.e - transform.b * transform.d) * axes[0].unit_conversion_factor \
+            * axes[1].unit_conversion_factor
+        return float(area) if math.isfinite(area) else None
+    if not horizontal.is_geographic:
+        return None
+    geod = horizontal.get_geod()
+    if geod is None:
+        return None
+    # the axes' unit -> degrees (its conversion factor is to radians); x is longitude as GDAL orders it
+    to_degrees = [axis.unit_conversion_factor * 180.0 / math.pi for axis in axes]
+    col, row = width / 2, height / 2
+    corners = [transform @ (col + dx, row + dy) for dx, dy in ((0, 0), (1, 0), (1, 1), (0, 1))]
+    area, _ = geod.polygon_area_perimeter([x * to_degrees[0] for x, _ in corners],
+                                          [y * to_degrees[1] for _, y in corners])
+    area = abs(area)
+    return float(area) if math.isfinite(area) else None
+
+
+def require_pixel_area(crs, transform, width: int, height: int, scene, option: str = "--min-area-m2") -> float:
+    """:func:`pixel_area_m2`, or a :class:`PixelAreaError` naming ``scene`` and ``option`` (what
+    asked for an area in m²) when it cannot be computed."""
+    area = pixel_area_m2(crs, transform, width, height)
+    if area:
+        return area
+    if crs is None:
+        why = "has no CRS"
+    else:
+        from pyproj import CRS
+
+        parsed = CRS.from_user_input(crs)
+        why = f"has a CRS ({parsed.name!r}, {parsed.type_name}) neither projected nor geographic"
+    raise PixelAreaError(f"{option}: scene {scene} {why}, so the ground area of its pixels is unknown; "
+                         "give the minimum area in pixels (--min-area) instead")
 
 
 def to_world(geometry, transform):
@@ -539,8 +636,8 @@ def write_geojson(path, records: Iterable[PolygonRecord], transform=None, crs=No
                  "area_px": round(float(rec.geometry.area), 2)}
         if class_names and 0 <= rec.class_index < len(class_names):
             props["class_name"] = class_names[rec.class_index]
-        if pixel_area:
-            props["area_m2"] = round(float(rec.geometry.area) * pixel_area, 2)
+        # null where the scene's pixel area is unknown (no CRS, or one neither projected nor geographic)
+        props["area_m2"] = round(float(rec.geometry.area) * pixel_area, 2) if pixel_area else None
         props.update(rec.properties)
         features.append({"type": "Feature", "id": i, "properties": props, "geometry": mapping(geom)})
     doc = {"type": "FeatureCollection", "features": features}

@@ -52,6 +52,7 @@ from .postprocess import (
     pixel_area_m2,
     pixel_polygons,
     polygonize_raster,
+    require_pixel_area,
     spacenet_image_id,
     write_geojson,
     write_spacenet_csv,
@@ -64,6 +65,11 @@ CLASS_NODATA = 255
 
 class OutputError(TfsegError):
     """An output location cannot be written; the message names it."""
+
+
+class PredictOptionError(TfsegError):
+    """An option cannot be used (out of range, or not with this model); the message names the
+    option, its value and what the model expects."""
 
 
 @dataclass
@@ -116,8 +122,9 @@ def expand_inputs(items: Sequence[str]) -> list:
     return paths
 
 
-def check_writable(directory: Path) -> Path:
-    """Create ``directory`` and prove a file can be written there (before any work)."""
+def check_writable(directory: Path, option: str = "--output") -> Path:
+    """Create ``directory`` and prove a file can be written there (before any work); an error
+    names ``option``, the argument the directory comes from."""
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -125,8 +132,21 @@ def check_writable(directory: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"--output {directory}: not writable ({exc.strerror or exc})") from None
+        raise OutputError(f"{option} {directory}: not writable ({exc.strerror or exc})") from None
     return directory
+
+
+def scene_gcps(path) -> tuple[list, Optional[str]]:
+    """``(ground control points, their CRS)`` of a scene georeferenced by GCPs (``([], None)``
+    for any other)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            gcps, crs = src.gcps
+    return list(gcps or []), (crs if gcps and crs else None)
 
 
 def _block_size(height: int, width: int) -> int:
@@ -144,6 +164,7 @@ class GeoTiffSink:
         self.prob_dtype, self.cog = prob_dtype, cog
         self.threshold = threshold  # None: the model card's (multilabel: one per class)
         self.block = _block_size(info.height, info.width)
+        self.gcps, self.gcp_crs = scene_gcps(info.path) if not info.crs else ([], None)
         self._prob = self._class = None
         self.class_counts = np.zeros(max(2, predictor.num_classes), np.int64)
         self.valid_pixels = 0
@@ -154,8 +175,12 @@ class GeoTiffSink:
         profile = dict(driver="GTiff", width=self.info.width, height=self.info.height, tiled=True,
                        blockxsize=self.block, blockysize=self.block, compress="deflate", BIGTIFF="IF_SAFER",
                        num_threads=os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS"))  # deflate in parallel
-        if self.info.crs:
-            profile.update(crs=self.info.crs, transform=rasterio.Affine(*self.info.transform[:6]))
+        if self.gcps:  # georeferenced by ground control points: the outputs keep them
+            profile.update(gcps=self.gcps, crs=self.gcp_crs)
+        else:  # the scene's transform, also without a CRS (e.g. a local grid)
+            profile.update(transform=rasterio.Affine(*self.info.transform[:6]))
+            if self.info.crs:
+                profile.update(crs=self.info.crs)
         profile.update(extra)
         return profile
 
@@ -315,14 +340,19 @@ def truth_polygons(path, info) -> list:
 
 def write_object_overlay(info, records, truth_path, out_path, max_side: int = 1024) -> dict:
     """The scene preview with the predicted objects outlined as true positives (green) or false
-    positives (red) and the missed true objects (blue) against ``truth_path``; returns the counts
-    (SpaceNet matching, IoU >= 0.5, on the polygons as written)."""
+    positives (red) and the missed true objects (blue) against ``truth_path``; returns the counts.
+
+    The counts are ``evaluate spacenet``'s on the polygons as written: the same filter
+    (:func:`tfseg.scoring.spacenet_kept`: truth < 20 px² and proposals <= 20 px² dropped, and
+    not outlined) and the same matching (IoU >= 0.5, proposals in descending confidence)."""
     from .figures import draw_object_outlines, scene_rgb
+    from .scoring import spacenet_kept
 
     rgb, scale = scene_rgb(info.path, max_side)
     truth = truth_polygons(truth_path, info)
-    image, counts = draw_object_outlines(rgb, truth, [r.geometry for r in records], [r.confidence for r in records],
-                                         scale=scale)
+    kept_truth, kept = spacenet_kept(truth, [r.geometry for r in records])
+    image, counts = draw_object_outlines(rgb, [truth[i] for i in kept_truth], [records[i].geometry for i in kept],
+                                         [records[i].confidence for i in kept], scale=scale)
     image.save(out_path)
     return counts
 
@@ -387,6 +417,8 @@ def resolve_options(predictor: Predictor, options: PredictOptions) -> PredictOpt
     polygon = resolve_polygon_options(predictor, options)
     if predictor.multilabel:  # one per class: the card's (its operating point's), or the override for all
         threshold = [float(t) for t in predictor.thresholds(options.threshold)]
+    elif _argmax_model(predictor):  # multi-class: an argmax, no threshold (none is recorded)
+        threshold = None
     else:
         threshold = predictor.threshold if options.threshold is None else float(options.threshold)
     return dataclasses.replace(options, polygon=polygon, polygon_overrides={}, instances=polygon.instances,
@@ -433,6 +465,7 @@ def validate_options(options: PredictOptions, predictor: Optional[Predictor] = N
         raise ValueError(f"--probabilities: expected float16, uint8 or none, got {options.probabilities!r}")
     if options.batch_size < 1:
         raise ValueError(f"--batch-size {options.batch_size}: expected >= 1")
+    check_threshold(options.threshold)
     tta_views(options.tta)
     if options.instances is not None and options.instances not in INSTANCE_MODES:
         raise ValueError(f"--instances: expected one of {list(INSTANCE_MODES)}, got {options.instances!r}")
@@ -445,7 +478,13 @@ def validate_options(options: PredictOptions, predictor: Optional[Predictor] = N
         if options.polygons is False:
             raise ValueError(f"--truth {options.truth}: true / false positives are predicted polygons; do not "
                              "combine --truth with --no-polygons")
+    if predictor is None and options.spacenet_csv:  # the launchers' first check, before any scene
+        csv_path = Path(options.spacenet_csv)
+        if csv_path.is_absolute() or csv_path.parent != Path("."):  # a bare name goes into --output
+            check_writable(csv_path.parent, "--spacenet-csv")
     if predictor is not None:
+        check_threshold(options.threshold, predictor)
+        check_polygon_classes(predictor, options)
         tile, overlap = predictor.tiling(options.tile_size, options.overlap)
         plan_tiles(predictor, [tile], [tile], tile, overlap, options.margin)
         polygon = resolve_polygon_options(predictor, options)
@@ -457,6 +496,93 @@ def validate_options(options: PredictOptions, predictor: Optional[Predictor] = N
             raise ValueError(f"--instances watershed takes its markers from the model's "
                              f"{sorted(_marker_channels(predictor, polygon))} probabilities: do not combine it "
                              "with --probabilities none")
+
+
+def _model_name(predictor: Predictor) -> str:
+    return f"model {predictor.source}" if predictor.source else "the model"
+
+
+def _argmax_model(predictor: Predictor) -> bool:
+    """A multi-class model: its class map is an argmax, no threshold applies."""
+    return predictor.instance_bands() is None and not predictor.multilabel
+
+
+def check_threshold(threshold, predictor: Optional[Predictor] = None, option: str = "--threshold") -> None:
+    """``threshold`` (None: the model's) is a probability in [0, 1] (one per class for a
+    multi-label model), and ``predictor`` is a model it applies to: not a multi-class model,
+    whose classes are an argmax. Used by ``predict`` and ``evaluate pixels``."""
+    if threshold is None:
+        return
+    try:
+        values = np.asarray(threshold, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise PredictOptionError(f"{option} {threshold!r}: expected a probability in [0, 1]") from None
+    if values.size == 0 or not np.all((values >= 0) & (values <= 1)):  # NaN fails too
+        raise PredictOptionError(f"{option} {threshold}: expected a probability in [0, 1] (the models output "
+                                 "probabilities, not percentages)")
+    if predictor is not None and _argmax_model(predictor):
+        raise PredictOptionError(
+            f"{option} {threshold}: {_model_name(predictor)} is multi-class ({predictor.num_classes} classes "
+            f"{predictor.class_names[:predictor.num_classes]}); its class map is the argmax of the class "
+            f"probabilities, no threshold applies: drop {option}")
+
+
+def check_polygon_classes(predictor: Predictor, options: PredictOptions) -> None:
+    """``--polygon-classes`` name classes of the model's class map, once each, and polygons are
+    written (asked for, or the model's default)."""
+    classes = list(options.polygon_classes or [])
+    if not classes:
+        return
+    model = _model_name(predictor)
+    names = predictor.class_map_names
+    if predictor.instance_bands() is not None:  # binary or footprint model: a 0/1 class map
+        allowed = [1]
+        what = f"{model} is a building model: its class map is 0 = {names[0]}, 1 = {names[1]}; only class 1 is objects"
+    else:
+        allowed = list(range(predictor.num_classes))
+        kind = "multi-label" if predictor.multilabel else "multi-class"
+        what = (f"{model} is {kind} with {predictor.num_classes} classes "
+                f"{dict(enumerate(names[:predictor.num_classes]))}: expected 0 <= class < {predictor.num_classes}")
+    bad = [c for c in classes if c not in allowed]
+    if bad:
+        raise PredictOptionError(f"--polygon-classes {' '.join(map(str, classes))}: {bad} not a class to polygonize; "
+                                 f"{what}")
+    if len(set(classes)) != len(classes):
+        raise PredictOptionError(f"--polygon-classes {' '.join(map(str, classes))}: a class is given twice")
+    if not wants_polygons(predictor, options):
+        hint = "do not combine it with --no-polygons" if options.polygons is False else \
+            "add --polygons (polygons are on by default for building and multi-label models only)"
+        raise PredictOptionError(f"--polygon-classes {' '.join(map(str, classes))}: no polygons are written for "
+                                 f"{model}: {hint}")
+
+
+MIN_AREA_M2_OPTION = "min_area_m2 (--min-area-m2, or the model's operating point)"
+
+
+def check_pixel_areas(inputs: Sequence, predictor: Predictor, options: PredictOptions) -> None:
+    """A minimum area in m² (``--min-area-m2``, or the model's operating point's) needs every
+    scene's pixel area: a scene without one (no CRS, or a CRS neither projected nor geographic)
+    is an error naming it, before anything is predicted. Scenes that cannot be opened are left to
+    fail on their own."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    polygon = resolve_polygon_options(predictor, options)
+    if not polygon.min_area_m2 or not wants_polygons(predictor, options):
+        return
+    if "min_area_m2" in options.polygon_overrides:
+        option = f"--min-area-m2 {polygon.min_area_m2:g}"
+    else:
+        option = f"min_area_m2 {polygon.min_area_m2:g} of the model's operating point (--min-area-m2 0 turns it off)"
+    for path in inputs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    crs, transform, width, height = src.crs, src.transform, src.width, src.height
+        except (OSError, RasterioError):
+            continue
+        require_pixel_area(crs.to_string() if crs else None, transform, width, height, path, option)
 
 
 def check_scene_names(inputs: Sequence, output) -> None:
@@ -577,16 +703,32 @@ def predict_scene(predictor: Predictor, path, output, options: PredictOptions,
 def _predict_one(predictor: Predictor, path: Path, output: Path, options: PredictOptions) -> dict:
     started = time.time()
     info = open_raster(path)
+    alpha = info.alpha_bands
+    if alpha and info.num_bands + len(alpha) == predictor.num_bands and info.num_bands != predictor.num_bands:
+        # a model trained before alpha bands were masks took the alpha as an image band: give it that band
+        # (its zero-alpha pixels are still no data, the mask)
+        warnings.warn(f"{path}: the model {predictor.source or ''} was trained on {predictor.num_bands} bands, the "
+                      f"scene's alpha band(s) {alpha} included (tfseg now reads alpha as the valid mask, not as an "
+                      "image band): read as image band(s) too for this model; retrain to use the alpha as a mask "
+                      "only", stacklevel=3)
+        info = open_raster(path, bands=range(1, info.num_bands + len(alpha) + 1))
     if info.num_bands != predictor.num_bands:
         raise RasterError(
             f"{path}: the scene has {info.num_bands} band(s) but the model {predictor.source or ''} was trained "
             f"on {predictor.num_bands} band(s)"
         )
-    if not info.crs:
-        warnings.warn(f"{path}: not georeferenced (no CRS); outputs and polygons are in pixel coordinates",
-                      stacklevel=3)
-    stem = path.stem
     want_polygons = wants_polygons(predictor, options)
+    if want_polygons and options.polygon.min_area_m2:  # before predicting: the scene cannot be filtered in m²
+        area = require_pixel_area(info.crs, info.affine, info.width, info.height, path, MIN_AREA_M2_OPTION)
+    else:
+        area = pixel_area_m2(info.crs, info.affine, info.width, info.height)
+    if not info.crs:
+        if scene_gcps(path)[0]:
+            warnings.warn(f"{path}: georeferenced by ground control points only (no CRS on a transform); the rasters "
+                          "keep its GCPs, polygons are in pixel coordinates", stacklevel=3)
+        else:
+            warnings.warn(f"{path}: not georeferenced (no CRS); polygons are in pixel coordinates", stacklevel=3)
+    stem = path.stem
     need_classes = options.classes or want_polygons or options.overlay
     threshold = options.threshold  # resolved: the model's (its operating point's; multilabel: one per class)
     bands = predictor.instance_bands() or {}
@@ -607,7 +749,6 @@ def _predict_one(predictor: Predictor, path: Path, output: Path, options: Predic
     entry = {"input": info.path, "width": info.width, "height": info.height, "crs": info.crs,
              "threshold": threshold}
     transform = info.affine if info.crs else None
-    area = pixel_area_m2(info.crs, info.affine, info.width, info.height)
     entry["km2"] = round(info.width * info.height * area / 1e6, 6) if area else None
     entry["valid_fraction"] = round(sink.valid_pixels / max(1, info.width * info.height), 6)
     entry["class_fractions"] = {
@@ -772,6 +913,7 @@ def predict_scenes(model, inputs: Sequence, output, options: Optional[PredictOpt
     check_scene_names(inputs, output)
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     validate_options(options, predictor)
+    check_pixel_areas(inputs, predictor, options)
     options = resolve_options(predictor, options)
     fingerprint = scene_fingerprint(predictor, options)
     # rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, i.e. in bytes (not MB)
@@ -796,14 +938,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tta", type=int, default=1, choices=[1, 2, 4, 8], help="test-time augmentation views (flips/rot90)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="binary threshold (default: the model's operating point, else its training threshold)")
+                        help="decision threshold in [0, 1] of binary, building and multi-label models (default: the "
+                             "model's operating point, else its training threshold); multi-class models take none")
     parser.add_argument("--probabilities", default="float16", choices=["float16", "uint8", "none"],
                         help="probability GeoTIFF encoding (uint8: p*254, nodata 255)")
     parser.add_argument("--no-classes", action="store_true", help="do not keep the class GeoTIFF")
     parser.add_argument("--polygons", dest="polygons", action="store_true", default=None,
                         help="write polygons (default: on for binary models)")
     parser.add_argument("--no-polygons", dest="polygons", action="store_false")
-    parser.add_argument("--polygon-classes", type=int, nargs="*", default=[], help="class indexes to polygonize (default: all but 0)")
+    parser.add_argument("--polygon-classes", type=int, nargs="*", default=[],
+                        help="class indexes to polygonize, 0 <= I < classes (default: all but 0; building models: 1)")
     parser.add_argument("--epsg4326", action="store_true", help="write polygons in EPSG:4326 instead of the scene CRS")
     parser.add_argument("--opening", type=int, default=None,
                         help="speckle removal: morphological opening kernel in pixels (0 = off; default: the model's "
@@ -811,7 +955,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-area", type=float, default=None,
                         help="drop polygons smaller than this many pixels² (default: the operating point's, else 20)")
     parser.add_argument("--min-area-m2", type=float, default=None,
-                        help="drop polygons smaller than this many m² (needs a CRS; default: the operating point's, else 0)")
+                        help="drop polygons smaller than this many m² (needs a projected or geographic CRS; "
+                             "default: the operating point's, else 0)")
     parser.add_argument("--instances", choices=["none", "watershed"], default=None,
                         help="split touching buildings by marker-based watershed (default: the operating point's, else "
                              "watershed for binary building models)")

@@ -30,6 +30,7 @@ from .predict import (
     PredictOptions,
     SceneFailures,
     card_predictor,
+    check_pixel_areas,
     check_scene_names,
     check_writable,
     predict_scene,
@@ -271,6 +272,7 @@ def run_beam(model, inputs: Sequence, output, options: Optional[PredictOptions] 
     # every worker; the options resolved here (threshold, operating point) go to every worker
     described = card_predictor(model)
     validate_options(options, described)
+    check_pixel_areas(inputs, described, options)
     options = resolve_options(described, options)
     threads = worker_threads or default_worker_threads(pipeline_options)
     # absolute paths: a worker's working directory is not the launcher's

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -121,6 +122,14 @@ def assign_polygons(truth: Sequence, proposals: Sequence, confidences: Optional[
     return matched, sorted(unmatched)
 
 
+def spacenet_kept(truth: Sequence, proposals: Sequence, truth_min_area: float = TRUTH_MIN_AREA,
+                  proposal_min_area: float = PROPOSAL_MIN_AREA) -> tuple[list, list]:
+    """Indexes of the ``truth`` polygons (area >= ``truth_min_area``) and ``proposals`` (area >
+    ``proposal_min_area``) that are scored: the SpaceNet rule (20 px² both) by default."""
+    return ([i for i, g in enumerate(truth) if g.area >= truth_min_area],
+            [i for i, g in enumerate(proposals) if g.area > proposal_min_area])
+
+
 def read_spacenet_csv(path, require_confidence: bool = False) -> dict:
     """``{ImageId: [(polygon, confidence, row_number)]}`` from a SpaceNet CSV.
 
@@ -183,9 +192,11 @@ def score_images(truth: dict, proposals: dict, truth_min_area: float = TRUTH_MIN
     per_aoi: dict = {}
     overall = Counts()
     for image_id in list(truth) + [i for i in proposals if i not in truth]:
-        t = [g for g, _, _ in truth.get(image_id, []) if g.area >= truth_min_area]
-        kept = [(g, c) for g, c, _ in proposals.get(image_id, []) if g.area > proposal_min_area]
-        counts = match_polygons(t, [g for g, _ in kept], [c for _, c in kept], iou_threshold)
+        t_all, p_all = truth.get(image_id, []), proposals.get(image_id, [])
+        t_kept, p_kept = spacenet_kept([e[0] for e in t_all], [e[0] for e in p_all], truth_min_area,
+                                       proposal_min_area)
+        counts = match_polygons([t_all[i][0] for i in t_kept], [p_all[i][0] for i in p_kept],
+                                [p_all[i][1] for i in p_kept], iou_threshold)
         per_image[image_id] = counts
         per_aoi.setdefault(aoi_of(image_id), Counts()).add(counts)
         overall.add(counts)
@@ -204,12 +215,14 @@ def score_spacenet(truth_csv, proposals_csv) -> dict:
 # ------------------------------------------------------------------------------------------
 # Georeferenced polygons (GeoJSON)
 # ------------------------------------------------------------------------------------------
-def read_geojson_polygons(path) -> tuple[list, list, list, str]:
+def read_geojson_polygons(path, confidences: bool = True) -> tuple[list, list, list, str]:
     """(polygons, confidences, image ids, crs) of a GeoJSON FeatureCollection.
 
     The CRS is the ``crs`` member when present, else EPSG:4326 (RFC 7946). Confidence is the
-    ``confidence``/``Confidence`` property (default 1); image id the ``image_id``/``ImageId``
-    property (default the file stem).
+    ``confidence``/``Confidence`` property (default 1; a value that is no number is a
+    :class:`ScoringInputError` naming the file and the feature); image id the
+    ``image_id``/``ImageId`` property, None for a feature without one. ``confidences=False``
+    (truth files): the property is not read, every confidence is 1.
     """
     from shapely.geometry import shape
 
@@ -236,10 +249,47 @@ def read_geojson_polygons(path) -> tuple[list, list, list, str]:
         if g.is_empty or g.geom_type not in ("Polygon", "MultiPolygon"):
             continue
         props = feat.get("properties") or {}
+        value = props.get("confidence", props.get("Confidence", 1.0)) if confidences else 1.0
+        try:
+            confidence = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            confidence = math.nan
+        if not math.isfinite(confidence):  # null, a string, NaN, infinite
+            raise ScoringInputError(f"{path} feature {index}: confidence {json.dumps(value)} is not a number")
+        image_id = props.get("image_id", props.get("ImageId"))
         polys.append(g)
-        confs.append(float(props.get("confidence", props.get("Confidence", 1.0))))
-        ids.append(str(props.get("image_id", props.get("ImageId", path.stem))))
+        confs.append(confidence)
+        ids.append(None if image_id is None else str(image_id))
     return polys, confs, ids, crs
+
+
+def _image_groups(truth_path, t_ids: list, proposals_path, p_ids: list) -> tuple[list, list]:
+    """The image each truth / proposal feature is scored in: its ``image_id``, or, where a file has
+    none, one group: the other file's single image (or the truth file's stem when neither has
+    ids). Ids on some features of a file only, or no ids against several, are an error."""
+    def has_ids(path, ids):
+        missing = [i for i, v in enumerate(ids) if v is None]
+        if missing and len(missing) < len(ids):
+            raise ScoringInputError(f"{path}: feature {missing[0]} has no image_id/ImageId property but other "
+                                    "features have one; give every feature an image id, or none (one image)")
+        return bool(ids) and not missing
+
+    t_has, p_has = has_ids(truth_path, t_ids), has_ids(proposals_path, p_ids)
+    if t_has == p_has:
+        key = Path(truth_path).stem
+        return ([key] * len(t_ids), [key] * len(p_ids)) if not t_has else (t_ids, p_ids)
+    with_path, with_ids = (truth_path, t_ids) if t_has else (proposals_path, p_ids)
+    without_path, without_ids = (proposals_path, p_ids) if t_has else (truth_path, t_ids)
+    images = sorted(set(with_ids))
+    if without_ids and len(images) > 1:
+        raise ScoringInputError(
+            f"{without_path} has no image_id/ImageId properties (one image) but {with_path} has {len(images)} "
+            f"images ({', '.join(images[:5])}{', ...' if len(images) > 5 else ''}): give the features of "
+            f"{without_path} their image_id, or score one image's files against each other (e.g. "
+            "tfseg.predict's <stem>_polygons.geojson)")
+    key = images[0] if images else Path(truth_path).stem
+    grouped = [key] * len(without_ids)
+    return (with_ids, grouped) if t_has else (grouped, with_ids)
 
 
 def _metric_crs(crs, polys):
@@ -265,7 +315,7 @@ def score_geojson(truth_path, proposals_path, min_area: float = 0.0, iou_thresho
     """
     from .postprocess import reproject_geometry
 
-    t_polys, _, t_ids, t_crs = read_geojson_polygons(truth_path)
+    t_polys, _, t_ids, t_crs = read_geojson_polygons(truth_path, confidences=False)
     p_polys, p_confs, p_ids, p_crs = read_geojson_polygons(proposals_path)
     if bool(t_crs) != bool(p_crs):
         raise ScoringInputError(
@@ -276,17 +326,12 @@ def score_geojson(truth_path, proposals_path, min_area: float = 0.0, iou_thresho
         metric = _metric_crs(t_crs, t_polys or [reproject_geometry(p, p_crs, t_crs) for p in p_polys])
         t_polys = [reproject_geometry(p, t_crs, metric) for p in t_polys]
         p_polys = [reproject_geometry(p, p_crs, metric) for p in p_polys]
+    t_ids, p_ids = _image_groups(truth_path, t_ids, proposals_path, p_ids)
     truth: dict = {}
     for g, image_id in zip(t_polys, t_ids):
         truth.setdefault(image_id, []).append((g, 1.0, 0))
     proposals: dict = {}
     for g, c, image_id in zip(p_polys, p_confs, p_ids):
         proposals.setdefault(image_id, []).append((g, c, 0))
-    # ids default to the file stems, which differ between the two files: one image then
-    if set(truth) != set(proposals) and all(i == Path(truth_path).stem for i in truth) and all(
-        i == Path(proposals_path).stem for i in proposals
-    ):
-        key = Path(truth_path).stem
-        proposals = {key: [e for v in proposals.values() for e in v]}
     return score_images(truth, proposals, truth_min_area=min_area, proposal_min_area=min_area if min_area else -1.0,
                         iou_threshold=iou_threshold)
