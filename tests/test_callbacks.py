@@ -10,8 +10,9 @@ import pytest
 from tfseg._tf import tensorflow as tf  # noqa: I001
 import keras
 
-from tfseg.callbacks import (BestModelCheckpoint, EpochFigure, LearningRateLogger, SummedValidationMetrics,
-                             SynchronizedBatchNorm, TimeBudget, TrainingState)
+from tfseg.callbacks import (BestModelCheckpoint, EpochFigure, FiniteEarlyStopping, FiniteReduceLROnPlateau,
+                             LearningRateLogger, SummedValidationMetrics, SynchronizedBatchNorm, TimeBudget,
+                             TrainingState)
 from tfseg.metrics import ConfusionMatrixMetric
 from tfseg.train import OneCycle
 
@@ -150,6 +151,54 @@ def test_training_state_saves_points_at_complete_weights_and_restores(tmp_path):
     assert TrainingState.load(tmp_path / "nothing") is None
 
 
+def test_early_stopping_skips_a_nan_first_value_and_never_saves_a_nan_best(tmp_path):
+    """Keras' EarlyStopping takes a NaN first value as the best and nothing improves on it: the
+    run would stop after `patience` epochs while val_iou rises, and the NaN best would be saved
+    in and restored from state.json."""
+    model = _dense()
+    model.compile(optimizer="sgd", loss="mse")
+    stopping = FiniteEarlyStopping("val_iou", patience=2, mode="max")
+    state = TrainingState(tmp_path / "backup", {"early_stopping": stopping}, clock=FakeClock())
+    for callback in (stopping, state):
+        callback.set_model(model)
+    model.stop_training = False
+    stopping.on_train_begin()
+    state.on_epoch_begin(0)
+    stopping.on_epoch_end(0, {"val_iou": float("nan")})
+    state.on_epoch_end(0)
+    assert stopping.best is None and stopping.wait == 1  # a NaN epoch counts towards the patience
+    assert TrainingState.load(tmp_path / "backup")["callbacks"] == {"early_stopping": {"wait": 1, "best_epoch": 0}}
+    for epoch, value in enumerate([0.1, 0.2, 0.3, 0.4], start=1):
+        stopping.on_epoch_end(epoch, {"val_iou": value})
+        assert stopping.best == value and not model.stop_training
+    for epoch in (5, 6):  # undefined again: no improvement, and the patience runs out
+        stopping.on_epoch_end(epoch, {"val_iou": float("nan")})
+    assert stopping.best == 0.4 and model.stop_training and stopping.stopped_epoch == 6
+
+    # an older resume state holding a NaN best: restored, then beaten by the first defined value
+    resumed = FiniteEarlyStopping("val_iou", patience=2, mode="max")
+    resumed.set_model(model)
+    model.stop_training = False
+    resumed.on_train_begin()
+    TrainingState(tmp_path / "other", {"early_stopping": resumed},
+                  previous={"resumes": 0, "callbacks": {"early_stopping": {"best": float("nan"), "wait": 1}}}
+                  ).on_train_begin()
+    resumed.on_epoch_end(3, {"val_iou": 0.05})
+    assert resumed.best == 0.05 and resumed.wait == 0
+
+
+def test_reduce_lr_on_plateau_skips_nan_values():
+    model = _dense()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    plateau = FiniteReduceLROnPlateau("val_loss", patience=2, factor=0.5, mode="min")
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    for epoch, value in enumerate([float("nan"), 0.9, 0.8, 0.7]):
+        plateau.on_epoch_end(epoch, {"val_loss": value})
+    assert plateau.best == pytest.approx(0.7) and plateau.wait == 0
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(0.1)
+
+
 def test_epoch_figure_writes_one_png_per_epoch(tmp_path):
     images = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
     masks = (images[..., :1] > 0.5).astype(np.uint8)
@@ -167,6 +216,41 @@ def test_epoch_figure_writes_one_png_per_epoch(tmp_path):
     none.set_model(model)
     none.on_epoch_end(0)
     assert not (tmp_path / "off").exists()
+
+
+def test_figures_draw_more_than_ten_classes_in_distinct_colours(tmp_path):
+    """tab10 was the default: an 11-class multi-label figure crashed (matmul of 11 masks by 10
+    colours) at the end of training, and multiclass classes 10+ were drawn black."""
+    from types import SimpleNamespace
+
+    from tfseg.figures import card_colours, colourize, distinct_colours
+
+    classes = 11
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    masks = (rng.random((2, 16, 16, classes)) < 0.3).astype(np.uint8)
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(classes, 1, activation="sigmoid")(inputs))
+    figure = EpochFigure(dataset, tmp_path / "figures", ["r", "g", "b"], num_tiles=2, multilabel=True)
+    figure.set_model(model)
+    figure.on_epoch_end(0)
+    assert (tmp_path / "figures" / "epoch-0001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for count in (3, 12, 25):
+        colours = distinct_colours(count)
+        assert len(set(colours)) == count and (0.0, 0.0, 0.0) not in colours
+    labels = np.arange(12).reshape(3, 4)
+    assert np.all(colourize(labels, distinct_colours(12)).sum(-1) > 0)  # class 11: not black
+    card = SimpleNamespace(classes=["water", "road"], colours={"water": "#0000ff", "road": "#ff0000"},
+                           task="multiclass")
+    assert card_colours(card) == [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0)]
+    binary = SimpleNamespace(classes=["building"], colours={"building": "#ffffff"}, task="binary")
+    assert card_colours(binary)[1] == (1.0, 1.0, 1.0) and len(card_colours(binary)) == 2
+    coloured = EpochFigure(dataset, tmp_path / "card", ["r", "g", "b"], num_tiles=1, multilabel=True,
+                           colours=["#ff0000"] * 3)  # fewer colours than classes: completed, no crash
+    coloured.set_model(model)
+    coloured.on_epoch_end(0)
+    assert (tmp_path / "card" / "epoch-0001.png").is_file()
 
 
 def test_synchronized_batch_norm_only_while_an_epoch_trains():

@@ -4,7 +4,8 @@ import pytest
 
 import keras
 
-from tfseg.losses import COMPONENTS, PRESETS, SegmentationLoss, get_loss
+from tfseg.errors import TfsegError
+from tfseg.losses import COMPONENTS, PRESETS, LossError, SegmentationLoss, get_loss
 
 IGNORE = 255
 
@@ -107,6 +108,51 @@ def test_lovasz_matches_reference_implementation():
     assert _value(get_loss("lovasz", 3, IGNORE), y_true, y_pred) == pytest.approx(np.mean(losses), rel=1e-4)
 
 
+def _lovasz_reference(y_true, y_pred, task, class_weights=None):
+    """Berman et al.'s per-class Lovasz hinge on the errors (numpy), ignored pixels removed;
+    classes weighed like Dice (multiclass: present classes; binary: the positive class's weight)."""
+    channels = y_pred.shape[-1]
+    probs = y_pred.reshape(-1, channels)
+    if task == "multiclass":
+        labels = y_true.reshape(-1)
+        keep = labels != IGNORE
+        truth = np.eye(channels)[labels[keep].astype(int)]
+        probs = probs[keep]
+    else:
+        truth = np.broadcast_to(y_true, y_pred.shape).reshape(-1, channels)
+    losses, present = [], []
+    for c in range(channels):
+        keep = truth[:, c] != IGNORE
+        fg, errors = truth[keep, c].astype(float), np.abs(truth[keep, c] - probs[keep, c])
+        order = np.argsort(-errors, kind="stable")
+        gt_sorted = fg[order]
+        gts = gt_sorted.sum()
+        jaccard = 1 - (gts - gt_sorted.cumsum()) / (gts + (1 - gt_sorted).cumsum())
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        losses.append(np.dot(errors[order], jaccard))
+        present.append(float(gts > 0))
+    weights = np.ones(channels) if class_weights is None else np.asarray(class_weights, float)[-channels:]
+    if task == "multiclass":
+        weights = weights * np.asarray(present)
+    return float(np.dot(losses, weights) / weights.sum())
+
+
+@pytest.mark.parametrize("task,classes,class_weights", [("multiclass", 3, [0.2, 1.0, 3.0]),
+                                                        ("multiclass", 3, [0.01, 0.01, 100.0]),
+                                                        ("multilabel", 3, [0.2, 1.0, 3.0]),
+                                                        ("binary", 1, [0.5, 3.0])])
+def test_lovasz_weighs_classes_like_dice(task, classes, class_weights):
+    rng = np.random.default_rng(7)
+    y_true, y_pred = _data(task, classes, rng)
+    loss = get_loss("lovasz", classes, IGNORE, task=task, class_weights=class_weights)
+    want = _lovasz_reference(y_true, y_pred, task, class_weights)
+    assert _value(loss, y_true, y_pred) == pytest.approx(want, rel=1e-4)
+    unweighted = _value(get_loss("lovasz", classes, IGNORE, task=task), y_true, y_pred)
+    assert unweighted == pytest.approx(_lovasz_reference(y_true, y_pred, task), rel=1e-4)
+    if task == "multiclass":  # the weights change the value (they were ignored before)
+        assert abs(want - unweighted) > 1e-3
+
+
 def test_weighted_mix_and_gradients_flow():
     rng = np.random.default_rng(4)
     y_true, y_pred = _data("binary", 1, rng)
@@ -137,11 +183,21 @@ def test_serialization_round_trip():
 
 
 def test_bad_inputs_name_the_key():
-    with pytest.raises(ValueError, match="train.loss"):
+    assert issubclass(LossError, TfsegError)
+    with pytest.raises(LossError, match="train.loss"):
         get_loss("hinge", 1)
-    with pytest.raises(ValueError, match="train.loss_weights"):
+    with pytest.raises(LossError, match="train.loss_weights"):
         get_loss("bce", 1, weights={"bce": 1, "ssim": 1})
-    with pytest.raises(ValueError, match="train.class_weights"):
+    with pytest.raises(LossError, match="train.class_weights"):
         get_loss("cce", 4, class_weights=[1, 2])
-    with pytest.raises(ValueError, match="binary"):
+    with pytest.raises(LossError, match="data.task: 'binary'"):
         get_loss("bce", 3, task="binary")
+
+
+def test_config_validates_the_same_components():
+    """tfseg.config checks train.loss_weights without importing Keras: same names."""
+    from tfseg import config as config_lib
+
+    assert sorted(config_lib.LOSS_COMPONENTS) == sorted(COMPONENTS)
+    for weights in PRESETS.values():
+        assert set(weights) <= set(config_lib.LOSS_COMPONENTS)

@@ -104,3 +104,27 @@ def test_optimizer_follows_a_resize_during_fit():
     model.fit(x, y, batch_size=2, epochs=1, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 8
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(LR * 0.01, rel=1e-3)
+
+
+def test_warmup_longer_than_the_run_is_refused_or_capped_at_half(caplog):
+    """Fixed epochs: the config refuses a warm-up as long as the run (it would never end); under
+    train.max_minutes the first layout already caps it at half the steps, as every resize does."""
+    from tfseg import config as config_lib
+    from tfseg.train import make_schedule
+
+    with pytest.raises(config_lib.ConfigError, match="train.warmup_epochs' and 'train.epochs'"):
+        config_lib.load(None, ["train.epochs=4", "train.warmup_epochs=10"])
+    budget = config_lib.load(None, ["train.epochs=4", "train.warmup_epochs=10", "train.max_minutes=5",
+                                    "train.learning_rate=0.01"]).train
+    with caplog.at_level("WARNING", logger="tfseg.train"):
+        schedule = make_schedule(budget, 10)
+    assert schedule.state() == {"total_steps": 40.0, "warmup_steps": 20.0}
+    assert "capped at half" in caplog.text
+    curve = _curve(schedule, 41)
+    assert curve[20] == pytest.approx(0.01, rel=1e-4) and curve[40] == pytest.approx(0.01 * 0.01, rel=1e-3)
+    assert np.all(np.diff(curve[:21]) > 0) and np.all(np.diff(curve[20:]) < 0)  # rises, then decays
+    schedule.resize(30, step=10)  # a shorter budget: still half of the new length
+    assert schedule.warmup_steps == 15.0
+    short = make_schedule(config_lib.load(None, ["train.epochs=4", "train.warmup_epochs=1",
+                                                 "train.max_minutes=5"]).train, 10)
+    assert short.warmup_steps == 10.0  # a warm-up within half the run is kept as asked

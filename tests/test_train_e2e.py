@@ -68,6 +68,29 @@ def test_rerun_with_different_config_is_refused_then_overwritten(tiny_run, tmp_p
     assert json.loads((tiny_run / "metrics.json").read_text())["epochs"] == 2  # untouched
 
 
+@pytest.mark.slow
+def test_restarting_a_finished_run_keeps_its_card_until_it_is_scored_again(tiny_run, tmp_path):
+    """A restart of a finished run re-evaluates it; until then (or when that dies) model_card.json
+    is the finished run's card (metrics, ...), the one inside model.keras, not a fresh card."""
+    import shutil
+
+    from tfseg import config as config_lib
+    from tfseg.model_card import CARD_FILE, load_model_card
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    before = (copy / CARD_FILE).read_bytes()
+    assert load_model_card(copy).metrics is not None
+    cfg = config_lib.load(None, tiny_synthetic_overrides(tiny_run.parent / "data"))
+    run = train._start(cfg, copy)
+    train._read_data(run, copy, False)
+    train._build_datasets(run)
+    train._build_model(run)  # ...and the process dies before _finish
+    assert run.resuming and not run.card.metrics  # the fresh card: not scored yet
+    assert (copy / CARD_FILE).read_bytes() == before
+    assert load_model_card(copy) == load_model_card(copy / "model.keras")
+
+
 def _scene_dataset(root, corrupt=False):
     data = np.random.default_rng(0).integers(1, 4000, (3, 128, 128)).astype(np.uint16)
     for split in ("train", "val"):

@@ -141,17 +141,59 @@ def test_mirrored_strategy_runs_on_cpu(tmp_path):
 
 
 def test_multi_worker_needs_tf_config_and_damaged_backup_is_named(tmp_path, monkeypatch):
+    from tfseg.callbacks import ResumeStateError
+    from tfseg.errors import TfsegError
+
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError, match="TF_CONFIG"):
+    with pytest.raises(train_lib.StrategyError, match="TF_CONFIG"):
         train_lib.make_strategy("multi_worker")
     monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+    with pytest.raises(train_lib.StrategyError, match="TF_CONFIG is not valid JSON"):
         train_lib.make_strategy("multi_worker")
     backup = tmp_path / "backup"
     backup.mkdir()
     (backup / "state.json").write_text('{"epoch": 3, "weights": "epoch-0003.weights.h5"}')
-    with pytest.raises(ValueError, match="epoch-0003.weights.h5.*missing"):
+    with pytest.raises(ResumeStateError, match="epoch-0003.weights.h5.*missing"):
         train_lib.TrainingState.load(backup)
+    (backup / "state.json").write_text('{"epoch": 3')
+    with pytest.raises(ResumeStateError, match=r"state.json cannot be read .*the backup is damaged"):
+        train_lib.TrainingState.load(backup)
+    assert issubclass(train_lib.StrategyError, TfsegError) and issubclass(ResumeStateError, TfsegError)
+
+
+class _FakeTracker:
+    def __init__(self, fail=False):
+        self.stopped, self.fail = [], fail
+
+    def stop(self, status="FINISHED"):
+        self.stopped.append(status)
+        if self.fail:
+            raise RuntimeError("tracking service down")
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError("out of memory"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_a_training_that_raises_ends_the_trackers_as_failed(monkeypatch, error, status):
+    """The trackers start with the callbacks; when anything after that raises they are ended as
+    FAILED (KILLED on Ctrl-C), not left RUNNING, and a tracker's own error never hides the
+    training's."""
+    neptune, mlflow = _FakeTracker(fail=True), _FakeTracker()
+
+    def build_callbacks(run, extra, clock):
+        run.tracker, run.mlflow_tracker = neptune, mlflow
+        return []
+
+    def fit(run, callbacks, verbose):
+        raise error
+
+    cfg = config_lib.load(None)
+    for name in ("_read_data", "_build_datasets", "_build_model"):
+        monkeypatch.setattr(train_lib, name, lambda *args: None)
+    monkeypatch.setattr(train_lib, "_build_callbacks", build_callbacks)
+    monkeypatch.setattr(train_lib, "_fit", fit)
+    with pytest.raises(type(error)) as raised:
+        train_lib.train(cfg, "unused", verbose=0)
+    assert raised.value is error
+    assert neptune.stopped == [status] and mlflow.stopped == [status]
 
 
 def test_monitor_metric_never_logged_is_an_error_after_the_first_epoch(tmp_path):
@@ -160,3 +202,18 @@ def test_monitor_metric_never_logged_is_an_error_after_the_first_epoch(tmp_path)
                                          r"logged: .*\bval_iou\b"):
         train_lib.train(cfg, tmp_path / "run", verbose=0)
     assert len(_history(tmp_path / "run" / "history.csv")) <= 1  # stopped at the first epoch's end
+
+
+def test_plain_unet_gets_every_model_field_and_refuses_unknown_options():
+    """model.options (and the encoder/decoder fields) reached the builder only with a backbone: a
+    plain UNet dropped a typo in model.options without a word."""
+    from tfseg.models import build_model
+
+    cfg = config_lib.load(None, ["model.options.dropuot=0.2"])
+    kwargs = train_lib.model_kwargs(cfg.model, cfg.data.task)
+    assert kwargs["dropuot"] == 0.2 and {"encoder_weights", "encoder_freeze", "decoder_filters"} <= set(kwargs)
+    with pytest.raises(ValueError, match=r"model.options: unknown option\(s\) \['dropuot'\] for model.name='unet'"):
+        build_model("unet", input_shape=(None, None, 3), classes=1, **kwargs)
+    plain = config_lib.load(None, ["model.depth=2", "model.filters=4"])
+    model = build_model("unet", input_shape=(None, None, 3), classes=1, **train_lib.model_kwargs(plain.model))
+    assert model.get_config()["tfseg_multiple"] == 4

@@ -3,6 +3,7 @@
 - :class:`LearningRateLogger`: the learning rate into the epoch logs (``history.csv``).
 - :class:`EpochFigure`: ``RUN_DIR/figures/epoch-NNNN.png`` after every epoch.
 - :class:`BestModelCheckpoint`: ``model.keras`` whenever ``train.monitor`` improves, atomically.
+- :class:`FiniteEarlyStopping`, :class:`FiniteReduceLROnPlateau`: Keras' own, skipping NaN values.
 - :class:`SummedValidationMetrics`, :class:`SynchronizedBatchNorm`: distributed runs score and
   normalize over the global batch.
 - :class:`TrainingState`: the resume state in ``RUN_DIR/backup`` after every epoch.
@@ -27,6 +28,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from .errors import TfsegError
 from .figures import save_prediction_figure
 from .metrics import ConfusionMatrixMetric
 from .schedules import ResizableSchedule
@@ -34,6 +36,14 @@ from .fsutil import save_model_atomic, save_weights_atomic, write_json
 
 # the training log: these callbacks' lines read "tfseg.train" as they did when they lived there
 log = logging.getLogger("tfseg.train")
+
+
+class MonitorError(TfsegError):
+    """``train.monitor`` names a metric that is not in the epoch logs."""
+
+
+class ResumeStateError(TfsegError):
+    """The resume state of a run directory (``RUN_DIR/backup``) is damaged; the message names it."""
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -49,18 +59,18 @@ class EpochFigure(keras.callbacks.Callback):
     """Saves ``folder/epoch-NNNN.png`` (validation input | truth | prediction) after each epoch."""
 
     def __init__(self, dataset, folder, band_names, num_tiles: int = 4, threshold=0.5,
-                 ignore_index: int = 255, multilabel: bool = False):
+                 ignore_index: int = 255, multilabel: bool = False, colours=None):
         super().__init__()
         self.dataset, self.folder, self.band_names = dataset, Path(folder), band_names
         self.num_tiles, self.threshold, self.ignore_index = num_tiles, threshold, ignore_index
-        self.multilabel = multilabel
+        self.multilabel, self.colours = multilabel, colours  # colours: see save_prediction_figure
 
     def on_epoch_end(self, epoch, logs=None):
         if self.num_tiles:
             self.folder.mkdir(parents=True, exist_ok=True)
             save_prediction_figure(self.model, self.dataset, self.folder / f"epoch-{epoch + 1:04d}.png",
                                    self.band_names, self.num_tiles, self.threshold, self.ignore_index,
-                                   multilabel=self.multilabel)
+                                   colours=self.colours, multilabel=self.multilabel)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -82,8 +92,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         if value is None:  # checkpointing the latest epoch instead would hide a typo for a whole run
-            raise ValueError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
-                             f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
+            raise MonitorError(f"config key 'train.monitor': metric {self.monitor!r} is not in the logs of epoch "
+                               f"{epoch + 1}; logged: {', '.join(sorted(logs or {}))}")
         if not np.isfinite(float(value)) and self.best is None and not self.filepath.is_file():
             # NaN = undefined (e.g. IoU of a class absent from truth and prediction): keep a model
             # to evaluate, and say so; a later defined value replaces it
@@ -95,6 +105,28 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return
         self.best = float(value)
         save_model_atomic(self.model, self.filepath)
+
+
+class _FiniteMonitor:
+    """Keras' monitor callbacks take the first value as the best, NaN included, and nothing beats
+    a NaN afterwards. Here a non-finite value (undefined score, diverged loss) never improves
+    and a non-finite best (restored from an older resume state) counts as no best yet, as in
+    :class:`BestModelCheckpoint`; a non-finite epoch still counts towards the patience."""
+
+    def _is_improvement(self, monitor_value, reference_value):
+        if monitor_value is None or not np.isfinite(float(monitor_value)):
+            return False
+        if reference_value is None or not np.isfinite(float(reference_value)):
+            return True
+        return super()._is_improvement(monitor_value, reference_value)
+
+
+class FiniteEarlyStopping(_FiniteMonitor, keras.callbacks.EarlyStopping):
+    """``train.early_stopping_patience``: Keras' EarlyStopping, never locked onto a NaN best."""
+
+
+class FiniteReduceLROnPlateau(_FiniteMonitor, keras.callbacks.ReduceLROnPlateau):
+    """``train.reduce_lr_patience``: Keras' ReduceLROnPlateau, never locked onto a NaN best."""
 
 
 class SummedValidationMetrics(keras.callbacks.Callback):
@@ -179,11 +211,16 @@ class TrainingState(keras.callbacks.Callback):
         path = Path(backup_dir) / cls.STATE
         if not path.is_file():
             return None
-        state = json.loads(path.read_text())
-        weights = Path(backup_dir) / state["weights"]
+        try:
+            state = json.loads(path.read_text())
+            weights = Path(backup_dir) / state["weights"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ResumeStateError(f"resume state {path} cannot be read ({type(exc).__name__}: {exc}): the backup is "
+                                   "damaged; remove the backup/ directory to restart this run from scratch, or use "
+                                   "--overwrite") from None
         if not weights.is_file():
-            raise ValueError(f"resume state {path} names {weights}, which is missing: the backup is damaged; "
-                             "remove the backup/ directory to restart this run from scratch, or use --overwrite")
+            raise ResumeStateError(f"resume state {path} names {weights}, which is missing: the backup is damaged; "
+                                   "remove the backup/ directory to restart this run from scratch, or use --overwrite")
         return state
 
     def restore_weights(self, model) -> None:
@@ -305,5 +342,5 @@ def _plain(value, check: bool = False):
     except (TypeError, ValueError):
         return False if check else None
     if check:
-        return True
+        return bool(np.isfinite(number))  # a NaN best is no best (and not valid JSON)
     return int(number) if float(number).is_integer() and abs(number) < 2**53 else number

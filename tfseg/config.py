@@ -11,6 +11,7 @@ what was expected and what was received, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -262,6 +263,10 @@ RANGES = {
     "train.class_weights_max": (1.0, None),
     "train.max_minutes": (0.0, None),
     "train.num_figure_tiles": (0, 64),
+    # numpy's seeds (keras.utils.set_random_seed, np.random.default_rng) are unsigned 32-bit
+    "train.seed": (0, 2**32 - 1),
+    "data.seed": (0, 2**32 - 1),
+    "data.synthetic.seed": (0, 2**32 - 1),
     "export.recommended_overlap": (0, None),
 }
 
@@ -273,13 +278,20 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _union_member_name(tp: Any) -> str:
+    return str(tp) if typing.get_origin(tp) else _type_name(tp)  # float, list[float]
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check/convert ``value`` to the field type ``tp``; raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
-            return None
+            if len(args) < len(typing.get_args(tp)):  # Optional[...]
+                return None
+            expected = " or ".join(_union_member_name(a) for a in args)
+            raise ConfigError(f"config key '{key}': expected {expected}, got null")
         if isinstance(value, (list, tuple)):  # Union[float, list[float]]: the list member
             listed = [a for a in args if a is list or typing.get_origin(a) is list]
             if listed:
@@ -294,13 +306,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            return _finite(key, number)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -321,6 +336,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(
         f"config key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
     )
+
+
+def _finite(key: str, value: float) -> float:
+    """``value``, or a ConfigError naming ``key`` for NaN and infinities (NaN passes every range
+    check and an infinity every open one: neither is a usable setting)."""
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
+    return value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
@@ -483,6 +506,7 @@ def _check_classes_and_task(cfg: Config) -> None:
         )
     # the task is resolved here, once: everything downstream reads cfg.data.task
     cfg.data.task = resolve_task(cfg.data)
+    _check_ignore_index(cfg.data)
     if isinstance(cfg.train.threshold, list) and (
             cfg.data.task != "multilabel" or len(cfg.train.threshold) != len(cfg.data.classes)):
         raise ConfigError(
@@ -494,6 +518,19 @@ def _check_classes_and_task(cfg: Config) -> None:
             f"config key 'train.class_offsets': {cfg.train.class_offsets} needs data.task=multiclass (offsets move "
             f"an argmax), got data.task={cfg.data.task!r}; a {cfg.data.task} model decides by train.threshold"
             + (" (and train.object_f1 searches an operating point)" if cfg.data.task == "binary" else ""))
+
+
+def _check_ignore_index(data: DataConfig) -> None:
+    """``data.ignore_index`` must not be a label value of the task: the pixels of that class would
+    all be ignored (no loss, no score) without a word."""
+    task, count = data.task, len(data.classes)
+    labels = range(count) if task == "multiclass" else range(2)
+    if data.ignore_index in labels:
+        what = (f"the class indices 0..{count - 1} of {data.classes}" if task == "multiclass"
+                else f"the {task} label values 0 and 1")
+        raise ConfigError(
+            f"config key 'data.ignore_index': {data.ignore_index} is one of {what} (data.task={task}): every pixel "
+            f"of that label would be ignored; expected a value outside them (at least {labels.stop}, e.g. 255)")
 
 
 def _check_data_lists(cfg: Config) -> None:
@@ -523,12 +560,54 @@ def _check_train(cfg: Config) -> None:
             f"config key 'train.lr_scaling': {cfg.train.lr_scaling!r} scales the learning rate with the "
             "global batch, which only grows with the replicas when train.batch_per_replica is true"
         )
-    _validate_class_weights(cfg.train.class_weights)
+    _validate_class_weights(cfg.train.class_weights, cfg.data.task, cfg.data.classes)
+    _validate_loss_weights(cfg.train.loss_weights)
     if cfg.train.max_minutes and cfg.train.strategy == "multi_worker":
         raise ConfigError(
             "config key 'train.max_minutes': not supported with train.strategy=multi_worker (each worker "
             "measures its own time and they could disagree on the last epoch); use train.epochs"
         )
+    # a warm-up as long as the run never ends (the LR rises the whole run, no decay); under
+    # train.max_minutes the schedule caps it at half the steps it lays out (tfseg.train.make_schedule)
+    if (cfg.train.schedule == "cosine" and cfg.train.warmup_epochs and not cfg.train.max_minutes
+            and cfg.train.warmup_epochs >= cfg.train.epochs):
+        raise ConfigError(
+            f"config keys 'train.warmup_epochs' and 'train.epochs': the warm-up ({cfg.train.warmup_epochs:g} epochs) "
+            f"must be shorter than the run ({cfg.train.epochs} epochs), else the learning rate rises until the end "
+            "and never decays; lower train.warmup_epochs or raise train.epochs")
+    _check_monitor(cfg.train)
+    if cfg.train.object_f1 and not (cfg.data.task == "binary" or (
+            cfg.data.task == "multilabel" and "footprint" in cfg.data.classes)):
+        raise ConfigError(
+            f"config key 'train.object_f1': object scores need a building model (data.task=binary, or multilabel "
+            f"with a 'footprint' class), got data.task={cfg.data.task!r} with classes {cfg.data.classes}")
+
+
+# train.monitor (without val_) -> the monitor_mode it needs: losses fall, scores rise
+_RISING_METRICS = ("iou", "f1", "precision", "recall", "accuracy", "miou", "object_f1", "object_precision",
+                   "object_recall")
+
+
+def _monitor_direction(monitor: str) -> Optional[str]:
+    """``min`` for a loss, ``max`` for tfseg's scores (also per class: ``iou_<class>``), None for
+    other names."""
+    name = monitor.removeprefix("val_")
+    if name == "loss" or name.endswith("_loss"):
+        return "min"
+    if name in _RISING_METRICS or name.startswith(("iou_", "f1_")):
+        return "max"
+    return None
+
+
+def _check_monitor(train: TrainConfig) -> None:
+    if not train.monitor.strip():
+        raise ConfigError("config key 'train.monitor': expected a metric name of history.csv (e.g. val_iou), got ''")
+    wanted = _monitor_direction(train.monitor)
+    if wanted is not None and train.monitor_mode != wanted:
+        raise ConfigError(
+            f"config key 'train.monitor_mode': {train.monitor!r} is better when "
+            f"{'lower' if wanted == 'min' else 'higher'}, so it needs train.monitor_mode={wanted}, got "
+            f"{train.monitor_mode!r} (the best checkpoint would be the worst epoch)")
 
 
 def _check_bands(cfg: Config) -> None:
@@ -539,16 +618,47 @@ def _check_bands(cfg: Config) -> None:
             )
 
 
-def _validate_class_weights(weights) -> None:
+def _validate_class_weights(weights, task: str, classes: list) -> None:
+    """``train.class_weights``: ``auto``, or finite non-negative numbers, one per class (binary:
+    ``[positive]`` or ``[background, positive]``); empty = an unweighted loss."""
     if weights == "auto":
         return
     if not isinstance(weights, list) or any(
-        isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights
+        isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights
     ):
         raise ConfigError(
-            f"config key 'train.class_weights': expected a list of non-negative numbers (one per class) or "
+            f"config key 'train.class_weights': expected a list of finite non-negative numbers (one per class) or "
             f"'auto', got {weights!r}"
         )
+    if not weights:
+        return
+    if task == "binary" and len(weights) not in (1, 2):
+        raise ConfigError(
+            f"config key 'train.class_weights': data.task=binary expects [positive] or [background, positive] "
+            f"(1 or 2 weights), got {len(weights)}: {weights!r}")
+    if task != "binary" and len(weights) != len(classes):
+        raise ConfigError(
+            f"config key 'train.class_weights': data.task={task} expects one weight per class of data.classes "
+            f"({len(classes)}: {classes}), got {len(weights)}: {weights!r}")
+
+
+# the components of tfseg.losses.COMPONENTS (named here so that a config is validated without
+# importing Keras; tests/test_losses.py checks that the two agree)
+LOSS_COMPONENTS = ("bce", "cce", "focal", "dice", "jaccard", "tversky", "lovasz")
+
+
+def _validate_loss_weights(weights: dict) -> None:
+    """``train.loss_weights``: known components, non-negative weights, at least one positive."""
+    if not weights:
+        return
+    unknown = sorted(set(weights) - set(LOSS_COMPONENTS))
+    if unknown:
+        raise ConfigError(f"config key 'train.loss_weights': unknown loss component(s) {unknown}; "
+                          f"available: {sorted(LOSS_COMPONENTS)}")
+    negative = {name: w for name, w in weights.items() if w < 0}
+    if negative or not any(weights.values()):
+        raise ConfigError(f"config key 'train.loss_weights': expected non-negative weights, at least one positive, "
+                          f"got {weights!r}")
 
 
 def _validate_model(model, window_size: int) -> None:
@@ -560,13 +670,22 @@ def _validate_model(model, window_size: int) -> None:
     if model.name == "unet" and model.backbone and model.decoder_filters and len(model.decoder_filters) not in (4, 5):
         raise ConfigError(f"config key 'model.decoder_filters': unet with a backbone expects 4 or 5 decoder block "
                           f"widths, got {model.decoder_filters!r}")
+    if model.name in ("unet", "unetpp") and not model.backbone:
+        encoder_only = {"model.encoder_weights": model.encoder_weights, "model.encoder_freeze": model.encoder_freeze,
+                        "model.decoder_filters": model.decoder_filters}
+        given = {key: value for key, value in encoder_only.items() if value}
+        if given:
+            raise ConfigError(
+                f"config key {sorted(given)[0]!r}: a plain {'UNet' if model.name == 'unet' else 'UNet++'} "
+                f"(model.name={model.name}, no model.backbone) has no pretrained encoder and its decoder widths "
+                f"follow model.filters; got {given}; set a model.backbone or leave these at their defaults")
     options = model.options
     if model.name == "unetpp" and not isinstance(options.get("deep_supervision", False), bool):
         raise ConfigError(f"config key 'model.options.deep_supervision': expected true or false, got "
                           f"{options['deep_supervision']!r}")
     if model.name == "deeplabv3plus":
         output_stride = options.get("output_stride", 16)
-        if output_stride not in (8, 16) or isinstance(output_stride, bool):
+        if type(output_stride) is not int or output_stride not in (8, 16):  # 16.0 would reach the builder
             raise ConfigError(f"config key 'model.options.output_stride': expected 8 or 16, got {output_stride!r}")
         rates = options.get("atrous_rates", DEFAULT_ATROUS_RATES[output_stride])
         try:

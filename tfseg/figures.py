@@ -65,6 +65,44 @@ def scene_rgb(path, max_side: int = 1024) -> tuple[np.ndarray, float]:
     return (rgb * 255).astype(np.uint8), out_w / width
 
 
+BINARY_COLOURS = [(0.1, 0.1, 0.1), (1.0, 0.85, 0.1)]  # background, the class
+
+
+def distinct_colours(count: int) -> list:
+    """``count`` distinct (r, g, b) colours in [0, 1]: matplotlib's tab10 / tab20, then hues
+    spread around the HSV circle (alternating two brightnesses) for more classes."""
+    if count <= 10:
+        return [tuple(c) for c in plt.cm.tab10.colors[:count]]
+    if count <= 20:
+        return [tuple(c) for c in plt.cm.tab20.colors[:count]]
+    from matplotlib.colors import hsv_to_rgb
+
+    return [tuple(float(v) for v in hsv_to_rgb((i / count, 0.75, 0.95 if i % 2 else 0.7))) for i in range(count)]
+
+
+def card_colours(card) -> list:
+    """The figure colours of a model card's classes (its ``colours``, ``#RRGGBB``), in the order
+    of the label values: binary, the background first."""
+    colours = [_hex_to_rgb(card.colours[name]) for name in card.classes]
+    return [BINARY_COLOURS[0], *colours] if card.task == "binary" else colours
+
+
+def _hex_to_rgb(colour: str) -> tuple:
+    return tuple(int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5))
+
+
+def _figure_colours(colours, count: int, binary: bool) -> list:
+    """``colours`` as (r, g, b) floats for ``count`` label values (binary: 2), completed with
+    distinct colours when it has fewer (never black or a crash for the classes past its end)."""
+    if colours is None:
+        return list(BINARY_COLOURS) if binary else distinct_colours(count)
+    colours = [_hex_to_rgb(c) if isinstance(c, str) else tuple(float(v) for v in c) for c in colours]
+    if len(colours) < count:
+        extra = [c for c in distinct_colours(count) if c not in colours]
+        colours += extra[: count - len(colours)]
+    return colours
+
+
 def colourize(labels: np.ndarray, colours, ignore_index: int = 255) -> np.ndarray:
     """Class indices -> RGB using ``colours`` (list of (r, g, b) in [0, 1]); ignore -> grey."""
     table = np.zeros((256, 3), np.float32)
@@ -89,7 +127,9 @@ def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int =
                            class_offsets=None) -> Path:
     """Predict the first tiles of ``dataset`` that contain labelled pixels and save a PNG grid
     (``multilabel``: every class drawn, overlaps as mixed colours, ``threshold`` one per class;
-    ``class_offsets``: a multiclass card's argmax offsets, :func:`tfseg.class_offsets.decide`)."""
+    ``class_offsets``: a multiclass card's argmax offsets, :func:`tfseg.class_offsets.decide`;
+    ``colours``: (r, g, b) in [0, 1] or ``#RRGGBB`` per label value, e.g. :func:`card_colours`;
+    default: dark / yellow for a binary model, else :func:`distinct_colours`)."""
     images, truths = [], []
     for batch_images, batch_masks in dataset:
         for image, mask in zip(batch_images.numpy(), batch_masks.numpy()):
@@ -111,8 +151,8 @@ def save_prediction_figure(model, dataset, path, band_names=(), num_tiles: int =
 
         preds = (probs[..., 0] >= threshold).astype(np.uint8) if probs.shape[-1] == 1 else decide(probs, class_offsets)
         paint = colourize
-    if colours is None:
-        colours = [(0.1, 0.1, 0.1), (1.0, 0.85, 0.1)] if probs.shape[-1] == 1 else plt.cm.tab10.colors
+    binary = probs.shape[-1] == 1 and not multilabel
+    colours = _figure_colours(colours, 2 if binary else probs.shape[-1], binary)
     fig, axes = plt.subplots(len(images), 3, figsize=(9, 3 * len(images)), squeeze=False)
     for row, (image, truth, pred) in enumerate(zip(images, truths, preds)):
         panels = (display_rgb(image, band_names), paint(truth, colours, ignore_index),

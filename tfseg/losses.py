@@ -24,9 +24,15 @@ from keras import ops
 from keras.src.losses.loss import scale_loss_for_distribution  # no public alias in Keras 3
 
 from . import registry
+from .errors import TfsegError
 
 EPSILON = 1e-6
 TASKS = ("binary", "multiclass", "multilabel")
+
+
+class LossError(TfsegError):
+    """A loss argument (``train.loss``, ``train.loss_weights``, ``train.class_weights``, the task)
+    cannot be used; the message names it."""
 
 
 def default_task(num_classes: int) -> str:
@@ -37,11 +43,13 @@ def default_task(num_classes: int) -> str:
 def check_task(task, num_classes: int) -> str:
     task = task or default_task(num_classes)
     if task not in TASKS:
-        raise ValueError(f"task: expected one of {list(TASKS)}, got {task!r}")
+        raise LossError(f"data.task: expected one of {list(TASKS)}, got {task!r}")
     if task == "binary" and num_classes != 1:
-        raise ValueError(f"task 'binary' expects num_classes=1 (one sigmoid channel), got num_classes={num_classes}")
+        raise LossError(f"data.task: 'binary' expects num_classes=1 (one sigmoid channel), "
+                        f"got num_classes={num_classes}")
     if task == "multiclass" and num_classes < 2:
-        raise ValueError(f"task 'multiclass' expects num_classes >= 2 (softmax channels), got num_classes={num_classes}")
+        raise LossError(f"data.task: 'multiclass' expects num_classes >= 2 (softmax channels), "
+                        f"got num_classes={num_classes}")
     return task
 
 
@@ -71,11 +79,11 @@ def _class_weight_vector(class_weights, channels: int, task: str):
         if len(weights) == 1:  # weight of the positive class
             weights = [1.0, weights[0]]
         if len(weights) != 2:
-            raise ValueError(f"train.class_weights: binary expects [positive] or [background, positive], got {weights}")
+            raise LossError(f"train.class_weights: binary expects [positive] or [background, positive], got {weights}")
     elif len(weights) != channels:
-        raise ValueError(f"train.class_weights: expected {channels} weights (one per class), got {len(weights)}")
+        raise LossError(f"train.class_weights: expected {channels} weights (one per class), got {len(weights)}")
     if any(w < 0 for w in weights):
-        raise ValueError(f"train.class_weights: expected non-negative weights, got {weights}")
+        raise LossError(f"train.class_weights: expected non-negative weights, got {weights}")
     return ops.convert_to_tensor(weights, "float32")
 
 
@@ -160,7 +168,8 @@ def tversky(target, probs, valid, ctx):
 def lovasz(target, probs, valid, ctx):
     """Lovasz-Softmax (Berman et al. 2018): the Lovasz extension of the per-class Jaccard loss over
     the batch's valid pixels, averaged over classes present in the batch (binary: the positive
-    class). Ignored pixels get zero error and zero truth, which removes them exactly."""
+    class), weighted by the class weights as Dice is (:func:`_class_mean`). Ignored pixels get
+    zero error and zero truth, which removes them exactly."""
     channels = probs.shape[-1]
     errors = ops.reshape(ops.abs(target - probs) * valid, (-1, channels))
     target = ops.reshape(target * valid, (-1, channels))
@@ -177,9 +186,11 @@ def lovasz(target, probs, valid, ctx):
         losses.append(ops.sum(ops.stop_gradient(grad) * err_sorted))
         present.append(ops.cast(gts > 0, "float32"))
     losses, present = ops.stack(losses), ops.stack(present)
-    if ctx["task"] == "multiclass":  # 'present' classes, as in the reference implementation
-        return ops.sum(losses * present) / ops.maximum(ops.sum(present), 1.0)
-    return ops.mean(losses)
+    if ctx["task"] != "multiclass":
+        return _class_mean(losses, ctx)
+    # 'present' classes, as in the reference implementation; class weights as in _class_mean
+    weights = present if ctx["class_weights"] is None else present * ctx["class_weights"]
+    return ops.sum(losses * weights) / ops.maximum(ops.sum(weights), EPSILON)
 
 
 COMPONENTS = {"bce": crossentropy, "cce": crossentropy, "focal": focal, "dice": dice, "jaccard": jaccard,
@@ -202,7 +213,7 @@ class SegmentationLoss(keras.losses.Loss):
         self.weights = {k: float(v) for k, v in dict(weights or {"bce": 1.0}).items()}
         unknown = sorted(set(self.weights) - set(COMPONENTS))
         if unknown:
-            raise ValueError(f"config key 'train.loss_weights': unknown loss component(s) {unknown}; "
+            raise LossError(f"config key 'train.loss_weights': unknown loss component(s) {unknown}; "
                              f"available: {sorted(COMPONENTS)}")
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.task = check_task(task, self.num_classes)
@@ -237,6 +248,6 @@ def get_loss(name: str, num_classes: int = 1, ignore_index: int = 255, weights=N
     ``class_weights`` (``train.class_weights``) weighs classes; ``params``: focal_gamma,
     tversky_alpha, tversky_beta."""
     if name not in PRESETS:
-        raise ValueError(f"config key 'train.loss': {name!r} is not available; available: {sorted(PRESETS)}")
+        raise LossError(f"config key 'train.loss': {name!r} is not available; available: {sorted(PRESETS)}")
     return SegmentationLoss(weights or PRESETS[name], num_classes=num_classes, ignore_index=ignore_index, task=task,
                             class_weights=class_weights, name=name, **params)

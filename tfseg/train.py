@@ -36,16 +36,17 @@ import keras
 import numpy as np
 
 from . import config as config_lib
-from .callbacks import (BestModelCheckpoint, EpochFigure, LearningRateLogger, SummedValidationMetrics,  # re-exported
-                        SynchronizedBatchNorm, TimeBudget, TrainingState)
+from .callbacks import (BestModelCheckpoint, EpochFigure, FiniteEarlyStopping,  # re-exported
+                        FiniteReduceLROnPlateau, LearningRateLogger, SummedValidationMetrics, SynchronizedBatchNorm,
+                        TimeBudget, TrainingState)
 from .compare import best_row, read_history
 from .data.formats import load_scenes
 from .data.class_index import class_weights, load_or_compute
 from .data.pipeline import build_dataset, dataset_dtype, dataset_nodata
 from .data.raster import compute_normalization
-from .errors import INPUT_ERRORS, report
+from .errors import INPUT_ERRORS, TfsegError, report
 from .export import export_saved_model
-from .figures import save_prediction_figure
+from .figures import card_colours, save_prediction_figure
 from .losses import get_loss
 from .metrics import segmentation_metrics
 from .model_card import CARD_FILE, ModelCard, embed_card
@@ -147,7 +148,15 @@ def make_schedule(train_cfg, steps_per_epoch: int):
         return lr
     if train_cfg.schedule == "onecycle":
         return OneCycle(lr, total)
-    return WarmupCosine(lr, total, warmup_steps=int(train_cfg.warmup_epochs * steps_per_epoch))
+    warmup = int(train_cfg.warmup_epochs * steps_per_epoch)
+    if train_cfg.max_minutes and warmup > total / 2:
+        # the budget's layouts keep the warm-up at most half the steps (WarmupCosine.wanted_warmup):
+        # so does the first one; with fixed epochs the config refuses a warm-up as long as the run
+        log.warning("train.warmup_epochs=%g is more than half of train.epochs=%d: under train.max_minutes the "
+                    "warm-up is capped at half the steps the schedule lays out (%d of %d steps now)",
+                    train_cfg.warmup_epochs, train_cfg.epochs, total // 2, total)
+        return WarmupCosine(lr, total, warmup_steps=total // 2, target_warmup_steps=warmup)
+    return WarmupCosine(lr, total, warmup_steps=warmup)
 
 
 def make_optimizer(train_cfg, steps_per_epoch: int, schedule=None):
@@ -165,12 +174,10 @@ def make_optimizer(train_cfg, steps_per_epoch: int, schedule=None):
 # Model construction from the config
 # ------------------------------------------------------------------------------------------
 def model_kwargs(model_cfg, task: str = "auto") -> dict:
-    """Constructor arguments for the chosen architecture (config field names = argument names);
+    """Constructor arguments for the chosen architecture (config field names = argument names,
+    plus ``model.options``: every field reaches the builder, which refuses what it cannot use);
     a multilabel task gets independent sigmoid outputs when model.activation is auto."""
     activation = "sigmoid" if task == "multilabel" and model_cfg.activation == "auto" else model_cfg.activation
-    if model_cfg.name == "unet" and not model_cfg.backbone:
-        keys = ["depth", "filters", "batch_norm", "dropout", "dropout_position", "upsampling", "stem"]
-        return {**{k: getattr(model_cfg, k) for k in keys}, "activation": activation}
     fields = dataclasses.asdict(model_cfg)
     fields.pop("name")
     options = fields.pop("options")
@@ -224,6 +231,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+class StrategyError(TfsegError):
+    """``train.strategy`` cannot be set up as asked (``TF_CONFIG``, ``--run-dir``)."""
+
+
 def make_strategy(name: str):
     """``default`` (one device), ``mirrored`` (all local GPUs) or ``multi_worker`` (TF_CONFIG)."""
     if name == "mirrored":
@@ -236,9 +247,9 @@ def make_strategy(name: str):
         try:
             spec = json.loads(raw) if raw else None
         except ValueError as exc:
-            raise ValueError(f"train.strategy=multi_worker: TF_CONFIG is not valid JSON ({exc})") from None
+            raise StrategyError(f"train.strategy=multi_worker: TF_CONFIG is not valid JSON ({exc})") from None
         if not spec or "cluster" not in spec or "task" not in spec:
-            raise ValueError(
+            raise StrategyError(
                 "train.strategy=multi_worker needs the TF_CONFIG environment variable, e.g. "
                 '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
             )
@@ -350,9 +361,28 @@ def _train(cfg, run_dir, overwrite: bool, verbose: int, extra_callbacks: list, c
     _read_data(run, run_dir, overwrite)
     _build_datasets(run)
     _build_model(run)
-    callbacks = _build_callbacks(run, extra_callbacks, clock)
-    _fit(run, callbacks, verbose)
-    return _finish(run) if run.chief else _worker_result(run)
+    try:  # the trackers start in _build_callbacks: a run that dies afterwards is recorded as failed
+        callbacks = _build_callbacks(run, extra_callbacks, clock)
+        _fit(run, callbacks, verbose)
+        return _finish(run) if run.chief else _worker_result(run)
+    except BaseException as exc:
+        _stop_trackers_failed(run, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _stop_trackers_failed(run: _Run, status: str = "FAILED") -> None:
+    """End the Neptune and MLflow runs of a training that raised (``FAILED``) or was interrupted
+    (``KILLED``) instead of leaving them running forever; an error of a tracker is logged, never
+    raised over the one that stopped training."""
+    for name, tracker in (("Neptune", run.tracker), ("MLflow", run.mlflow_tracker)):
+        if tracker is None:
+            continue
+        try:
+            tracker.stop(status=status)
+        except Exception as exc:  # noqa: BLE001 - the training error is the one to report
+            log.warning("%s tracking: ending the run as %s did not work (%s: %s)", name, status,
+                        type(exc).__name__, exc)
+    run.tracker = run.mlflow_tracker = None
 
 
 def _start(cfg, run_dir) -> _Run:
@@ -361,8 +391,8 @@ def _start(cfg, run_dir) -> _Run:
     strategy = make_strategy(cfg.train.strategy)
     run = _Run(cfg, strategy, chief=is_chief(strategy))
     if cfg.train.strategy == "multi_worker" and not run_dir:
-        raise ValueError("train.strategy=multi_worker: give every worker the same --run-dir "
-                         "(on storage the chief can write; the other workers only read it)")
+        raise StrategyError("train.strategy=multi_worker: give every worker the same --run-dir "
+                            "(on storage the chief can write; the other workers only read it)")
     # read and check every input before anything is written
     if run.chief:
         tracking_mlflow.resolve(cfg, Path(run_dir) if run_dir else default_run_dir(cfg))  # bad URI: error now
@@ -425,7 +455,8 @@ def _build_datasets(run: _Run) -> None:
 
 def _build_model(run: _Run) -> None:
     """The model, loss, schedule and metrics, compiled under the strategy, and its card (saved
-    by the chief before training: a run stopped early can still be used)."""
+    by the chief before training, unless a resumed run has one: a run stopped early can still be
+    used)."""
     cfg = run.cfg
     train_cfg = _scaled_lr(cfg.train, run.replicas)
     run.weights = resolve_class_weights(cfg, run.class_index)
@@ -445,7 +476,9 @@ def _build_model(run: _Run) -> None:
         )
     run.card = make_model_card(cfg, run.norm, run.model, run.band_dtype, run.nodata, class_weights=run.weights,
                                class_index=run.class_index)
-    if run.chief:
+    # a resumed run keeps the card it has (a finished run's carries its metrics, operating point and
+    # class offsets, as model.keras does): _finish writes the new one once the model is scored
+    if run.chief and not (run.resuming and (run.run_path / CARD_FILE).is_file()):
         run.card.save(run.run_path / CARD_FILE)
 
 
@@ -465,7 +498,7 @@ def _build_callbacks(run: _Run, extra_callbacks: list, clock) -> list:
         if cfg.train.epoch_figures:  # visual check: validation tiles after every epoch
             writers.append(EpochFigure(run.val_ds, run.run_path / "figures", run.card.band_names,
                                        cfg.train.num_figure_tiles, cfg.train.threshold, cfg.data.ignore_index,
-                                       multilabel=run.task == "multilabel"))
+                                       multilabel=run.task == "multilabel", colours=card_colours(run.card)))
         run.tracker = NeptuneTracker.start(cfg, run.run_path, _dataset_name(cfg))
         run.mlflow_tracker = tracking_mlflow.MlflowTracker.start(cfg, run.run_path, _dataset_name(cfg), run.precision)
     else:
@@ -507,11 +540,11 @@ def _plateau_callbacks(cfg, tracked: dict) -> list:
     ``tracked`` (their counters go into the resume state)."""
     callbacks = []
     if cfg.train.early_stopping_patience:
-        tracked["early_stopping"] = keras.callbacks.EarlyStopping(
+        tracked["early_stopping"] = FiniteEarlyStopping(
             cfg.train.monitor, patience=cfg.train.early_stopping_patience, mode=cfg.train.monitor_mode)
         callbacks.append(tracked["early_stopping"])
     if cfg.train.reduce_lr_patience:
-        tracked["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+        tracked["reduce_lr"] = FiniteReduceLROnPlateau(
             cfg.train.monitor, factor=cfg.train.reduce_lr_factor, patience=cfg.train.reduce_lr_patience,
             mode=cfg.train.monitor_mode, min_lr=cfg.train.min_learning_rate)
         callbacks.append(tracked["reduce_lr"])
@@ -576,7 +609,8 @@ def _finish(run: _Run) -> dict:
     val_ds = _shard_off(run.val_ds) if cfg.train.strategy == "multi_worker" else run.val_ds
     save_prediction_figure(best, val_ds, run.run_path / "predictions.png", card.band_names,
                            cfg.train.num_figure_tiles, cfg.train.threshold, cfg.data.ignore_index,
-                           multilabel=run.task == "multilabel", class_offsets=card.class_offsets)
+                           colours=card_colours(card), multilabel=run.task == "multilabel",
+                           class_offsets=card.class_offsets)
     _export_and_track(run, best, card, result)
     return {**result, "run_dir": str(run.run_path), "chief": True, "steps": steps_done}
 
@@ -643,9 +677,11 @@ def _export_and_track(run: _Run, best, card: ModelCard, result: dict) -> None:
                  "config": run_path / "config.yaml", "predictions": run_path / "predictions.png"}
         run.tracker.log_final(result, files, archive)
         run.tracker.stop()
+        run.tracker = None  # stopped: not marked as failed should anything raise after this
     if run.mlflow_tracker is not None:
         run.mlflow_tracker.log_final(result, run_path, cfg.tracking.mlflow.log_model)
         run.mlflow_tracker.stop()
+        run.mlflow_tracker = None
 
 
 def _operating_point(cfg, model, card: ModelCard, val_scenes, batch_size, run_path: Path, result: dict):
