@@ -242,3 +242,101 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for colour in ((31, 119, 180), (255, 127, 14)):  # the first two curves (matplotlib C0, C1)
         assert share(colour) > 0.0005, colour
     assert 0.5 < share((255, 255, 255), 0) < 0.98  # a page with content, not blank
+
+
+# ------------------------------------------------------------------------------------------
+# Errors as `error:` lines, mode, labels matplotlib would misread, the complete flag
+# ------------------------------------------------------------------------------------------
+def test_unreadable_runs_bad_mode_and_unknown_metric_are_error_lines(tmp_path, capsys):
+    import tfseg
+
+    good = _write_run(tmp_path / "good")
+    out = str(tmp_path / "out")
+    truncated = _write_run(tmp_path / "truncated")
+    (truncated / "metrics.json").write_text('{"epochs": 3, "par')
+    bad_yaml = _write_run(tmp_path / "bad_yaml")
+    (bad_yaml / "config.yaml").write_text("model: [unet\n")
+    for run, name in ((truncated, "metrics.json"), (bad_yaml, "config.yaml")):
+        assert compare_lib.main([str(good), str(run), "--output", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(run / name) in err and "Traceback" not in err
+    assert compare_lib.main([str(good), "--metric", "val_iuo", "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "'val_iuo'" in err and "val_iou" in err  # names the metric and what the runs have
+    for mode in ("maximize", "Max"):
+        with pytest.raises(compare_lib.CompareError, match=f"mode.*{mode}"):
+            compare_lib.compare([good], out, mode=mode)
+        with pytest.raises(compare_lib.CompareError, match=f"mode.*{mode}"):
+            tfseg.best_epoch(good, "val_iou", mode=mode)
+    assert tfseg.best_epoch(good, "val_iou", mode="min")["val_iou"] == 0.1
+
+
+def test_run_names_are_shown_literally_in_the_legend_and_incomplete_runs_marked(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    names = ["_baseline", "$a_{$ (v2)", "plain"]
+    runs = [_write_run(tmp_path / name, ious=(0.1 * (k + 1), 0.2 * (k + 1))) for k, name in enumerate(names)]
+    (runs[2] / "metrics.json").unlink()  # a run that never finished
+    legends = []
+    real_close = plt.close
+
+    def close(fig=None):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", close)
+    rows = compare_lib.compare(runs, tmp_path / "out")
+    assert legends and all(sorted(texts) == sorted(names) for texts in legends)
+    assert {r["run"]: r["complete"] for r in rows} == {"_baseline": "yes", "$a_{$ (v2)": "yes", "plain": "no"}
+    assert "| epochs | complete |" in (tmp_path / "out" / "comparison.md").read_text()
+    assert "<th>complete</th>" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_mlflow_uri_that_is_no_mlflow_database_is_left_alone(tmp_path, capsys):
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE parcels (id INTEGER)")
+    connection.close()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 10)
+    for path in (other, empty, garbage):
+        before = path.read_bytes()
+        assert compare_lib.main(["--mlflow-uri", str(path), "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --mlflow-uri") and f"{path} is not an MLflow database" in err
+        assert path.read_bytes() == before  # no MLflow tables written into it
+    assert compare_lib.main(["--mlflow-uri", str(tmp_path / "none.db"), "--output", str(tmp_path / "out")]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err and not (tmp_path / "none.db").exists()
+
+
+def test_tracked_runs_use_mlflow_only_when_its_record_is_whole(tmp_path, monkeypatch, caplog):
+    """compare_runs((config, run_dir)): an MLflow record lacking epochs or the final metrics, or
+    broken (its start never logged), gives way to the run directory, with a warning."""
+    import tfseg
+    from tfseg.tracking_mlflow import MlflowTracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config_lib.load(None, ["tracking.mlflow.mode=local", "tracking.neptune.mode=off"])
+    whole, partial, broken = (_write_run(tmp_path / "runs" / n, ious=(0.3, 0.5, 0.9)) for n in ("whole", "partial",
+                                                                                                 "broken"))
+    for run_dir in (whole, partial):
+        tracker = MlflowTracker.start(cfg, run_dir, "synthetic", "float32")  # backfills history.csv's epochs
+        tracker.log_final(json.loads((run_dir / "metrics.json").read_text()), run_dir)
+        tracker.stop()
+    with open(partial / "history.csv", "a") as handle:  # an epoch MLflow never got
+        handle.write("3,0.6,0.95,0.97,0.05\n")
+    monkeypatch.setattr(MlflowTracker, "_log_start", lambda self, *a, **k: 1 / 0)
+    MlflowTracker.start(cfg, broken, "synthetic", "float32").stop(status="FAILED")
+    with caplog.at_level(logging.INFO, logger="tfseg.compare"):
+        rows = tfseg.compare_runs([(cfg, whole), (cfg, partial), (cfg, broken)], tmp_path / "out")
+    assert "report: 1 of 3 runs from MLflow" in caplog.text  # the whole record
+    assert [(r["run"], r["best_epoch"], r["val_iou"]) for r in rows] == [
+        ("partial", 4, 0.95), ("whole", 3, 0.9), ("broken", 3, 0.9)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(str(partial) in w and "val_iou (epochs 3)" in w and "reads the run directory" in w for w in warnings)
+    assert any(str(broken) in w and "tfseg.run_dir" in w and "reads the run directory" in w for w in warnings)
+    assert not any(str(whole) in w for w in warnings)

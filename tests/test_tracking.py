@@ -115,3 +115,23 @@ def test_bad_token_and_off_mode(tmp_path, monkeypatch, caplog):
     assert NeptuneTracker.start(config_lib.load(None, ["tracking.neptune.mode=off"]), tmp_path) is None
     monkeypatch.delenv("NEPTUNE_API_TOKEN")
     assert resolve_neptune_mode(config_lib.Config())[0] == "offline"
+
+
+def test_stop_status_marks_a_failed_run_and_uri_password_is_masked(tmp_path, monkeypatch):
+    """The real client offline: ``stop(status="FAILED")`` sets ``sys/failed`` (what the client
+    itself sets for an uncaught exception); a URI password never reaches the parameters."""
+    monkeypatch.delenv("NEPTUNE_API_TOKEN", raising=False)
+    cfg = config_lib.load(None, ["tracking.neptune.mode=offline", "tracking.mlflow.mode=off",
+                                 "tracking.mlflow.uri=https://alice:s3cret@mlflow.example.org"])
+    for name, status in (("ok", "FINISHED"), ("bad", "FAILED")):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        tracker = NeptuneTracker.start(cfg, run_dir)
+        tracker.log_epoch(0, {"loss": 0.5})
+        tracker.stop(status=status)
+        fields = read_offline_log(run_dir)
+        assert fields["sys/failed"] is (status == "FAILED"), name
+        assert fields["parameters/tracking/mlflow/uri"] == "https://alice:***@mlflow.example.org"
+    with pytest.raises(ValueError, match="status"):
+        NeptuneTracker(None, "offline", tmp_path).stop(status="failed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -321,3 +322,105 @@ def test_two_runs_over_http_then_compare_mlflow_uri(tmp_path, mlflow_server):
     assert compare_lib.main([str(run_dirs["narrow"]), "--mlflow-uri", mlflow_server, "--run-id", ids["wide"],
                              "--output", str(mixed)]) == 0
     assert sorted(r["run"] for r in _csv(mixed / "comparison.csv")) == ["narrow", "wide"]
+
+
+# ------------------------------------------------------------------------------------------
+# Names MLflow refuses, NaN/inf, a start that failed, run status, passwords, file stores
+# ------------------------------------------------------------------------------------------
+def _local_run(tmp_path, *overrides, history="epoch,loss,val_iou\n0,0.9,0.25\n"):
+    cfg = config_lib.load(None, ["tracking.mlflow.mode=local", "tracking.neptune.mode=off", *overrides])
+    run_dir = tmp_path / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if history:
+        (run_dir / "history.csv").write_text(history)
+    return cfg, run_dir
+
+
+def test_tag_and_class_names_mlflow_refuses_are_renamed_nan_kept_inf_dropped(tmp_path, caplog):
+    cfg, run_dir = _local_run(tmp_path, "tracking.tags=[v2 (retrained), baseline]")
+    with caplog.at_level(logging.WARNING, logger="tfseg.tracking"):
+        tracker = MlflowTracker.start(cfg, run_dir, "synthetic", "float32")
+        tracker.log_epoch(1, {"loss": float("nan"), "val_iou": 0.5})
+        tracker.log_epoch(2, {"loss": float("inf"), "val_iou": 0.6})
+        tracker.log_epoch(3, {"loss": float("-inf"), "val_iou": 0.7})
+        metrics = {"epochs": 4, "val": {"iou": 0.7, "f1": float("nan"), "precision": None},
+                   "class_weights": {"road (paved)": 2.0, "road [paved]": 3.0, "..": 1.0}}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        tracker.log_final(metrics, run_dir)
+        tracker.stop()
+    assert not tracker._failed
+    client = MlflowClient(tracker.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    tags, params, final = run.data.tags, run.data.params, run.data.metrics
+    assert tags["v2 _retrained_"] == "true" and tags["baseline"] == "true"
+    assert json.loads(tags["tfseg.tags"]) == ["v2 (retrained)", "baseline"]  # as written
+    assert tags["tfseg.run_dir"] == str(run_dir.resolve()) and params["model.name"] == "unet"
+    weights = {k: v for k, v in final.items() if k.startswith("final/class_weights/")}
+    assert sorted(weights.values()) == [1.0, 2.0, 3.0] and "final/class_weights/_" in weights  # none overwritten
+    assert final["final/val/iou"] == 0.7 and math.isnan(final["final/val/f1"]) and "final/val/precision" not in final
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "loss"))
+    assert loss[0] == (0, 0.9) and loss[1][0] == 1 and math.isnan(loss[1][1]) and len(loss) == 2  # ±inf left out
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "val_iou")] == [0, 1, 2, 3]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("infinite" in w for w in warnings) == 1 and any("'v2 (retrained)' -> 'v2 _retrained_'" in w
+                                                               for w in warnings)
+    assert {"history.csv", "metrics.json", "config.yaml"} <= {a.path for a in client.list_artifacts(tracker.run_id)}
+
+
+def test_a_failed_start_is_completed_on_resume_and_a_failed_tracker_still_ends_its_run(tmp_path, monkeypatch):
+    cfg, run_dir = _local_run(tmp_path, "tracking.tags=[exp]")
+    real = MlflowTracker._log_start
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("store hiccup")
+
+    monkeypatch.setattr(MlflowTracker, "_log_start", broken)
+    first = MlflowTracker.start(cfg, run_dir, "synthetic", "float32")
+    assert first._failed  # tracking switched off for this process...
+    first.stop(status="FAILED")
+    client = MlflowClient(first.uri)
+    assert client.get_run(first.run_id).info.status == "FAILED"  # ...yet the run does not stay RUNNING
+    assert "tfseg.run_dir" not in client.get_run(first.run_id).data.tags
+
+    monkeypatch.setattr(MlflowTracker, "_log_start", real)
+    again = MlflowTracker.start(cfg, run_dir, "synthetic", "float32")  # resume: same run, start logged now
+    assert again.run_id == first.run_id and not again._failed
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    again.stop()
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.optimizer"] == "adam"
+    assert run.data.tags["tfseg.run_dir"] == str(run_dir.resolve()) and run.data.tags["exp"] == "true"
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_iou")] == [0]  # backfilled once
+    with pytest.raises(ValueError, match="status"):
+        again.stop(status="DONE")
+
+
+def test_uri_password_is_masked_in_params_and_config_artifact(tmp_path):
+    # mode local: the store is runs/mlflow.db, the configured server URI is only a config value here
+    cfg, run_dir = _local_run(tmp_path, "tracking.mlflow.uri=https://alice:s3cret@mlflow.example.org/x")
+    tracker = MlflowTracker.start(cfg, run_dir, "synthetic", "float32")
+    (run_dir / "metrics.json").write_text("{}")
+    tracker.log_final({"epochs": 1}, run_dir)
+    tracker.stop()
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(tracker.run_id).data.params["tracking.mlflow.uri"] == "https://alice:***@mlflow.example.org/x"
+    logged = Path(client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path)))
+    assert "s3cret" not in logged.read_text() and "alice:***@mlflow.example.org" in logged.read_text()
+    assert "s3cret" in (run_dir / "config.yaml").read_text()  # the run directory keeps the config as it is
+
+
+def test_file_stores_are_refused_when_mlflow_refuses_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for value in (f"file://{tmp_path}/mlruns", str(tmp_path)):
+        with pytest.raises(MlflowConfigError, match="tracking.mlflow.uri.*file store.*MLFLOW_ALLOW_FILE_STORE"):
+            check_uri(value, "config key 'tracking.mlflow.uri'")
+    with pytest.raises(config_lib.ConfigError, match="file store"):
+        config_lib.load(None, [f"tracking.mlflow.uri=file://{tmp_path}/mlruns"])
+    for value in (str(tmp_path), f"file://{tmp_path}"):
+        assert compare_lib.main(["--mlflow-uri", value, "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --mlflow-uri") and "file store" in err and "Traceback" not in err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: then tfseg accepts it too
+    assert check_uri(f"file://{tmp_path}/mlruns", "k") == f"file://{tmp_path}/mlruns"

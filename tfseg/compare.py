@@ -29,7 +29,9 @@ import html
 import io
 import json
 import logging
+import math
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Optional
 
@@ -40,13 +42,29 @@ from .fsutil import atomic_write_text
 
 log = logging.getLogger("tfseg.compare")
 
-COLUMNS = ["run", "model", "backbone", "loss", "precision", "epochs", "params", "train_seconds", "best_epoch"]
+COLUMNS = ["run", "model", "backbone", "loss", "precision", "epochs", "complete", "params", "train_seconds",
+           "best_epoch"]
 VAL_METRICS = ["val_iou", "val_f1", "val_precision", "val_recall", "val_accuracy", "val_loss"]
 CURVE_METRICS = ["val_iou", "loss", "val_loss"]
 
 
 class CompareError(TfsegError):
     """Nothing to compare, or an argument is wrong; the message says which."""
+
+
+MODES = ("max", "min")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` when it is ``max`` or ``min``; else a :class:`CompareError` naming it."""
+    if mode not in MODES:
+        raise CompareError(f"mode: expected 'max' (higher is better) or 'min' (lower is better), got {mode!r}")
+    return mode
+
+
+def default_mode(metric: str, mode: Optional[str] = None) -> str:
+    """``mode`` checked, or its default for ``metric``: ``min`` for losses, else ``max``."""
+    return check_mode(mode) if mode is not None else ("min" if metric.endswith("loss") else "max")
 
 
 # ------------------------------------------------------------------------------------------
@@ -80,15 +98,38 @@ def why_not_a_run(path: Path) -> Optional[str]:
     return None
 
 
+def _read_file(path: Path, parse, what: str):
+    """``parse(text)`` of ``path``; a :class:`CompareError` naming the file when it cannot be read or parsed."""
+    try:
+        value = parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise CompareError(f"{path}: cannot read {what} ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+                           ) from None
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise CompareError(f"{path}: expected {what} (a mapping), got a {type(value).__name__}")
+    return value
+
+
 def read_run(path, label: Optional[str] = None) -> dict:
-    """One run's summary: key config, metrics.json figures and the per-epoch history."""
+    """One run's summary: key config, metrics.json figures and the per-epoch history.
+
+    Raises :class:`CompareError` naming the file when config.yaml, metrics.json or history.csv
+    cannot be read (truncated, not YAML/JSON, no ``epoch`` column).
+    """
     path = Path(path)
-    cfg = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    cfg = _read_file(path / "config.yaml", yaml.safe_load, "a YAML config")
     metrics = {}
     if (path / "metrics.json").is_file():
-        metrics = json.loads((path / "metrics.json").read_text())
-    history = read_history(path / "history.csv")
-    model, train = cfg.get("model", {}), cfg.get("train", {})
+        metrics = _read_file(path / "metrics.json", json.loads, "a JSON object of metrics")
+    try:
+        history = read_history(path / "history.csv")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CompareError(f"{path / 'history.csv'}: cannot read the history ({type(exc).__name__}: {exc})") from None
+    if any(row.get("epoch", float("nan")) != row.get("epoch", float("nan")) for row in history):
+        raise CompareError(f"{path / 'history.csv'}: expected an 'epoch' column with a number in every row")
+    model, train = cfg.get("model") or {}, cfg.get("train") or {}
     return {
         "run": label or path.name,
         "path": str(path),
@@ -105,7 +146,10 @@ def read_run(path, label: Optional[str] = None) -> dict:
 
 
 def best_row(history: list, metric: str, mode: str) -> Optional[dict]:
-    """The history row with the best ``metric`` (``mode`` max or min), NaN rows skipped; None if none."""
+    """The history row with the best ``metric`` (``mode`` max or min), NaN rows skipped; None if none.
+
+    Raises :class:`CompareError` for a ``mode`` other than ``max``/``min``."""
+    check_mode(mode)
     rows = [r for r in history if metric in r and r[metric] == r[metric]]  # drop NaN
     if not rows:
         return None
@@ -113,11 +157,15 @@ def best_row(history: list, metric: str, mode: str) -> Optional[dict]:
 
 
 def summarize(runs: list, metric: str, mode: str) -> list:
-    """Table rows (best epoch on ``metric`` per run), sorted best first; runs lacking the metric last."""
+    """Table rows (best epoch on ``metric`` per run), sorted best first; runs lacking the metric last.
+    ``complete`` is ``yes`` for a run whose training finished (metrics.json / MLflow ``final/...``)."""
+    check_mode(mode)
     rows = []
     for run in runs:
         best = best_row(run["history"], metric, mode)
         row = {k: run[k] for k in COLUMNS if k in run}
+        if "complete" in row:
+            row["complete"] = "yes" if row["complete"] else "no"
         row["best_epoch"] = int(best["epoch"]) + 1 if best and "epoch" in best else ""
         for name in dict.fromkeys([metric] + VAL_METRICS):
             row[name] = best.get(name, "") if best else ""
@@ -176,14 +224,18 @@ def plot_curves(runs: list, metric: str, target: Path) -> Optional[Path]:
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    for name, epochs, values in series:
-        ax.plot(epochs, values, marker="o", markersize=3, label=name)
+    lines = [ax.plot(epochs, values, marker="o", markersize=3)[0] for _, epochs, values in series]
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole epochs
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch")
+    ax.set_ylabel(metric, parse_math=False)
+    ax.set_title(f"{metric} per epoch", parse_math=False)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # run names as they are: not mathtext ("$...$"), and shown even when they start with "_"
+    # (a label matplotlib would leave out of the legend), so they are set after the legend is made
+    legend = ax.legend(lines, [f"run {k}" for k in range(len(lines))], fontsize=8)
+    for text, (name, _, _) in zip(legend.get_texts(), series):
+        text.set_text(name)
+        text.set_parse_math(False)
     fig.tight_layout()
     fig.savefig(target)
     plt.close(fig)
@@ -220,17 +272,24 @@ def write_report(runs: list, output, metric: str = "val_iou", mode: str = "max",
     """Write comparison.md/.csv, curves_*.png and index.html into ``output``; returns the rows."""
     if not runs:
         raise CompareError("no runs to compare (every given directory was skipped)")
+    check_mode(mode)
+    if not any(metric in row for run in runs for row in run["history"]):
+        columns = sorted({k for run in runs for row in run["history"] for k in row} - {"epoch"})
+        raise CompareError(f"metric {metric!r}: no run has it in its history; the runs have {columns}")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, metric, mode)
-    atomic_write_text(output / "comparison.md", to_markdown(rows, metric, mode))
-    atomic_write_text(output / "comparison.csv", to_csv(rows))
-    plots = []
-    for name in dict.fromkeys([metric] + CURVE_METRICS):
-        target = plot_curves(runs, name, output / f"curves_{name}.png")
-        if target is not None:
-            plots.append(target)
-    atomic_write_text(output / "index.html", to_html(rows, metric, mode, plots, list(skipped)))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "comparison.md", to_markdown(rows, metric, mode))
+        atomic_write_text(output / "comparison.csv", to_csv(rows))
+        plots = []
+        for name in dict.fromkeys([metric] + CURVE_METRICS):
+            target = plot_curves(runs, name, output / f"curves_{name}.png")
+            if target is not None:
+                plots.append(target)
+        atomic_write_text(output / "index.html", to_html(rows, metric, mode, plots, list(skipped)))
+    except OSError as exc:
+        raise CompareError(f"--output {output}: cannot write the report ({type(exc).__name__}: {exc})") from None
     return rows
 
 
@@ -238,7 +297,7 @@ def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = Non
             experiment: str = "", run_ids=()) -> list:
     """Compare local run directories (non-runs are warned about and skipped) and, with
     ``mlflow_uri``, the tfseg runs of an MLflow store or server (see :func:`fetch_mlflow_runs`)."""
-    mode = mode or ("min" if metric.endswith("loss") else "max")
+    mode = default_mode(metric, mode)
     runs, skipped, labels = [], [], _labels([Path(p) for p in run_dirs])
     for path, label in zip([Path(p) for p in run_dirs], labels):
         reason = why_not_a_run(path)
@@ -256,28 +315,101 @@ def compare(run_dirs, output, metric: str = "val_iou", mode: Optional[str] = Non
 
 
 def compare_tracked(runs, output, metric: str = "val_iou", mode: Optional[str] = None) -> list:
-    """Compare ``(config, run_dir)`` pairs: from their MLflow store or server for the runs their
-    config tracked there (one store for the whole study), from the run directories for the others
-    (each named in a warning)."""
+    """Compare ``(config, run_dir)`` pairs: each run from the MLflow store or server its config
+    tracked it in when that record is whole (every ``history.csv`` epoch and value, and the final
+    metrics when the run directory has ``metrics.json``), else from its run directory, with a
+    warning saying why (no MLflow run recorded, the record missing from the store, or incomplete)."""
     from . import tracking_mlflow
 
-    uri, run_ids, local = "", [], []
-    for cfg, run_dir in runs:
-        run_dir = Path(run_dir)
+    mode = default_mode(metric, mode)
+    pairs = [(cfg, Path(run_dir)) for cfg, run_dir in runs]
+    labels = _labels([run_dir for _, run_dir in pairs])
+    by_uri: dict = {}
+    for index, (cfg, run_dir) in enumerate(pairs):
         resolved = tracking_mlflow.resolve(cfg, run_dir)
         record = run_dir / tracking_mlflow.RUN_FILE
-        logged = json.loads(record.read_text()) if record.is_file() else {}
-        if resolved and logged.get("tracking_uri") == resolved[0] and uri in ("", resolved[0]):
-            uri = resolved[0]
-            run_ids.append(logged["run_id"])
-        else:
-            if resolved:
-                log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", run_dir,
-                            tracking_mlflow.display_uri(resolved[0]))
-            local.append(run_dir)
-    if uri:
-        log.info("report from MLflow (%s): %d runs", tracking_mlflow.display_uri(uri), len(run_ids))
-    return compare(local, output, metric=metric, mode=mode, mlflow_uri=uri, run_ids=run_ids)
+        logged = _read_file(record, json.loads, "a JSON MLflow run record") if record.is_file() else {}
+        if resolved and logged.get("tracking_uri") == resolved[0] and logged.get("run_id"):
+            by_uri.setdefault(resolved[0], []).append((index, str(logged["run_id"])))
+        elif resolved:
+            log.warning("%s: no MLflow run recorded in %s; the report reads its run directory", run_dir,
+                        tracking_mlflow.display_uri(resolved[0]))
+    remote: dict = {}  # index -> (run or None, why not)
+    for uri, items in by_uri.items():
+        shown = tracking_mlflow.display_uri(uri)
+        try:
+            fetched, _ = fetch_mlflow_runs(uri, run_ids=[run_id for _, run_id in items], missing_ok=True)
+        except CompareError as exc:
+            for index, run_id in items:
+                remote[index] = (None, f"its MLflow store cannot be read ({exc})")
+            continue
+        found = {run["path"]: run for run in fetched}
+        for index, run_id in items:
+            run = found.get(f"mlflow:{run_id}")
+            remote[index] = (run, "" if run else f"MLflow run {run_id} is not in {shown} or was not logged "
+                                                  "completely by tfseg (no tfseg.run_dir tag)")
+    chosen, skipped, from_mlflow = [], [], 0
+    for index, (cfg, run_dir) in enumerate(pairs):
+        run, why = remote.get(index, (None, ""))
+        reason = why_not_a_run(run_dir)
+        if reason:
+            if run is not None:
+                log.warning("%s %s; the report reads its MLflow run %s", run_dir, reason, run["path"])
+                run["run"] = labels[index]
+                chosen.append(run)
+                from_mlflow += 1
+            else:
+                log.warning("skipping %s: %s", run_dir, reason)
+                skipped.append((run_dir, reason))
+            continue
+        local = read_run(run_dir, labels[index])
+        if run is not None:
+            why = _incomplete(run, local)
+        if run is not None and not why:
+            run["run"] = labels[index]
+            chosen.append(run)
+            from_mlflow += 1
+            continue
+        if why:
+            log.warning("%s: %s; the report reads the run directory", run_dir, why)
+        chosen.append(local)
+    if from_mlflow:
+        log.info("report: %d of %d runs from MLflow", from_mlflow, len(chosen))
+    return write_report(chosen, output, metric, mode, skipped)
+
+
+def _incomplete(remote: dict, local: dict) -> str:
+    """How the MLflow record ``remote`` falls short of the run directory's ``local`` record ('' when
+    it does not): a ``history.csv`` value it lacks (NaN cells aside: a column an epoch did not have)
+    or holds with another value, or the final metrics."""
+    logged = {int(row["epoch"]): row for row in remote["history"]}
+    gaps: dict = {}
+    differ: dict = {}
+    for row in local["history"]:
+        epoch = int(row["epoch"])
+        for key, value in row.items():
+            if key == "epoch":
+                continue
+            there = logged.get(epoch, {}).get(key)
+            if there is None:
+                if value == value:
+                    gaps.setdefault(key, []).append(epoch)
+            elif not (value != value and there != there) and not math.isclose(value, there, rel_tol=1e-6):
+                differ.setdefault(key, []).append(epoch)
+
+    def listed(cells: dict) -> str:
+        text = ", ".join(f"{key} (epochs {', '.join(str(e) for e in epochs[:5])}{', ...' if len(epochs) > 5 else ''})"
+                         for key, epochs in list(cells.items())[:5])
+        return text + (", ..." if len(cells) > 5 else "")
+
+    problems = []
+    if gaps:
+        problems.append(f"lacks history.csv values: {listed(gaps)}")
+    if differ:
+        problems.append(f"has other values than history.csv: {listed(differ)}")
+    if local["complete"] and not remote["complete"]:
+        problems.append("lacks the final metrics (final/...) of metrics.json")
+    return f"its MLflow run ({remote['path']}) " + "; ".join(problems) if problems else ""
 
 
 def _labels(paths: list) -> list:
@@ -333,12 +465,14 @@ def fetch_neptune_runs(project: str, run_ids=(), tag: str = "") -> list:
 # ------------------------------------------------------------------------------------------
 # MLflow
 # ------------------------------------------------------------------------------------------
-def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list, list]:
+def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=(), missing_ok: bool = False) -> tuple[list, list]:
     """``(runs, skipped)``: tfseg runs of an MLflow store/server in the shape of :func:`read_run`.
 
     ``experiment`` (a name) restricts to one experiment (default: every experiment); ``run_ids``
-    to those runs. Raises :class:`CompareError` for a bad/unreachable URI, an unknown experiment
-    (listing the existing ones) or a run id that is not there (naming it).
+    to those runs. Raises :class:`CompareError` for a bad/unreachable URI, a SQLite file that is
+    missing or not an MLflow database (refused before the client opens it: it would add MLflow's
+    tables), an unknown experiment (listing the existing ones), a run id that is not there (naming
+    it; with ``missing_ok`` it is listed as skipped instead) and any error of the MLflow client.
     """
     from . import tracking_mlflow
 
@@ -347,12 +481,42 @@ def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list,
     except tracking_mlflow.MlflowConfigError as exc:
         raise CompareError(str(exc)) from None
     shown = tracking_mlflow.display_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise CompareError(f"--mlflow-uri {shown}: no MLflow database at {uri[len('sqlite:///'):]}")
+    if uri.startswith("sqlite:///"):
+        _check_mlflow_database(Path(uri[len("sqlite:///"):].split("?", 1)[0]), shown)
     problem = tracking_mlflow.check_server(uri)
     if problem:
         raise CompareError(f"--mlflow-uri {shown}: {problem}")
+    try:
+        return _fetch_mlflow_runs(uri, shown, experiment, run_ids, missing_ok)
+    except CompareError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - client/server/store errors: an error line, not a traceback
+        raise CompareError(f"--mlflow-uri {shown}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                           ) from None
+
+
+def _check_mlflow_database(path: Path, shown: str) -> None:
+    """A :class:`CompareError` unless ``path`` is an SQLite file with MLflow's ``alembic_version`` table
+    (read-only look: nothing is created or written)."""
+    import sqlite3
+
+    if not path.is_file():
+        raise CompareError(f"--mlflow-uri {shown}: no MLflow database at {path}")
+    try:
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as connection:
+            found = connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'").fetchone()
+    except sqlite3.Error as exc:
+        raise CompareError(f"--mlflow-uri {shown}: {path} is not an MLflow database (not SQLite: {exc})") from None
+    if not found:
+        raise CompareError(f"--mlflow-uri {shown}: {path} is not an MLflow database (it has no alembic_version "
+                           "table; left as it is)")
+
+
+def _fetch_mlflow_runs(uri: str, shown: str, experiment: str, run_ids, missing_ok: bool) -> tuple[list, list]:
     from mlflow.exceptions import MlflowException
+
+    from . import tracking_mlflow
 
     client = tracking_mlflow.client_for(uri)
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -363,12 +527,16 @@ def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list,
             raise CompareError(f"--experiment {experiment!r}: no such experiment in {shown}; existing "
                                f"experiments: {sorted(experiments.values())}")
         experiment_ids = match
+    runs, skipped = [], []
     if run_ids:
         found = []
         for run_id in run_ids:
             try:
                 run = client.get_run(run_id)
             except MlflowException:
+                if missing_ok:
+                    skipped.append((f"mlflow:{run_id}", f"no such run in {shown}"))
+                    continue
                 raise CompareError(f"--run-id {run_id}: no such run in {shown}") from None
             if experiment and run.info.experiment_id not in experiment_ids:
                 raise CompareError(f"--run-id {run_id}: the run is in experiment "
@@ -376,7 +544,6 @@ def fetch_mlflow_runs(uri: str, experiment: str = "", run_ids=()) -> tuple[list,
             found.append(run)
     else:
         found = client.search_runs(experiment_ids, order_by=["attributes.start_time ASC"], max_results=50000)
-    runs, skipped = [], []
     for run in found:
         where = f"mlflow:{run.info.run_id}"
         if "tfseg.run_dir" not in run.data.tags:
@@ -465,8 +632,8 @@ def main(argv=None) -> int:
         parser.error("give at least one RUN_DIR (or --mlflow-uri URI, or --neptune-project WORKSPACE/PROJECT)")
     if args.neptune_project and "/" not in args.neptune_project:
         parser.error(f"--neptune-project expects WORKSPACE/PROJECT, got {args.neptune_project!r}")
-    mode = args.mode or ("min" if args.metric.endswith("loss") else "max")
     try:
+        mode = default_mode(args.metric, args.mode)
         if args.neptune_project:
             import os
 
@@ -489,7 +656,7 @@ def main(argv=None) -> int:
         else:
             rows = compare(args.runs, args.output, args.metric, mode, args.mlflow_uri or "", args.experiment,
                            args.run_ids)
-    except CompareError as exc:
+    except TfsegError as exc:  # CompareError and the config/URI errors it wraps
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(to_markdown(rows, args.metric, mode))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -34,6 +35,16 @@ from .rundir import (RESUME_IGNORED_KEYS, RunDirError, default_run_dir, git_comm
                      package_versions, prepare_run_dir, remove_stale_temporaries)
 
 log = logging.getLogger("tfseg.tracking")
+
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def check_status(status: str) -> str:
+    """``status`` when it is a run end status (``FINISHED``, ``FAILED``, ``KILLED``); else a ValueError."""
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status: expected one of {list(RUN_STATUSES)}, got {status!r}")
+    return status
 
 
 class GuardedTracker:
@@ -104,12 +115,21 @@ def _run_id(run_path: Path) -> str:
     return "tfseg-" + hashlib.sha1(f"{run_path.resolve()}|{created}".encode()).hexdigest()[:16]
 
 
+def display_uri(uri: str) -> str:
+    """``uri`` without a password (``user:secret@host`` -> ``user:***@host``), wherever it is in the text."""
+    return re.sub(r"(://[^/:@\s]+:)[^/@\s]+@", r"\1***@", uri)
+
+
 def _flat_params(cfg) -> dict:
+    """The resolved config as Neptune parameters (``section/key``); a password in a URI
+    (``tracking.mlflow.uri=https://user:secret@host``) is masked as in the log lines."""
     flat = config_lib._flatten(cfg.to_dict())
     out = {}
     for key, value in flat.items():
         if isinstance(value, (list, dict)):
             value = json.dumps(value)  # Neptune has no list/dict field types
+        if isinstance(value, str):
+            value = display_uri(value)
         out[key.replace(".", "/")] = value
     return out
 
@@ -209,9 +229,20 @@ class NeptuneTracker(GuardedTracker):
                 self.run["model/saved_model"].upload(str(model_archive))
         self._guard(log)
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 60.0, status: str = "FINISHED") -> None:
+        """Close the run (waiting up to ``timeout`` s for queued data). ``status``: ``FINISHED``, or
+        ``FAILED`` / ``KILLED`` for a training that raised or was interrupted: the Neptune run is then
+        marked failed (``sys/failed``, the client's own flag). Never raises for the service's errors;
+        even after a logging error switched tracking off, the run is still closed."""
+        check_status(status)
         if self.run is None:
             return
+        if status != "FINISHED":
+            try:
+                self.run["sys/failed"] = True
+            except Exception as exc:  # noqa: BLE001
+                _warn(f"Neptune tracking: marking the run failed did not work ({type(exc).__name__}: "
+                      f"{_short(exc)})")
         try:
             self.run.stop(seconds=timeout)
         except Exception as exc:  # noqa: BLE001

@@ -36,12 +36,14 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +53,7 @@ from urllib.parse import urlparse
 from .errors import TfsegError
 from .fsutil import write_json
 from .rundir import git_commit
-from .tracking import GuardedTracker, _flatten_numbers, _short, _warn
+from .tracking import GuardedTracker, check_status, display_uri, _short, _warn  # noqa: F401 - display_uri: API
 
 log = logging.getLogger("tfseg.tracking")
 
@@ -63,6 +65,11 @@ FINAL_PREFIX = "final/"
 SCHEMES = {"http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
            "uc"}
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
+# MLflow's rule for metric, param and tag names: letters, digits, _ - . / : and spaces, no path
+# segment that normalizes away ("", ".", ".."), at most 250 characters (tag *values* are free text)
+_KEY_REFUSED = re.compile(r"[^\w./\- :]+")
+MAX_KEY_LENGTH = 250
+FILE_STORE_REFUSED_SINCE = (3, 13)  # MLflow 3.13 refuses file stores unless MLFLOW_ALLOW_FILE_STORE=true
 
 
 class MlflowConfigError(TfsegError):
@@ -74,8 +81,8 @@ def check_uri(value: str, key: str) -> str:
 
     Raises :class:`MlflowConfigError` naming ``key`` when it is neither a URI nor a path.
     """
-    expected = ("expected a tracking URI (http://HOST:PORT, https://..., sqlite:///PATH.db, file:///DIR, "
-                "postgresql://..., databricks) or a local path")
+    expected = ("expected a tracking URI (http://HOST:PORT, https://..., sqlite:///PATH.db, postgresql://..., "
+                "databricks) or a local path to a SQLite file (PATH.db)")
     text = value.strip()
     if not text or text != value or any(c in value for c in "\n\r\t\0"):
         raise MlflowConfigError(f"{key}: {expected}, got {value!r}")
@@ -96,6 +103,8 @@ def check_uri(value: str, key: str) -> str:
                 raise MlflowConfigError(f"{key}: {expected}; no host in {value!r}")
         elif base in ("sqlite", "file") and not (parsed.path or parsed.netloc):
             raise MlflowConfigError(f"{key}: {expected}; no path in {value!r}")
+        if base == "file":
+            _check_file_store(value, key)
         return text
     if re.match(r"^[^/\\]*:", text) and not re.match(r"^[A-Za-z]:[\\/]", text):
         # "localhost:5000", "mlflow:db": a scheme or host without '//', not a path
@@ -103,7 +112,28 @@ def check_uri(value: str, key: str) -> str:
     path = Path(text).expanduser()
     if path.suffix in (".db", ".sqlite"):
         return "sqlite:///" + str(path.resolve())
+    _check_file_store(value, key)  # any other path is a file store (a directory) to MLflow
     return str(path.resolve())
+
+
+def _check_file_store(value: str, key: str) -> None:
+    """Refuse a file store (``file:///DIR`` or a directory path) when the installed MLflow refuses
+    it (3.13 and later, unless ``MLFLOW_ALLOW_FILE_STORE=true``)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("mlflow")
+    except metadata.PackageNotFoundError:
+        return
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if not found or tuple(map(int, found.groups())) < FILE_STORE_REFUSED_SINCE:
+        return
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+        return
+    raise MlflowConfigError(
+        f"{key}: {value!r} is an MLflow file store (a directory), which the installed MLflow {version} "
+        "refuses (file stores are in maintenance mode since MLflow 3.13); use a SQLite store (PATH.db or "
+        "sqlite:///PATH.db) or a server (http://HOST:PORT), or set MLFLOW_ALLOW_FILE_STORE=true to use it anyway")
 
 
 def resolve(cfg, run_path) -> Optional[tuple[str, str]]:
@@ -143,11 +173,6 @@ def check_server(uri: str, timeout: float = 5.0) -> Optional[str]:
         return f"MLflow server {parsed.scheme}://{parsed.hostname}:{port} is unreachable ({exc})"
 
 
-def display_uri(uri: str) -> str:
-    """``uri`` without a password (``user:secret@host`` -> ``user:***@host``)."""
-    return re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1***@", uri)
-
-
 @contextmanager
 def quiet_store_setup():
     """Silence the INFO lines MLflow/Alembic print while creating or migrating a SQLite store."""
@@ -178,17 +203,53 @@ def client_for(uri: str):
 
 
 def flat_params(cfg) -> dict:
-    """The resolved config as MLflow params: ``section.key -> str`` (lists/dicts as JSON)."""
+    """The resolved config as MLflow params: ``section.key -> str`` (lists/dicts as JSON); a
+    password in a URI (``tracking.mlflow.uri=https://user:secret@host``) is masked as in the log lines."""
     from . import config as config_lib
 
-    return {key: json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return {key: display_uri(json.dumps(value) if isinstance(value, (list, dict)) else str(value))
             for key, value in config_lib._flatten(cfg.to_dict()).items()}
 
 
+def mlflow_key(name) -> str:
+    """``name`` as an MLflow metric/param/tag name: each run of characters MLflow refuses becomes
+    ``_`` (``road (paved)`` -> ``road _paved_``), an empty, ``.`` or ``..`` path segment becomes
+    ``_``, and a name over 250 characters is cut and ends with a hash of the whole name."""
+    text = "/".join(part if part not in ("", ".", "..") else "_"
+                    for part in _KEY_REFUSED.sub("_", str(name)).split("/"))
+    if len(text) > MAX_KEY_LENGTH:
+        text = text[:MAX_KEY_LENGTH - 11] + "_" + hashlib.sha1(str(name).encode()).hexdigest()[:10]
+    return text
+
+
+def mlflow_keys(names) -> dict:
+    """``{name: MLflow key}`` for ``names`` (:func:`mlflow_key`); two names that would get the same
+    key (``a (b)`` and ``a [b]``) are told apart by a hash of the name, so no value overwrites another."""
+    names = list(dict.fromkeys(names))
+    keys = {name: mlflow_key(name) for name in names}
+    taken = {}
+    for name in names:
+        taken.setdefault(keys[name], []).append(name)
+    for key, group in taken.items():
+        if len(group) > 1:
+            for name in group:
+                if name != key:
+                    suffix = "_" + hashlib.sha1(str(name).encode()).hexdigest()[:8]
+                    keys[name] = key[:MAX_KEY_LENGTH - len(suffix)] + suffix
+    return keys
+
+
 def flat_numbers(tree: dict, prefix: str = "") -> dict:
-    """Numeric leaves of ``tree`` as ``prefix + a/b/c -> float`` (bools, strings, NaN skipped)."""
-    return {prefix + key: float(value) for key, value in _flatten_numbers(tree).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    """Numeric leaves of ``tree`` as ``prefix + a/b/c -> float`` (bools, strings and None skipped;
+    NaN kept, MLflow stores it; ±inf kept here, see :meth:`MlflowTracker._metrics`)."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_numbers(value, path + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[path] = float(value)
+    return out
 
 
 class MlflowTracker(GuardedTracker):
@@ -198,6 +259,8 @@ class MlflowTracker(GuardedTracker):
 
     def __init__(self, client, run_id: str, uri: str, run_path: Path):
         self.client, self.run_id, self.uri, self.run_path = client, run_id, uri, Path(run_path)
+        self._renamed: set = set()  # names already warned about (renamed for MLflow)
+        self._warned_inf = False
 
     # -- creation ------------------------------------------------------------------------
     @classmethod
@@ -232,8 +295,8 @@ class MlflowTracker(GuardedTracker):
                   f"{type(exc).__name__}: {_short(exc)}; the run is recorded locally in {run_path}")
             return None
         tracker = cls(client, run_id, uri, run_path)
-        if not resumed:
-            tracker._guard(tracker._log_start, cfg, dataset_name, precision)
+        # on resume too when the first start never completed (it would have tagged tfseg.run_dir)
+        tracker._guard(tracker._log_start, cfg, dataset_name, precision, resumed)
         tracker._guard(tracker.backfill)
         if not tracker._failed:
             log.info("MLflow run %s in %s (%s)", run_id, display_uri(uri), where)
@@ -243,58 +306,92 @@ class MlflowTracker(GuardedTracker):
     def _local_note(self) -> str:
         return f"recorded locally in {self.run_path}"
 
-    def _log_start(self, cfg, dataset_name: str, precision: str) -> None:
+    def _renames(self, keys: dict, what: str) -> None:
+        """One warning naming the names not yet reported that MLflow gets under another key."""
+        renamed = {name: key for name, key in keys.items() if str(name) != key and name not in self._renamed}
+        if renamed:
+            self._renamed.update(renamed)
+            _warn(f"MLflow: {what} renamed to names MLflow accepts (letters, digits, _ - . / : and spaces): "
+                  + ", ".join(f"{name!r} -> {key!r}" for name, key in renamed.items()))
+
+    def _log_start(self, cfg, dataset_name: str, precision: str, resumed: bool = False) -> None:
+        """Params and tags; ``tfseg.run_dir`` is tagged last, so a run without it never completed
+        its start and gets it again on resume (params already there are kept as they are)."""
         from mlflow.entities import Param, RunTag
 
+        existing = {}
+        if resumed:
+            run = self.client.get_run(self.run_id)
+            if "tfseg.run_dir" in run.data.tags:
+                return
+            existing = run.data.params
         commit = git_commit()
+        user_tags = [str(t) for t in cfg.tracking.tags]
+        tag_keys = mlflow_keys(user_tags)
+        self._renames(tag_keys, "tracking.tags")
         tags = {"dataset": dataset_name or cfg.data.format, "model": cfg.model.name,
                 "backbone": cfg.model.backbone or "plain", "precision": precision or cfg.train.precision,
-                "git_commit": commit, "tfseg.run_dir": str(self.run_path.resolve()),
-                **{str(t): "true" for t in cfg.tracking.tags}}
+                "git_commit": commit, **{tag_keys[t]: "true" for t in user_tags}}
+        if user_tags:  # the tags as written (a tag key may have been renamed for MLflow)
+            tags["tfseg.tags"] = json.dumps(user_tags, ensure_ascii=False)
         if commit != "unknown":
             tags["mlflow.source.git.commit"] = commit.split("+")[0]
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat_params(cfg).items()],
-                              tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        tags["tfseg.run_dir"] = str(self.run_path.resolve())  # last: marks a complete start
+        params = [Param(k, v) for k, v in flat_params(cfg).items() if k not in existing]
+        tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, len(params), 100):  # MLflow's batch limit: 100 params, 100 tags
+            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        for start in range(0, len(tag_list), 100):
+            self.client.log_batch(self.run_id, tags=tag_list[start:start + 100])
 
     def log_epoch(self, epoch: int, logs: dict) -> None:
         """One epoch's numbers (train/val metrics, ``learning_rate``) with ``step = epoch``."""
         self._guard(self._log_rows, [dict(logs or {}, epoch=epoch)])
 
-    def _log_rows(self, rows: list) -> None:
+    def _metrics(self, values: list, what: str) -> list:
+        """``[(name, value, step)]`` as MLflow ``Metric``s: names made MLflow keys, NaN kept (a
+        diverged run's series goes on), ±inf left out with one warning: MLflow's SQL stores
+        would keep ±1.8e308 instead."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = []
+        keys = mlflow_keys(name for name, _, _ in values)
+        self._renames(keys, what)
+        infinite = sorted({name for name, value, _ in values if math.isinf(value)})
+        if infinite and not self._warned_inf:
+            self._warned_inf = True
+            _warn(f"MLflow: infinite values of {', '.join(map(repr, infinite))} are not logged (MLflow's stores "
+                  f"cannot hold ±inf; it would record ±1.8e308); {self._local_note()}")
+        return [Metric(keys[name], value, stamp, step) for name, value, step in values if not math.isinf(value)]
+
+    def _log_rows(self, rows: list) -> None:
+        values = []
         for row in rows:
             step = int(row["epoch"])
             for key, value in row.items():
                 if key == "epoch":
                     continue
                 try:
-                    value = float(value)
+                    values.append((key, float(value), step))
                 except (TypeError, ValueError):
                     continue
-                if math.isfinite(value):
-                    metrics.append(Metric(key, value, stamp, step))
+        metrics = self._metrics(values, "metric names")
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
 
     def backfill(self) -> int:
         """Log the ``history.csv`` epochs this MLflow run does not hold yet; returns how many."""
-        from .compare import read_history
-
         history_file = self.run_path / "history.csv"
-        rows = read_history(history_file) if history_file.is_file() else []
+        rows = _read_numbers(history_file) if history_file.is_file() else []
         if not rows:
             return 0
-        logged = {}
-        for key in rows[0]:
-            if key != "epoch":
-                logged[key] = {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        columns = list(dict.fromkeys(k for row in rows for k in row if k != "epoch"))
+        keys = mlflow_keys(columns)
+        logged = {key: {m.step for m in self.client.get_metric_history(self.run_id, keys[key])} for key in columns}
         missing = []
         for row in rows:
             step = int(row["epoch"])
-            values = {k: v for k, v in row.items() if k != "epoch" and step not in logged.get(k, ())}
+            values = {k: v for k, v in row.items() if k != "epoch" and step not in logged[k] and not math.isinf(v)}
             if values:
                 missing.append(dict(values, epoch=step))
         if missing:
@@ -306,15 +403,23 @@ class MlflowTracker(GuardedTracker):
         run_path = Path(run_path or self.run_path)
 
         def log():
-            from mlflow.entities import Metric
-
-            stamp = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, 0) for k, v in
-                                                        flat_numbers(metrics, FINAL_PREFIX).items()])
-            for name in ("history.csv", "metrics.json", "config.yaml",
-                         "operating_point_search.csv"):
+            final = self._metrics([(k, v, 0) for k, v in flat_numbers(metrics, FINAL_PREFIX).items()],
+                                  "final metric names")
+            for start in range(0, len(final), 1000):  # MLflow's batch limit
+                self.client.log_batch(self.run_id, metrics=final[start:start + 1000])
+            for name in ("history.csv", "metrics.json", "operating_point_search.csv"):
                 if (run_path / name).is_file():
                     self.client.log_artifact(self.run_id, str(run_path / name))
+            config = run_path / "config.yaml"
+            if config.is_file():
+                text = config.read_text(encoding="utf-8")
+                if display_uri(text) == text:
+                    self.client.log_artifact(self.run_id, str(config))
+                else:  # a password in a URI (tracking.mlflow.uri): the artifact gets it masked
+                    with tempfile.TemporaryDirectory(prefix="tfseg-mlflow-") as folder:
+                        masked = Path(folder) / "config.yaml"
+                        masked.write_text(display_uri(text), encoding="utf-8")
+                        self.client.log_artifact(self.run_id, str(masked))
             for name in ("predictions.png", "objects.png"):
                 if (run_path / name).is_file():
                     self.client.log_artifact(self.run_id, str(run_path / name), "figures")
@@ -328,7 +433,15 @@ class MlflowTracker(GuardedTracker):
         self._guard(log)
 
     def stop(self, status: str = "FINISHED") -> None:
-        self._guard(self.client.set_terminated, self.run_id, status)
+        """End the MLflow run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``). Tried even
+        after a logging error switched tracking off, so no run stays ``RUNNING``; a failure is
+        one warning, never an exception."""
+        check_status(status)
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:  # noqa: BLE001 - tracking must never kill training
+            _warn(f"MLflow: could not mark run {self.run_id} {status} ({type(exc).__name__}: {_short(exc)}); "
+                  f"it may show as RUNNING in {display_uri(self.uri)}")
 
     def callbacks(self) -> list:
         """The Keras callback logging each epoch. Put it after ``TrainingState``: an epoch reaches
@@ -385,6 +498,25 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
     write_json(record_file, {"tracking_uri": uri, "experiment_id": experiment_id, "experiment": name,
                              "run_id": run.info.run_id})
     return run.info.run_id, False
+
+
+def _read_numbers(path: Path) -> list:
+    """``history.csv`` rows as ``{column: float}`` with only the cells that are numbers (``nan`` and
+    ``inf`` included; empty or ``NA`` cells left out)."""
+    import csv
+
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            if "epoch" in parsed:
+                rows.append(parsed)
+    return rows
 
 
 def _model_card_file(run_path: Path) -> Optional[Path]:

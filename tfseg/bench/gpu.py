@@ -4,7 +4,8 @@ utilization (MFU) against a matmul peak measured in the same run.
 
 Runs on any Keras backend; by default ``KERAS_BACKEND=jax`` (set before Keras is imported), so it
 works on a GPU machine with JAX and no TensorFlow. Exits with an error when no GPU is visible,
-unless ``--allow-cpu`` (a smoke test: CPU numbers mean little).
+unless ``--allow-cpu`` (a smoke test: CPU numbers mean little), and when the backend's package
+cannot be imported (without JAX: install it, or set ``KERAS_BACKEND=tensorflow``).
 
 MFU = (training FLOPs per image x images/s) / measured peak matmul FLOP/s of the same dtype;
 training FLOPs = 3 x forward FLOPs (forward + two backward matmuls per layer), forward FLOPs from
@@ -16,6 +17,7 @@ Last line with ``--json``: ``{"device", "backend", "fp32_img_per_s", "bf16_img_p
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -151,10 +153,36 @@ def train_throughput(precision: str, args) -> tuple[float, float]:
     return args.batch_size * args.steps / seconds, flops
 
 
+# the package each Keras backend imports
+BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
+
+
+def _missing_backend() -> str:
+    """Why the Keras backend about to be used cannot be imported ('' when it can)."""
+    if "keras" in sys.modules:
+        return ""
+    backend = os.environ.get("KERAS_BACKEND", "jax")
+    package = BACKEND_PACKAGES.get(backend)
+    if package is None:
+        return ""
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        hint = ("install JAX for the accelerator (e.g. pip install 'jax[cuda12]') or run on TensorFlow with "
+                "KERAS_BACKEND=tensorflow" if backend == "jax" else f"install {package} or choose another KERAS_BACKEND")
+        return (f"bench gpu runs on Keras' {backend} backend (KERAS_BACKEND={backend}), and {package} cannot be "
+                f"imported ({exc}); {hint}")
+    return ""
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if "keras" not in sys.modules:  # choose the backend only for a fresh process: never leak it
         os.environ.setdefault("KERAS_BACKEND", "jax")
+    problem = _missing_backend()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     import keras
 
     backend = keras.backend.backend()

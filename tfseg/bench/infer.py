@@ -3,9 +3,10 @@
 1. Throughput, in this process, same model / tile / overlap / batch: ``tfseg.predict`` on a
    generated GeoTIFF scene (windowed reads, blending, GeoTIFF writes, polygons, overlay; wall
    time of the whole call) vs bare ``model.predict`` on the same number of preloaded raw tiles
-   (uint8; the model normalizes them in its first layer on both paths). Both paths are warmed
-   up first (tracing excluded from both) and take ``--rounds`` turns in alternation, so a load
-   drifting on a shared machine hits both alike.
+   (uint8; the model normalizes them in its first layer on both paths). Both paths first run
+   once, untimed and whole (tracing, and the imports and set-up of the first ``predict_scenes``
+   call, excluded from both), then take ``--rounds`` turns in alternation, so a load drifting on
+   a shared machine hits both alike.
 2. Memory: peak RSS (sampled every 20 ms) of a child process while it predicts a 4096² scene vs
    one predicting a 16384² scene (16x the pixels), same model and settings, model loaded and
    warmed up before; scenes are generated block by block.
@@ -42,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from ._args import non_negative_int, positive_int
 
 
 def write_scene(path: Path, size: int, bands: int = 3, block: int = 512, seed: int = 0) -> Path:
@@ -178,7 +181,9 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
                rounds: int = 3) -> dict:
     """Seconds of ``predict_scenes`` on one scene and of bare ``model.predict`` on as many
     preloaded tiles, each summed over ``rounds`` turns taken in alternation (a load that drifts
-    on a shared machine hits both alike)."""
+    on a shared machine hits both alike). Both sides first run once untimed, whole: the first
+    ``predict_scenes`` call also imports and sets up what it uses (matplotlib for the overlay,
+    the polygon and GeoTIFF writers), which would otherwise land in round 1 of one side only."""
     from ..data.raster import open_raster, read_window_raw
     from ..inference import load_predictor
     from ..predict import PredictOptions, predict_scenes
@@ -188,30 +193,33 @@ def throughput(workdir: Path, scene_size: int, tile: int, overlap: int, batch: i
     scene = write_scene(workdir / "speed_scene.tif", scene_size)
     predictor = load_predictor(run)
     model = predictor.model
+    if rounds < 1:
+        raise ValueError(f"rounds: expected >= 1, got {rounds}")
     predictor(np.zeros((batch, tile, tile, 3), np.uint8))  # warm-up (traces predict_on_batch)
     options = PredictOptions(tile_size=tile, overlap=overlap, batch_size=batch, progress=False)
-    preloaded = None
+    # warm-up of both sides, untimed and whole: one predict_scenes call, one model.predict over as
+    # many tiles, read beforehand (raw, as predict feeds them)
+    shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
+    tiles = predict_scenes(predictor, [scene], workdir / "speed_out", options)["tiles"]
+    info = open_raster(scene)
+    rng = np.random.default_rng(0)
+    preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
+    for k in range(tiles):
+        r, c = rng.integers(0, scene_size - tile, 2)
+        preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
+    model.predict(preloaded, batch_size=batch, verbose=0)
     e2e_seconds = bare_seconds = predict_seconds = postprocess_seconds = 0.0
-    for _ in range(max(1, rounds)):
-        shutil.rmtree(workdir / "speed_out", ignore_errors=True)  # a complete earlier output would be skipped
+    for _ in range(rounds):
+        shutil.rmtree(workdir / "speed_out", ignore_errors=True)
         started = time.perf_counter()
         summary = predict_scenes(predictor, [scene], workdir / "speed_out", options)
         e2e_seconds += time.perf_counter() - started
         predict_seconds += summary["predict_seconds"]
         postprocess_seconds += summary["postprocess_seconds"]
-        tiles = summary["tiles"]
-        if preloaded is None:  # the same number of tiles, read beforehand (raw, as predict feeds them)
-            info = open_raster(scene)
-            rng = np.random.default_rng(0)
-            preloaded = np.empty((tiles, tile, tile, 3), np.uint8)
-            for k in range(tiles):
-                r, c = rng.integers(0, scene_size - tile, 2)
-                preloaded[k] = read_window_raw(info, Window(int(c), int(r), tile, tile))[0]
-            model.predict(preloaded[:batch], batch_size=batch, verbose=0)  # warm-up (traces predict)
         started = time.perf_counter()
         model.predict(preloaded, batch_size=batch, verbose=0)
         bare_seconds += time.perf_counter() - started
-    return {"tiles": tiles * max(1, rounds), "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
+    return {"tiles": tiles * rounds, "e2e_seconds": e2e_seconds, "bare_seconds": bare_seconds,
             "predict_seconds": predict_seconds, "postprocess_seconds": postprocess_seconds,
             "num_polygons": summary["scenes"][0].get("num_polygons")}
 
@@ -285,25 +293,25 @@ def scale(workdir: Path, scenes: int, scene_size: int, workers: int, tile: int, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfseg.bench infer", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--scene-size", type=int, default=2048, help="throughput scene side (pixels)")
-    parser.add_argument("--tile-size", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--depth", type=int, default=4, help="UNet depth (default model: depth 4, 16 filters)")
-    parser.add_argument("--filters", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--scene-size", type=positive_int, default=2048, help="throughput scene side (pixels)")
+    parser.add_argument("--tile-size", type=positive_int, default=256)
+    parser.add_argument("--overlap", type=non_negative_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--depth", type=positive_int, default=4, help="UNet depth (default model: depth 4, 16 filters)")
+    parser.add_argument("--filters", type=positive_int, default=16)
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="throughput: turns the two methods take in alternation (load drift)")
-    parser.add_argument("--small", type=int, default=4096, help="side of the small RSS scene")
-    parser.add_argument("--large", type=int, default=16384, help="side of the large RSS scene")
-    parser.add_argument("--rss-tile-size", type=int, default=512)
-    parser.add_argument("--rss-depth", type=int, default=2, help="UNet depth for the RSS runs (kept small: CPU time)")
-    parser.add_argument("--rss-filters", type=int, default=4)
+    parser.add_argument("--small", type=positive_int, default=4096, help="side of the small RSS scene")
+    parser.add_argument("--large", type=positive_int, default=16384, help="side of the large RSS scene")
+    parser.add_argument("--rss-tile-size", type=positive_int, default=512)
+    parser.add_argument("--rss-depth", type=positive_int, default=2, help="UNet depth for the RSS runs (kept small: CPU time)")
+    parser.add_argument("--rss-filters", type=positive_int, default=4)
     parser.add_argument("--workdir", default="", help="keep generated files here (default: a temp dir, removed)")
     parser.add_argument("--beam", action="store_true",
                         help="instead: scenes/s of --runner beam (DirectRunner, --workers processes) vs --runner local")
-    parser.add_argument("--scenes", type=int, default=8, help="--beam: number of generated scenes")
-    parser.add_argument("--scale-scene-size", type=int, default=1024, help="--beam: side of each scene (pixels)")
-    parser.add_argument("--workers", type=int, default=2, help="--beam: Beam worker processes")
+    parser.add_argument("--scenes", type=positive_int, default=8, help="--beam: number of generated scenes")
+    parser.add_argument("--scale-scene-size", type=positive_int, default=1024, help="--beam: side of each scene (pixels)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="--beam: Beam worker processes")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "SCENE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from .. import _tf  # noqa: F401  (TensorFlow without its start-up notices on stderr)

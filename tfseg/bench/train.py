@@ -16,22 +16,25 @@ with ``--json``: ``{"model", "backbone", "params", "train_gflops_per_img", "tile
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
 
+from ._args import non_negative_int, positive_int
+
 
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m tfseg.bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--size", type=int, default=256, help="tile size in pixels (multiple of 32)")
-    parser.add_argument("--bands", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--size", type=positive_int, default=256, help="tile size in pixels (multiple of 32)")
+    parser.add_argument("--bands", type=positive_int, default=3)
+    parser.add_argument("--steps", type=positive_int, default=6, help="timed steps per round")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved measurement rounds")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps after compilation")
     parser.add_argument("--upsampling", default="nearest", choices=["nearest", "bilinear", "transpose"],
                         help="tfseg decoder upsampling (segmentation-models' Unet uses nearest)")
     parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile measurements")
@@ -45,6 +48,15 @@ def _parser():
 
 
 NORM_MEAN, NORM_STD = 1000.0, 300.0
+
+
+def import_sm():
+    """segmentation-models (tf.keras framework), its import banner ("Segmentation Models: using
+    `tf.keras` framework.") sent to stderr: stdout keeps only the benchmark's table and JSON line."""
+    from tfseg.models.sm_adapter import import_segmentation_models
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return import_segmentation_models()
 
 
 def profile_model(model, size: int) -> dict:
@@ -76,9 +88,8 @@ def _models(args, jit_compile):
 
     from tfseg.losses import get_loss
     from tfseg.models import Preprocess, build_model
-    from tfseg.models.sm_adapter import import_segmentation_models
 
-    sm = import_segmentation_models()
+    sm = import_sm()
     shape = (args.size, args.size, args.bands)
     preprocess = Preprocess([NORM_MEAN] * args.bands, [NORM_STD] * args.bands, nodata=0.0)
     tfseg_model = build_model("unet", input_shape=shape, classes=1, backbone="resnet34",
@@ -146,9 +157,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        from tfseg.models.sm_adapter import import_segmentation_models
-
-        import_segmentation_models()
+        import_sm()
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
