@@ -38,6 +38,13 @@ def shared_data(name: str = "") -> Path:
     return base / name if name else base
 
 
+def override(key: str, value) -> str:
+    """``KEY=VALUE`` for ``--set`` / ``load_config`` with ``value`` (a path, a name) kept a string
+    whatever it holds: JSON-quoted, which YAML reads back as the same string (an unquoted
+    ``run #2`` would lose ``#2`` as a comment; ``a: b`` would be a mapping, ``yes`` a bool)."""
+    return f"{key}={json.dumps(str(value))}"
+
+
 def parser(prog: str, description: str, default_run_dir: str, data_help: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--run-dir", default=default_run_dir, help=f"run directory (default: {default_run_dir})")
@@ -72,7 +79,7 @@ def given_or_generated_config(args, run_dir: Path, config_path, quick_overrides:
         root, generated = require_dir(Path(args.data_root), what, hint), False
     else:
         root, generated = generate(run_dir / "data", **generated_kwargs), True
-    overrides = [f"data.root={root}"] + (list(quick_overrides) if args.quick else []) + list(args.overrides)
+    overrides = [override("data.root", root)] + (list(quick_overrides) if args.quick else []) + list(args.overrides)
     return root, generated, load_config(config_path, overrides)
 
 

@@ -42,7 +42,7 @@ from pipelines._common import REPO, PipelineError  # noqa: E402
 log = logging.getLogger("tfseg.pipelines.buildings")
 
 DEFAULT_CONFIG = REPO / "configs" / "buildings_kampala.yaml"
-DEFAULT_DATA_ROOT = "../shared/data/kampala_buildings/train"  # relative to the repository
+DEFAULT_DATA = "kampala_buildings/train"  # under the shared data ($TFSEG_SHARED_DATA or ../shared/data)
 QUICK = ["data.window_size=128", "data.eval_overlap=0", "data.batch_size=2", "data.train_windows_per_epoch=4",
          "train.epochs=1", "train.num_figure_tiles=2", "train.object_f1=false", "model.decoder_filters=[16,16,8,8,8]"]
 QUICK_CHIPS = 8  # chips used by --quick (split like the full run)
@@ -50,13 +50,16 @@ TUNE_FRACTION = 0.15  # of the training chips: the training's validation (checkp
 
 
 def resolve_data_root(data_root) -> Path:
-    """``data_root`` as given, or relative to the repository when it does not exist from the cwd."""
-    path = Path(data_root).expanduser()
+    """``data_root`` as given, or relative to the repository when it does not exist from the cwd;
+    empty: the shared sample data (``$TFSEG_SHARED_DATA/kampala_buildings/train``, else
+    ``../shared/data/...`` beside the repository, as every pipeline)."""
+    path = Path(data_root).expanduser() if data_root else common.shared_data(DEFAULT_DATA)
     if not path.is_absolute() and not path.exists():
         path = REPO / path
     if not path.is_dir():
-        raise PipelineError(f"data folder not found: {data_root} (looked at {path.resolve()}); "
-                            f"pass --data-root DIR holding images/ and masks/ (e.g. kampala_buildings/train)")
+        raise PipelineError(f"data folder not found: {data_root or path} (looked at {path.resolve()}); "
+                            f"pass --data-root DIR holding images/ and masks/ (e.g. kampala_buildings/train) "
+                            f"or set TFSEG_SHARED_DATA")
     for sub in ("images", "masks"):
         if not (path / sub).is_dir():
             raise PipelineError(f"{path}: no '{sub}/' folder (expected images/X.tif and masks/X.mask.tif)")
@@ -117,7 +120,7 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
     split = prepare_split(data_root, split_dir, cfg.data.val_fraction, cfg.data.seed, QUICK_CHIPS if quick else 0)
     log.info("split: %d train / %d validation (checkpoint, operating point) / %d held-out chips -> %s",
              len(split["train"]), len(split["val"]), len(split["heldout"]), split_dir)
-    cfg = tfseg.load_config(config or DEFAULT_CONFIG, overrides + [f"data.root={split_dir.resolve()}"])
+    cfg = tfseg.load_config(config or DEFAULT_CONFIG, overrides + [common.override("data.root", split_dir.resolve())])
 
     trained = tfseg.train_model(cfg, run_dir, overwrite=overwrite, verbose=1 if not quick else 0)
     train_wall = time.time() - started
@@ -171,9 +174,9 @@ def run(data_root, run_dir, config=None, overrides=(), quick: bool = False, over
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.buildings", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
-                        help="folder with images/, masks/ (X.mask.tif) and labels/ (default: %(default)s, "
-                             "relative to the repository)")
+    parser.add_argument("--data-root", default="",
+                        help=f"folder with images/, masks/ (X.mask.tif) and labels/ (default: $TFSEG_SHARED_DATA/"
+                             f"{DEFAULT_DATA}, else ../shared/data/{DEFAULT_DATA} beside the repository)")
     parser.add_argument("--run-dir", default="runs/buildings_kampala", help="run directory")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="config YAML (default: %(default)s)")
     tfseg.add_overrides_argument(parser, "config overrides")

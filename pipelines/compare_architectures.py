@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -38,6 +39,7 @@ if __package__ in (None, ""):  # run as a file: the pipelines are modules of the
 REPO = Path(__file__).resolve().parents[1]
 
 import tfseg  # noqa: E402
+from pipelines._common import override  # noqa: E402
 
 tfseg.quiet_tensorflow()  # before anything imports TensorFlow / Keras
 
@@ -86,22 +88,33 @@ def plan(models: list, config=None, shared=(), quick: bool = False, data_root: s
          experiment: str = "architectures") -> list:
     """``[(label, Config)]`` for every model, validated before anything trains."""
     available = tfseg.available_models()
-    base = list(BUDGET) + (list(QUICK) if quick else []) + [f"tracking.mlflow.experiment={experiment}"]
+    base = list(BUDGET) + (list(QUICK) if quick else []) + [override("tracking.mlflow.experiment", experiment)]
     if data_root:
-        base.append(f"data.root={data_root}")
+        base.append(override("data.root", data_root))
     planned = []
     for entry in models:
-        overrides = base + list(shared) + list(entry.get("overrides", [])) + [f"tracking.name={entry['label']}"]
+        overrides = base + list(shared) + list(entry.get("overrides", [])) + [override("tracking.name", entry["label"])]
         try:
             cfg = tfseg.load_config(config, overrides)
         except tfseg.ConfigError as exc:
             raise ValueError(f"model '{entry['label']}': {exc}") from None
         if cfg.model.name not in available:
             raise ValueError(
-                f"model '{entry['label']}': model.name={cfg.model.name!r} is not available in this build "
-                f"(available: {available})")
+                f"model '{entry['label']}': model.name={cfg.model.name!r} is not available in this installation "
+                f"(available: {available}; an optional architecture needs its package, e.g. "
+                f"pip install 'tfseg[sm]' for sm)")
         planned.append((entry["label"], cfg))
     return planned
+
+
+def check_metric(planned: list, metric: str) -> None:
+    """Refuse a ranking ``metric`` that no planned run will write (before anything trains)."""
+    written = set().union(*(tfseg.history_columns(cfg) for _, cfg in planned)) if planned else set()
+    if metric not in written:
+        close = difflib.get_close_matches(metric, sorted(written), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"--metric {metric!r}: no run of this study writes it{hint}; the runs write "
+                         f"{', '.join(sorted(written))}")
 
 
 def run(models: list, output, config=None, shared=(), quick: bool = False, data_root: str = "",
@@ -111,6 +124,7 @@ def run(models: list, output, config=None, shared=(), quick: bool = False, data_
 
     output = Path(output)
     planned = plan(models, config, shared, quick, data_root, experiment or output.resolve().name)
+    check_metric(planned, metric)
     run_dirs, profiles = [], []
     for label, cfg in planned:
         run_dir = output / "runs" / label

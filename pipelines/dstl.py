@@ -12,8 +12,9 @@
 2. train ``configs/dstl_unet20.yaml`` (plain UNet, 10 sigmoid outputs) or
    ``configs/dstl_res50unet20.yaml`` (UNet on a ResNet-50 encoder + residual stem on the raw
    20 bands) into ``RUN_DIR/run``; per-class IoU/F1 on the validation images (best epoch, from
-   ``history.csv``) with each class's positive pixels there (``val_pixels``: a class absent from
-   truth and prediction scores 1.0) and ``mean_iou_present`` over the classes present.
+   ``history.csv``) with each class's positive pixels there (``val_pixels``; a class absent from
+   truth and prediction has no score: ``null``) and ``mean_iou_present`` over the classes present
+   in the validation truth (absent ones left out).
 3. export ``RUN_DIR/models/dstl/1`` (``tfseg.export``); predict one validation image (its 20
    stacked bands written as ``RUN_DIR/sample/<id>_20band.tif``) with the SavedModel into
    ``RUN_DIR/predict`` (10-band probability GeoTIFF).
@@ -24,6 +25,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -45,7 +47,9 @@ QUICK = {"unet20": ["train.epochs=2", "data.train_windows_per_epoch=8", "data.ba
 
 
 def per_class_scores(history: Path, monitor: str, mode: str) -> dict:
-    """``{class: {"iou", "f1"}}`` of the best epoch's validation columns ``val_iou_<c>``/``val_f1_<c>``."""
+    """``{class: {"iou", "f1"}}`` of the best epoch's validation columns ``val_iou_<c>``/``val_f1_<c>``;
+    ``None`` (``null`` in pipeline.json) for a class absent from the validation truth and
+    prediction (NaN or empty in history.csv: tfseg's per-class metrics have no score for it)."""
     best = tfseg.best_epoch(history, monitor, mode)
     if best is None:
         raise common.PipelineError(f"{history}: no epochs")
@@ -54,13 +58,22 @@ def per_class_scores(history: Path, monitor: str, mode: str) -> dict:
         for kind in ("iou", "f1"):
             prefix = f"val_{kind}_"
             if key.startswith(prefix):
-                out.setdefault(key[len(prefix):], {})[kind] = round(float(value), 4)
+                out.setdefault(key[len(prefix):], {})[kind] = _score(value)
     return out
 
 
+def _score(value):
+    """A history value rounded, or None where it is not a finite number (an absent class)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(number, 4) if math.isfinite(number) else None
+
+
 def label_pixels(scenes, classes) -> dict:
-    """Positive pixels per class in ``scenes`` (a class absent from both truth and prediction
-    scores 1.0 in tfseg's per-class metrics, so the reader needs to know which are present)."""
+    """Positive pixels per class in ``scenes`` (a class absent from both truth and prediction has
+    no score in tfseg's per-class metrics, ``null``; the counts say which classes are present)."""
     import numpy as np
     from rasterio.windows import Window
 
@@ -112,10 +125,10 @@ def run(args) -> dict:
     pixels = label_pixels(val, cfg.data.classes)
     for name, count in pixels.items():
         per_class.setdefault(name, {})["val_pixels"] = count
-    present = [v["iou"] for k, v in per_class.items() if pixels.get(k) and "iou" in v]
+    present = [v["iou"] for k, v in per_class.items() if pixels.get(k) and v.get("iou") is not None]
     metrics = {
         "model": args.model, "bands": cfg.data.num_bands, "classes": len(cfg.data.classes),
-        "val_iou": round(result["val"]["iou"], 4), "val_f1": round(result["val"]["f1"], 4),
+        "val_iou": _score(result["val"]["iou"]), "val_f1": _score(result["val"]["f1"]),
         "mean_iou_present": round(sum(present) / len(present), 4) if present else None,
         "per_class": per_class, "val_images": len(val),
     }

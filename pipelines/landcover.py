@@ -17,7 +17,8 @@
    and ``RUN_DIR/landcover_figure.png``: input | truth | prediction in the dataset's colours.
 
 Writes ``RUN_DIR/pipeline.json`` (metrics, wall time, load average, held-out images) and prints
-the metrics (``miou_real``: mean IoU over the five real classes, without ``unlabeled``).
+the metrics (``miou_real``: mean IoU over the five real classes, without ``unlabeled``; a class
+absent from the held-out truth and prediction is ``null`` and left out of the means).
 ``--quick``: 1 tiny epoch and two evaluation images (a smoke test, minutes). ``--recipe``: one
 of :data:`RECIPES` (config overrides applied before ``--set``); ``pipelines/landcover_recipes.py``
 compares them at the same ``train.max_minutes``.
@@ -128,14 +129,23 @@ def save_figure(cfg, pairs, predictions: Path, path: Path, max_side: int = 320) 
     return path
 
 
+def _rounded(value):
+    return None if value is None else round(value, 4)
+
+
 def heldout_metrics(scores: dict) -> dict:
-    """The pipeline's summary of an ``evaluate_pixels`` report (``miou_real``: the five real classes)."""
+    """The pipeline's summary of an ``evaluate_pixels`` report (``miou_real``: mean IoU over the
+    five real classes). A class absent from truth and prediction (``None`` in the report) stays
+    ``None`` (``null`` in pipeline.json) and is left out of the means, as in ``evaluate_pixels``;
+    a mean with no class present is ``None``."""
+    per_class = scores["per_class"]
+    real = [per_class[c]["iou"] for c in REAL_CLASSES if per_class[c]["iou"] is not None]
     return {
-        "miou": round(scores["miou"], 4),
-        "miou_real": round(sum(scores["per_class"][c]["iou"] for c in REAL_CLASSES) / len(REAL_CLASSES), 4),
-        "per_class_iou": {k: round(v["iou"], 4) for k, v in scores["per_class"].items()},
-        "per_class_f1": {k: round(v["f1"], 4) for k, v in scores["per_class"].items()},
-        "mean_f1": round(scores["f1"], 4),
+        "miou": _rounded(scores["miou"]),
+        "miou_real": round(sum(real) / len(real), 4) if real else None,
+        "per_class_iou": {k: _rounded(v["iou"]) for k, v in per_class.items()},
+        "per_class_f1": {k: _rounded(v["f1"]) for k, v in per_class.items()},
+        "mean_f1": _rounded(scores["f1"]),
     }
 
 
@@ -150,8 +160,8 @@ def run(args) -> dict:
     recipe = getattr(args, "recipe", "") or ""
     if recipe and recipe not in RECIPES:
         raise common.PipelineError(f"--recipe {recipe!r}: expected one of {sorted(RECIPES)}")
-    overrides = ([f"data.root={root}"] + (RECIPES[recipe] if recipe else []) + (QUICK if args.quick else [])
-                 + list(args.overrides))
+    overrides = ([common.override("data.root", root)] + (RECIPES[recipe] if recipe else [])
+                 + (QUICK if args.quick else []) + list(args.overrides))
     cfg = common.load_config(args.config or CONFIG, overrides)
     run_dir = Path(args.run_dir)
 

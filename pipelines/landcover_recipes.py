@@ -45,8 +45,16 @@ def cpu_model() -> str:
     return f"{platform.processor() or platform.machine()} x {os.cpu_count()}"
 
 
+ABSENT = "–"  # a class absent from the held-out truth and prediction (null in pipeline.json)
+
+
+def _score(value) -> str:
+    return ABSENT if value is None else f"{value:.3f}"
+
+
 def table(summaries: list, max_minutes) -> str:
-    """The markdown table of the recipe runs (one row per pipeline.json summary)."""
+    """The markdown table of the recipe runs (one row per pipeline.json summary); a score that is
+    ``null`` (the class absent from truth and prediction) shows as "–"."""
     classes = landcover.REAL_CLASSES + ["unlabeled"]
     head = ("| recipe | mIoU (5 real classes) | " + " | ".join(f"{c} IoU" for c in classes)
             + " | epochs run (stop) | training s | load average start / end |")
@@ -54,8 +62,8 @@ def table(summaries: list, max_minutes) -> str:
              "|" + "---|" * (head.count("|") - 1)]
     for s in summaries:
         m, t = s["metrics"], s["train"]
-        per_class = " | ".join(f"{m['per_class_iou'][c]:.3f}" for c in classes)
-        lines.append(f"| `{s['recipe']}` | **{m['miou_real']:.3f}** | {per_class} | {t['epochs']} "
+        per_class = " | ".join(_score(m["per_class_iou"][c]) for c in classes)
+        lines.append(f"| `{s['recipe']}` | **{_score(m['miou_real'])}** | {per_class} | {t['epochs']} "
                      f"({t.get('stop_reason')}) | {t['train_seconds']:.0f} | {s['load_average_start']} / "
                      f"{s['load_average_end']} |")
     return "\n".join(lines) + "\n"
@@ -94,8 +102,10 @@ def run(args) -> dict:
     if doc is not None:
         write_into(doc, text)
     print(text)
-    best = max(summaries, key=lambda s: s["metrics"]["miou_real"])
-    return {"metrics": {s["recipe"]: s["metrics"]["miou_real"] for s in summaries}, "best": best["recipe"],
+    scored = [s for s in summaries if s["metrics"]["miou_real"] is not None]
+    best = max(scored, key=lambda s: s["metrics"]["miou_real"]) if scored else None
+    return {"metrics": {s["recipe"]: s["metrics"]["miou_real"] for s in summaries},
+            "best": best["recipe"] if best else None,
             "table": str(base / "recipes.md"), "doc": str(doc) if doc else None}
 
 

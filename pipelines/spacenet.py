@@ -60,16 +60,24 @@ def geojson_of(image_path: Path) -> Path:
     return aoi / "geojson" / "buildings" / f"buildings_{tfseg.spacenet_image_id(image_path)}.geojson"
 
 
+def sample_files(sample: Path) -> tuple:
+    """``(image, geojson)`` of the real sample folder, or a PipelineError naming the missing file
+    (checked before training, so a mistyped ``--sample`` fails at once)."""
+    image, geojson = sample / "sample_geotiff.tif", sample / "geotiff_labels.geojson"
+    for path in (image, geojson):
+        if not path.is_file():
+            raise common.PipelineError(f"--sample {sample}: SpaceNet sample file not found: {path} (expected "
+                                       f"sample_geotiff.tif and geotiff_labels.geojson)")
+    return image, geojson
+
+
 def sample_label_path(sample: Path, out: Path) -> dict:
     """GeoJSON → mask GeoTIFF, truth CSV, mask → polygons → CSV round trip on the real sample."""
     import numpy as np
     import rasterio
     from rasterio.windows import Window
 
-    image, geojson = sample / "sample_geotiff.tif", sample / "geotiff_labels.geojson"
-    for path in (image, geojson):
-        if not path.is_file():
-            raise common.PipelineError(f"SpaceNet sample file not found: {path}")
+    image, geojson = sample_files(sample)
     out.mkdir(parents=True, exist_ok=True)
     info = tfseg.open_raster(image)
     labels = tfseg.read_vector_labels(geojson, info)
@@ -98,6 +106,10 @@ def run(args) -> dict:
     start = time.monotonic()
     load_start = common.load_average()
     run_dir = Path(args.run_dir)
+    sample = Path(args.sample) if args.sample else common.shared_data("spacenet_sample")
+    use_sample = bool(args.sample) or sample.is_dir()
+    if use_sample:
+        sample_files(sample)  # before any work: a mistyped --sample fails now, not after training
     root, generated, cfg = common.given_or_generated_config(
         args, run_dir, args.config or CONFIGS[args.product], QUICK[args.product], "SpaceNet data",
         "expected AOI_<n>_<City>_Train/<product>/ "
@@ -126,8 +138,7 @@ def run(args) -> dict:
         "pixel_iou": round(result["val"]["iou"], 4), "pixel_f1": round(result["val"]["f1"], 4),
         "val_chips": len(val),
     }
-    sample = Path(args.sample) if args.sample else common.shared_data("spacenet_sample")
-    if args.sample or sample.is_dir():
+    if use_sample:
         metrics["sample_label_path"] = sample_label_path(sample, run_dir / "sample")
     summary = {
         "pipeline": "spacenet", "quick": bool(args.quick), "data_root": str(root), "generated": generated,

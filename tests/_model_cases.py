@@ -7,7 +7,7 @@ CASES = {
     "unet_plain_transpose": ("unet", dict(depth=2, filters=4, upsampling="transpose", dropout=0.1,
                                           dropout_position="encoder"), (32, 40)),
     "unet_resnet34": ("unet", dict(backbone="resnet34", decoder_filters=[16, 8, 8, 4, 4]), (64, 96)),
-    "unet_resnet50_residual_stem": ("unet", dict(backbone="resnet50", decoder_filters=[16, 8, 8, 4],
+    "unet_resnet50_residual_stem": ("unet", dict(backbone="resnet50", decoder_filters=[16, 8, 8, 4, 4],
                                                  stem="residual", upsampling="nearest"), (64, 32)),
     "unet_efficientnetb0": ("unet", dict(backbone="efficientnetb0", decoder_filters=[16, 8, 8, 4, 4],
                                          upsampling="transpose"), (32, 64)),

@@ -2,7 +2,9 @@
 exported, loaded, predicted and evaluated through ``tfseg.*`` only; errors under one root."""
 from __future__ import annotations
 
+import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,14 @@ def test_train_export_predict_evaluate_through_the_api(tmp_path):
     cfg = tfseg.load_config(None, tiny_synthetic_overrides(tmp_path / "data"))
     result = tfseg.train_model(cfg, tmp_path / "run", verbose=0)
     assert 0.0 <= result["val"]["iou"] <= 1.0 and result["epochs"] == 2
+    with open(tmp_path / "run" / "history.csv", newline="") as handle:
+        assert set(next(csv.reader(handle))) == {"epoch", *tfseg.history_columns(cfg)}
+    # profile_model on a run directory in a fresh process (nothing registered tfseg's model classes yet)
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys, tfseg; print('PROFILE', tfseg.profile_model(sys.argv[1], 64))"
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0 and f"'params': {result['params']}" in proc.stdout, proc.stderr[-2000:]
     card = tfseg.load_model_card(tmp_path / "run")
     assert card.band_dtype == "uint16" and card.num_bands == 4
     exported = tfseg.export_model(tmp_path / "run", tmp_path / "models" / "tiny" / "1")

@@ -82,6 +82,29 @@ def test_missing_source_config_names_the_file(tmp_path):
         tfseg_tfds.build(tmp_path, tmp_path / "out")
 
 
+@pytest.mark.parametrize("overlap", [32, 40, -8])
+def test_tile_overlap_outside_the_window_names_the_key(tmp_path, overlap):
+    """An overlap >= window_size would step by 0 (or backwards); a negative one would leave untiled
+    gaps: both refused naming data.options.tile_overlap, before any scene is read."""
+    from tfseg.errors import TfsegError
+
+    (tmp_path / "tfseg_source.yaml").write_text(SOURCE.replace("{mask_suffix: .mask}",
+                                                               f"{{mask_suffix: .mask, tile_overlap: {overlap}}}"))
+    with pytest.raises(TfsegError, match=rf"{tmp_path}.*data.options.tile_overlap.*0 to .*31.*got {overlap}"):
+        tfseg_tfds.read_source_config(tmp_path)
+
+
+def test_tile_overlap_in_range_overlaps_the_tiles(manual_dir, tmp_path):
+    manual, _ = manual_dir
+    source = tmp_path / "manual"
+    source.mkdir()
+    (source / "kampala_like").symlink_to(manual / "kampala_like")
+    (source / "tfseg_source.yaml").write_text(SOURCE.replace("{mask_suffix: .mask}",
+                                                             "{mask_suffix: .mask, tile_overlap: 24}"))
+    windows = {w for _, _, _, w in tfseg_tfds.tile_items(str(source), "train")}
+    assert {col for col, _, _, _ in windows} == {0, 8, 16}  # step 32 - 24 over 48 px chips
+
+
 @pytest.mark.slow
 def test_tfds_build_cli(manual_dir, tmp_path):
     manual, _ = manual_dir

@@ -139,6 +139,54 @@ def test_bad_arguments_name_the_key():
         build_model("unet", input_shape=(64, 64, 3), depth=2, filters=2, upsampling="cubic")
 
 
+@pytest.mark.parametrize("arch,kwargs,match", [
+    # wrong-length decoder_filters: refused, never truncated or padded
+    ("fpn", dict(backbone="resnet34", decoder_filters=[8, 8, 8]), r"model.decoder_filters: fpn takes 2 entries.*got 3"),
+    ("fpn", dict(backbone="resnet34", decoder_filters=[8]), r"model.decoder_filters: fpn takes 2 entries.*got 1"),
+    ("deeplabv3plus", dict(backbone="vgg16", decoder_filters=[8, 8, 8, 8]),
+     r"model.decoder_filters: deeplabv3plus takes 3 entries.*got 4"),
+    ("fcn8", dict(decoder_filters=[8, 8]), r"model.decoder_filters: fcn8 takes 1 entry.*got 2"),
+    ("unet", dict(backbone="vgg16", decoder_filters=[8, 8, 8, 8, 8, 8]), r"model.decoder_filters: .*4 or 5 entries"),
+    ("fpn", dict(backbone="resnet34", decoder_filters=[8, 0]), r"model.decoder_filters: expected positive integers"),
+    # the residual stem feeds the fifth (full-resolution) block: with 4 blocks it would be dropped
+    ("unet", dict(backbone="vgg16", decoder_filters=[8, 8, 8, 8], stem="residual"),
+     r"model.stem: 'residual' .*4 entries.*give 5 widths"),
+    # a float output stride (16.0 from YAML) is refused, not an AttributeError
+    ("deeplabv3plus", dict(backbone="vgg16", output_stride=16.0), r"model.options.output_stride: .*got 16.0 \(a float"),
+    # the encoder fields of a plain UNet (train.py passes every model field to every builder)
+    ("unet", dict(depth=2, filters=4, encoder_weights="imagenet"), r"model.encoder_weights: only applies .*backbone"),
+    ("unet", dict(depth=2, filters=4, encoder_freeze=True), r"model.encoder_freeze: only applies .*backbone"),
+    ("unet", dict(depth=2, filters=4, decoder_filters=[8, 8]), r"model.decoder_filters: only applies .*backbone"),
+    ("unet", dict(depth=2, filters=4, input_scale=2.0), r"model.options.input_scale: only applies .*backbone"),
+    ("unet", dict(depth=2, filters=4, colour="red"), r"model.options: unknown option\(s\) \['colour'\]"),
+])
+def test_builders_refuse_what_they_would_silently_drop(arch, kwargs, match):
+    from tfseg.errors import TfsegError
+
+    with pytest.raises(TfsegError, match=match):
+        build_model(arch, input_shape=(None, None, 3), classes=1, **kwargs)
+
+
+def test_plain_unet_takes_every_model_field_at_its_default():
+    """What tfseg.train passes to every builder: all ModelConfig fields plus the options."""
+    import dataclasses
+
+    from tfseg.config import ModelConfig
+
+    fields = dataclasses.asdict(ModelConfig(depth=2, filters=4))
+    fields.pop("name")
+    fields.update(fields.pop("options"))
+    model = build_model("unet", input_shape=(None, None, 3), classes=1, **fields)
+    assert model.get_config()["tfseg_multiple"] == 4
+
+
+def test_residual_stem_is_wired_into_the_fifth_block():
+    counts = {stem: build_model("unet", input_shape=(None, None, 4), classes=1, backbone="vgg16",
+                                decoder_filters=[8, 8, 8, 8, 8], stem=stem).count_params()
+              for stem in ("plain", "residual")}
+    assert counts["residual"] > counts["plain"]
+
+
 def test_encoder_freeze_keeps_batchnorm_in_inference_mode():
     model = build_model("unet", input_shape=(32, 32, 3), classes=1, backbone="resnet34", encoder_freeze=True,
                         decoder_filters=[8, 8, 4, 4, 4])

@@ -146,3 +146,58 @@ def test_compare_architectures_quick_on_kampala(tmp_path):
     for label in ("fcn8", "unet"):
         cfg = (out / "runs" / label / "config.yaml").read_text()
         assert "format: mask_folder" in cfg and str(KAMPALA) in cfg
+
+
+# a folder name YAML would misread unquoted: ' #' starts a comment, ': ' a mapping
+ODD = "run #2: a"
+
+
+def test_paths_reach_the_config_as_given(tmp_path, monkeypatch):
+    """The split folder goes into data.root verbatim (it sits beside a run directory named
+    'run #2: a'), not cut at ' #' or parsed as a mapping."""
+    import tfseg
+
+    make_mask_folder(tmp_path / ODD / "data", num_pairs=4, size=32)
+    seen = {}
+
+    def capture(cfg, run_dir, **kwargs):
+        seen["root"] = cfg.data.root
+        raise buildings.PipelineError("captured")
+
+    monkeypatch.setattr(tfseg, "train_model", capture)
+    assert buildings.main(["--quick", "--data-root", str(tmp_path / ODD / "data"),
+                           "--run-dir", str(tmp_path / ODD / "run")]) == 2
+    assert seen["root"] == str((tmp_path / ODD / "run.split").resolve())
+
+
+def test_default_data_root_follows_tfseg_shared_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TFSEG_SHARED_DATA", str(tmp_path / "shared"))
+    assert buildings.main(["--quick", "--run-dir", str(tmp_path / "run")]) == 2
+    assert str(tmp_path / "shared" / "kampala_buildings" / "train") in capsys.readouterr().err
+    make_mask_folder(tmp_path / "shared" / "kampala_buildings" / "train", num_pairs=3, size=32)
+    assert buildings.resolve_data_root("") == (tmp_path / "shared" / "kampala_buildings" / "train").resolve()
+
+
+def test_compare_architectures_keeps_paths_and_names_as_strings(tmp_path):
+    from pipelines import compare_architectures as study
+
+    root = tmp_path / ODD
+    root.mkdir()
+    models = [{"label": "yes", "overrides": ["model.name=unet"]}, {"label": "a: b", "overrides": ["model.name=unet"]}]
+    planned = study.plan(models, data_root=str(root), experiment="study #1: no")
+    assert [(label, cfg.tracking.name, cfg.data.root) for label, cfg in planned] == [
+        ("yes", "yes", str(root)), ("a: b", "a: b", str(root))]
+    assert {cfg.tracking.mlflow.experiment for _, cfg in planned} == {"study #1: no"}
+
+
+def test_compare_architectures_refuses_a_metric_no_run_writes_before_training(tmp_path, capsys):
+    from pipelines import compare_architectures as study
+
+    models = tmp_path / "models.yaml"
+    models.write_text("- {label: unet, overrides: [model.name=unet]}\n")
+    assert study.main(["--output", str(tmp_path / "out"), "--models", str(models), "--metric", "val_iuo"]) == 2
+    err = capsys.readouterr().err
+    assert "--metric 'val_iuo': no run of this study writes it (did you mean val_iou?)" in err
+    assert not (tmp_path / "out" / "runs").exists()
+    planned = study.plan([{"label": "u", "overrides": []}])
+    study.check_metric(planned, "val_miou")  # binary runs also write the mean over background and foreground

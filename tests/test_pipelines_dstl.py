@@ -60,3 +60,31 @@ def test_quick_pipeline_unet20(tmp_path, capsys):
     with rasterio.open(probs[0]) as src:
         assert src.count == 10
         assert np.isfinite(src.read(1)).all()
+
+
+def test_absent_class_scores_are_null_in_the_summary(tmp_path):
+    """history.csv has NaN (or nothing) for a class absent from the validation truth and prediction:
+    pipeline.json gets null (valid JSON), not NaN, and the class stays out of the means."""
+    from pipelines import dstl
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss,val_iou,val_iou_buildings,val_iou_track,val_f1_buildings,val_f1_track\n"
+                       "0,0.5,0.3,0.4,,0.5,\n1,0.4,0.35,0.45,nan,0.55,nan\n")
+    scores = dstl.per_class_scores(history, "val_iou", "max")
+    assert scores == {"buildings": {"iou": 0.45, "f1": 0.55}, "track": {"iou": None, "f1": None}}
+    assert json.loads(json.dumps(scores, allow_nan=False))["track"]["iou"] is None
+
+
+def test_given_data_root_reaches_the_config_as_given(tmp_path):
+    """The shared helper of dstl/spacenet: a --data-root with ' #' and ': ' is data.root verbatim."""
+    import argparse
+
+    from pipelines import _common, dstl
+
+    root = tmp_path / "dstl #2: a"
+    root.mkdir()
+    args = argparse.Namespace(data_root=str(root), quick=False, overrides=[])
+    _, generated, cfg = _common.given_or_generated_config(args, tmp_path / "run", dstl.CONFIGS["unet20"], [], "Dstl",
+                                                          "", None, {})
+    assert not generated and cfg.data.root == str(root)
+    assert _common.override("tracking.name", "yes") == 'tracking.name="yes"'

@@ -95,3 +95,45 @@ def test_recipe_table_goes_between_the_markers(tmp_path, capsys):
     assert landcover_recipes.main(["--recipes", "unet,nope", "--run-dir", str(tmp_path / "r"), "--quick"]) == 2
     assert "unknown recipe(s) ['nope']" in capsys.readouterr().err
     assert set(landcover_recipes.landcover.RECIPES) >= {"unet", "unet-resnet34", "unet-balanced"}
+
+
+def _scores(**iou):
+    """An evaluate_pixels report: ``None`` for a class absent from truth and prediction."""
+    per_class = {c: {"iou": iou.get(c, 0.5), "f1": None if iou.get(c, 0.5) is None else 0.6,
+                     "precision": None, "recall": None} for c in CLASSES}
+    return {"miou": 0.5, "f1": 0.6, "per_class": per_class}
+
+
+def test_absent_classes_are_null_and_left_out_of_the_means():
+    from pipelines import landcover, landcover_recipes
+
+    metrics = landcover.heldout_metrics(_scores(water=None, road=0.2))
+    assert metrics["per_class_iou"]["water"] is None and metrics["per_class_f1"]["water"] is None
+    assert metrics["miou_real"] == pytest.approx((0.5 + 0.5 + 0.2 + 0.5) / 4)  # water left out, not counted as 0
+    json.loads(json.dumps(metrics, allow_nan=False))  # valid JSON: null, no NaN
+    none = landcover.heldout_metrics({"miou": None, "f1": None, "per_class": {
+        c: {"iou": None, "f1": None} for c in CLASSES}})
+    assert none["miou_real"] is None and none["miou"] is None
+    summary = {"recipe": "unet", "metrics": metrics, "train": {"epochs": 1, "stop_reason": "epochs",
+                                                               "train_seconds": 3.0},
+               "load_average_start": "0", "load_average_end": "0"}
+    row = [line for line in landcover_recipes.table([summary], 1).splitlines() if line.startswith("| `unet`")][0]
+    assert "| 0.200 |" in row and "| – |" in row  # water (absent) shown as a dash
+    assert "| **–** |" in landcover_recipes.table([{**summary, "metrics": none}], 1)
+
+
+def test_data_root_reaches_the_config_as_given(tmp_path, monkeypatch):
+    """A --data-root holding ' #' and ': ' is data.root verbatim (unquoted, YAML cut it at ' #')."""
+    from pipelines import _common, landcover
+
+    root = tmp_path / "run #2: a"
+    root.mkdir()
+    seen = {}
+
+    def capture(cfg):
+        seen["root"] = cfg.data.root
+        raise _common.PipelineError("captured")
+
+    monkeypatch.setattr(landcover, "heldout_pairs", capture)
+    assert landcover.main(["--data-root", str(root), "--run-dir", str(tmp_path / "run"), "--quick"]) == 2
+    assert seen["root"] == str(root)

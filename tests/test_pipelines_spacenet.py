@@ -76,3 +76,17 @@ def test_quick_pipeline_mul_on_generated_aoi(tmp_path, capsys):
         assert next(csv.reader(f)) == ["ImageId", "BuildingId", "PolygonWKT_Pix", "Confidence"]
     assert (run_dir / "models" / "spacenet" / "1" / "saved_model.pb").is_file()
     assert (run_dir / "run" / "config.yaml").is_file()
+
+
+def test_mistyped_sample_fails_before_training(tmp_path, capsys, monkeypatch):
+    from pipelines import _common, spacenet
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking --sample")
+
+    monkeypatch.setattr(_common, "given_or_generated_config", never)
+    monkeypatch.setattr(_common, "train_model", never)
+    missing = tmp_path / "spacenet_sampel"
+    assert spacenet.main(["--quick", "--run-dir", str(tmp_path / "run"), "--sample", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--sample {missing}" in err and "sample_geotiff.tif" in err

@@ -155,3 +155,61 @@ def test_beam_options_parsing_and_errors(tmp_path, capsys):
     assert "--beam-options" in capsys.readouterr().err
     assert predict.main(base[:1] + [str(tmp_path / "nothing")] + base[2:] + ["--runner", "beam"]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_runner_names_resolve_as_beam_resolves_them(monkeypatch):
+    """'direct' and 'directrunner' are Beam's DirectRunner: they get tfseg's DirectRunner defaults."""
+    from tfseg import predict_beam
+
+    monkeypatch.setattr(predict_beam, "cores", lambda: 8)
+    for name in ("direct", "directrunner", "DIRECTRUNNER", "DirectRunner"):
+        options = parse_beam_options(f"runner={name}")
+        given = options.get_all_options()
+        assert (given["runner"], given["direct_running_mode"], given["direct_num_workers"]) == (
+            "DirectRunner", "multi_processing", 8), name
+        assert default_worker_threads(options) == 1, name  # 8 cores over 8 workers
+    assert parse_beam_options("runner=direct,direct_running_mode=in_memory").get_all_options()[
+        "direct_running_mode"] == "in_memory"  # what is given is kept
+    with pytest.raises(ValueError, match=r"direct_num_workers=-2: expected a number of worker processes"):
+        parse_beam_options("runner=direct,direct_num_workers=-2")
+
+
+def test_direct_num_workers_zero_shares_the_cores_over_the_workers_beam_starts(monkeypatch):
+    """0 = one worker per CPU (Beam's multiprocessing.cpu_count()): each gets cores / workers threads,
+    not all of them."""
+    import multiprocessing
+
+    from tfseg import predict_beam
+
+    monkeypatch.setattr(predict_beam, "cores", lambda: 8)
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 4)
+    options = parse_beam_options("runner=DirectRunner,direct_num_workers=0")
+    assert predict_beam.direct_workers(options) == 4
+    assert default_worker_threads(options) == 2
+
+
+def test_workers_get_absolute_truth_and_spacenet_csv_paths(tmp_path, monkeypatch):
+    """The paths in the options every worker receives are absolute (a worker's working directory is
+    not the launcher's); a bare --spacenet-csv name stays a name (it goes into --output)."""
+    from tfseg import predict_beam
+
+    run = save_run(smooth_oracle(), tmp_path / "run", config="data:\n  classes: [building]\n  window_size: 64\n")
+    image, _ = building_scene(64, 64, boxes=((8, 10, 40, 50),))
+    scene = write_geotiff(tmp_path / "scenes" / "a.tif", image)
+    (tmp_path / "truth.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    (tmp_path / "csv").mkdir()
+    seen = []
+
+    class Capture:
+        def __init__(self, model, output, options, threads):
+            seen.append(options)
+            raise RuntimeError("captured")
+
+    monkeypatch.setattr(predict_beam, "PredictScenes", Capture)
+    monkeypatch.chdir(tmp_path)
+    for csv_name, expected in (("csv/p.csv", str(tmp_path / "csv" / "p.csv")), ("p.csv", "p.csv")):
+        options = predict.PredictOptions(progress=False, truth="truth.geojson", spacenet_csv=csv_name)
+        with pytest.raises(predict_beam.BeamPipelineError, match="captured"):
+            predict_beam.run_beam(str(run), [str(scene)], "out", options, beam_options="runner=direct")
+        assert seen[-1].truth == str(tmp_path / "truth.geojson")
+        assert seen[-1].spacenet_csv == expected

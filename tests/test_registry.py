@@ -67,3 +67,9 @@ def test_validating_a_config_imports_no_implementation():
             "print(sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras', 'tfseg.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert eval(out) == ["tfseg.config", "tfseg.errors", "tfseg.registry"]
+
+
+def test_optional_models_name_their_availability_check():
+    assert set(registry.OPTIONAL_MODELS) <= set(registry.MODELS)
+    for name, entry in registry.OPTIONAL_MODELS.items():
+        assert isinstance(registry.resolve(entry)(), bool), name

@@ -28,7 +28,8 @@ __all__ = [
     "export_model", "load_predictor", "load_model_card", "load_scenes", "pair_images_and_masks", "score_objects",
     "merge_polygons", "open_raster", "read_raster", "read_vector_labels", "read_pixel_polygons", "read_class_mask", "polygonize_mask",
     "PolygonOptions", "PolygonRecord", "write_spacenet_csv", "spacenet_image_id", "best_epoch", "available_models",
-    "compare_runs", "profile_model", "ConfigError", "add_overrides_argument", "quiet_tensorflow", "__version__",
+    "history_columns", "compare_runs", "profile_model", "ConfigError", "add_overrides_argument", "quiet_tensorflow",
+    "__version__",
 ]
 
 
@@ -487,8 +488,9 @@ def best_epoch(history, monitor: str = "val_iou", mode: str = "max"):
 
 
 def available_models() -> list:
-    """The names ``model.name`` accepts in this installation (optional adapters included when
-    their package is installed).
+    """The names ``model.name`` can build in this installation (an optional adapter such as
+    ``sm`` only when its package imports: segmentation-models installed and the TensorFlow
+    backend).
 
     Returns:
         Sorted model names.
@@ -497,9 +499,37 @@ def available_models() -> list:
         >>> "unet" in tfseg.available_models()
         True
     """
-    from .models import BUILDERS
+    from .models import available_models as _available
 
-    return sorted(BUILDERS)
+    return _available()
+
+
+def history_columns(config) -> list:
+    """The metric columns a training run of ``config`` writes to ``history.csv`` (and logs to its
+    trackers): the loss and the segmentation metrics (per class with several classes), each for
+    training and validation (``val_``), ``learning_rate``, and the validation object scores with
+    ``train.object_f1``. What ``train.monitor`` and a comparison's ranking metric can name.
+
+    Args:
+        config: a loaded config (:func:`load_config`).
+
+    Returns:
+        Sorted column names (without ``epoch``).
+
+    Example:
+        >>> "val_iou_road" in tfseg.history_columns(tfseg.load_config("configs/landcover_dubai.yaml"))
+        True
+    """
+    from .metrics import segmentation_metrics
+
+    classes = list(config.data.classes)
+    metrics = segmentation_metrics(1 if len(classes) == 1 else len(classes), config.data.ignore_index,
+                                   task=config.data.task, class_names=classes)
+    names = ["loss"] + [metric.name for metric in metrics]
+    columns = set(names) | {f"val_{name}" for name in names} | {"learning_rate"}
+    if config.train.object_f1:
+        columns |= {"val_object_f1", "val_object_precision", "val_object_recall"}
+    return sorted(columns)
 
 
 def compare_runs(runs, output, metric: str = "val_iou", mode=None) -> list:
@@ -545,6 +575,8 @@ def profile_model(model, tile_size: int) -> dict:
 
     if isinstance(model, (str, _os.PathLike)):
         import keras
+
+        from . import models  # noqa: F401  (registers tfseg's layers and SegmentationModel for load_model)
 
         path = Path(model)
         model = keras.saving.load_model(path / "model.keras" if path.is_dir() else path, compile=False)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
 import logging
@@ -115,18 +116,42 @@ def parse_beam_options(text: str) -> PipelineOptions:
     runner = known.runner or "DirectRunner"
     if "runner" not in given:
         defaults.append(f"--runner={runner}")
-    if runner == "DirectRunner":
+    try:
+        direct = is_direct_runner(runner)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"--beam-options runner={runner}: {exc}") from None
+    if direct:
+        if runner != "DirectRunner":  # 'direct', 'directrunner', ...: Beam's names for it, spelled one way
+            defaults.append("--runner=DirectRunner")
+        if known.direct_num_workers < 0:
+            raise ValueError(f"--beam-options direct_num_workers={known.direct_num_workers}: expected a number of "
+                             f"worker processes >= 1 (or 0: one per CPU of this machine)")
         if "direct_running_mode" not in given:
             defaults.append("--direct_running_mode=multi_processing")
         if "direct_num_workers" not in given:
             defaults.append(f"--direct_num_workers={cores()}")
-    try:
-        from apache_beam.runners.runner import create_runner
-
-        create_runner(runner)
-    except (ValueError, ImportError) as exc:
-        raise ValueError(f"--beam-options runner={runner}: {exc}") from None
     return PipelineOptions(flags + defaults)
+
+
+def is_direct_runner(runner) -> bool:
+    """Whether ``runner`` (a runner name as ``--beam-options`` takes it) is Beam's DirectRunner,
+    the name resolved as Beam resolves it (case-insensitive, ``Runner`` suffix optional, or the
+    class's qualified name): ``direct``, ``directrunner`` and ``DirectRunner`` are all the
+    DirectRunner. Raises Beam's ValueError / ImportError for a runner Beam does not know."""
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.runner import create_runner
+
+    return isinstance(runner if not isinstance(runner, str) else create_runner(runner), SwitchingDirectRunner)
+
+
+def direct_workers(options: PipelineOptions) -> int:
+    """The worker processes (or threads) the DirectRunner starts for ``options``: its
+    ``direct_num_workers``, where 0 means one per CPU of the machine (``multiprocessing.cpu_count()``,
+    as Beam counts them)."""
+    import multiprocessing
+
+    workers = options.view_as(DirectOptions).direct_num_workers
+    return multiprocessing.cpu_count() if workers == 0 else max(1, workers or 1)
 
 
 def default_worker_threads(options: PipelineOptions) -> int:
@@ -134,9 +159,8 @@ def default_worker_threads(options: PipelineOptions) -> int:
     worker processes (so they do not fight over them); 0 (TensorFlow's default, all cores of the
     worker) on other runners, whose workers have their own machines."""
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    direct = options.view_as(DirectOptions)
-    if "DirectRunner" in str(runner) and direct.direct_running_mode == "multi_processing":
-        return max(1, cores() // max(1, direct.direct_num_workers or 1))
+    if is_direct_runner(runner) and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        return max(1, cores() // direct_workers(options))
     return 0
 
 
@@ -262,6 +286,13 @@ def run_beam(model, inputs: Sequence, output, options: Optional[PredictOptions] 
     started = time.time()
     options = options or PredictOptions(progress=False)
     validate_options(options)
+    # absolute paths: a worker's working directory is not the launcher's (a bare --spacenet-csv
+    # name goes into the output folder, itself made absolute below)
+    csv_path = Path(options.spacenet_csv) if options.spacenet_csv else None
+    options = dataclasses.replace(
+        options, truth=os.path.abspath(options.truth) if options.truth else options.truth,
+        spacenet_csv=(os.path.abspath(csv_path) if csv_path is not None and csv_path.parent != Path(".")
+                      else options.spacenet_csv))
     output = check_writable(Path(output))
     check_scene_names(inputs, output)
     if not Path(model).exists():

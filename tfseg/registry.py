@@ -37,6 +37,12 @@ MODELS = {
     "sm": "tfseg.models.sm_adapter:build_sm",  # segmentation-models, optional
 }
 
+# optional model.name -> the function saying whether its package can be imported here
+# (``tfseg.available_models()`` lists the name only then)
+OPTIONAL_MODELS = {
+    "sm": "tfseg.models.sm_adapter:available",
+}
+
 # train.loss -> weights of the components of tfseg.losses.COMPONENTS
 LOSS_PRESETS = {
     "bce": {"bce": 1.0},

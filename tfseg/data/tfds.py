@@ -3,8 +3,9 @@
 ``manual_dir`` holds the source data plus ``tfseg_source.yaml``: a tfseg config (only its
 ``data:`` section is used; ``data.root`` relative to ``manual_dir``). Nothing is downloaded.
 Every train / validation scene of the source is cut into a grid of ``data.window_size`` tiles
-(overlap ``data.options.tile_overlap``, default 0); each example holds the raw (un-normalized)
-image, its valid-pixel mask and the label, so normalization can still be computed from data.
+(overlap ``data.options.tile_overlap``: an integer from 0, the default, to ``window_size - 1``);
+each example holds the raw (un-normalized) image, its valid-pixel mask and the label, so
+normalization can still be computed from data.
 
 Features: ``image`` float32 (S, S, C), ``valid`` uint8 (S, S), ``label`` uint8 (S, S, K)
 (class indices, K = 1, or K multi-label channels; ignore index on nodata), ``scene`` text,
@@ -64,6 +65,11 @@ def read_source_config(manual_dir):
         root = manual_dir / root
     if cfg.format == "tfds":
         raise config_module.ConfigError(f"{path}: config key 'data.format': tfds cannot be a TFDS source")
+    overlap = cfg.options.get("tile_overlap", 0)
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < cfg.window_size:
+        raise config_module.ConfigError(
+            f"{path}: config key 'data.options.tile_overlap': expected an integer from 0 to data.window_size - 1 "
+            f"({cfg.window_size - 1}; the tiles step by window_size - tile_overlap), got {overlap!r}")
     return dataclasses.replace(cfg, root=str(root))
 
 

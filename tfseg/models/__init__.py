@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from .. import registry
+from ..errors import TfsegError
 from .backbones import BACKBONES
 from .blocks import SegmentationModel
 from .deeplab import build_deeplabv3plus  # noqa: F401  (registered in tfseg.registry.MODELS)
@@ -42,18 +43,25 @@ def _builder(entry: str):
 BUILDERS = {name: _builder(entry) for name, entry in registry.MODELS.items()}
 
 
+def available_models() -> list:
+    """The names of :data:`BUILDERS` that can be built here, sorted: an optional architecture
+    (:data:`tfseg.registry.OPTIONAL_MODELS`) only when its package imports."""
+    return sorted(name for name in BUILDERS
+                  if name not in registry.OPTIONAL_MODELS or registry.resolve(registry.OPTIONAL_MODELS[name])())
+
+
 def build_model(name: str, preprocessing: Preprocess = None, augment: PhotometricAugment = None, **kwargs):
     """Build architecture ``name``; ``kwargs`` are ModelConfig field names plus ``model.options``.
     With ``preprocessing`` the result takes raw pixels (see the module docstring)."""
     if name not in BUILDERS:
-        raise ValueError(f"model name {name!r} is not available; available: {sorted(BUILDERS)}")
+        raise TfsegError(f"model name {name!r} is not available; available: {sorted(BUILDERS)}")
     core = BUILDERS[name](**kwargs)
     if preprocessing is None:
         if augment is not None:
-            raise ValueError("build_model: augment needs preprocessing (it runs on normalized pixels)")
+            raise TfsegError("build_model: augment needs preprocessing (it runs on normalized pixels)")
         return core
     return with_preprocessing(core, preprocessing, augment)
 
 
-__all__ = ["BACKBONES", "BUILDERS", "PhotometricAugment", "Preprocess", "SegmentationModel", "build_model",
-           "find_preprocess", "with_preprocessing"]
+__all__ = ["BACKBONES", "BUILDERS", "PhotometricAugment", "Preprocess", "SegmentationModel", "available_models",
+           "build_model", "find_preprocess", "with_preprocessing"]

@@ -24,6 +24,7 @@ import numpy as np
 import keras
 from keras import layers
 
+from ..errors import TfsegError
 from .blocks import BN_MOMENTUM
 
 # ImageNet statistics in 0..255 units, averaged over RGB: inputs to tfseg models are standardized
@@ -97,11 +98,11 @@ def check_backbone(backbone: str, hub: bool = False, architecture: str = "") -> 
     """The built-in encoder's spec; ``hub:<dir>`` keras-hub backbones (None) where ``hub``."""
     if backbone.startswith("hub:"):
         if not hub:
-            raise ValueError(f"model.backbone: keras-hub backbones ({backbone!r}) work with model.name unet, fpn and "
+            raise TfsegError(f"model.backbone: keras-hub backbones ({backbone!r}) work with model.name unet, fpn and "
                              f"deeplabv3plus, not {architecture or 'this architecture'}")
         return None
     if backbone not in ENCODERS:
-        raise ValueError(f"model.backbone: {backbone!r} is not available; available: {BACKBONES}")
+        raise TfsegError(f"model.backbone: {backbone!r} is not available; available: {BACKBONES}")
     return ENCODERS[backbone]
 
 
@@ -270,7 +271,7 @@ def load_encoder_weights(encoder: keras.Model, backbone: str, path: Path, bands:
         try:
             _load_into(twin, path)
         except Exception:  # noqa: BLE001
-            raise ValueError(
+            raise TfsegError(
                 f"model.encoder_weights: {path} does not hold {backbone} encoder weights "
                 f"(expected a no-top {backbone} weights file for 3 or {bands} bands): {rgb_error}"
             ) from None
@@ -293,7 +294,7 @@ def copy_adapted_weights(source_model: keras.Model, target_model: keras.Model, s
         if source is None and index < len(twin_weighted) and type(twin_weighted[index]) is type(layer):
             source = twin_weighted[index]  # auto-named layers (keras' EfficientNet "normalization_N")
         if source is None:
-            raise ValueError(f"{what} has no weights for encoder layer {layer.name!r}")
+            raise TfsegError(f"{what} has no weights for encoder layer {layer.name!r}")
         values = []
         for target, value in zip(layer.weights, source.get_weights()):
             if tuple(target.shape) != value.shape:
@@ -302,7 +303,7 @@ def copy_adapted_weights(source_model: keras.Model, target_model: keras.Model, s
                 elif value.ndim == 1 and value.shape[0] == source_bands:  # input BatchNorm statistics
                     value = value[[i % source_bands for i in range(bands)]]
                 if tuple(target.shape) != value.shape:
-                    raise ValueError(
+                    raise TfsegError(
                         f"{what}: layer {layer.name!r} weight {target.name!r} has shape "
                         f"{value.shape}, the encoder expects {tuple(target.shape)}"
                     )
@@ -330,11 +331,11 @@ def _load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
         group = handle["model_weights"] if "model_weights" in handle else handle
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
         if not names:
-            raise ValueError(f"model.encoder_weights: {path} is not a Keras weights file (no layer_names)")
+            raise TfsegError(f"model.encoder_weights: {path} is not a Keras weights file (no layer_names)")
         loaded = []
         for layer in (l for l in model.layers if l.weights):
             if layer.name not in names:
-                raise ValueError(
+                raise TfsegError(
                     f"model.encoder_weights: {path} has no weights for layer {layer.name!r} (first mismatching "
                     f"layer; the file holds {len(names)} layers: {', '.join(names[:5])}, ...)"
                 )
@@ -344,7 +345,7 @@ def _load_legacy_h5_by_name(model: keras.Model, path: Path) -> None:
             values = [np.asarray(layer_group[n]) for n in weight_names]
             shapes = [tuple(w.shape) for w in layer.weights]
             if [v.shape for v in values] != shapes:
-                raise ValueError(
+                raise TfsegError(
                     f"model.encoder_weights: {path}: layer {layer.name!r} (first mismatching layer) holds weights "
                     f"of shapes {[v.shape for v in values]}, the model expects {shapes}"
                 )
@@ -373,10 +374,10 @@ def build_encoder(backbone: str, inputs, encoder_weights: str = "", encoder_free
         from .hub import build_hub_encoder
 
         if encoder_weights:
-            raise ValueError(f"model.encoder_weights: a keras-hub backbone ({backbone!r}) loads its weights from its "
+            raise TfsegError(f"model.encoder_weights: a keras-hub backbone ({backbone!r}) loads its weights from its "
                              f"preset directory; leave model.encoder_weights empty, got {encoder_weights!r}")
         if output_stride != 32 or fcn:
-            raise ValueError("model.backbone: keras-hub backbones are not dilated; use the pyramid level at the "
+            raise TfsegError("model.backbone: keras-hub backbones are not dilated; use the pyramid level at the "
                              "output stride")
         required = [s for s in strides if s != 2]  # CNN pyramids usually start at stride 4
         return build_hub_encoder(backbone, inputs, encoder_freeze, input_scale, strides, required)

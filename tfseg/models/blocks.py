@@ -11,6 +11,8 @@ import numpy as np
 import keras
 from keras import layers, ops
 
+from ..errors import TfsegError
+
 
 # Blocks trained from scratch (plain UNet, decoders) track batch statistics with momentum 0.9
 # (PyTorch's default, which most UNet recipes are tuned with). Keras' 0.99 averages over ~100
@@ -24,7 +26,23 @@ def reject_options(options: dict, architecture: str, ignored=()) -> None:
     fields of other architectures that reach every builder)."""
     unknown = sorted(set(options) - set(ignored))
     if unknown:
-        raise ValueError(f"model.options: unknown option(s) {unknown} for model.name={architecture!r}")
+        raise TfsegError(f"model.options: unknown option(s) {unknown} for model.name={architecture!r}")
+
+
+def check_decoder_filters(decoder_filters, lengths, what: str, meaning: str) -> tuple:
+    """``model.decoder_filters`` as a tuple of positive integers with one of ``lengths`` entries
+    (empty = the architecture's default: returned as ``()``); anything else is refused, naming
+    ``what`` (the architecture) and ``meaning`` (what the entries are), never truncated or padded."""
+    widths = tuple(decoder_filters or ())
+    if not widths:
+        return ()
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise TfsegError(f"model.decoder_filters: expected positive integers for {what}, got {list(widths)}")
+    if len(widths) not in tuple(lengths):
+        expected = " or ".join(str(n) for n in lengths) + (" entry" if tuple(lengths) == (1,) else " entries")
+        raise TfsegError(f"model.decoder_filters: {what} takes {expected} ({meaning}), got {len(widths)}: "
+                         f"{list(widths)}")
+    return widths
 
 
 def conv_block(x, filters: int, batch_norm: bool = True, dropout: float = 0.0, name: str = "block"):
@@ -74,7 +92,7 @@ def upsample2x(x, mode: str = "bilinear", filters: int = 0, batch_norm: bool = T
         return BilinearUpsample2x(name=name)(x)
     if mode == "nearest":
         return layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
-    raise ValueError(f"model.upsampling: expected one of ['bilinear', 'nearest', 'transpose'], got {mode!r}")
+    raise TfsegError(f"model.upsampling: expected one of ['bilinear', 'nearest', 'transpose'], got {mode!r}")
 
 
 def head_activation(classes: int, activation: str = "auto") -> str:
@@ -82,7 +100,7 @@ def head_activation(classes: int, activation: str = "auto") -> str:
     if activation == "auto":
         return "sigmoid" if classes == 1 else "softmax"
     if activation not in ("sigmoid", "softmax", "linear"):
-        raise ValueError(f"model.activation: expected one of ['auto', 'sigmoid', 'softmax'], got {activation!r}")
+        raise TfsegError(f"model.activation: expected one of ['auto', 'sigmoid', 'softmax'], got {activation!r}")
     return activation
 
 
@@ -106,12 +124,12 @@ def final_activation(x, classes: int, activation: str = "auto", name: str = "hea
 def check_input_shape(input_shape, multiple: int, what: str):
     """Raise a ValueError naming the size and the multiple when a static H/W does not divide."""
     if len(input_shape) != 3:
-        raise ValueError(f"input_shape: expected (height, width, bands), got {tuple(input_shape)!r}")
+        raise TfsegError(f"input_shape: expected (height, width, bands), got {tuple(input_shape)!r}")
     if input_shape[2] is None or int(input_shape[2]) < 1:
-        raise ValueError(f"input_shape: the number of bands must be known (>= 1), got {tuple(input_shape)!r}")
+        raise TfsegError(f"input_shape: the number of bands must be known (>= 1), got {tuple(input_shape)!r}")
     for axis, size in zip(("height", "width"), input_shape[:2]):
         if size is not None and int(size) % multiple:
-            raise ValueError(
+            raise TfsegError(
                 f"input_shape {tuple(input_shape)!r}: {axis} {size} is not a multiple of {multiple}, the size "
                 f"multiple of {what} (the data pipeline and the exporter pad to it; use a window size that is "
                 f"a multiple of {multiple})"

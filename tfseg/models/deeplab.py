@@ -14,9 +14,10 @@ import keras
 from keras import layers, ops
 
 from ..config import DEFAULT_ATROUS_RATES, check_atrous_rates
+from ..errors import TfsegError
 from .backbones import backbone_label, build_encoder, check_backbone
-from .blocks import (BN_MOMENTUM, BilinearUpsample2x, SegmentationModel, check_input_shape, conv_bn_relu, output_head,
-                     reject_options)
+from .blocks import (BN_MOMENTUM, BilinearUpsample2x, SegmentationModel, check_decoder_filters, check_input_shape,
+                     conv_bn_relu, output_head, reject_options)
 
 
 def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone: str = "resnet50",
@@ -24,7 +25,8 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
                         batch_norm: bool = True, dropout: float = 0.1, activation: str = "auto", name: str = "",
                         **options) -> keras.Model:
     """DeepLabV3+. ``decoder_filters``: [aspp_filters, decoder_filters, low_level_filters]
-    (default [256, 256, 48]). ``options``: ``output_stride`` (16 default, or 8), ``atrous_rates``
+    (default [256, 256, 48]; another number of entries is refused). ``options``: ``output_stride`` (the
+    integer 16, default, or 8), ``atrous_rates``
     (one or more positive integers, one 3x3 branch each; default [6, 12, 18] at output stride 16, [12, 24, 36] at 8),
     ``input_scale``. ``dropout``: after the ASPP projection. With a static input size, atrous
     rates must be smaller than the feature map at the output stride. Fields of other
@@ -34,15 +36,17 @@ def build_deeplabv3plus(input_shape=(None, None, 3), classes: int = 1, backbone:
     rates = options.pop("atrous_rates", None)
     input_scale = options.pop("input_scale", None)
     reject_options(options, "deeplabv3plus", ignored={"depth", "filters", "dropout_position", "upsampling", "stem"})
-    if output_stride not in (8, 16) or isinstance(output_stride, bool):
-        raise ValueError(f"model.options.output_stride: expected 8 or 16, got {output_stride!r}")
+    if isinstance(output_stride, bool) or not isinstance(output_stride, int) or output_stride not in (8, 16):
+        kind = "" if isinstance(output_stride, int) else f" (a {type(output_stride).__name__}; write the integer)"
+        raise TfsegError(f"model.options.output_stride: expected 8 or 16, got {output_stride!r}{kind}")
     rates = tuple(DEFAULT_ATROUS_RATES[output_stride] if rates is None else rates)
     tile = min((int(s) for s in input_shape[:2] if s is not None), default=None)
     check_atrous_rates(rates, output_stride, tile, "input_shape")
     hub = check_backbone(backbone, hub=True) is None
     check_input_shape(input_shape, output_stride, f"deeplabv3plus with backbone {backbone!r} at output stride "
                       f"{output_stride}")
-    aspp_filters, dec_filters, low_filters = (list(decoder_filters) + [256, 256, 48][len(decoder_filters):])[:3]
+    aspp_filters, dec_filters, low_filters = check_decoder_filters(
+        decoder_filters, (3,), "deeplabv3plus", "[aspp_filters, decoder_filters, low_level_filters]") or (256, 256, 48)
     inputs = keras.Input(shape=input_shape, name="image")
     if hub:  # keras-hub backbones are not dilated: ASPP on the pyramid level at the output stride
         features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze,

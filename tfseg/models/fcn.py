@@ -12,23 +12,25 @@ import keras
 from keras import layers
 
 from .backbones import build_encoder, check_backbone
-from .blocks import BilinearKernel, SegmentationModel, check_input_shape, final_activation, reject_options
+from .blocks import (BilinearKernel, SegmentationModel, check_decoder_filters, check_input_shape, final_activation,
+                     reject_options)
 
 
 def build_fcn8(input_shape=(None, None, 3), classes: int = 1, backbone: str = "vgg16", encoder_weights: str = "",
                encoder_freeze: bool = False, decoder_filters=(), dropout: float = 0.5, activation: str = "auto",
                name: str = "", **options) -> keras.Model:
-    """FCN-8s. ``decoder_filters[0]``: width of the fully-convolutional fc6/fc7 layers (default
-    4096 with a 7x7 fc6 on VGG16 as in the paper, 1024 with 3x3 on other encoders). Other
-    ModelConfig fields (depth, filters, batch_norm, upsampling, stem, ...) do not apply and are
-    ignored. ``options``: ``input_scale``."""
+    """FCN-8s. ``decoder_filters``: one entry, the width of the fully-convolutional fc6/fc7 layers
+    (default 4096 with a 7x7 fc6 on VGG16 as in the paper, 1024 with 3x3 on other encoders; more
+    entries are refused). Other ModelConfig fields (depth, filters, batch_norm, upsampling, stem,
+    ...) do not apply and are ignored. ``options``: ``input_scale``."""
     backbone = backbone or "vgg16"
     check_backbone(backbone, architecture="fcn8")
     input_scale = options.pop("input_scale", None)
     reject_options(options, "fcn8", ignored={"depth", "filters", "batch_norm", "dropout_position", "upsampling", "stem"})
     check_input_shape(input_shape, 32, f"fcn8 with backbone {backbone!r}")
     classic = backbone == "vgg16"
-    fc_filters = int(decoder_filters[0]) if decoder_filters else (4096 if classic else 1024)
+    (fc_filters,) = check_decoder_filters(decoder_filters, (1,), "fcn8", "[fc6/fc7 width]") or (
+        4096 if classic else 1024,)
     inputs = keras.Input(shape=input_shape, name="image")
     features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale,
                                 strides=(8, 16, 32), fcn=True)

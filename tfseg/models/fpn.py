@@ -10,14 +10,17 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..errors import TfsegError
 from .backbones import backbone_label, build_encoder, check_backbone
-from .blocks import SegmentationModel, check_input_shape, conv_bn_relu, output_head, reject_options
+from .blocks import (SegmentationModel, check_decoder_filters, check_input_shape, conv_bn_relu, output_head,
+                     reject_options)
 
 
 def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "efficientnetb0",
               encoder_weights: str = "", encoder_freeze: bool = False, decoder_filters=(), batch_norm: bool = True,
               dropout: float = 0.2, activation: str = "auto", name: str = "", **options) -> keras.Model:
-    """FPN. ``decoder_filters``: [pyramid_filters, segmentation_filters] (default [256, 128]).
+    """FPN. ``decoder_filters``: [pyramid_filters, segmentation_filters] (default [256, 128];
+    another number of entries is refused).
     ``options``: ``aggregation`` (``concat`` default, or ``sum``), ``input_scale``. Other
     ModelConfig fields (depth, filters, upsampling, stem, ...) do not apply and are ignored."""
     backbone = backbone or "efficientnetb0"
@@ -26,9 +29,10 @@ def build_fpn(input_shape=(None, None, 3), classes: int = 1, backbone: str = "ef
     aggregation = options.pop("aggregation", "concat")
     reject_options(options, "fpn", ignored={"depth", "filters", "dropout_position", "upsampling", "stem"})
     if aggregation not in ("concat", "sum"):
-        raise ValueError(f"model.options.aggregation: expected 'concat' or 'sum', got {aggregation!r}")
+        raise TfsegError(f"model.options.aggregation: expected 'concat' or 'sum', got {aggregation!r}")
     check_input_shape(input_shape, 32, f"fpn with backbone {backbone!r}")
-    pyramid_filters, seg_filters = (list(decoder_filters) + [256, 128][len(decoder_filters):])[:2]
+    pyramid_filters, seg_filters = check_decoder_filters(decoder_filters, (2,), "fpn", "[pyramid_filters, "
+                                                         "segmentation_filters]") or (256, 128)
     inputs = keras.Input(shape=input_shape, name="image")
     features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale,
                                 strides=(4, 8, 16, 32))

@@ -29,6 +29,8 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
+from ..errors import TfsegError
+
 HUB_PREFIX = "hub:"
 _PROBE = 256  # input size at which the strides of dynamic-size pyramids are measured
 
@@ -105,14 +107,14 @@ def build_hub_encoder(backbone: str, inputs, encoder_freeze: bool = False, input
     kind = type(model).__name__
     pyramid = dict(getattr(model, "pyramid_outputs", None) or {})
     if not pyramid:
-        raise ValueError(
+        raise TfsegError(
             f"model.backbone={backbone!r}: the keras-hub {kind} exposes no feature pyramid (pyramid_outputs is "
             f"empty; it exposes only its output {_shapes(model.outputs)}); use a preset of a keras-hub "
             f"FeaturePyramidBackbone (ResNet, EfficientNet, CSPNet, DenseNet, MiT, DINOv2, DINOv3)")
     image_shape = tuple(model.inputs[0].shape[1:3])  # (DINOv2's model.input is a dict)
     fixed = image_shape[0] is not None
     if fixed and image_shape != size:
-        raise ValueError(
+        raise TfsegError(
             f"model.backbone={backbone!r}: the keras-hub {kind} has a fixed input size "
             f"{image_shape} in its preset, the model input is {size}; build the model with a static input_shape "
             f"(tile, tile, {bands}) where tile is the tile size, a multiple of 32 (the position embeddings are "
@@ -140,7 +142,7 @@ def build_hub_encoder(backbone: str, inputs, encoder_freeze: bool = False, input
         features = dict(zip(wanted, outputs if isinstance(outputs, (list, tuple)) else [outputs]))
     missing = [s for s in required if s not in features]
     if missing:
-        raise ValueError(
+        raise TfsegError(
             f"model.backbone={backbone!r}: the keras-hub {kind}'s feature pyramid has strides {available} "
             f"({sorted(pyramid)}), this architecture needs strides {list(required)} (missing {missing})")
     if encoder_freeze:
@@ -153,7 +155,7 @@ def _vit_pyramid(model, tokens, kind: str, backbone: str) -> dict:
     patch = model.get_config().get("patch_size")
     height, width = (int(s) for s in model.inputs[0].shape[1:3])
     if not patch or height % 32 or width % 32:
-        raise ValueError(f"model.backbone={backbone!r}: the keras-hub {kind} needs a patch_size and an input size "
+        raise TfsegError(f"model.backbone={backbone!r}: the keras-hub {kind} needs a patch_size and an input size "
                          f"that is a multiple of 32 for the multi-scale adapter, got patch_size={patch!r}, input "
                          f"{(height, width)}")
     patch = patch if isinstance(patch, int) else int(patch[0])

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import keras
 from keras import layers, ops
 
+from ..errors import TfsegError
 from .blocks import SegmentationModel
 
 
@@ -41,13 +42,13 @@ class Preprocess(layers.Layer):
         self.offset = [float(v) for v in offset]
         self.scale = [float(v) for v in scale]
         if len(self.offset) != len(self.scale):
-            raise ValueError(f"Preprocess: offset has {len(self.offset)} bands but scale {len(self.scale)}")
+            raise TfsegError(f"Preprocess: offset has {len(self.offset)} bands but scale {len(self.scale)}")
         for index, value in enumerate(self.scale):
             if not value > 0:
-                raise ValueError(f"Preprocess: band {index + 1} has scale {value} (a constant band); "
+                raise TfsegError(f"Preprocess: band {index + 1} has scale {value} (a constant band); "
                                  "expected a positive scale for every band")
         if (clip_low is None) != (clip_high is None):
-            raise ValueError("Preprocess: give both clip_low and clip_high, or neither")
+            raise TfsegError("Preprocess: give both clip_low and clip_high, or neither")
         self.clip_low = None if clip_low is None else [float(v) for v in clip_low]
         self.clip_high = None if clip_high is None else [float(v) for v in clip_high]
         self.nodata = None if nodata is None else float(nodata)
@@ -60,7 +61,7 @@ class Preprocess(layers.Layer):
     def build(self, input_shape):
         bands = input_shape[-1]
         if bands is not None and int(bands) != self.num_bands:
-            raise ValueError(f"Preprocess: the input has {bands} band(s) but the statistics have {self.num_bands}")
+            raise TfsegError(f"Preprocess: the input has {bands} band(s) but the statistics have {self.num_bands}")
 
     def call(self, inputs, return_valid: bool = False):
         x = ops.cast(inputs, "float32")
@@ -114,7 +115,7 @@ class PhotometricAugment(layers.Layer):
         super().__init__(**kwargs)
         self.brightness, self.contrast, self.seed = float(brightness), float(contrast), seed
         if self.brightness < 0 or self.contrast < 0:
-            raise ValueError(f"PhotometricAugment: brightness and contrast must be >= 0, got "
+            raise TfsegError(f"PhotometricAugment: brightness and contrast must be >= 0, got "
                              f"{self.brightness}, {self.contrast}")
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -140,7 +141,7 @@ def with_preprocessing(core: keras.Model, preprocess: Preprocess, augment: Optio
     for training, ``augment``): a model that takes raw pixels. Keeps the size multiple."""
     bands = core.input_shape[-1]
     if bands is not None and int(bands) != preprocess.num_bands:
-        raise ValueError(f"the model takes {bands} band(s) but the normalization statistics have "
+        raise TfsegError(f"the model takes {bands} band(s) but the normalization statistics have "
                          f"{preprocess.num_bands}")
     inputs = keras.Input(shape=tuple(core.input_shape[1:]), name="images")
     if augment is None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..errors import TfsegError
 from .backbones import backbone_label, build_encoder, check_backbone
-from .blocks import (BilinearUpsample2x, SegmentationModel, check_input_shape, conv_block, output_head,
-                     reject_options, residual_double_conv, upsample2x)
+from .blocks import (BilinearUpsample2x, SegmentationModel, check_decoder_filters, check_input_shape, conv_block,
+                     output_head, reject_options, residual_double_conv, upsample2x)
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
@@ -43,6 +44,9 @@ def build_unet(
     ``all``). ``upsampling``: ``bilinear``/``nearest`` (upsample + conv) or ``transpose``
     (Conv2DTranspose). The head is float32 whatever the mixed-precision policy.
 
+    Without ``backbone``, the encoder fields (``encoder_weights``, ``encoder_freeze``,
+    ``decoder_filters``) and any ``options`` are refused, naming the key.
+
     With ``backbone`` (see :data:`tfseg.models.backbones.BACKBONES`, or ``hub:<preset dir>``, see
     :mod:`tfseg.models.hub`), see :func:`build_backbone_unet`.
     """
@@ -50,10 +54,17 @@ def build_unet(
         return build_backbone_unet(
             input_shape, classes, backbone, encoder_weights, encoder_freeze, decoder_filters, batch_norm,
             dropout, upsampling, activation, stem, name or f"unet_{backbone_label(backbone)}", **options)
+    for key, value in (("model.options.input_scale", options.pop("input_scale", None)),
+                       ("model.encoder_weights", encoder_weights or None),
+                       ("model.encoder_freeze", encoder_freeze or None),
+                       ("model.decoder_filters", list(decoder_filters) or None)):
+        if value is not None:
+            raise TfsegError(f"{key}: only applies to unet with a model.backbone encoder (a plain UNet is sized by "
+                             f"model.depth and model.filters), got {value!r}")
     reject_options(options, "unet")
     check_input_shape(input_shape, 2**depth, f"a plain UNet of depth {depth}")
     if stem != "plain":
-        raise ValueError("model.stem: 'residual' needs a backbone (the Res50-UNet stem), got no model.backbone")
+        raise TfsegError("model.stem: 'residual' needs a backbone (the Res50-UNet stem), got no model.backbone")
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     skips = []
@@ -74,7 +85,8 @@ def build_unet(
         elif upsampling == "nearest":
             x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{level}_up")(x)
         else:
-            raise ValueError(f"model.upsampling: expected one of ['bilinear', 'nearest', 'transpose'], got {upsampling!r}")
+            raise TfsegError(f"model.upsampling: expected one of ['bilinear', 'nearest', 'transpose'], "
+                             f"got {upsampling!r}")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, width, batch_norm, dec_drop, name=f"dec{level}")
     outputs = output_head(x, classes, activation)
@@ -90,19 +102,24 @@ def build_backbone_unet(input_shape=(None, None, 3), classes: int = 1, backbone:
     ``decoder_filters`` (default 256, 128, 64, 32, 16): 5 entries = 5 decoder blocks (skips at
     strides 16, 8, 4, 2, then full resolution); 4 entries = 4 blocks ending at stride 2, followed by
     a bilinear x2 of the logits. ``stem='residual'``: a residual double convolution on the raw
-    N-band input provides a full-resolution skip for the last block (Res50-UNet of published Dstl
-    solutions). ``options``: ``input_scale`` (float or [scale, offset]) overrides the encoder's
-    input mapping.
+    N-band input provides a full-resolution skip for the fifth block (Res50-UNet of published Dstl
+    solutions); it needs 5 ``decoder_filters`` (refused with 4: there is no full-resolution block to
+    feed). Any other length of ``decoder_filters`` is refused. ``options``: ``input_scale`` (float
+    or [scale, offset]) overrides the encoder's input mapping.
     """
     check_backbone(backbone, hub=True)
     input_scale = options.pop("input_scale", None)
     reject_options(options, "unet")
     check_input_shape(input_shape, 32, f"unet with backbone {backbone!r}")
-    decoder_filters = tuple(decoder_filters or DEFAULT_DECODER_FILTERS)
-    if len(decoder_filters) not in (4, 5):
-        raise ValueError(f"model.decoder_filters: expected 4 or 5 decoder block widths, got {list(decoder_filters)}")
+    decoder_filters = check_decoder_filters(decoder_filters, (4, 5), f"unet with backbone {backbone!r}",
+                                            "decoder block widths at strides 16, 8, 4, 2 and an optional "
+                                            "full-resolution block") or DEFAULT_DECODER_FILTERS
     if stem not in ("plain", "residual"):
-        raise ValueError(f"model.stem: expected 'plain' or 'residual', got {stem!r}")
+        raise TfsegError(f"model.stem: expected 'plain' or 'residual', got {stem!r}")
+    if stem == "residual" and len(decoder_filters) != 5:
+        raise TfsegError(f"model.stem: 'residual' is the skip of the fifth, full-resolution decoder block, but "
+                         f"model.decoder_filters {list(decoder_filters)} has 4 entries (the decoder ends at stride 2): "
+                         f"give 5 widths, or model.stem: plain")
     inputs = keras.Input(shape=input_shape, name="image")
     features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale)
     skips = [features.get(s) for s in (16, 8, 4, 2)]  # keras-hub pyramids may start at stride 4

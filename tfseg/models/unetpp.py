@@ -21,6 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..errors import TfsegError
 from .backbones import build_encoder, check_backbone
 from .blocks import (SegmentationModel, check_input_shape, conv_block, final_activation, reject_options,
                      upsample2x)
@@ -38,14 +39,14 @@ def build_unetpp(input_shape=(None, None, 3), classes: int = 1, depth: int = 4, 
     input_scale = options.pop("input_scale", None)
     reject_options(options, "unetpp", ignored={"dropout_position", "stem"})
     if not isinstance(deep_supervision, bool):
-        raise ValueError(f"model.options.deep_supervision: expected true or false, got {deep_supervision!r}")
+        raise TfsegError(f"model.options.deep_supervision: expected true or false, got {deep_supervision!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     if backbone:
         check_backbone(backbone, architecture="unetpp")
         check_input_shape(input_shape, 32, f"unetpp with backbone {backbone!r}")
         decoder_filters = tuple(decoder_filters or DEFAULT_DECODER_FILTERS)
         if len(decoder_filters) not in (4, 5):
-            raise ValueError(f"model.decoder_filters: expected 4 or 5 decoder widths (strides 16, 8, 4, 2 and an "
+            raise TfsegError(f"model.decoder_filters: expected 4 or 5 decoder widths (strides 16, 8, 4, 2 and an "
                              f"optional full-resolution block), got {list(decoder_filters)}")
         features, _ = build_encoder(backbone, inputs, encoder_weights, encoder_freeze, input_scale)
         encoder = [features[s] for s in (2, 4, 8, 16, 32)]
@@ -56,7 +57,7 @@ def build_unetpp(input_shape=(None, None, 3), classes: int = 1, depth: int = 4, 
         for key, value in (("model.options.input_scale", input_scale), ("model.encoder_weights", encoder_weights or None),
                            ("model.decoder_filters", list(decoder_filters) or None)):
             if value is not None:
-                raise ValueError(f"{key}: only applies to unetpp with a model.backbone encoder, got {value!r}")
+                raise TfsegError(f"{key}: only applies to unetpp with a model.backbone encoder, got {value!r}")
         check_input_shape(input_shape, 2**depth, f"a plain UNet++ of depth {depth}")
         encoder, x = [], inputs
         for level in range(depth + 1):
