@@ -47,15 +47,17 @@ def test_different_config_is_refused_naming_the_dir_and_the_keys(tmp_path):
     assert isinstance(error.value, TfsegError)
 
 
-def test_unrelated_non_empty_dir_is_refused_unless_overwrite(tmp_path):
+def test_unrelated_non_empty_dir_is_refused_even_with_overwrite(tmp_path):
+    """--overwrite replaces a tfseg run; a folder that holds none (a typo'd --run-dir) is never
+    deleted."""
     run_dir = tmp_path / "photos"
     run_dir.mkdir()
     (run_dir / "holiday.jpg").write_bytes(b"\xff\xd8")
     with pytest.raises(RunDirError, match=rf"run directory {re.escape(str(run_dir))} is not empty.*no config.yaml"):
         prepare_run_dir(run_dir, _cfg())
-    assert (run_dir / "holiday.jpg").is_file()  # nothing touched
-    assert prepare_run_dir(run_dir, _cfg(), overwrite=True) == (run_dir, False)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    with pytest.raises(RunDirError, match=r"no config.yaml.*--overwrite only replaces a tfseg run"):
+        prepare_run_dir(run_dir, _cfg(), overwrite=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["holiday.jpg"]  # nothing touched
 
 
 def test_overwrite_replaces_a_different_run_and_a_file_is_refused(tmp_path):

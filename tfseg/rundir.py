@@ -53,13 +53,18 @@ def prepare_run_dir(run_dir: Optional[str], cfg, overwrite: bool = False) -> tup
 
     A directory holding a run with a different config is refused (naming the differing keys)
     unless ``overwrite``; one with the same config is resumed; an unrelated non-empty directory
-    is refused.
+    (no ``config.yaml``) is refused, with ``overwrite`` too (it deletes runs, not any folder).
     """
     path = Path(run_dir) if run_dir else default_run_dir(cfg)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"run directory {path} exists and is not a directory")
     existing = path / "config.yaml"
     if path.is_dir() and any(path.iterdir()):
+        if overwrite and not existing.is_file():  # --overwrite replaces a run, never any folder
+            raise RunDirError(
+                f"run directory {path} is not empty and holds no tfseg run (no config.yaml): --overwrite only "
+                "replaces a tfseg run directory; use another --run-dir, or empty this one yourself"
+            )
         if overwrite:
             shutil.rmtree(path)
         elif existing.is_file():
@@ -76,7 +81,7 @@ def prepare_run_dir(run_dir: Optional[str], cfg, overwrite: bool = False) -> tup
         else:
             raise RunDirError(
                 f"run directory {path} is not empty and holds no tfseg run (no config.yaml); "
-                "use another --run-dir or --overwrite"
+                "use another --run-dir"
             )
     path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(existing, cfg.to_yaml())
