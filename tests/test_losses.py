@@ -86,28 +86,6 @@ def test_dice_matches_numpy_and_class_weights_reweigh():
     assert got == pytest.approx(per_class[2], rel=1e-4)
 
 
-def test_lovasz_matches_reference_implementation():
-    """Berman et al.'s lovasz_softmax_flat (numpy transcription), classes='present'."""
-    rng = np.random.default_rng(3)
-    y_true, y_pred = _data("multiclass", 3, rng)
-    labels, probs = y_true.reshape(-1), y_pred.reshape(-1, 3)
-    keep = labels != IGNORE
-    labels, probs = labels[keep].astype(int), probs[keep]
-    losses = []
-    for c in range(3):
-        fg = (labels == c).astype(float)
-        if fg.sum() == 0:
-            continue
-        errors = np.abs(fg - probs[:, c])
-        order = np.argsort(-errors, kind="stable")
-        gt_sorted = fg[order]
-        gts = gt_sorted.sum()
-        jaccard = 1 - (gts - gt_sorted.cumsum()) / (gts + (1 - gt_sorted).cumsum())
-        jaccard[1:] = jaccard[1:] - jaccard[:-1]
-        losses.append(np.dot(errors[order], jaccard))
-    assert _value(get_loss("lovasz", 3, IGNORE), y_true, y_pred) == pytest.approx(np.mean(losses), rel=1e-4)
-
-
 def _lovasz_reference(y_true, y_pred, task, class_weights=None):
     """Berman et al.'s per-class Lovasz hinge on the errors (numpy), ignored pixels removed;
     classes weighed like Dice (multiclass: present classes; binary: the positive class's weight)."""
@@ -135,6 +113,14 @@ def _lovasz_reference(y_true, y_pred, task, class_weights=None):
     if task == "multiclass":
         weights = weights * np.asarray(present)
     return float(np.dot(losses, weights) / weights.sum())
+
+
+def test_lovasz_matches_reference_implementation():
+    """Berman et al.'s lovasz_softmax_flat (numpy transcription, :func:`_lovasz_reference`), classes='present'."""
+    rng = np.random.default_rng(3)
+    y_true, y_pred = _data("multiclass", 3, rng)
+    want = _lovasz_reference(y_true, y_pred, "multiclass")
+    assert _value(get_loss("lovasz", 3, IGNORE), y_true, y_pred) == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("task,classes,class_weights", [("multiclass", 3, [0.2, 1.0, 3.0]),

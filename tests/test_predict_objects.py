@@ -62,19 +62,25 @@ def test_operating_point_in_the_run_is_used_unless_overridden(tmp_path, oracle_r
     assert len(polygons(tmp_path / "cli")) == 0  # every building is below 650 px² once split
 
 
-def test_overlay_outlines_true_false_positives_and_misses(tmp_path, oracle_run, touching):
+def _overlay_run(tmp_path, oracle_run, path, boxes) -> tuple:
+    """``predict --overlay --truth`` on ``path`` against truth ``boxes`` (pixel row/col boxes);
+    the output folder and its summary."""
     from tests.data.fixtures import pixel_box_to_world
 
-    path, _ = touching
     info = open_raster(path)
-    # truth: the two touching buildings, and a building the model cannot see; the lone bright
-    # building is not in the truth (a false positive)
-    boxes = [(10, 10, 30, 30), (30, 16, 50, 36), (40, 70, 55, 90)]
     truth = write_geojson(tmp_path / "truth.geojson", [pixel_box_to_world(*b, info.affine) for b in boxes])
     out = tmp_path / "overlay"
     assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(out), "--quiet",
                          "--tile-size", "64", "--overlay", "--truth", str(truth)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_overlay_outlines_true_false_positives_and_misses(tmp_path, oracle_run, touching):
+    path, _ = touching
+    # truth: the two touching buildings, and a building the model cannot see; the lone bright
+    # building is not in the truth (a false positive)
+    boxes = [(10, 10, 30, 30), (30, 16, 50, 36), (40, 70, 55, 90)]
+    out, summary = _overlay_run(tmp_path, oracle_run, path, boxes)
     assert summary["scenes"][0]["objects"] == {"tp": 2, "fp": 1, "fn": 1}
     pixels = np.asarray(Image.open(out / "touch_overlay.png").convert("RGB")).reshape(-1, 3)
     colours = {tuple(c) for c in np.unique(pixels, axis=0)}
@@ -84,16 +90,9 @@ def test_overlay_outlines_true_false_positives_and_misses(tmp_path, oracle_run, 
 def test_overlay_counts_drop_what_the_spacenet_scorer_drops(tmp_path, oracle_run, touching):
     """Truth slivers < 20 px² (and proposals <= 20 px²) are not counted, as `evaluate spacenet`
     does not count them."""
-    from tests.data.fixtures import pixel_box_to_world
-
     path, _ = touching
-    info = open_raster(path)
     boxes = [(10, 10, 30, 30), (30, 16, 50, 36), (40, 70, 55, 90), (80, 2, 84, 6)]  # + a 16 px² sliver
-    truth = write_geojson(tmp_path / "truth.geojson", [pixel_box_to_world(*b, info.affine) for b in boxes])
-    out = tmp_path / "overlay"
-    assert predict.main(["--model", str(oracle_run), "--input", str(path), "--output", str(out), "--quiet",
-                         "--tile-size", "64", "--overlay", "--truth", str(truth)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    _, summary = _overlay_run(tmp_path, oracle_run, path, boxes)
     assert summary["scenes"][0]["objects"] == {"tp": 2, "fp": 1, "fn": 1}
 
 

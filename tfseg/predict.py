@@ -564,9 +564,6 @@ def check_pixel_areas(inputs: Sequence, predictor: Predictor, options: PredictOp
     scene's pixel area: a scene without one (no CRS, or a CRS neither projected nor geographic)
     is an error naming it, before anything is predicted. Scenes that cannot be opened are left to
     fail on their own."""
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
-
     polygon = resolve_polygon_options(predictor, options)
     if not polygon.min_area_m2 or not wants_polygons(predictor, options):
         return
@@ -576,13 +573,10 @@ def check_pixel_areas(inputs: Sequence, predictor: Predictor, options: PredictOp
         option = f"min_area_m2 {polygon.min_area_m2:g} of the model's operating point (--min-area-m2 0 turns it off)"
     for path in inputs:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(path) as src:
-                    crs, transform, width, height = src.crs, src.transform, src.width, src.height
-        except (OSError, RasterioError):
+            info = open_raster(path, check_read=False)
+        except (RasterError, FileNotFoundError):
             continue
-        require_pixel_area(crs.to_string() if crs else None, transform, width, height, path, option)
+        require_pixel_area(info.crs, info.affine, info.width, info.height, path, option)
 
 
 def check_scene_names(inputs: Sequence, output) -> None:
