@@ -70,8 +70,10 @@ def default_mode(metric: str, mode: Optional[str] = None) -> str:
 # ------------------------------------------------------------------------------------------
 # Reading runs
 # ------------------------------------------------------------------------------------------
-def read_history(path: Path) -> list:
-    """``history.csv`` rows as ``{column: float}`` (NaN where a value is not a number)."""
+def read_history(path: Path, blanks: bool = True) -> list:
+    """``history.csv`` rows as ``{column: float}``: NaN where a cell is not a number, or with
+    ``blanks=False`` such cells left out (an empty cell: a column that epoch did not have; a
+    ``nan`` cell is NaN either way)."""
     with open(path, newline="") as handle:
         rows = []
         for row in csv.DictReader(handle):
@@ -80,7 +82,8 @@ def read_history(path: Path) -> list:
                 try:
                     parsed[key] = float(value)
                 except (TypeError, ValueError):
-                    parsed[key] = float("nan")
+                    if blanks:
+                        parsed[key] = float("nan")
             rows.append(parsed)
         return rows
 

@@ -381,8 +381,11 @@ class MlflowTracker(GuardedTracker):
 
     def backfill(self) -> int:
         """Log the ``history.csv`` epochs this MLflow run does not hold yet; returns how many."""
+        from .compare import read_history
+
         history_file = self.run_path / "history.csv"
-        rows = _read_numbers(history_file) if history_file.is_file() else []
+        # numbers only (NaN included): an empty cell is a value the epoch did not have, not NaN
+        rows = [r for r in read_history(history_file, blanks=False) if "epoch" in r] if history_file.is_file() else []
         if not rows:
             return 0
         columns = list(dict.fromkeys(k for row in rows for k in row if k != "epoch"))
@@ -498,25 +501,6 @@ def _open_run(client, cfg, uri: str, run_path: Path) -> tuple[str, bool]:
     write_json(record_file, {"tracking_uri": uri, "experiment_id": experiment_id, "experiment": name,
                              "run_id": run.info.run_id})
     return run.info.run_id, False
-
-
-def _read_numbers(path: Path) -> list:
-    """``history.csv`` rows as ``{column: float}`` with only the cells that are numbers (``nan`` and
-    ``inf`` included; empty or ``NA`` cells left out)."""
-    import csv
-
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value)
-                except (TypeError, ValueError):
-                    continue
-            if "epoch" in parsed:
-                rows.append(parsed)
-    return rows
 
 
 def _model_card_file(run_path: Path) -> Optional[Path]:
