@@ -83,12 +83,10 @@ def distinct_colours(count: int) -> list:
 def card_colours(card) -> list:
     """The figure colours of a model card's classes (its ``colours``, ``#RRGGBB``), in the order
     of the label values: binary, the background first."""
-    colours = [_hex_to_rgb(card.colours[name]) for name in card.classes]
+    from matplotlib.colors import to_rgb
+
+    colours = [to_rgb(card.colours[name]) for name in card.classes]
     return [BINARY_COLOURS[0], *colours] if card.task == "binary" else colours
-
-
-def _hex_to_rgb(colour: str) -> tuple:
-    return tuple(int(colour[i:i + 2], 16) / 255.0 for i in (1, 3, 5))
 
 
 def _figure_colours(colours, count: int, binary: bool) -> list:
@@ -96,7 +94,9 @@ def _figure_colours(colours, count: int, binary: bool) -> list:
     distinct colours when it has fewer (never black or a crash for the classes past its end)."""
     if colours is None:
         return list(BINARY_COLOURS) if binary else distinct_colours(count)
-    colours = [_hex_to_rgb(c) if isinstance(c, str) else tuple(float(v) for v in c) for c in colours]
+    from matplotlib.colors import to_rgb
+
+    colours = [to_rgb(c) for c in colours]  # "#RRGGBB" or (r, g, b)
     if len(colours) < count:
         extra = [c for c in distinct_colours(count) if c not in colours]
         colours += extra[: count - len(colours)]
